@@ -1,0 +1,239 @@
+"""Bringing a namespace's `nftproxy` table to a desired ruleset, atomically at every step.
+
+Two ways there:
+- incremental: read what the kernel holds, diff, one transaction (the usual case);
+- a new generation: when the table is missing, its skeleton differs, or the diff is large.
+  All objects of generation N+1 are built beside generation N (elements in bounded chunks,
+  invisible to traffic because no base chain points at them yet), then one small transaction
+  replaces the base chains to point at N+1, then N is deleted. Packets see N or N+1, never
+  a half-built table, and no transaction holds the whole state.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from nftproxy.nft import Backend
+from nftproxy.ruleset.compile import BASE_CHAINS, Names
+from nftproxy.ruleset.desired import Ruleset
+from nftproxy.ruleset.diff import (
+    AddChain,
+    AddElements,
+    AddSet,
+    AddTable,
+    AppliedState,
+    DeleteChain,
+    DeleteSet,
+    FlushChain,
+    Op,
+    SkeletonMismatch,
+    Transaction,
+    applied_from_json,
+    chains_in_order,
+    diff,
+)
+
+Build = Callable[[Names], Ruleset]
+
+# Elements per transaction while building a generation: large enough that the kernel's
+# per-transaction cost is amortised, small enough that no single commit stalls the netlink
+# socket or doubles memory for long.
+CHUNK = 50_000
+
+_GEN = re.compile(r"^g(\d+)-")
+
+
+def generations(applied: AppliedState) -> set[int]:
+    gens = set()
+    for name in (*applied.sets, *applied.chains):
+        m = _GEN.match(name)
+        if m:
+            gens.add(int(m.group(1)))
+    return gens
+
+
+def names_for(gen: int) -> Names:
+    return Names(f"g{gen}-")
+
+
+@dataclass(slots=True)
+class Plan:
+    """The transactions to run, in order, and why."""
+
+    mode: str  # "noop", "incremental" or "generation"
+    generation: int
+    transactions: list[Transaction] = field(default_factory=list)
+    reason: str = ""
+    desired: Ruleset | None = None
+
+    def __str__(self) -> str:
+        head = f"# {self.mode} (generation {self.generation})"
+        if self.reason:
+            head += f": {self.reason}"
+        parts = [head + "\n"]
+        for i, tx in enumerate(self.transactions, 1):
+            if len(self.transactions) > 1:
+                parts.append(f"# transaction {i}/{len(self.transactions)}\n")
+            parts.append(str(tx))
+        return "".join(parts)
+
+    def size(self) -> int:
+        return sum(tx.size() for tx in self.transactions)
+
+
+def _chunks(ops: list[Op], limit: int) -> Iterator[Transaction]:
+    tx = Transaction()
+    size = 0
+    for op in ops:
+        if isinstance(op, AddElements) and len(op.items) > limit:
+            for i in range(0, len(op.items), limit):
+                part = AddElements(op.set, op.items[i : i + limit])
+                if size and size + len(part.items) > limit:
+                    yield tx
+                    tx, size = Transaction(), 0
+                tx.ops.append(part)
+                size += len(part.items)
+            continue
+        n = len(op.items) if isinstance(op, AddElements) else 1
+        if size and size + n > limit:
+            yield tx
+            tx, size = Transaction(), 0
+        tx.ops.append(op)
+        size += n
+    if tx:
+        yield tx
+
+
+def generation_plan(
+    build: Build, applied: AppliedState | None, gen: int, reason: str, chunk: int = CHUNK
+) -> Plan:
+    desired = build(names_for(gen))
+    plan = Plan("generation", gen, reason=reason, desired=desired)
+    setup = Transaction([AddTable()])
+    setup.ops += [AddSet(s) for s in desired.sets.values()]
+    body = [c for n, c in desired.chains.items() if n not in BASE_CHAINS]
+    setup.ops += [AddChain(c) for c in chains_in_order(body)]
+    plan.transactions.append(setup)
+    element_ops: list[Op] = [
+        AddElements(name, tuple(elems.items()))
+        for name, elems in desired.elements.items()
+        if elems and "dynamic" not in desired.sets[name].flags
+    ]
+    plan.transactions += list(_chunks(element_ops, chunk))
+    flip = Transaction()
+    for name in BASE_CHAINS:
+        if applied is not None and name in applied.chains:
+            flip.ops += [DeleteChain(name)]
+        flip.ops.append(AddChain(desired.chains[name]))
+    plan.transactions.append(flip)
+    if applied is not None:
+        old_chains = [
+            n for n in applied.chains if n not in BASE_CHAINS and not n.startswith(f"g{gen}-")
+        ]
+        old_sets = [n for n in applied.sets if not n.startswith(f"g{gen}-")]
+        if old_chains or old_sets:
+            cleanup = Transaction()
+            cleanup.ops += _removal(applied, old_chains, old_sets)
+            plan.transactions.append(cleanup)
+    return plan
+
+
+def make_plan(
+    build: Build,
+    applied: AppliedState | None,
+    *,
+    chunk: int = CHUNK,
+    force_generation: bool = False,
+) -> Plan:
+    if applied is None:
+        return generation_plan(build, None, 1, "no nftproxy table yet", chunk)
+    gens = generations(applied)
+    top = max(gens, default=0)
+    if force_generation:
+        return generation_plan(build, applied, top + 1, "full resync requested", chunk)
+    if len(gens) != 1:
+        why = "table holds no generation" if not gens else f"table holds generations {sorted(gens)}"
+        return generation_plan(build, applied, top + 1, why, chunk)
+    desired = build(names_for(top))
+    try:
+        tx = diff(desired, applied)
+    except SkeletonMismatch as exc:
+        return generation_plan(build, applied, top + 1, str(exc), chunk)
+    if tx.size() > chunk:
+        return generation_plan(
+            build, applied, top + 1, f"{tx.size()} changes exceed one transaction", chunk
+        )
+    plan = Plan("incremental" if tx else "noop", top, desired=desired)
+    if tx:
+        plan.transactions.append(tx)
+    return plan
+
+
+def read_applied(backend: Backend) -> AppliedState | None:
+    doc = backend.list_table()
+    return None if doc is None else applied_from_json(doc)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    mode: str
+    generation: int
+    transactions: int
+    changes: int
+    seconds: float
+
+
+def run_plan(backend: Backend, plan: Plan) -> ApplyResult:
+    """Run the plan's transactions in order. A failed build step removes the half-built
+    generation and re-raises; the previous generation keeps serving."""
+    start = time.perf_counter()
+    flipped = False
+    try:
+        for tx in plan.transactions:
+            backend.run(str(tx))
+            if any(isinstance(op, AddChain) and op.chain.name in BASE_CHAINS for op in tx.ops):
+                flipped = True
+    except Exception:
+        if plan.mode == "generation" and not flipped:
+            _discard_generation(backend, plan.generation)
+        raise
+    return ApplyResult(
+        plan.mode,
+        plan.generation,
+        len(plan.transactions),
+        plan.size(),
+        time.perf_counter() - start,
+    )
+
+
+def _removal(applied: AppliedState, chains: list[str], sets: list[str]) -> list[Op]:
+    """Rules reference sets and map elements reference chains: flush the rules, then drop
+    the sets (and their elements), then the chains."""
+    return [
+        *(FlushChain(n) for n in chains),
+        *(DeleteSet(n, n in applied.maps) for n in sets),
+        *(DeleteChain(n) for n in chains),
+    ]
+
+
+def _discard_generation(backend: Backend, gen: int) -> None:
+    applied = read_applied(backend)
+    if applied is None:
+        return
+    prefix = f"g{gen}-"
+    chains = [n for n in applied.chains if n.startswith(prefix)]
+    sets = [n for n in applied.sets if n.startswith(prefix)]
+    tx = Transaction(_removal(applied, chains, sets))
+    if tx:
+        backend.run(str(tx))
+
+
+def cleanup(backend: Backend) -> bool:
+    """Delete the nftproxy table; False when there was none. Nothing else is touched."""
+    if backend.list_table() is None:
+        return False
+    backend.run("delete table inet nftproxy\n")
+    return True

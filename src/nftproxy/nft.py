@@ -1,0 +1,199 @@
+"""Talking to the kernel: libnftables in-process (ctypes), or the `nft` binary as a fallback.
+
+Both run inside a chosen network namespace. libnftables opens its netlink socket in the
+calling thread's namespace, so each backend owns one worker thread that entered the
+namespace once (setns is per thread for CLONE_NEWNET); the rest of the process is untouched.
+nft errors are classified here, once, and the original text is kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from nftproxy.ruleset.schema import FAMILY, TABLE
+
+CLONE_NEWNET = 0x40000000
+_OUTPUT_JSON = 1 << 4
+_OUTPUT_HANDLE = 1 << 3
+
+
+class NftError(Exception):
+    """nft refused a command. `kind` is not-found, exists, permission or rejected."""
+
+    def __init__(self, message: str, *, kind: str = "rejected") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _classify(text: str) -> str:
+    if "No such file or directory" in text:
+        return "not-found"
+    if "File exists" in text:
+        return "exists"
+    if "Operation not permitted" in text or "Permission denied" in text:
+        return "permission"
+    return "rejected"
+
+
+def _raise_for(text: str, script: str) -> None:
+    lines = script.splitlines()
+    excerpt = "\n".join(line[:300] for line in lines[:5])
+    more = f"\n... ({len(lines)} lines)" if len(lines) > 5 else ""
+    raise NftError(f"{text.strip()}\nwhile running:\n{excerpt}{more}", kind=_classify(text))
+
+
+def netns_path(netns: str) -> str:
+    return netns if netns.startswith("/") else f"/run/netns/{netns}"
+
+
+class Backend(Protocol):
+    """What the applier needs from the kernel side."""
+
+    def run(self, script: str) -> None: ...
+
+    def check(self, script: str) -> None: ...
+
+    def list_table(self) -> dict[str, Any] | None: ...
+
+
+def _setns(netns: str | None) -> None:
+    if netns is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class LibNftables:
+    """libnftables.so.1 through ctypes, one context per backend in its own thread."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        self._lib = ctypes.CDLL(path)
+        lib = self._lib
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="nft", initializer=_setns, initargs=(netns,)
+        )
+        self._ctx: int = self._pool.submit(self._new_ctx).result()
+
+    def _new_ctx(self) -> int:
+        ctx = self._lib.nft_ctx_new(0)
+        if not ctx:
+            raise NftError("nft_ctx_new failed")
+        self._lib.nft_ctx_buffer_output(ctx)
+        self._lib.nft_ctx_buffer_error(ctx)
+        return int(ctx)
+
+    def _run(self, script: str, *, json_out: bool = False, dry_run: bool = False) -> str:
+        lib, ctx = self._lib, self._ctx
+        lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON if json_out else 0)
+        lib.nft_ctx_set_dry_run(ctx, dry_run)
+        rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+        if rc != 0:
+            _raise_for(err or "nft failed", script)
+        return out
+
+    def run(self, script: str) -> None:
+        self._pool.submit(self._run, script).result()
+
+    def check(self, script: str) -> None:
+        self._pool.submit(self._run, script, dry_run=True).result()
+
+    def list_table(self) -> dict[str, Any] | None:
+        try:
+            out = self._pool.submit(
+                self._run, f"list table {FAMILY} {TABLE}", json_out=True
+            ).result()
+        except NftError as exc:
+            if exc.kind == "not-found":
+                return None
+            raise
+        doc: dict[str, Any] = json.loads(out)
+        return doc
+
+    def close(self) -> None:
+        def free() -> None:
+            self._lib.nft_ctx_free(self._ctx)
+
+        self._pool.submit(free).result()
+        self._pool.shutdown()
+
+
+class NftBinary:
+    """The `nft` command, entered into the namespace with `ip netns exec`."""
+
+    def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
+        self._prefix = ["nsenter", f"--net={netns_path(netns)}"] if netns else []
+        self._nft = nft
+
+    def _exec(self, args: list[str], script: str | None = None) -> str:
+        proc = subprocess.run(
+            [*self._prefix, self._nft, *args],
+            input=script,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            _raise_for(proc.stderr or proc.stdout or "nft failed", script or " ".join(args))
+        return proc.stdout
+
+    def run(self, script: str) -> None:
+        self._exec(["-f", "-"], script)
+
+    def check(self, script: str) -> None:
+        self._exec(["-c", "-f", "-"], script)
+
+    def list_table(self) -> dict[str, Any] | None:
+        try:
+            out = self._exec(["-j", "list", "table", FAMILY, TABLE])
+        except NftError as exc:
+            if exc.kind == "not-found":
+                return None
+            raise
+        doc: dict[str, Any] = json.loads(out)
+        return doc
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(netns: str | None = None, *, prefer: str = "auto") -> LibNftables | NftBinary:
+    """libnftables when it loads, else the nft binary (prefer: auto, lib or binary)."""
+    if netns is not None and not os.path.exists(netns_path(netns)):
+        raise NftError(f"network namespace {netns!r} does not exist", kind="not-found")
+    if prefer in ("auto", "lib"):
+        try:
+            return LibNftables(netns)
+        except OSError:
+            if prefer == "lib":
+                raise
+    return NftBinary(netns)

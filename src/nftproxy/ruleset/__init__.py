@@ -1,0 +1,1 @@
+"""Ruleset as data: schema, compile, desired state, diff."""

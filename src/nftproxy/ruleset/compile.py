@@ -1,0 +1,459 @@
+"""Services -> ruleset: a fixed skeleton plus one fragment of elements per Service.
+
+Layout (per address family f, names prefixed by the generation, see `Names`):
+
+  nat chains  services{f}      masquerade marks, LB source-range firewall, then one vmap lookup
+                               `daddr . l4proto . dport -> verdict` in frontends{f}
+              nodeports{f}     the same keyed `l4proto . dport` for addresses of this node
+              pick{f}-N        shared by every frontend with N endpoints: DNAT via one lookup
+                               `daddr . l4proto . dport . numgen mod N -> ip . port`
+  shared maps frontends, endpoints, short-circuit (externalTrafficPolicy Local seen from inside
+              the cluster), their nodeport twins, masquerade sets, firewall sets, hairpin set.
+
+Nothing here grows per Service except under sessionAffinity, which needs per-endpoint dynamic
+sets (no shared form exists in nft 1.0.6: see docs/ruleset.md). A frontend that has no usable
+endpoint maps to the `reject` chain (refused at once); one whose Local policy finds no local
+endpoint maps to `drop`, as kube-proxy does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from nftproxy.config import NodeConfig
+from nftproxy.model import Backend, EndpointSlice, Family, Service, ServiceName, ServicePort
+from nftproxy.ruleset.schema import (
+    DROP,
+    SKELETON_MARK,
+    Chain,
+    ClearMarkBits,
+    CtStatusDnat,
+    Dnat,
+    DnatMap,
+    ElementKey,
+    ElementValue,
+    FibLocal,
+    Hook,
+    Key,
+    L4Proto,
+    Lookup,
+    MarkSet,
+    Masquerade,
+    NfProto,
+    NumgenVmap,
+    Reject,
+    Rule,
+    SetDef,
+    SetMarkBits,
+    UpdateSet,
+    Verdict,
+    Vmap,
+    goto,
+    jump,
+)
+from nftproxy.selection import Selection, select
+
+FAMILIES: tuple[Family, Family] = (4, 6)
+BASE_CHAINS = ("nat-prerouting", "nat-output", "nat-postrouting")
+
+_DADDR_PROTO_PORT = ("daddr", "l4proto", "dport")
+_PROTO_PORT = ("l4proto", "dport")
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Object names of one generation. Base chains are not prefixed: they are what flips."""
+
+    prefix: str = "g1-"
+
+    def __call__(self, name: str) -> str:
+        return self.prefix + name
+
+    def pick(self, family: Family, *, local: bool, nodeport: bool, n: int) -> str:
+        kind = ("np-" if nodeport else "") + ("pick-local" if local else "pick")
+        return self(f"{kind}{family}-{n}")
+
+    def endpoints(self, family: Family, *, local: bool, nodeport: bool) -> str:
+        kind = ("np-" if nodeport else "") + ("endpoints-local" if local else "endpoints")
+        return self(f"{kind}{family}")
+
+
+def _addr(family: Family) -> str:
+    return "ipv4_addr" if family == 4 else "ipv6_addr"
+
+
+def _ip(family: Family) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _family_of(ip: str) -> Family:
+    return 6 if ":" in ip else 4
+
+
+@dataclass(frozen=True, slots=True)
+class PickSpec:
+    """A shared `pick` chain, identified by what it needs to be built."""
+
+    family: Family
+    local: bool
+    nodeport: bool
+    n: int
+
+    def chain(self, names: Names) -> Chain:
+        kw = {"local": self.local, "nodeport": self.nodeport}
+        fields = _PROTO_PORT if self.nodeport else _DADDR_PROTO_PORT
+        key = Key(fields, self.family, numgen=self.n)  # type: ignore[arg-type]
+        rule: Rule = (DnatMap(self.family, key, names.endpoints(self.family, **kw)),)
+        return Chain(names.pick(self.family, n=self.n, **kw), (rule,))
+
+
+@dataclass(slots=True)
+class Fragment:
+    """What one Service contributes: elements of shared sets, and its own objects if any."""
+
+    elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+    chains: dict[str, Chain] = field(default_factory=dict)
+    sets: dict[str, SetDef] = field(default_factory=dict)
+    picks: set[PickSpec] = field(default_factory=set)
+
+    def add(self, set_name: str, key: ElementKey, value: ElementValue = None) -> None:
+        self.elements.setdefault(set_name, {}).setdefault(key, value)
+
+
+# --- skeleton ------------------------------------------------------------------------
+
+
+def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
+    sets: list[SetDef] = []
+    for f in FAMILIES:
+        a, ip = _addr(f), _ip(f)
+        frontend = f"{a} . inet_proto . inet_service"
+        for name in ("frontends", "short-circuit"):
+            sets.append(SetDef(names(f"{name}{f}"), frontend, "verdict"))
+        for name in ("nodeports", "np-short-circuit"):
+            sets.append(SetDef(names(f"{name}{f}"), "inet_proto . inet_service", "verdict"))
+        for local in (False, True):
+            sets.append(
+                SetDef(
+                    names.endpoints(f, local=local, nodeport=False),
+                    f"{ip} daddr . meta l4proto . th dport . numgen random mod 2",
+                    f"{ip} daddr . th dport",
+                    typeof=True,
+                )
+            )
+            sets.append(
+                SetDef(
+                    names.endpoints(f, local=local, nodeport=True),
+                    "meta l4proto . th dport . numgen random mod 2",
+                    f"{ip} daddr . th dport",
+                    typeof=True,
+                )
+            )
+        sets.append(SetDef(names(f"masq-frontends{f}"), frontend))
+        sets.append(SetDef(names(f"masq-nodeports{f}"), "inet_proto . inet_service"))
+        sets.append(SetDef(names(f"cluster-frontends{f}"), frontend))
+        sets.append(SetDef(names(f"firewall{f}"), frontend))
+        sets.append(SetDef(names(f"firewall-allow{f}"), f"{frontend} . {a}", interval=True))
+        sets.append(SetDef(names(f"hairpin{f}"), f"{a} . {a}"))
+        if node.cluster_cidrs_of(f):
+            sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
+        if node.nodeport_cidrs_of(f):
+            sets.append(SetDef(names(f"nodeport-addresses{f}"), a, interval=True))
+    return {s.name: s for s in sets}
+
+
+def skeleton_elements(names: Names, node: NodeConfig) -> Fragment:
+    frag = Fragment()
+    for f in FAMILIES:
+        for cidr in node.cluster_cidrs_of(f):
+            frag.add(names(f"cluster-cidrs{f}"), (cidr,))
+        for cidr in node.nodeport_cidrs_of(f):
+            frag.add(names(f"nodeport-addresses{f}"), (cidr,))
+    return frag
+
+
+def _services_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
+    mark = node.masquerade_mark
+    fe = Key(_DADDR_PROTO_PORT, f)  # type: ignore[arg-type]
+    saddr = Key(("saddr",), f)
+    rules: list[Rule] = [
+        (
+            Lookup(fe, names(f"firewall{f}")),
+            Lookup(Key((*_DADDR_PROTO_PORT, "saddr"), f), names(f"firewall-allow{f}"), True),  # type: ignore[arg-type]
+            DROP,
+        ),
+        (Lookup(fe, names(f"masq-frontends{f}")), SetMarkBits(mark)),
+    ]
+    if node.cluster_cidrs_of(f):
+        cidrs = names(f"cluster-cidrs{f}")
+        rules += [
+            (
+                Lookup(fe, names(f"cluster-frontends{f}")),
+                Lookup(saddr, cidrs, True),
+                SetMarkBits(mark),
+            ),
+            (Lookup(saddr, cidrs), Vmap(fe, names(f"short-circuit{f}"))),
+        ]
+    rules += [
+        (
+            FibLocal("saddr"),
+            Lookup(fe, names(f"short-circuit{f}")),
+            SetMarkBits(mark),
+            Vmap(fe, names(f"short-circuit{f}")),
+        ),
+        (Vmap(fe, names(f"frontends{f}")),),
+    ]
+    if node.nodeport_cidrs_of(f):
+        rules.append(
+            (
+                Lookup(Key(("daddr",), f), names(f"nodeport-addresses{f}")),
+                goto(names(f"nodeports{f}")),
+            )
+        )
+    else:
+        rules.append((FibLocal("daddr"), goto(names(f"nodeports{f}"))))
+    return Chain(names(f"services{f}"), tuple(rules))
+
+
+def _nodeports_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
+    mark = node.masquerade_mark
+    np = Key(_PROTO_PORT, f)  # type: ignore[arg-type]
+    saddr = Key(("saddr",), f)
+    rules: list[Rule] = [(Lookup(np, names(f"masq-nodeports{f}")), SetMarkBits(mark))]
+    if node.cluster_cidrs_of(f):
+        rules.append(
+            (Lookup(saddr, names(f"cluster-cidrs{f}")), Vmap(np, names(f"np-short-circuit{f}")))
+        )
+    rules += [
+        (
+            FibLocal("saddr"),
+            Lookup(np, names(f"np-short-circuit{f}")),
+            SetMarkBits(mark),
+            Vmap(np, names(f"np-short-circuit{f}")),
+        ),
+        (Vmap(np, names(f"nodeports{f}")),),
+    ]
+    return Chain(names(f"nodeports{f}"), tuple(rules))
+
+
+def skeleton_chains(names: Names, node: NodeConfig) -> dict[str, Chain]:
+    mark = node.masquerade_mark
+    chains = [
+        Chain(
+            names("reject"),
+            ((L4Proto("tcp"), Reject(tcp_reset=True)), (Reject(),)),
+        )
+    ]
+    dispatch: list[Rule] = []
+    postrouting: list[Rule] = [(MarkSet(mark), ClearMarkBits(mark), Masquerade())]
+    for f in FAMILIES:
+        chains.append(_services_chain(names, node, f))
+        chains.append(_nodeports_chain(names, node, f))
+        dispatch.append((NfProto(f), jump(names(f"services{f}"))))
+        postrouting.append(
+            (
+                CtStatusDnat(),
+                Lookup(Key(("saddr", "daddr"), f), names(f"hairpin{f}")),
+                Masquerade(),
+            )
+        )
+    base = [
+        Chain("nat-prerouting", tuple(dispatch), Hook("nat", "prerouting", "dstnat")),
+        Chain("nat-output", tuple(dispatch), Hook("nat", "output", "-100")),
+        Chain("nat-postrouting", tuple(postrouting), Hook("nat", "postrouting", "srcnat")),
+    ]
+    chains += base
+    fingerprint = hashlib.sha256()
+    for c in chains:
+        fingerprint.update(f"{c.name}:{c.digest}\n".encode())
+    for sdef in skeleton_sets(names, node).values():
+        fingerprint.update(f"{sdef.name}:{sdef.digest}\n".encode())
+    chains.append(Chain(names(f"{SKELETON_MARK}{fingerprint.hexdigest()[:16]}")))
+    return {c.name: c for c in chains}
+
+
+# --- fragments -----------------------------------------------------------------------
+
+
+def _short_hash(*parts: object) -> str:
+    text = "\0".join(str(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class _FragmentBuilder:
+    def __init__(self, svc: Service, names: Names, node: NodeConfig) -> None:
+        self.svc = svc
+        self.names = names
+        self.node = node
+        self.frag = Fragment()
+
+    def nodeport_target(
+        self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
+    ) -> Verdict:
+        if self.svc.affinity_timeout:
+            return goto(self._affinity_chain(port, f, backends, local=local))
+        n = len(backends)
+        self.frag.picks.add(PickSpec(f, local, True, n))
+        emap = self.names.endpoints(f, local=local, nodeport=True)
+        for i, b in enumerate(backends):
+            self.frag.add(emap, (port.protocol.value, port.node_port or 0, i), (b.ip, b.port))
+        return goto(self.names.pick(f, local=local, nodeport=True, n=n))
+
+    def frontend_target(
+        self, port: ServicePort, f: Family, vip: str, backends: tuple[Backend, ...], *, local: bool
+    ) -> Verdict:
+        if self.svc.affinity_timeout:
+            return goto(self._affinity_chain(port, f, backends, local=local))
+        n = len(backends)
+        self.frag.picks.add(PickSpec(f, local, False, n))
+        emap = self.names.endpoints(f, local=local, nodeport=False)
+        for i, b in enumerate(backends):
+            self.frag.add(emap, (vip, port.protocol.value, port.port, i), (b.ip, b.port))
+        return goto(self.names.pick(f, local=local, nodeport=False, n=n))
+
+    def _affinity_chain(
+        self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
+    ) -> str:
+        """kube-proxy's ClientIP affinity: one dynamic set of clients per endpoint.
+
+        nft 1.0.6 cannot record "client -> endpoint" in a shared map (the endpoint is only
+        known after DNAT, and the original port is not a typed key there), so this is the one
+        per-Service form. Names are content hashes: a chain never changes in place, a new
+        endpoint list is a new chain that the frontend element is switched to atomically.
+        """
+        sid = _short_hash(self.svc.id, port.name, port.protocol, local)
+        timeout = self.svc.affinity_timeout
+        rules: list[Rule] = []
+        per_endpoint: list[Verdict] = []
+        for b in backends:
+            ename = self.names(f"aff{f}-{sid}-{_short_hash(b.ip, b.port, timeout)}")
+            self.frag.sets[ename] = SetDef(
+                ename, _addr(f), flags=("dynamic", "timeout"), timeout=timeout
+            )
+            self.frag.chains[ename] = Chain(
+                ename,
+                ((L4Proto(port.protocol.value), UpdateSet(ename, f), Dnat(f, b.ip, b.port)),),
+            )
+            rules.append((Lookup(Key(("saddr",), f), ename), goto(ename)))
+            per_endpoint.append(goto(ename))
+        rules.append((NumgenVmap(tuple(per_endpoint)),))
+        chain = Chain("", tuple(rules))
+        name = self.names(f"aff{f}-{sid}-{chain.digest[:8]}")
+        self.frag.chains[name] = Chain(name, chain.rules)
+        return name
+
+    def empty_verdict(self, sel: Selection) -> Verdict:
+        return goto(self.names("reject")) if not sel.any_usable else DROP
+
+    def add_port(self, port: ServicePort, f: Family, sel: Selection) -> None:
+        svc, names, node = self.svc, self.names, self.node
+        proto = port.protocol.value
+        hairpin = names(f"hairpin{f}")
+        for b in {*sel.cluster, *sel.local}:
+            self.frag.add(hairpin, (b.ip, b.ip))
+
+        def frontend(vip: str, backends: tuple[Backend, ...], *, local: bool) -> Verdict:
+            if not backends:
+                return self.empty_verdict(sel)
+            return self.frontend_target(port, f, vip, backends, local=local)
+
+        internal = sel.local if svc.internal_policy_local else sel.cluster
+        for vip in svc.cluster_ips:
+            if _family_of(vip) != f:
+                continue
+            key = (vip, proto, port.port)
+            self.frag.add(
+                names(f"frontends{f}"),
+                key,
+                frontend(vip, internal, local=svc.internal_policy_local),
+            )
+            if node.masquerade_all:
+                self.frag.add(names(f"masq-frontends{f}"), key)
+            elif node.cluster_cidrs_of(f):
+                self.frag.add(names(f"cluster-frontends{f}"), key)
+
+        ext_local = svc.external_policy_local
+        external = sel.local if ext_local else sel.cluster
+        for vip in (*svc.external_ips, *svc.load_balancer_ips):
+            if _family_of(vip) != f:
+                continue
+            key = (vip, proto, port.port)
+            self.frag.add(names(f"frontends{f}"), key, frontend(vip, external, local=ext_local))
+            if ext_local:
+                if sel.cluster:
+                    self.frag.add(
+                        names(f"short-circuit{f}"), key, frontend(vip, sel.cluster, local=False)
+                    )
+                if node.masquerade_all:
+                    self.frag.add(names(f"masq-frontends{f}"), key)
+            else:
+                self.frag.add(names(f"masq-frontends{f}"), key)
+
+        for vip in svc.load_balancer_ips:
+            ranges = [r for r in svc.load_balancer_source_ranges if _family_of(r) == f]
+            if _family_of(vip) != f or not svc.load_balancer_source_ranges:
+                continue
+            key = (vip, proto, port.port)
+            self.frag.add(names(f"firewall{f}"), key)
+            for cidr in ranges:
+                self.frag.add(names(f"firewall-allow{f}"), (*key, cidr))
+
+        if port.node_port:
+            key2 = (proto, port.node_port)
+
+            def np_target(backends: tuple[Backend, ...], *, local: bool) -> Verdict:
+                if not backends:
+                    return self.empty_verdict(sel)
+                return self.nodeport_target(port, f, backends, local=local)
+
+            self.frag.add(names(f"nodeports{f}"), key2, np_target(external, local=ext_local))
+            if ext_local:
+                if sel.cluster:
+                    self.frag.add(
+                        names(f"np-short-circuit{f}"), key2, np_target(sel.cluster, local=False)
+                    )
+                if node.masquerade_all:
+                    self.frag.add(names(f"masq-nodeports{f}"), key2)
+            else:
+                self.frag.add(names(f"masq-nodeports{f}"), key2)
+
+
+def compile_service(
+    svc: Service,
+    slices: Iterable[EndpointSlice],
+    node: NodeConfig,
+    names: Names,
+) -> Fragment:
+    """The fragment of one Service, given the EndpointSlices that belong to it."""
+    slices = tuple(slices)
+    builder = _FragmentBuilder(svc, names, node)
+    for f in svc.families:
+        if f not in node.families:
+            continue
+        for port in svc.ports:
+            builder.add_port(port, f, select(port, slices, f, node))
+    return builder.frag
+
+
+def group_slices(
+    slices: Iterable[EndpointSlice],
+) -> dict[ServiceName, list[EndpointSlice]]:
+    out: dict[ServiceName, list[EndpointSlice]] = {}
+    for sl in slices:
+        out.setdefault(sl.service, []).append(sl)
+    return out
+
+
+def compile_all(
+    services: Mapping[ServiceName, Service],
+    slices: Iterable[EndpointSlice],
+    node: NodeConfig,
+    names: Names,
+) -> dict[ServiceName, Fragment]:
+    by_service = group_slices(slices)
+    return {
+        sid: compile_service(svc, by_service.get(sid, ()), node, names)
+        for sid, svc in sorted(services.items(), key=lambda kv: (kv[0].namespace, kv[0].name))
+    }

@@ -1,0 +1,361 @@
+"""What the kernel holds, and the smallest transaction from there to the desired ruleset.
+
+The applied side is a summary: set and chain names, rule counts, and every element of the
+static sets. Chains are immutable by name (a changed per-Service chain
+gets a new name), so only a changed skeleton forces a new generation; everything else is
+element adds and deletes plus whole chains added or removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from nftproxy.ruleset.desired import Ruleset
+from nftproxy.ruleset.schema import (
+    FAMILY,
+    SKELETON_MARK,
+    TABLE,
+    Atom,
+    Chain,
+    ElementKey,
+    ElementValue,
+    NumgenVmap,
+    SetDef,
+    Verdict,
+    render_rule,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSummary:
+    rules: int
+
+
+@dataclass(slots=True)
+class AppliedState:
+    """A table as read back from the kernel (or as an in-memory backend keeps it)."""
+
+    sets: set[str] = field(default_factory=set)
+    maps: set[str] = field(default_factory=set)
+    dynamic: set[str] = field(default_factory=set)  # sets whose elements the kernel adds
+    chains: dict[str, ChainSummary] = field(default_factory=dict)
+    elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ruleset: Ruleset) -> AppliedState:
+        return cls(
+            sets=set(ruleset.sets),
+            maps={n for n, s in ruleset.sets.items() if s.is_map},
+            dynamic={n for n, s in ruleset.sets.items() if "dynamic" in s.flags},
+            chains={n: ChainSummary(len(c.rules)) for n, c in ruleset.chains.items()},
+            elements={
+                n: dict(e)
+                for n, e in ruleset.elements.items()
+                if "dynamic" not in ruleset.sets[n].flags
+            },
+        )
+
+    def element_count(self) -> int:
+        return sum(len(e) for e in self.elements.values())
+
+
+# --- operations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddTable:
+    def render(self) -> Iterator[str]:
+        yield f"add table {FAMILY} {TABLE}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTable:
+    def render(self) -> Iterator[str]:
+        yield f"delete table {FAMILY} {TABLE}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddSet:
+    set: SetDef
+
+    def render(self) -> Iterator[str]:
+        kind = "map" if self.set.is_map else "set"
+        yield f"add {kind} {FAMILY} {TABLE} {self.set.name} {{ {self.set.spec()}; }}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSet:
+    name: str
+    is_map: bool
+
+    def render(self) -> Iterator[str]:
+        yield f"delete {'map' if self.is_map else 'set'} {FAMILY} {TABLE} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddChain:
+    """Creates the chain and its rules."""
+
+    chain: Chain
+
+    def render(self) -> Iterator[str]:
+        c = self.chain
+        head = ""
+        if c.hook:
+            head = (
+                f"type {c.hook.type} hook {c.hook.hook} priority {c.hook.priority}; policy accept; "
+            )
+        comment = f'comment "{c.comment}"; ' if c.comment else ""
+        yield f"add chain {FAMILY} {TABLE} {c.name} {{ {head}{comment}}}"
+        for rule in c.rules:
+            yield f"add rule {FAMILY} {TABLE} {c.name} {render_rule(rule)}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlushChain:
+    name: str
+
+    def render(self) -> Iterator[str]:
+        yield f"flush chain {FAMILY} {TABLE} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChain:
+    name: str
+
+    def render(self) -> Iterator[str]:
+        yield f"delete chain {FAMILY} {TABLE} {self.name}"
+
+
+def render_atom(atom: Atom) -> str:
+    return str(atom)
+
+
+def render_element(key: ElementKey, value: ElementValue) -> str:
+    text = " . ".join(map(render_atom, key))
+    if value is None:
+        return text
+    if isinstance(value, Verdict):
+        return f"{text} : {value.render()}"
+    return f"{text} : {' . '.join(map(render_atom, value))}"
+
+
+# One nft command line per this many elements keeps lines (and error excerpts) readable.
+_ELEMENTS_PER_LINE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AddElements:
+    set: str
+    items: tuple[tuple[ElementKey, ElementValue], ...]
+
+    def render(self) -> Iterator[str]:
+        for i in range(0, len(self.items), _ELEMENTS_PER_LINE):
+            chunk = self.items[i : i + _ELEMENTS_PER_LINE]
+            body = ", ".join(render_element(k, v) for k, v in chunk)
+            yield f"add element {FAMILY} {TABLE} {self.set} {{ {body} }}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteElements:
+    set: str
+    keys: tuple[ElementKey, ...]
+
+    def render(self) -> Iterator[str]:
+        for i in range(0, len(self.keys), _ELEMENTS_PER_LINE):
+            body = ", ".join(render_element(k, None) for k in self.keys[i : i + _ELEMENTS_PER_LINE])
+            yield f"delete element {FAMILY} {TABLE} {self.set} {{ {body} }}"
+
+
+Op = (
+    AddTable
+    | DeleteTable
+    | AddSet
+    | DeleteSet
+    | AddChain
+    | FlushChain
+    | DeleteChain
+    | AddElements
+    | DeleteElements
+)
+
+
+@dataclass(slots=True)
+class Transaction:
+    """An ordered list of operations; the kernel applies one transaction atomically."""
+
+    ops: list[Op] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __str__(self) -> str:
+        return "".join(line + "\n" for op in self.ops for line in op.render())
+
+    def size(self) -> int:
+        """Objects touched: elements count one each, a chain counts its rules."""
+        total = 0
+        for op in self.ops:
+            if isinstance(op, AddElements):
+                total += len(op.items)
+            elif isinstance(op, DeleteElements):
+                total += len(op.keys)
+            elif isinstance(op, AddChain):
+                total += 1 + len(op.chain.rules)
+            else:
+                total += 1
+        return total
+
+
+class SkeletonMismatch(Exception):
+    """The kernel's fixed objects differ from ours: only a new generation can fix that."""
+
+
+def _element_changes(
+    desired: dict[ElementKey, ElementValue], applied: dict[ElementKey, ElementValue]
+) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
+    deletes = [k for k, v in applied.items() if k not in desired or desired[k] != v]
+    adds = [(k, v) for k, v in desired.items() if k not in applied or applied[k] != v]
+    return deletes, adds
+
+
+def diff(desired: Ruleset, applied: AppliedState) -> Transaction:
+    """The smallest transaction that turns `applied` into `desired`.
+
+    Raises SkeletonMismatch when an object exists under the same name with other content.
+    """
+    markers = [n for n in desired.chains if SKELETON_MARK in n]
+    if any(m not in applied.chains for m in markers):
+        raise SkeletonMismatch("the table was built from another skeleton (options or version)")
+    tx = Transaction()
+    tx.ops.extend(AddSet(sdef) for name, sdef in desired.sets.items() if name not in applied.sets)
+    new_chains = []
+    for name, chain in desired.chains.items():
+        summary = applied.chains.get(name)
+        if summary is None:
+            new_chains.append(chain)
+        elif summary.rules != len(chain.rules):
+            raise SkeletonMismatch(
+                f"chain {name} has {summary.rules} rules, not {len(chain.rules)}"
+            )
+    # Chains first without rules would need a second pass; adding them in dependency order
+    # (targets before the chains that jump to them) keeps each chain one operation.
+    tx.ops.extend(AddChain(c) for c in chains_in_order(new_chains))
+
+    adds: list[Op] = []
+    for name, elems in desired.elements.items():
+        if "dynamic" in desired.sets[name].flags:
+            continue
+        dels, add = _element_changes(elems, applied.elements.get(name, {}))
+        if dels and name in applied.sets:
+            tx.ops.append(DeleteElements(name, tuple(dels)))
+        if add:
+            adds.append(AddElements(name, tuple(add)))
+    tx.ops.extend(adds)
+
+    gone_chains = [n for n in applied.chains if n not in desired.chains]
+    tx.ops.extend(FlushChain(n) for n in gone_chains)
+    # Sets go before chains: a map's elements may still jump to a chain being removed.
+    tx.ops.extend(DeleteSet(n, n in applied.maps) for n in applied.sets if n not in desired.sets)
+    tx.ops.extend(DeleteChain(n) for n in gone_chains)
+    return tx
+
+
+def _targets(chain: Chain) -> Iterable[str]:
+    for rule in chain.rules:
+        for part in rule:
+            if isinstance(part, Verdict) and part.target:
+                yield part.target
+            elif isinstance(part, NumgenVmap):
+                yield from (v.target for v in part.targets if v.target)
+
+
+def chains_in_order(chains: list[Chain]) -> list[Chain]:
+    by_name = {c.name: c for c in chains}
+    done: set[str] = set()
+    out: list[Chain] = []
+
+    def visit(c: Chain) -> None:
+        if c.name in done:
+            return
+        done.add(c.name)
+        for t in _targets(c):
+            if t in by_name:
+                visit(by_name[t])
+        out.append(c)
+
+    for c in chains:
+        visit(c)
+    return out
+
+
+# --- reading the kernel --------------------------------------------------------------------
+
+
+def _atom(value: object) -> Atom:
+    if isinstance(value, bool):
+        raise ValueError(f"unexpected boolean in element: {value!r}")
+    if isinstance(value, int | str):
+        return value
+    if isinstance(value, dict):
+        if "prefix" in value:
+            p = value["prefix"]
+            return f"{p['addr']}/{p['len']}"
+        if "range" in value:
+            lo, hi = value["range"]
+            return f"{lo}-{hi}"
+    raise ValueError(f"unexpected element atom: {value!r}")
+
+
+def _key(value: object) -> ElementKey:
+    if isinstance(value, dict) and "concat" in value:
+        return tuple(_atom(v) for v in value["concat"])
+    if isinstance(value, dict) and "elem" in value:
+        return _key(value["elem"]["val"])
+    return (_atom(value),)
+
+
+def _value(value: object) -> ElementValue:
+    if isinstance(value, dict):
+        for kind in ("goto", "jump"):
+            if kind in value:
+                return Verdict(kind, value[kind]["target"])
+        for kind in ("accept", "drop", "return"):
+            if kind in value:
+                return Verdict(kind)  # type: ignore[arg-type]
+    return _key(value)
+
+
+def applied_from_json(doc: dict[str, object]) -> AppliedState:
+    """Summarise `nft -j list table inet nftproxy` output."""
+    state = AppliedState()
+    rules: dict[str, int] = {}
+    chains: list[str] = []
+    items = doc.get("nftables", [])
+    assert isinstance(items, list)
+    for item in items:
+        if "rule" in item:
+            chain = item["rule"]["chain"]
+            rules[chain] = rules.get(chain, 0) + 1
+        elif "chain" in item:
+            chains.append(item["chain"]["name"])
+        elif "set" in item or "map" in item:
+            s = item.get("set") or item["map"]
+            name = s["name"]
+            state.sets.add(name)
+            if "map" in item:
+                state.maps.add(name)
+            if "dynamic" in s.get("flags", ()):
+                state.dynamic.add(name)
+                continue
+            elems: dict[ElementKey, ElementValue] = {}
+            for e in s.get("elem", ()):
+                if "map" in item:
+                    elems[_key(e[0])] = _value(e[1])
+                else:
+                    elems[_key(e)] = None
+            state.elements[name] = elems
+    for name in chains:
+        state.chains[name] = ChainSummary(rules.get(name, 0))
+    return state

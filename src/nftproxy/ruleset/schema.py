@@ -1,0 +1,325 @@
+"""The ruleset as data: sets, maps, chains, rules and elements as small frozen values.
+
+Every object renders its own nft text, and the same objects are what `explain` interprets,
+so what is evaluated is exactly what is loaded. Rules are sequences of typed parts (matches,
+statements, verdicts) rather than free text: references to chains and sets stay structured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from nftproxy.model import Family
+
+TABLE = "nftproxy"
+FAMILY = "inet"
+
+# Chains are immutable by name: per-Service and pick chains carry their content in their
+# name, and the skeleton is fingerprinted by one empty marker chain "<gen>skeleton-<digest>"
+# (nft 1.0.6 shows no comments in JSON listings, so names carry what must be verified).
+SKELETON_MARK = "skeleton-"
+
+Atom: TypeAlias = str | int
+ElementKey: TypeAlias = tuple[Atom, ...]
+
+_FIELD_TEXT: dict[str, str] = {
+    "l4proto": "meta l4proto",
+    "dport": "th dport",
+}
+
+
+def _ip(family: Family) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A concatenation of packet fields, optionally ending in `numgen random mod N`."""
+
+    fields: tuple[Literal["saddr", "daddr", "l4proto", "dport"], ...]
+    family: Family = 4
+    numgen: int = 0
+
+    def render(self) -> str:
+        parts = [
+            f"{_ip(self.family)} {f}" if f in ("saddr", "daddr") else _FIELD_TEXT[f]
+            for f in self.fields
+        ]
+        if self.numgen:
+            parts.append(f"numgen random mod {self.numgen}")
+        return " . ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: Literal["goto", "jump", "accept", "drop", "return"]
+    target: str | None = None
+
+    def render(self) -> str:
+        return f"{self.kind} {self.target}" if self.target else self.kind
+
+
+def goto(chain: str) -> Verdict:
+    return Verdict("goto", chain)
+
+
+def jump(chain: str) -> Verdict:
+    return Verdict("jump", chain)
+
+
+DROP = Verdict("drop")
+
+
+# --- matches -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CtState:
+    state: Literal["new"] = "new"
+
+    def render(self) -> str:
+        return f"ct state {self.state}"
+
+
+@dataclass(frozen=True, slots=True)
+class CtStatusDnat:
+    def render(self) -> str:
+        return "ct status dnat"
+
+
+@dataclass(frozen=True, slots=True)
+class FibLocal:
+    """The address is one of this host's (`fib ... type local`)."""
+
+    which: Literal["saddr", "daddr"]
+    negate: bool = False
+
+    def render(self) -> str:
+        op = "!= " if self.negate else ""
+        return f"fib {self.which} type {op}local"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSet:
+    """Packet mark has `mask` bits set."""
+
+    mask: int
+
+    def render(self) -> str:
+        return f"meta mark & {self.mask:#010x} == {self.mask:#010x}"
+
+
+@dataclass(frozen=True, slots=True)
+class L4Proto:
+    proto: str
+
+    def render(self) -> str:
+        return f"meta l4proto {self.proto}"
+
+
+@dataclass(frozen=True, slots=True)
+class NfProto:
+    family: Family
+
+    def render(self) -> str:
+        return f"meta nfproto ipv{self.family}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """`key @set` (or `!=`): membership of packet fields in a named set."""
+
+    key: Key
+    set: str
+    negate: bool = False
+
+    def render(self) -> str:
+        op = "!= " if self.negate else ""
+        return f"{self.key.render()} {op}@{self.set}"
+
+
+# --- statements ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetMarkBits:
+    mask: int
+
+    def render(self) -> str:
+        return f"meta mark set meta mark | {self.mask:#010x}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClearMarkBits:
+    """Clears bits known to be set (callers match them first), so xor is a clear."""
+
+    mask: int
+
+    def render(self) -> str:
+        return f"meta mark set meta mark ^ {self.mask:#010x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Vmap:
+    key: Key
+    map: str
+
+    def render(self) -> str:
+        return f"{self.key.render()} vmap @{self.map}"
+
+
+@dataclass(frozen=True, slots=True)
+class NumgenVmap:
+    """Spread over `targets` uniformly: one anonymous verdict map with N entries."""
+
+    targets: tuple[Verdict, ...]
+
+    def render(self) -> str:
+        body = ", ".join(f"{i} : {v.render()}" for i, v in enumerate(self.targets))
+        return f"numgen random mod {len(self.targets)} vmap {{ {body} }}"
+
+
+@dataclass(frozen=True, slots=True)
+class DnatMap:
+    """DNAT to the address and port found by looking `key` up in a data map."""
+
+    family: Family
+    key: Key
+    map: str
+
+    def render(self) -> str:
+        return f"dnat {_ip(self.family)} to {self.key.render()} map @{self.map}"
+
+
+@dataclass(frozen=True, slots=True)
+class Dnat:
+    family: Family
+    ip: str
+    port: int
+
+    def render(self) -> str:
+        host = self.ip if self.family == 4 else f"[{self.ip}]"
+        return f"dnat {_ip(self.family)} to {host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSet:
+    """Add or refresh the packet's source address in a dynamic set."""
+
+    set: str
+    family: Family
+
+    def render(self) -> str:
+        return f"update @{self.set} {{ {_ip(self.family)} saddr }}"
+
+
+@dataclass(frozen=True, slots=True)
+class Masquerade:
+    def render(self) -> str:
+        return "masquerade fully-random"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """TCP gets a reset, anything else ICMP(v6) port unreachable: refused at once."""
+
+    tcp_reset: bool = False
+
+    def render(self) -> str:
+        return "reject with tcp reset" if self.tcp_reset else "reject"
+
+
+Part: TypeAlias = (
+    CtState
+    | CtStatusDnat
+    | FibLocal
+    | MarkSet
+    | L4Proto
+    | NfProto
+    | Lookup
+    | SetMarkBits
+    | ClearMarkBits
+    | Vmap
+    | NumgenVmap
+    | DnatMap
+    | Dnat
+    | UpdateSet
+    | Masquerade
+    | Reject
+    | Verdict
+)
+Rule: TypeAlias = tuple[Part, ...]
+
+
+def render_rule(rule: Rule) -> str:
+    return " ".join(part.render() for part in rule)
+
+
+# --- objects ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    type: Literal["filter", "nat"]
+    hook: Literal["prerouting", "input", "forward", "output", "postrouting"]
+    priority: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...] = ()
+    hook: Hook | None = None
+    comment: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Identifies the chain's content; stored in the kernel as its comment."""
+        text = "\n".join(render_rule(r) for r in self.rules)
+        if self.hook:
+            text = f"{self.hook}\n{text}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class SetDef:
+    """A named set or map. `key` is the type clause after `type`/`typeof`."""
+
+    name: str
+    key: str
+    data: str | None = None
+    typeof: bool = False
+    flags: tuple[str, ...] = ()
+    timeout: int | None = None
+    comment: str = ""
+    interval: bool = field(default=False)
+
+    @property
+    def is_map(self) -> bool:
+        return self.data is not None
+
+    @property
+    def is_verdict_map(self) -> bool:
+        return self.data == "verdict"
+
+    def spec(self) -> str:
+        clause = "typeof" if self.typeof else "type"
+        text = f"{clause} {self.key}"
+        if self.data is not None:
+            text += f" : {self.data}"
+        parts = [text]
+        flags = (*self.flags, "interval") if self.interval else self.flags
+        if flags:
+            parts.append("flags " + ",".join(flags))
+        if self.timeout is not None:
+            parts.append(f"timeout {self.timeout}s")
+        return "; ".join(parts)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.spec().encode()).hexdigest()[:16]
+
+
+ElementValue: TypeAlias = tuple[Atom, ...] | Verdict | None
