@@ -1,0 +1,1 @@
+"""Kubernetes API shapes and their one-way conversion into `nftproxy.model`."""

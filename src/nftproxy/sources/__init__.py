@@ -1,0 +1,1 @@
+"""Where Services and EndpointSlices come from: manifest files today, the API server later."""

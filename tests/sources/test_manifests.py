@@ -1,0 +1,886 @@
+"""Loading Services and EndpointSlices from files and directories of manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nftproxy.model import Endpoint, Protocol, Service, ServiceName, ServicePort, SlicePort
+from nftproxy.sources.manifests import Manifests, load_paths
+
+# What `kubectl get svc,endpointslices -A -o yaml` prints, trimmed to a handful of objects
+# but keeping the noise (uid, managedFields, last-applied annotations, timestamps).
+KUBECTL_DUMP = """\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-02T10:11:12Z"
+    labels:
+      component: apiserver
+      provider: kubernetes
+    name: kubernetes
+    namespace: default
+    resourceVersion: "198"
+    uid: 6c0f0d2e-6d7a-4a3c-9a55-0b0c1f2e3d4a
+  spec:
+    clusterIP: 10.96.0.1
+    clusterIPs:
+    - 10.96.0.1
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    ports:
+    - name: https
+      port: 443
+      protocol: TCP
+      targetPort: 6443
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"v1","kind":"Service","metadata":{"annotations":{},"name":"web","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80,"targetPort":"http"}],"selector":{"app":"web"},"type":"NodePort"}}
+    creationTimestamp: "2024-05-03T08:00:00Z"
+    managedFields:
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:spec:
+          f:ports:
+            .: {}
+            k:{"port":80,"protocol":"TCP"}:
+              .: {}
+              f:name: {}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: "2024-05-03T08:00:00Z"
+    name: web
+    namespace: shop
+    resourceVersion: "4521"
+    uid: 1a2b3c4d-0000-4000-8000-000000000001
+  spec:
+    clusterIP: 10.96.12.34
+    clusterIPs:
+    - 10.96.12.34
+    externalTrafficPolicy: Cluster
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    ports:
+    - name: http
+      nodePort: 30080
+      port: 80
+      protocol: TCP
+      targetPort: http
+    selector:
+      app: web
+    sessionAffinity: None
+    type: NodePort
+  status:
+    loadBalancer: {}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-03T08:05:00Z"
+    name: frontend
+    namespace: shop
+    resourceVersion: "4788"
+    uid: 1a2b3c4d-0000-4000-8000-000000000002
+  spec:
+    allocateLoadBalancerNodePorts: true
+    clusterIP: 10.96.40.2
+    clusterIPs:
+    - 10.96.40.2
+    externalTrafficPolicy: Local
+    healthCheckNodePort: 31999
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    loadBalancerSourceRanges:
+    - 198.51.100.0/24
+    - 203.0.113.0/24
+    ports:
+    - name: http
+      nodePort: 31080
+      port: 80
+      protocol: TCP
+      targetPort: 8080
+    - name: https
+      nodePort: 31443
+      port: 443
+      protocol: TCP
+      targetPort: 8443
+    selector:
+      app: frontend
+    sessionAffinity: None
+    type: LoadBalancer
+  status:
+    loadBalancer:
+      ingress:
+      - ip: 192.0.2.50
+        ipMode: VIP
+      - hostname: frontend.lb.example.com
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-03T08:06:00Z"
+    name: db
+    namespace: shop
+    resourceVersion: "4790"
+    uid: 1a2b3c4d-0000-4000-8000-000000000003
+  spec:
+    clusterIP: None
+    clusterIPs:
+    - None
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    ports:
+    - name: postgres
+      port: 5432
+      protocol: TCP
+      targetPort: 5432
+    selector:
+      app: db
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-03T08:07:00Z"
+    name: search
+    namespace: shop
+    resourceVersion: "4791"
+    uid: 1a2b3c4d-0000-4000-8000-000000000004
+  spec:
+    externalName: search.example.com
+    sessionAffinity: None
+    type: ExternalName
+  status:
+    loadBalancer: {}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-03T08:08:00Z"
+    name: api
+    namespace: shop
+    resourceVersion: "4800"
+    uid: 1a2b3c4d-0000-4000-8000-000000000005
+  spec:
+    clusterIP: 10.96.50.5
+    clusterIPs:
+    - 10.96.50.5
+    - fd00:10:96::5
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    - IPv6
+    ipFamilyPolicy: RequireDualStack
+    ports:
+    - name: grpc
+      port: 9000
+      protocol: TCP
+      targetPort: 9000
+    selector:
+      app: api
+    sessionAffinity: ClientIP
+    sessionAffinityConfig:
+      clientIP:
+        timeoutSeconds: 600
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 172.18.0.2
+    conditions:
+      ready: true
+  kind: EndpointSlice
+  metadata:
+    creationTimestamp: "2024-05-02T10:11:13Z"
+    generation: 1
+    labels:
+      kubernetes.io/service-name: kubernetes
+    name: kubernetes
+    namespace: default
+    resourceVersion: "200"
+    uid: 5d6e7f80-0000-4000-8000-00000000000a
+  ports:
+  - name: https
+    port: 6443
+    protocol: TCP
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 10.244.1.7
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-a
+    targetRef:
+      kind: Pod
+      name: web-7c9d8b6f5-abcde
+      namespace: shop
+      uid: 9f8e7d6c-0000-4000-8000-000000000001
+    zone: zone-a
+  - addresses:
+    - 10.244.2.9
+    conditions:
+      ready: false
+      serving: true
+      terminating: true
+    nodeName: node-b
+    targetRef:
+      kind: Pod
+      name: web-7c9d8b6f5-fghij
+      namespace: shop
+      uid: 9f8e7d6c-0000-4000-8000-000000000002
+    zone: zone-b
+  kind: EndpointSlice
+  metadata:
+    annotations:
+      endpoints.kubernetes.io/last-change-trigger-time: "2024-05-03T08:10:00Z"
+    creationTimestamp: "2024-05-03T08:00:01Z"
+    generateName: web-
+    generation: 4
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: web
+    name: web-x7k2p
+    namespace: shop
+    ownerReferences:
+    - apiVersion: v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: Service
+      name: web
+      uid: 1a2b3c4d-0000-4000-8000-000000000001
+    resourceVersion: "5120"
+    uid: 5d6e7f80-0000-4000-8000-00000000000b
+  ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 10.244.1.20
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    hints:
+      forZones:
+      - name: zone-a
+    nodeName: node-a
+    zone: zone-a
+  kind: EndpointSlice
+  metadata:
+    generateName: frontend-
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: frontend
+    name: frontend-q8w4r
+    namespace: shop
+    resourceVersion: "5200"
+    uid: 5d6e7f80-0000-4000-8000-00000000000c
+  ports:
+  - name: https
+    port: 8443
+    protocol: TCP
+  - name: http
+    port: 8080
+    protocol: TCP
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 10.244.3.3
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    hostname: db-0
+    nodeName: node-c
+  kind: EndpointSlice
+  metadata:
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: db
+      service.kubernetes.io/headless: ""
+    name: db-m2n3b
+    namespace: shop
+    resourceVersion: "5300"
+    uid: 5d6e7f80-0000-4000-8000-00000000000d
+  ports:
+  - name: postgres
+    port: 5432
+    protocol: TCP
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 10.244.1.30
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-a
+  kind: EndpointSlice
+  metadata:
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: api
+    name: api-4v9zt
+    namespace: shop
+    resourceVersion: "5400"
+    uid: 5d6e7f80-0000-4000-8000-00000000000e
+  ports:
+  - name: grpc
+    port: 9000
+    protocol: TCP
+- addressType: IPv6
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - fd00:10:244:1::1e
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-a
+  kind: EndpointSlice
+  metadata:
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: api
+    name: api-8h6ds
+    namespace: shop
+    resourceVersion: "5401"
+    uid: 5d6e7f80-0000-4000-8000-00000000000f
+  ports:
+  - name: grpc
+    port: 9000
+    protocol: TCP
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints: null
+  kind: EndpointSlice
+  metadata:
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: idle
+    name: idle-p0p0p
+    namespace: shop
+    resourceVersion: "5500"
+    uid: 5d6e7f80-0000-4000-8000-000000000010
+  ports: null
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+SERVICE_TEMPLATE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {ip}
+  ports:
+  - name: http
+    port: {port}
+"""
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: default
+spec:
+  containers:
+  - name: c
+    image: busybox
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def a_service(name: str = "web", ip: str = "10.96.0.10", port: int | str = 80) -> str:
+    return SERVICE_TEMPLATE.format(name=name, ip=ip, port=port)
+
+
+def only_error(result: Manifests) -> str:
+    assert len(result.errors) == 1, [str(e) for e in result.errors]
+    return str(result.errors[0])
+
+
+# --- The kubectl dump ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dump(tmp_path: Path) -> Manifests:
+    return load_paths([write(tmp_path / "cluster.yaml", KUBECTL_DUMP)])
+
+
+def test_a_kubectl_dump_loads_every_proxied_service(dump: Manifests) -> None:
+    assert dump.errors == []
+    assert set(dump.services) == {
+        ServiceName("default", "kubernetes"),
+        ServiceName("shop", "web"),
+        ServiceName("shop", "frontend"),
+        ServiceName("shop", "api"),
+    }
+
+
+def test_a_kubectl_dump_skips_headless_and_external_name_services(
+    dump: Manifests, tmp_path: Path
+) -> None:
+    source = str(tmp_path / "cluster.yaml")
+    described = {what: why for what, why in dump.skipped}
+    assert set(described) == {f"{source}: Service shop/db", f"{source}: Service shop/search"}
+    assert "headless" in described[f"{source}: Service shop/db"]
+    assert "ExternalName" in described[f"{source}: Service shop/search"]
+
+
+def test_a_kubectl_dump_keeps_node_ports_and_cluster_ips(dump: Manifests) -> None:
+    web = dump.services[ServiceName("shop", "web")]
+    assert web.cluster_ips == ("10.96.12.34",)
+    assert web.ports == (ServicePort("http", Protocol.TCP, 80, 30080),)
+    assert not web.external_policy_local
+
+
+def test_a_kubectl_dump_keeps_load_balancer_status_and_policy(dump: Manifests) -> None:
+    frontend = dump.services[ServiceName("shop", "frontend")]
+    assert frontend.load_balancer_ips == ("192.0.2.50",)
+    assert frontend.load_balancer_source_ranges == ("198.51.100.0/24", "203.0.113.0/24")
+    assert frontend.external_policy_local
+    assert frontend.health_check_node_port == 31999
+    assert [p.node_port for p in frontend.ports] == [31080, 31443]
+
+
+def test_a_kubectl_dump_keeps_dual_stack_families_and_affinity(dump: Manifests) -> None:
+    api = dump.services[ServiceName("shop", "api")]
+    assert api.cluster_ips == ("10.96.50.5", "fd00:10:96::5")
+    assert api.families == (4, 6)
+    assert api.affinity_timeout == 600
+
+
+def test_a_kubectl_dump_loads_every_ip_slice_including_empty_ones(dump: Manifests) -> None:
+    assert set(dump.slices) == {
+        ("default", "kubernetes"),
+        ("shop", "web-x7k2p"),
+        ("shop", "frontend-q8w4r"),
+        ("shop", "db-m2n3b"),
+        ("shop", "api-4v9zt"),
+        ("shop", "api-8h6ds"),
+        ("shop", "idle-p0p0p"),
+    }
+    assert dump.slices["shop", "idle-p0p0p"].endpoints == ()
+
+
+def test_a_kubectl_dump_keeps_endpoint_conditions_and_hints(dump: Manifests) -> None:
+    web = dump.slices["shop", "web-x7k2p"]
+    assert web.ports == (SlicePort("http", Protocol.TCP, 8080),)
+    assert web.endpoints == (
+        Endpoint("10.244.1.7", "node-a", "zone-a"),
+        Endpoint("10.244.2.9", "node-b", "zone-b", ready=False, serving=True, terminating=True),
+    )
+    frontend = dump.slices["shop", "frontend-q8w4r"].endpoints[0]
+    assert frontend.zone_hints == frozenset({"zone-a"})
+    assert frontend.node_hints is None
+
+
+def test_a_kubectl_dump_splits_dual_stack_endpoints_by_family(dump: Manifests) -> None:
+    v4, v6 = dump.slices["shop", "api-4v9zt"], dump.slices["shop", "api-8h6ds"]
+    assert (v4.family, v6.family) == (4, 6)
+    assert v4.service == v6.service == ServiceName("shop", "api")
+    assert v6.endpoints[0].ip == "fd00:10:244:1::1e"
+
+
+def test_the_same_dump_as_json_gives_the_same_result(tmp_path: Path, dump: Manifests) -> None:
+    import yaml
+
+    as_json = json.dumps(yaml.safe_load(KUBECTL_DUMP), default=str)
+    result = load_paths([write(tmp_path / "cluster.json", as_json)])
+    assert result.services == dump.services
+    assert result.slices == dump.slices
+
+
+# --- Document shapes ------------------------------------------------------------------------
+
+
+def test_multi_document_yaml_loads_every_document_and_skips_empty_ones(tmp_path: Path) -> None:
+    text = (
+        "---\n"
+        + a_service("a")
+        + "---\n---\n# only a comment\n---\n"
+        + a_service("b", ip="10.96.0.11")
+    )
+    result = load_paths([write(tmp_path / "svc.yaml", text)])
+    assert result.errors == []
+    assert set(result.services) == {ServiceName("default", "a"), ServiceName("default", "b")}
+
+
+def test_typed_lists_supply_kind_and_api_version_to_their_items(tmp_path: Path) -> None:
+    text = """\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSliceList
+items:
+- metadata:
+    name: web-1
+    namespace: default
+    labels: {kubernetes.io/service-name: web}
+  addressType: IPv4
+  endpoints: [{addresses: [10.0.0.1]}]
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {name: web, namespace: default}
+  spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
+"""
+    result = load_paths([write(tmp_path / "lists.yaml", text)])
+    assert result.errors == []
+    assert ServiceName("default", "web") in result.services
+    assert ("default", "web-1") in result.slices
+
+
+def test_a_json_file_may_hold_a_single_object(tmp_path: Path) -> None:
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+    }
+    result = load_paths([write(tmp_path / "svc.json", json.dumps(obj))])
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_objects_of_other_kinds_are_counted_as_ignored(tmp_path: Path) -> None:
+    text = "\n---\n".join(
+        [
+            POD,
+            POD,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {}",
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: web}\nsubsets: []",
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: k}\n",
+            a_service(),
+        ]
+    )
+    result = load_paths([write(tmp_path / "mixed.yaml", text)])
+    assert result.errors == []
+    assert result.ignored == {"Pod": 2, "ConfigMap": 1, "Endpoints": 1, "Service": 1}
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_fqdn_slices_are_skipped_and_reported(tmp_path: Path) -> None:
+    text = """\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ext-1
+  namespace: default
+  labels: {kubernetes.io/service-name: ext}
+addressType: FQDN
+endpoints: [{addresses: [db.example.com]}]
+ports: [{port: 5432}]
+"""
+    result = load_paths([write(tmp_path / "fqdn.yaml", text)])
+    assert result.slices == {}
+    assert result.errors == []
+    assert len(result.skipped) == 1
+    what, why = result.skipped[0]
+    assert what.endswith("EndpointSlice default/ext-1")
+    assert "FQDN" in why
+
+
+def test_the_service_proxy_name_selects_labelled_services(tmp_path: Path) -> None:
+    labelled = a_service("mine").replace(
+        "  namespace: default\n",
+        "  namespace: default\n  labels:\n    service.kubernetes.io/service-proxy-name: nft\n",
+    )
+    path = write(tmp_path / "svc.yaml", labelled)
+    assert load_paths([path]).services == {}
+    assert list(load_paths([path], service_proxy_name="nft").services) == [
+        ServiceName("default", "mine")
+    ]
+
+
+# --- Directories ----------------------------------------------------------------------------
+
+
+def test_directories_are_read_recursively_skipping_hidden_and_foreign_files(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.yaml", a_service("a"))
+    write(tmp_path / "nested" / "deeper" / "b.yml", a_service("b", ip="10.96.0.11"))
+    write(
+        tmp_path / "nested" / "c.json",
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": []}),
+    )
+    write(tmp_path / ".hidden.yaml", a_service("hidden", ip="10.96.0.12"))
+    write(tmp_path / "..data" / "d.yaml", a_service("configmap-shadow", ip="10.96.0.13"))
+    write(tmp_path / "notes.txt", "not: [valid")
+    result = load_paths([tmp_path])
+    assert result.errors == []
+    assert set(result.services) == {ServiceName("default", "a"), ServiceName("default", "b")}
+
+
+def test_later_files_in_sorted_order_replace_earlier_definitions(tmp_path: Path) -> None:
+    write(tmp_path / "1-first.yaml", a_service("web", port=80))
+    write(tmp_path / "2-second.yaml", a_service("web", port=8080))
+    result = load_paths([tmp_path])
+    assert [p.port for p in result.services[ServiceName("default", "web")].ports] == [8080]
+
+
+def test_a_later_invalid_definition_replaces_an_earlier_valid_one(tmp_path: Path) -> None:
+    write(tmp_path / "1-first.yaml", a_service("web", port=80))
+    write(tmp_path / "2-second.yaml", a_service("web", port=0))
+    result = load_paths([tmp_path])
+    assert result.services == {}
+    assert "2-second.yaml: Service default/web: spec.ports[0].port" in only_error(result)
+
+
+def test_several_paths_are_loaded_in_the_order_given(tmp_path: Path) -> None:
+    first = write(tmp_path / "x" / "svc.yaml", a_service("web", port=80))
+    second = write(tmp_path / "y" / "svc.yaml", a_service("web", port=81))
+    result = load_paths([second, str(first)])
+    assert result.services[ServiceName("default", "web")].ports[0].port == 80
+
+
+# --- Errors ---------------------------------------------------------------------------------
+
+
+def test_an_invalid_service_names_file_kind_object_and_field(tmp_path: Path) -> None:
+    text = a_service("good") + "---\n" + a_service("bad", ip="10.96.0.11", port=70000)
+    path = write(tmp_path / "services.yaml", text)
+    result = load_paths([path])
+    assert only_error(result) == (
+        f"{path}: Service default/bad: spec.ports[0].port: 70000 is out of range 1-65535"
+    )
+    assert list(result.services) == [ServiceName("default", "good")]
+
+
+@pytest.mark.parametrize(
+    ("spec_yaml", "field", "message"),
+    [
+        (
+            "ports: [{port: 80, nodePort: 70000}]\n  type: NodePort",
+            "spec.ports[0].nodePort",
+            "70000",
+        ),
+        ("ports: [{name: x}]", "spec.ports[0].port", "is required"),
+        ("ports: [{port: 80, protocol: tcp}]", "spec.ports[0].protocol", '"tcp"'),
+        ("ports: [{name: a, port: 80}, {name: a, port: 81}]", "spec.ports[1].name", "duplicate"),
+        ("ports: [{name: a, port: 80}, {port: 81}]", "spec.ports[1].name", "is required"),
+        ("ports: [{name: a, port: 80}, {name: b, port: 80}]", "spec.ports[1]", "duplicate port"),
+        ("ports: [{port: 80}]\n  clusterIP: 10.96.0.999", "spec.clusterIP", "not a valid IP"),
+        ("ports: [{port: 80}]\n  clusterIP: '::ffff:10.0.0.1'", "spec.clusterIP", "IPv4-mapped"),
+        ("ports: [{port: 80}]\n  externalIPs: ['2001:db8::1']", "spec.externalIPs[0]", "IPv6"),
+        (
+            "ports: [{port: 80}]\n  loadBalancerSourceRanges: [nope]",
+            "spec.loadBalancerSourceRanges[0]",
+            "CIDR",
+        ),
+        ("ports: [{port: 80}]\n  type: Special", "spec.type", '"Special"'),
+        (
+            "ports: [{port: 80}]\n  sessionAffinity: ClientIP\n"
+            "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "0 is out of range",
+        ),
+        ("ports: [{port: '80'}]", "spec.ports[0].port", "Expected `int`, got `str`"),
+    ],
+)
+def test_each_invalid_service_field_is_reported_and_the_rest_of_the_file_loads(
+    tmp_path: Path, spec_yaml: str, field: str, message: str
+) -> None:
+    bad = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns}\n"
+        f"spec:\n  {spec_yaml}\n"
+    )
+    path = write(tmp_path / "services.yaml", a_service("good") + "---\n" + bad)
+    result = load_paths([path])
+    error = only_error(result)
+    assert error.startswith(f"{path}: Service ns/bad: {field}: ")
+    assert message in error
+    assert list(result.services) == [ServiceName("default", "good")]
+
+
+def test_absurdly_large_services_are_rejected(tmp_path: Path) -> None:
+    ports = [{"name": f"p{i}", "port": i + 1} for i in range(1001)]
+    bad = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "huge"},
+        "spec": {"ports": ports},
+    }
+    result = load_paths([write(tmp_path / "huge.json", json.dumps(bad))])
+    assert "Service default/huge: spec.ports: absurd size: 1001 entries" in only_error(result)
+
+
+@pytest.mark.parametrize(
+    ("slice_yaml", "field", "message"),
+    [
+        (
+            "addressType: IPv4\nendpoints: [{addresses: [10.0.0.300]}]",
+            "endpoints[0].addresses[0]",
+            "not a valid IP",
+        ),
+        (
+            "addressType: IPv6\nendpoints: [{addresses: [10.0.0.1]}]",
+            "endpoints[0].addresses[0]",
+            "is IPv4",
+        ),
+        ("addressType: IPv4\nendpoints: [{addresses: []}]", "endpoints[0].addresses", "empty"),
+        ("addressType: Other\nendpoints: []", "addressType", '"Other"'),
+        ("addressType: IPv4\nports: [{port: 0}]", "ports[0].port", "0 is out of range"),
+    ],
+)
+def test_each_invalid_slice_field_is_reported_and_the_rest_of_the_file_loads(
+    tmp_path: Path, slice_yaml: str, field: str, message: str
+) -> None:
+    bad = (
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        "metadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}\n"
+        + slice_yaml
+        + "\n"
+    )
+    path = write(tmp_path / "slices.yaml", bad + "---\n" + a_service())
+    result = load_paths([path])
+    error = only_error(result)
+    assert error.startswith(f"{path}: EndpointSlice ns/web-1: {field}: ")
+    assert message in error
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_absurdly_large_slices_are_rejected(tmp_path: Path) -> None:
+    endpoints = [{"addresses": [f"10.0.{i // 250}.{i % 250}"]} for i in range(1001)]
+    bad = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "big", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+    }
+    result = load_paths([write(tmp_path / "big.json", json.dumps(bad))])
+    assert "EndpointSlice default/big: endpoints: absurd size: 1001" in only_error(result)
+
+
+def test_a_service_without_a_name_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "s.yaml", "apiVersion: v1\nkind: Service\nspec: {ports: [{port: 80}]}\n"
+    )
+    assert only_error(load_paths([path])) == (
+        f"{path}: Service default/<unnamed>: metadata.name: is required"
+    )
+
+
+def test_an_unparsable_yaml_file_is_one_error_and_other_files_still_load(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    bad = write(tmp_path / "b.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: [oops\n")
+    result = load_paths([tmp_path])
+    error = only_error(result)
+    assert error.startswith(f"{bad}: line ")
+    assert "invalid YAML" in error
+    assert "\n" not in error
+    assert result.errors[0].kind == "file"
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_documents_before_a_yaml_syntax_error_still_load(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", a_service() + "---\nkey: [unclosed\n")
+    result = load_paths([path])
+    assert "invalid YAML" in only_error(result)
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_an_unparsable_json_file_is_one_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.json", '{"kind": "Service",')
+    error = only_error(load_paths([path]))
+    assert error.startswith(f"{path}: invalid JSON: ")
+
+
+def test_a_document_that_is_not_a_mapping_names_file_and_document(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", a_service() + "---\n- just\n- a list\n")
+    result = load_paths([path])
+    assert only_error(result) == f"{path}: document 2: expected a mapping, got a list"
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_a_list_item_that_is_not_a_mapping_names_its_index(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "apiVersion: v1\nkind: List\nitems:\n- 42\n")
+    assert (
+        only_error(load_paths([path]))
+        == f"{path}: document 1.items[0]: expected a mapping, got int"
+    )
+
+
+def test_an_object_without_a_kind_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "metadata: {name: x}\n")
+    assert only_error(load_paths([path])) == f"{path}: document 1: kind is missing"
+
+
+def test_an_unsupported_endpoint_slice_version_is_reported(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\n"
+        "metadata: {name: s, namespace: ns}\n"
+    )
+    path = write(tmp_path / "a.yaml", text)
+    assert only_error(load_paths([path])) == (
+        f'{path}: EndpointSlice ns/s: apiVersion: "discovery.k8s.io/v1beta1" is not supported; '
+        "use discovery.k8s.io/v1"
+    )
+
+
+def test_a_missing_path_is_reported_without_stopping_the_others(tmp_path: Path) -> None:
+    good = write(tmp_path / "a.yaml", a_service())
+    missing = tmp_path / "missing.yaml"
+    result = load_paths([missing, good])
+    assert only_error(result) == f"{missing}: no such file or directory"
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_an_explicitly_named_file_is_read_whatever_its_suffix(tmp_path: Path) -> None:
+    path = write(tmp_path / "services.txt", a_service())
+    assert list(load_paths([path]).services) == [ServiceName("default", "web")]
+
+
+def test_loaded_services_are_model_rows(tmp_path: Path) -> None:
+    result = load_paths([write(tmp_path / "a.yaml", a_service())])
+    assert all(isinstance(s, Service) for s in result.services.values())
+
+
+def test_garbage_collection_is_restored_after_loading(tmp_path: Path) -> None:
+    import gc
+
+    assert gc.isenabled()
+    load_paths([write(tmp_path / "a.yaml", "key: [unclosed\n")])
+    assert gc.isenabled()
