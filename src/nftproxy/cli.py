@@ -1,0 +1,278 @@
+"""Command line: compile, plan, apply, explain, cleanup (and the daemon's entry points).
+
+Exit status: 0 success; 1 the kernel refused or a usage/option error (nothing changed);
+3 some input objects were rejected (each reported on stderr) but all others were processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nftproxy import applying, explain
+from nftproxy.config import ConfigError, NodeConfig, node_config
+from nftproxy.nft import NftError, open_backend
+from nftproxy.ruleset.compile import Names, compile_all
+from nftproxy.ruleset.desired import DesiredState, Ruleset
+from nftproxy.sources.manifests import Manifests, load_paths
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_PARTIAL = 3
+
+
+def _node_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("node")
+    g.add_argument("--node-name", "--hostname-override", default="", help="this node's name")
+    g.add_argument("--zone", default="", help="this node's topology zone (for hints)")
+    g.add_argument(
+        "--node-ip", action="append", default=[], help="this node's address(es), repeatable"
+    )
+    g.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        help="pod network CIDR(s); ClusterIP traffic from outside is masqueraded",
+    )
+    g.add_argument(
+        "--nodeport-addresses",
+        action="append",
+        default=[],
+        help="CIDRs of local addresses that accept NodePorts (default: all local addresses)",
+    )
+    g.add_argument("--masquerade-all", action="store_true", help="SNAT all Service traffic")
+    g.add_argument("--masquerade-bit", type=int, default=14, help="packet mark bit (0-31)")
+    g.add_argument(
+        "--service-proxy-name",
+        default=None,
+        help="handle Services labelled service.kubernetes.io/service-proxy-name=NAME",
+    )
+
+
+def _node(args: argparse.Namespace) -> NodeConfig:
+    return node_config(
+        node_name=args.node_name,
+        zone=args.zone,
+        node_ips=args.node_ip,
+        cluster_cidrs=args.cluster_cidr,
+        nodeport_addresses=args.nodeport_addresses,
+        masquerade_all=args.masquerade_all,
+        masquerade_bit=args.masquerade_bit,
+        service_proxy_name=args.service_proxy_name,
+    )
+
+
+def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
+    manifests = load_paths(args.paths, service_proxy_name=node.service_proxy_name)
+    for err in manifests.errors:
+        print(f"error: {err}", file=sys.stderr)
+    if args.verbose:
+        for what, why in manifests.skipped:
+            print(f"skipped: {what}: {why}", file=sys.stderr)
+        for kind, n in sorted(manifests.ignored.items()):
+            print(f"ignored: {n} {kind} object(s)", file=sys.stderr)
+    return manifests
+
+
+def build_ruleset(manifests: Manifests, node: NodeConfig, names: Names) -> Ruleset:
+    desired = DesiredState(node, names)
+    frags = compile_all(manifests.services, manifests.slices.values(), node, names)
+    for sid, frag in frags.items():
+        desired.set_service(sid, frag)
+    for (set_name, key), owners in desired.conflicts.items():
+        who = ", ".join(f"{ns}/{n}" for ns, n in owners)
+        print(
+            f"warning: {set_name} {key} is claimed by several Services ({who}); "
+            f"{owners[0][0]}/{owners[0][1]} wins",
+            file=sys.stderr,
+        )
+    return desired.ruleset
+
+
+def _status(manifests: Manifests) -> int:
+    return EXIT_PARTIAL if manifests.errors else EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    node = _node(args)
+    manifests = _load(args, node)
+    plan = applying.generation_plan(
+        lambda names: build_ruleset(manifests, node, names), None, 1, "full ruleset"
+    )
+    out = sys.stdout
+    for tx in plan.transactions:
+        out.write(str(tx))
+    return _status(manifests)
+
+
+def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
+    node = _node(args)
+    manifests = _load(args, node)
+    backend = open_backend(args.netns, prefer=args.backend)
+    plan = applying.make_plan(
+        lambda names: build_ruleset(manifests, node, names),
+        applying.read_applied(backend),
+        chunk=args.chunk,
+        force_generation=getattr(args, "full", False),
+    )
+    return plan, manifests, backend
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan, manifests, _ = _plan(args)
+    sys.stdout.write(str(plan))
+    return _status(manifests)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    plan, manifests, backend = _plan(args)
+    result = applying.run_plan(backend, plan)
+    print(
+        f"{result.mode}: generation {result.generation}, {result.changes} changes in "
+        f"{result.transactions} transaction(s), {result.seconds * 1000:.1f} ms",
+        file=sys.stderr,
+    )
+    return _status(manifests)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    backend = open_backend(args.netns, prefer=args.backend)
+    removed = applying.cleanup(backend)
+    print("removed table inet nftproxy" if removed else "nothing to remove", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parse_target(text: str) -> tuple[str, int, str]:
+    """`IP:PORT/PROTO`, `[IPv6]:PORT/PROTO`; protocol defaults to tcp."""
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+        proto = proto.lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise ConfigError(f"--to: unknown protocol {proto!r} (tcp, udp or sctp)")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"--to: {text!r} needs a port (IP:PORT/PROTO)")
+    host = host.strip("[]")
+    try:
+        ip = str(ipaddress.ip_address(host))
+        port_no = int(port)
+    except ValueError:
+        raise ConfigError(f"--to: {text!r} is not IP:PORT") from None
+    if not 1 <= port_no <= 65535:
+        raise ConfigError(f"--to: port {port_no} is out of range 1-65535")
+    return ip, port_no, proto
+
+
+def _default_source(args: argparse.Namespace, node: NodeConfig, dst: str) -> str:
+    fam = ipaddress.ip_address(dst).version
+    if args.via == "node":
+        ips = [a for a in node.node_ips if ipaddress.ip_address(a).version == fam]
+        return ips[0] if ips else ("127.0.0.1" if fam == 4 else "::1")
+    if args.via == "clusterip":
+        for cidr in node.cluster_cidrs_of(4 if fam == 4 else 6):
+            net = ipaddress.ip_network(cidr)
+            return str(net.network_address + 2) if net.num_addresses > 2 else str(net[0])
+    return "203.0.113.10" if fam == 4 else "2001:db8::10"
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    node = _node(args)
+    manifests = _load(args, node)
+    dst, port, proto = _parse_target(args.to)
+    src = args.source or _default_source(args, node, dst)
+    if ipaddress.ip_address(src).version != ipaddress.ip_address(dst).version:
+        raise ConfigError("--from and --to must be of the same address family")
+    ruleset = build_ruleset(manifests, node, Names())
+    pkt = explain.Packet(src, dst, port, proto, from_node=args.via == "node")
+    result = explain.explain(ruleset, node, pkt)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(result)
+    return _status(manifests)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="nftproxy", description="Kubernetes Services as nftables shared maps."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def with_inputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "paths", nargs="+", metavar="FILE|DIR", help="Service/EndpointSlice manifests"
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="report skipped objects")
+        _node_options(p)
+
+    def with_kernel(p: argparse.ArgumentParser, *, netns_required: bool = True) -> None:
+        p.add_argument("--netns", required=netns_required, help="target network namespace")
+        p.add_argument(
+            "--backend",
+            choices=("auto", "lib", "binary"),
+            default="auto",
+            help="libnftables in-process (lib) or the nft binary",
+        )
+        p.add_argument(
+            "--chunk",
+            type=int,
+            default=applying.CHUNK,
+            help="elements per transaction when building a generation",
+        )
+
+    p = sub.add_parser("compile", help="print the full ruleset as nft commands")
+    with_inputs(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("plan", help="print the transaction(s) that apply would run")
+    with_inputs(p)
+    with_kernel(p)
+    p.add_argument("--full", action="store_true", help="plan a full rebuild (new generation)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("apply", help="bring a network namespace to the desired ruleset")
+    with_inputs(p)
+    with_kernel(p)
+    p.add_argument("--full", action="store_true", help="rebuild as a new generation")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("explain", help="where does a packet go, per the compiled ruleset")
+    with_inputs(p)
+    p.add_argument("--to", required=True, help="destination IP:PORT/PROTO")
+    p.add_argument("--from", dest="source", help="client address")
+    p.add_argument(
+        "--via",
+        choices=("clusterip", "nodeport", "external", "node"),
+        default="external",
+        help="where the client is: a pod (clusterip), outside the cluster (nodeport, "
+        "external) or the node itself (node)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
+    with_kernel(p)
+    p.set_defaults(func=cmd_cleanup)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, NftError, OSError) as exc:
+        print(f"nftproxy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
