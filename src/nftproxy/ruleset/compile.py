@@ -134,20 +134,23 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
             sets.append(SetDef(names(f"{name}{f}"), frontend, "verdict"))
         for name in ("nodeports", "np-short-circuit"):
             sets.append(SetDef(names(f"{name}{f}"), "inet_proto . inet_service", "verdict"))
+        # typeof says `tcp dport` only to name the type: nft 1.0.6 cannot re-read a typeof
+        # holding `th dport` from the kernel (rules added to the map later fail with
+        # "conflicting protocols specified"). Rules still look up `th dport`, any protocol.
         for local in (False, True):
             sets.append(
                 SetDef(
                     names.endpoints(f, local=local, nodeport=False),
-                    f"{ip} daddr . meta l4proto . th dport . numgen random mod 2",
-                    f"{ip} daddr . th dport",
+                    f"{ip} daddr . meta l4proto . tcp dport . numgen random mod 2",
+                    f"{ip} daddr . tcp dport",
                     typeof=True,
                 )
             )
             sets.append(
                 SetDef(
                     names.endpoints(f, local=local, nodeport=True),
-                    "meta l4proto . th dport . numgen random mod 2",
-                    f"{ip} daddr . th dport",
+                    "meta l4proto . tcp dport . numgen random mod 2",
+                    f"{ip} daddr . tcp dport",
                     typeof=True,
                 )
             )

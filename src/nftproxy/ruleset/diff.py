@@ -8,7 +8,7 @@ element adds and deletes plus whole chains added or removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nftproxy.ruleset.desired import Ruleset
@@ -18,11 +18,15 @@ from nftproxy.ruleset.schema import (
     TABLE,
     Atom,
     Chain,
+    DnatMap,
     ElementKey,
     ElementValue,
+    Lookup,
     NumgenVmap,
     SetDef,
+    UpdateSet,
     Verdict,
+    Vmap,
     render_rule,
 )
 
@@ -262,13 +266,18 @@ def diff(desired: Ruleset, applied: AppliedState) -> Transaction:
     return tx
 
 
-def _targets(chain: Chain) -> Iterable[str]:
+def chain_targets(chain: Chain) -> Iterator[str]:
+    """Chains the rules jump to, and sets they use as "@name"."""
     for rule in chain.rules:
         for part in rule:
             if isinstance(part, Verdict) and part.target:
                 yield part.target
             elif isinstance(part, NumgenVmap):
                 yield from (v.target for v in part.targets if v.target)
+            elif isinstance(part, Lookup | UpdateSet):
+                yield f"@{part.set}"
+            elif isinstance(part, Vmap | DnatMap):
+                yield f"@{part.map}"
 
 
 def chains_in_order(chains: list[Chain]) -> list[Chain]:
@@ -280,7 +289,7 @@ def chains_in_order(chains: list[Chain]) -> list[Chain]:
         if c.name in done:
             return
         done.add(c.name)
-        for t in _targets(c):
+        for t in chain_targets(c):
             if t in by_name:
                 visit(by_name[t])
         out.append(c)
@@ -346,7 +355,7 @@ def applied_from_json(doc: dict[str, object]) -> AppliedState:
             state.sets.add(name)
             if "map" in item:
                 state.maps.add(name)
-            if "dynamic" in s.get("flags", ()):
+            if "timeout" in s.get("flags", ()) or "dynamic" in s.get("flags", ()):
                 state.dynamic.add(name)
                 continue
             elems: dict[ElementKey, ElementValue] = {}

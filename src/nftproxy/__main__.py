@@ -1,0 +1,5 @@
+import sys
+
+from nftproxy.cli import main
+
+sys.exit(main())

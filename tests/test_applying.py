@@ -1,0 +1,226 @@
+"""Applying to a real kernel, inside namespaces these tests create."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import build, endpoints, ep, port, service
+from conftest import nft_in
+
+from nftproxy import applying
+from nftproxy.nft import NftBinary, NftError, open_backend
+from nftproxy.ruleset.compile import Names
+from nftproxy.ruleset.diff import AppliedState
+
+pytestmark = pytest.mark.kernel
+
+
+def cluster(n_endpoints: int = 3, *, affinity: bool = False):
+    svcs = [
+        service(
+            "web",
+            ports=[port(80, node_port=30080)],
+            cluster_ips=("10.96.0.10", "fd00:96::10"),
+            load_balancer_ips=("198.51.100.10",),
+            load_balancer_source_ranges=("203.0.113.0/24",),
+        ),
+        service(
+            "dns",
+            cluster_ips=("10.96.0.53",),
+            ports=[port(53, name="dns", proto="udp")],
+            affinity_timeout=300 if affinity else None,
+        ),
+        service("empty", cluster_ips=("10.96.0.99",)),
+    ]
+    slices = [
+        endpoints(
+            "web",
+            [
+                ep(f"10.244.{i % 2}.{i + 2}", "node-a" if i % 2 else "node-b")
+                for i in range(n_endpoints)
+            ],
+        ),
+        endpoints("web", [ep("fd00:244::5")], family=6),
+        endpoints(
+            "dns",
+            [ep("10.244.0.53"), ep("10.244.1.53", "node-b")],
+            name="dns",
+            proto="udp",
+            target=53,
+        ),
+    ]
+    return svcs, slices
+
+
+def builder(svcs, slices):
+    return lambda names: build(svcs, slices, names=names)
+
+
+def test_apply_then_read_back_equals_the_desired_state_element_by_element(netns):
+    svcs, slices = cluster(affinity=True)
+    backend = open_backend(netns)
+    plan = applying.make_plan(builder(svcs, slices), applying.read_applied(backend))
+    applying.run_plan(backend, plan)
+    kernel = applying.read_applied(backend)
+    expected = AppliedState.of(build(svcs, slices, names=Names("g1-")))
+    assert kernel is not None
+    assert kernel.sets == expected.sets
+    assert kernel.chains == expected.chains
+    for name, elems in expected.elements.items():
+        assert kernel.elements[name] == elems, name
+    assert kernel == expected
+
+
+def test_plan_after_apply_is_empty(netns):
+    svcs, slices = cluster()
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    plan = applying.make_plan(builder(svcs, slices), applying.read_applied(backend))
+    assert plan.mode == "noop"
+    assert plan.transactions == []
+
+
+def test_an_endpoint_change_is_a_small_incremental_transaction(netns):
+    svcs, slices = cluster(3)
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    svcs2, slices2 = cluster(4)
+    plan = applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
+    assert plan.mode == "incremental"
+    # web has 3 frontends (ClusterIP, LB IP, NodePort) that each move from pick-3 to pick-4
+    # and gain one endpoint element; nothing else in the cluster is touched.
+    assert plan.size() < 20
+    applying.run_plan(backend, plan)
+    assert applying.read_applied(backend) == AppliedState.of(build(svcs2, slices2))
+
+
+def test_a_sequence_of_changes_ends_equal_to_a_fresh_apply(netns, make_netns):
+    backend = open_backend(netns)
+    states = [
+        cluster(1),
+        cluster(5, affinity=True),
+        cluster(2),
+        cluster(0),
+        cluster(3, affinity=True),
+    ]
+    for svcs, slices in states:
+        applying.run_plan(
+            backend, applying.make_plan(builder(svcs, slices), applying.read_applied(backend))
+        )
+    fresh_ns = make_netns()
+    fresh = open_backend(fresh_ns)
+    applying.run_plan(fresh, applying.make_plan(builder(*states[-1]), None))
+    assert applying.read_applied(backend) == applying.read_applied(fresh)
+    assert canonical_table(netns) == canonical_table(fresh_ns)
+
+
+def canonical_table(netns: str) -> list[str]:
+    """Every object and rule of the table, without handles, in a stable order: the
+    listing order follows history, the content must not."""
+    doc = json.loads(nft_in(netns, "-j", "list", "table", "inet", "nftproxy"))
+    out = []
+    for item in doc["nftables"]:
+        for body in item.values():
+            if isinstance(body, dict):
+                body.pop("handle", None)
+                if "elem" in body:
+                    body["elem"] = sorted(body["elem"], key=json.dumps)
+        out.append(json.dumps(item, sort_keys=True))
+    return sorted(out)
+
+
+def test_a_new_generation_replaces_the_old_one_completely(netns):
+    svcs, slices = cluster()
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    plan = applying.make_plan(
+        builder(svcs, slices), applying.read_applied(backend), force_generation=True, chunk=10
+    )
+    assert plan.mode == "generation" and plan.generation == 2
+    assert len(plan.transactions) > 3  # setup, several element chunks, flip, cleanup
+    applying.run_plan(backend, plan)
+    kernel = applying.read_applied(backend)
+    assert kernel == AppliedState.of(build(svcs, slices, names=Names("g2-")))
+    assert applying.generations(kernel) == {2}
+
+
+def test_a_refused_transaction_leaves_the_kernel_unchanged(netns):
+    svcs, slices = cluster(3)
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    svcs2, slices2 = cluster(1)
+    plan = applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
+    # Someone else removes an element the plan is about to delete: the kernel must refuse
+    # the whole transaction, not apply part of it.
+    nft_in(
+        netns,
+        "delete",
+        "element",
+        "inet",
+        "nftproxy",
+        "g1-endpoints4",
+        "{ 10.96.0.10 . tcp . 80 . 2 }",
+    )
+    before = nft_in(netns, "list", "ruleset")
+    with pytest.raises(NftError):
+        applying.run_plan(backend, plan)
+    assert nft_in(netns, "list", "ruleset") == before
+    # The next plan reads the kernel again and repairs it.
+    applying.run_plan(
+        backend, applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
+    )
+    assert applying.read_applied(backend) == AppliedState.of(build(svcs2, slices2))
+
+
+def test_a_table_altered_by_someone_else_is_rebuilt_as_a_new_generation(netns):
+    svcs, slices = cluster()
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
+    plan = applying.make_plan(builder(svcs, slices), applying.read_applied(backend))
+    assert plan.mode == "generation"
+    applying.run_plan(backend, plan)
+    assert applying.read_applied(backend) == AppliedState.of(
+        build(svcs, slices, names=Names("g2-"))
+    )
+
+
+OTHER_TABLES = """
+table inet other {
+    set allowed { type ipv4_addr; flags interval; elements = { 10.0.0.0/8, 192.168.1.1 } }
+    chain input { type filter hook input priority 0; policy accept; ip saddr @allowed counter accept; }
+}
+table ip nat {
+    chain prerouting { type nat hook prerouting priority -100; policy accept; tcp dport 8080 dnat to 10.1.2.3:80; }
+}
+"""
+
+
+def test_cleanup_removes_only_nftproxy_and_leaves_other_tables_byte_identical(netns):
+    nft_in(netns, "-f", "-", stdin=OTHER_TABLES)
+    before = nft_in(netns, "list", "ruleset")
+    svcs, slices = cluster(affinity=True)
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    assert "nftproxy" in nft_in(netns, "list", "tables")
+    assert applying.cleanup(backend) is True
+    assert nft_in(netns, "list", "ruleset") == before
+    assert applying.cleanup(backend) is False
+
+
+def test_the_nft_binary_backend_gives_the_same_table_as_libnftables(netns, make_netns):
+    svcs, slices = cluster(affinity=True)
+    lib = open_backend(netns, prefer="lib")
+    applying.run_plan(lib, applying.make_plan(builder(svcs, slices), None))
+    other = make_netns()
+    binary = NftBinary(other)
+    applying.run_plan(binary, applying.make_plan(builder(svcs, slices), None))
+    assert applying.read_applied(lib) == applying.read_applied(binary)
+    doc = json.loads(nft_in(other, "-j", "list", "table", "inet", "nftproxy"))
+    assert any("map" in item for item in doc["nftables"])
+
+
+def test_opening_a_missing_namespace_is_a_clear_error():
+    with pytest.raises(NftError, match="does not exist"):
+        open_backend("nftproxy-no-such-namespace")
