@@ -35,6 +35,21 @@ class Ruleset:
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Scope:
+    """What changed since the last sync: the only objects an incremental diff looks at."""
+
+    elements: dict[str, set[ElementKey]] = field(default_factory=dict)
+    chains: set[str] = field(default_factory=set)
+    sets: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.elements or self.chains or self.sets)
+
+    def touch(self, set_name: str, key: ElementKey) -> None:
+        self.elements.setdefault(set_name, set()).add(key)
+
+
 class DesiredState:
     def __init__(self, node: NodeConfig, names: Names) -> None:
         self.node = node
@@ -49,7 +64,13 @@ class DesiredState:
         # (set, key) -> owner of the effective value; contested keys keep every claim.
         self._owner: dict[tuple[str, ElementKey], Owner] = {}
         self._contested: dict[tuple[str, ElementKey], dict[Owner, ElementValue]] = {}
+        self.changes = Scope()
         self._put(_SKELETON, skeleton_elements(names, node))
+
+    def take_changes(self) -> Scope:
+        """What changed since the last call: the scope of the next incremental diff."""
+        changes, self.changes = self.changes, Scope()
+        return changes
 
     @property
     def conflicts(self) -> dict[tuple[str, ElementKey], list[Owner]]:
@@ -69,6 +90,7 @@ class DesiredState:
     # --- internals ---------------------------------------------------------------------
 
     def _claim(self, owner: Owner, set_name: str, key: ElementKey, value: ElementValue) -> None:
+        self.changes.touch(set_name, key)
         elems = self.ruleset.elements.setdefault(set_name, {})
         ref = (set_name, key)
         current = self._owner.get(ref)
@@ -83,6 +105,7 @@ class DesiredState:
         elems[key] = claims[winner]
 
     def _release(self, owner: Owner, set_name: str, key: ElementKey) -> None:
+        self.changes.touch(set_name, key)
         ref = (set_name, key)
         elems = self.ruleset.elements[set_name]
         claims = self._contested.get(ref)
@@ -100,6 +123,8 @@ class DesiredState:
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
         self._fragments[owner] = frag
+        self.changes.sets.update(frag.sets)
+        self.changes.chains.update(frag.chains)
         for name, sdef in frag.sets.items():
             self.ruleset.sets[name] = sdef
             self.ruleset.elements.setdefault(name, {})
@@ -109,6 +134,7 @@ class DesiredState:
             if self._picks[spec] == 0:
                 chain = spec.chain(self.names)
                 self.ruleset.chains[chain.name] = chain
+                self.changes.chains.add(chain.name)
             self._picks[spec] += 1
         for set_name, elems in frag.elements.items():
             for key, value in elems.items():
@@ -125,8 +151,12 @@ class DesiredState:
             self._picks[spec] -= 1
             if self._picks[spec] == 0:
                 del self._picks[spec]
-                del self.ruleset.chains[spec.chain(self.names).name]
+                name = spec.chain(self.names).name
+                del self.ruleset.chains[name]
+                self.changes.chains.add(name)
         # A Service's own chains and sets carry a hash of its name: nobody else uses them.
+        self.changes.chains.update(frag.chains)
+        self.changes.sets.update(frag.sets)
         for name in frag.chains:
             self.ruleset.chains.pop(name, None)
         for name in frag.sets:

@@ -8,10 +8,10 @@ element adds and deletes plus whole chains added or removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from nftproxy.ruleset.desired import Ruleset
+from nftproxy.ruleset.desired import Ruleset, Scope
 from nftproxy.ruleset.schema import (
     FAMILY,
     SKELETON_MARK,
@@ -59,6 +59,38 @@ class AppliedState:
                 if "dynamic" not in ruleset.sets[n].flags
             },
         )
+
+    def record(self, tx: Transaction) -> None:
+        """Update this summary with a transaction the kernel accepted (no re-read)."""
+        for op in tx.ops:
+            match op:
+                case AddSet(set=sdef):
+                    self.sets.add(sdef.name)
+                    if sdef.is_map:
+                        self.maps.add(sdef.name)
+                    if "dynamic" in sdef.flags:
+                        self.dynamic.add(sdef.name)
+                    else:
+                        self.elements.setdefault(sdef.name, {})
+                case DeleteSet(name=name):
+                    self.sets.discard(name)
+                    self.maps.discard(name)
+                    self.dynamic.discard(name)
+                    self.elements.pop(name, None)
+                case AddChain(chain=chain):
+                    self.chains[chain.name] = ChainSummary(len(chain.rules))
+                case FlushChain(name=name):
+                    self.chains[name] = ChainSummary(0)
+                case DeleteChain(name=name):
+                    self.chains.pop(name, None)
+                case AddElements(set=name, items=items):
+                    self.elements.setdefault(name, {}).update(items)
+                case DeleteElements(set=name, keys=keys):
+                    elems = self.elements.get(name, {})
+                    for k in keys:
+                        elems.pop(k, None)
+                case _:
+                    pass
 
     def element_count(self) -> int:
         return sum(len(e) for e in self.elements.values())
@@ -224,46 +256,89 @@ def _element_changes(
     return deletes, adds
 
 
-def diff(desired: Ruleset, applied: AppliedState) -> Transaction:
+def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) -> Transaction:
     """The smallest transaction that turns `applied` into `desired`.
 
-    Raises SkeletonMismatch when an object exists under the same name with other content.
+    With a scope, only the objects it names are compared: O(change) instead of O(table),
+    which is how the daemon syncs. Raises SkeletonMismatch when an object exists under the
+    same name with other content.
     """
     markers = [n for n in desired.chains if SKELETON_MARK in n]
     if any(m not in applied.chains for m in markers):
         raise SkeletonMismatch("the table was built from another skeleton (options or version)")
+    set_names = desired.sets.keys() | applied.sets if scope is None else scope.sets
+    chain_names = desired.chains.keys() | applied.chains.keys() if scope is None else scope.chains
+
     tx = Transaction()
-    tx.ops.extend(AddSet(sdef) for name, sdef in desired.sets.items() if name not in applied.sets)
+    tx.ops.extend(
+        AddSet(desired.sets[n])
+        for n in sorted(set_names)
+        if n in desired.sets and n not in applied.sets
+    )
     new_chains = []
-    for name, chain in desired.chains.items():
+    for name in chain_names:
+        chain = desired.chains.get(name)
         summary = applied.chains.get(name)
+        if chain is None:
+            continue
         if summary is None:
             new_chains.append(chain)
         elif summary.rules != len(chain.rules):
             raise SkeletonMismatch(
                 f"chain {name} has {summary.rules} rules, not {len(chain.rules)}"
             )
-    # Chains first without rules would need a second pass; adding them in dependency order
-    # (targets before the chains that jump to them) keeps each chain one operation.
-    tx.ops.extend(AddChain(c) for c in chains_in_order(new_chains))
+    # Adding chains in dependency order (targets before the chains that jump to them) keeps
+    # each chain one operation.
+    tx.ops.extend(AddChain(c) for c in chains_in_order(sorted(new_chains, key=lambda c: c.name)))
 
     adds: list[Op] = []
-    for name, elems in desired.elements.items():
-        if "dynamic" in desired.sets[name].flags:
+    element_sets = desired.elements.keys() if scope is None else scope.elements.keys()
+    for name in sorted(element_sets):
+        sdef = desired.sets.get(name)
+        if sdef is None or "dynamic" in sdef.flags:
             continue
-        dels, add = _element_changes(elems, applied.elements.get(name, {}))
+        want = desired.elements.get(name, {})
+        have = applied.elements.get(name, {})
+        if scope is None:
+            dels, add = _element_changes(want, have)
+        else:
+            dels, add = _element_changes_of(scope.elements[name], want, have)
         if dels and name in applied.sets:
             tx.ops.append(DeleteElements(name, tuple(dels)))
         if add:
             adds.append(AddElements(name, tuple(add)))
     tx.ops.extend(adds)
 
-    gone_chains = [n for n in applied.chains if n not in desired.chains]
+    gone_chains = sorted(n for n in chain_names if n in applied.chains and n not in desired.chains)
     tx.ops.extend(FlushChain(n) for n in gone_chains)
     # Sets go before chains: a map's elements may still jump to a chain being removed.
-    tx.ops.extend(DeleteSet(n, n in applied.maps) for n in applied.sets if n not in desired.sets)
+    tx.ops.extend(
+        DeleteSet(n, n in applied.maps)
+        for n in sorted(set_names)
+        if n in applied.sets and n not in desired.sets
+    )
     tx.ops.extend(DeleteChain(n) for n in gone_chains)
     return tx
+
+
+def _element_changes_of(
+    keys: Iterable[ElementKey],
+    desired: dict[ElementKey, ElementValue],
+    applied: dict[ElementKey, ElementValue],
+) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
+    deletes: list[ElementKey] = []
+    adds: list[tuple[ElementKey, ElementValue]] = []
+    missing = object()
+    for k in keys:
+        want = desired.get(k, missing)
+        have = applied.get(k, missing)
+        if want == have:
+            continue
+        if have is not missing:
+            deletes.append(k)
+        if want is not missing:
+            adds.append((k, want))  # type: ignore[arg-type]
+    return deletes, adds
 
 
 def chain_targets(chain: Chain) -> Iterator[str]:
