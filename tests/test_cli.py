@@ -1,0 +1,106 @@
+"""The command line as a user runs it: `python -m nftproxy ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import nft_in
+
+DATA = Path(__file__).parent / "data"
+CLUSTER = str(DATA / "cluster.yaml")
+NODE = ["--node-name", "node-a", "--node-ip", "192.168.0.1", "--cluster-cidr", "10.244.0.0/16"]
+
+
+def nftproxy(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nftproxy", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_compile_prints_a_ruleset_nft_accepts(netns):
+    out = nftproxy("compile", CLUSTER, *NODE)
+    assert out.returncode == 0, out.stderr
+    assert "10.96.0.10 . tcp . 80 : goto g1-pick4-2" in out.stdout
+    nft_in(netns, "-c", "-f", "-", stdin=out.stdout)
+
+
+def test_explain_prints_endpoints_with_probabilities_and_path():
+    out = nftproxy("explain", CLUSTER, *NODE, "--to", "10.96.0.10:80/tcp", "--from", "10.244.3.3")
+    assert out.returncode == 0, out.stderr
+    assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
+    assert "50.00%  dnat   10.244.2.7:8080" in out.stdout
+    assert "services4 -> @frontends4 -> pick4-2" in out.stdout
+
+
+def test_explain_json_for_a_node_port_reports_masquerade():
+    out = nftproxy("explain", CLUSTER, *NODE, "--to", "192.168.0.1:30443", "--via", "nodeport", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert {r["endpoint"]: r["probability"] for r in doc["results"]} == {
+        "10.244.1.5:8443": 0.5,
+        "10.244.2.7:8443": 0.5,
+    }
+    assert all(r["masquerade"] for r in doc["results"])
+
+
+def test_explain_rejects_a_malformed_target_with_a_clear_message():
+    out = nftproxy("explain", CLUSTER, "--to", "10.96.0.10/tcp")
+    assert out.returncode == 1
+    assert "--to" in out.stderr and "port" in out.stderr
+
+
+def test_a_bad_object_is_reported_and_every_other_object_still_compiles(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\n"
+        "spec:\n  clusterIP: 10.96.0.77\n  ports: [{name: x, port: 70000}]\n"
+    )
+    out = nftproxy("compile", CLUSTER, str(bad), *NODE)
+    assert out.returncode == 3
+    assert "Service shop/broken" in out.stderr and "spec.ports[0].port" in out.stderr
+    assert "bad.yaml" in out.stderr
+    assert "10.96.0.10 . tcp . 80" in out.stdout
+    assert "10.96.0.77" not in out.stdout
+
+
+def test_apply_plan_and_cleanup_in_a_namespace(netns):
+    nft_in(netns, "add", "table", "ip", "keepme")
+    applied = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
+    assert applied.returncode == 0, applied.stderr
+    assert "generation 1" in applied.stderr
+    table = nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4")
+    assert "10.244.1.5 . 8080" in table
+    plan = nftproxy("plan", CLUSTER, *NODE, "--netns", netns)
+    assert plan.returncode == 0
+    assert plan.stdout.startswith("# noop")
+    gone = nftproxy("cleanup", "--netns", netns)
+    assert gone.returncode == 0
+    assert nft_in(netns, "list", "tables").split() == ["table", "ip", "keepme"]
+
+
+def test_plan_shows_only_the_change_after_an_endpoint_moves(netns, tmp_path):
+    assert nftproxy("apply", CLUSTER, *NODE, "--netns", netns).returncode == 0
+    moved = tmp_path / "cluster.yaml"
+    moved.write_text(Path(CLUSTER).read_text().replace("10.244.2.7", "10.244.2.8"))
+    plan = nftproxy("plan", str(moved), *NODE, "--netns", netns)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.startswith("# incremental")
+    assert "10.244.2.7" in plan.stdout and "10.244.2.8" in plan.stdout
+    assert "10.244.1.5" not in plan.stdout
+
+
+def test_apply_to_a_missing_namespace_fails_clearly():
+    out = nftproxy("apply", CLUSTER, "--netns", "nftproxy-test-does-not-exist")
+    assert out.returncode == 1
+    assert "does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["--cluster-cidr", "10.0.0.0/33"], ["--node-ip", "banana"]])
+def test_bad_node_options_name_the_option(args):
+    out = nftproxy("compile", CLUSTER, *args)
+    assert out.returncode == 1
+    assert args[0].lstrip("-") in out.stderr
