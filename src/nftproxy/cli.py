@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from nftproxy import applying, explain
 from nftproxy.config import ConfigError, NodeConfig, node_config
 from nftproxy.nft import NftError, open_backend
+from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset
 from nftproxy.sources.manifests import Manifests, load_paths
+from nftproxy.sources.watching import ManifestDirectory
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -146,6 +151,43 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("nftproxy")
+    node = _node(args)
+    backend = open_backend(args.netns, prefer=args.backend)
+    proxier = Proxier(
+        backend,
+        node,
+        min_sync_period=args.min_sync_period,
+        verify_period=args.verify_period,
+    )
+    source = ManifestDirectory(args.manifests, service_proxy_name=node.service_proxy_name)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping; the rules stay in place", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    source.scan()
+    proxier.replace_all(*source.merged())
+    proxier.request_full_sync()
+    where = f"network namespace {args.netns}" if args.netns else "this network namespace"
+    log.info("serving %s from %s", where, ", ".join(args.manifests))
+    loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
+    loop.start()
+    while not stop.wait(args.poll_interval):
+        if source.scan():
+            proxier.replace_all(*source.merged())
+    loop.join(timeout=30)
+    return EXIT_OK
+
+
 def _parse_target(text: str) -> tuple[str, int, str]:
     """`IP:PORT/PROTO`, `[IPv6]:PORT/PROTO`; protocol defaults to tcp."""
     proto = "tcp"
@@ -255,6 +297,34 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("run", help="the daemon: keep a namespace in sync with a manifest directory")
+    p.add_argument(
+        "--manifests",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="directory (or file) of Service/EndpointSlice manifests, watched for changes",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    with_kernel(p, netns_required=False)
+    p.add_argument(
+        "--min-sync-period",
+        type=float,
+        default=1.0,
+        help="seconds between syncs; changes in between are batched (kube-proxy: minSyncPeriod)",
+    )
+    p.add_argument(
+        "--poll-interval", type=float, default=0.5, help="seconds between directory scans"
+    )
+    p.add_argument(
+        "--verify-period",
+        type=float,
+        default=300.0,
+        help="seconds between full comparisons of the table with what was applied",
+    )
+    _node_options(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)

@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import json
 import os
+import socket
+import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -46,6 +48,36 @@ def _raise_for(text: str, script: str) -> None:
     excerpt = "\n".join(line[:300] for line in lines[:5])
     more = f"\n... ({len(lines)} lines)" if len(lines) > 5 else ""
     raise NftError(f"{text.strip()}\nwhile running:\n{excerpt}{more}", kind=_classify(text))
+
+
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
+_NFTA_GEN_ID = 1
+
+
+def ruleset_generation() -> int:
+    """The kernel's nftables generation id for the calling thread's namespace: it changes
+    with every committed transaction, whoever made it. One netlink round trip."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+    try:
+        sock.settimeout(2.0)
+        body = struct.pack("!BBH", socket.AF_UNSPEC, 0, 0)
+        header = struct.pack("=IHHII", 16 + len(body), _NFT_MSG_GETGEN, 1, 1, 0)  # NLM_F_REQUEST
+        sock.send(header + body)
+        data = sock.recv(65536)
+    finally:
+        sock.close()
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == 2:  # NLMSG_ERROR
+        (err,) = struct.unpack_from("=i", data, 16)
+        raise OSError(-err, f"nftables generation: {os.strerror(-err)}")
+    offset = 16 + 4
+    while offset + 4 <= length:
+        alen, atype = struct.unpack_from("=HH", data, offset)
+        if atype & 0x3FFF == _NFTA_GEN_ID:
+            (gen,) = struct.unpack_from("!I", data, offset + 4)
+            return int(gen)
+        offset += (alen + 3) & ~3
+    raise OSError("nftables generation: no NFTA_GEN_ID in the answer")
 
 
 def netns_path(netns: str) -> str:
@@ -139,6 +171,9 @@ class LibNftables:
         doc: dict[str, Any] = json.loads(out)
         return doc
 
+    def generation(self) -> int:
+        return self._pool.submit(ruleset_generation).result()
+
     def close(self) -> None:
         def free() -> None:
             self._lib.nft_ctx_free(self._ctx)
@@ -153,6 +188,12 @@ class NftBinary:
     def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
         self._prefix = ["nsenter", f"--net={netns_path(netns)}"] if netns else []
         self._nft = nft
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="nftgen", initializer=_setns, initargs=(netns,)
+        )
+
+    def generation(self) -> int:
+        return self._pool.submit(ruleset_generation).result()
 
     def _exec(self, args: list[str], script: str | None = None) -> str:
         proc = subprocess.run(
@@ -183,7 +224,7 @@ class NftBinary:
         return doc
 
     def close(self) -> None:
-        pass
+        self._pool.shutdown()
 
 
 def open_backend(netns: str | None = None, *, prefer: str = "auto") -> LibNftables | NftBinary:

@@ -1,0 +1,292 @@
+"""The sync loop: turn a stream of cluster states into as few, as small transactions as possible.
+
+Sources (a manifest directory, the Kubernetes API) call `Proxier.replace_*`/`update_*`; the
+loop wakes, waits out the minimum interval so bursts batch into one sync, recompiles only the
+Services that changed, and applies the scoped diff. What the kernel holds is tracked in
+memory; it is re-read only on a failure, at start, or when the ruleset generation counter
+shows that someone else committed to the namespace, and then a full resync repairs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from nftproxy import applying
+from nftproxy.config import NodeConfig
+from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.nft import Backend, NftError
+from nftproxy.ruleset.compile import Fragment, Names, compile_service
+from nftproxy.ruleset.desired import DesiredState, Ruleset
+from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, diff
+
+log = logging.getLogger("nftproxy.sync")
+
+SliceKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    mode: str  # "noop", "incremental", "generation"
+    changes: int
+    seconds: float
+    services: int
+
+
+@dataclass(slots=True)
+class SyncStats:
+    """Counters an observer (logs, metrics) reads."""
+
+    syncs: int = 0
+    full_syncs: int = 0
+    partial_syncs: int = 0
+    failures: int = 0
+    last_sync: SyncResult | None = None
+    last_success_at: float = 0.0
+    external_changes: int = 0
+    listeners: list[Callable[[SyncResult], None]] = field(default_factory=list)
+
+
+class Proxier:
+    """Owns the desired state of one network namespace and keeps the kernel equal to it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        node: NodeConfig,
+        *,
+        min_sync_period: float = 1.0,
+        verify_period: float = 60.0,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.node = node
+        self.min_sync_period = min_sync_period
+        self.verify_period = verify_period
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self.stats = SyncStats()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._services: dict[ServiceName, Service] = {}
+        self._slices: dict[SliceKey, EndpointSlice] = {}
+        self._by_service: dict[ServiceName, dict[SliceKey, EndpointSlice]] = {}
+        self._dirty: set[ServiceName] = set()
+        self._desired: DesiredState | None = None
+        self._applied: AppliedState | None = None
+        self._need_full = True
+        self._kernel_generation: int | None = None
+        self._last_sync_at = float("-inf")
+        self._last_verify_at = float("-inf")
+        self._backoff = 0.0
+        self._retry_at = float("-inf")
+
+    # --- inputs (any thread) --------------------------------------------------------------
+
+    def replace_all(
+        self, services: Mapping[ServiceName, Service], slices: Mapping[SliceKey, EndpointSlice]
+    ) -> None:
+        """A complete new picture (a re-list or a directory reload); only differences count."""
+        with self._lock:
+            for sid in self._services.keys() - services.keys():
+                self._set_service(sid, None)
+            for sid, svc in services.items():
+                self._set_service(sid, svc)
+            for key in self._slices.keys() - slices.keys():
+                self._set_slice(key, None)
+            for key, sl in slices.items():
+                self._set_slice(key, sl)
+        self._wake_if_dirty()
+
+    def update_service(self, sid: ServiceName, svc: Service | None) -> None:
+        with self._lock:
+            self._set_service(sid, svc)
+        self._wake_if_dirty()
+
+    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+        with self._lock:
+            self._set_slice(key, sl)
+        self._wake_if_dirty()
+
+    def request_full_sync(self) -> None:
+        with self._lock:
+            self._need_full = True
+        self._wake.set()
+
+    def _wake_if_dirty(self) -> None:
+        if self._dirty:
+            self._wake.set()
+
+    def _set_service(self, sid: ServiceName, svc: Service | None) -> None:
+        if self._services.get(sid) == svc:
+            return
+        if svc is None:
+            self._services.pop(sid, None)
+        else:
+            self._services[sid] = svc
+        self._dirty.add(sid)
+
+    def _set_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+        old = self._slices.get(key)
+        if old == sl:
+            return
+        if old is not None:
+            self._by_service.get(old.service, {}).pop(key, None)
+            self._dirty.add(old.service)
+        if sl is None:
+            self._slices.pop(key, None)
+        else:
+            self._slices[key] = sl
+            self._by_service.setdefault(sl.service, {})[key] = sl
+            self._dirty.add(sl.service)
+
+    # --- syncing (the loop's thread) ------------------------------------------------------
+
+    def _build(self, names: Names) -> Ruleset:
+        desired = DesiredState(self.node, names)
+        for sid, svc in self._services.items():
+            desired.set_service(sid, self._compile(sid, svc, names))
+        desired.take_changes()
+        self._desired = desired
+        return desired.ruleset
+
+    def _compile(self, sid: ServiceName, svc: Service, names: Names) -> Fragment:
+        return compile_service(svc, self._by_service.get(sid, {}).values(), self.node, names)
+
+    def sync(self) -> SyncResult:
+        """One sync now: partial when possible, full after a failure or at start."""
+        start = time.perf_counter()
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            need_full = self._need_full or self._desired is None or self._applied is None
+            try:
+                result = self._full_sync() if need_full else self._partial_sync(dirty)
+            except (NftError, OSError, SkeletonMismatch) as exc:
+                # Whatever half happened, the next attempt starts from what the kernel says.
+                self._dirty |= dirty
+                self._need_full = True
+                self._applied = None
+                self.stats.failures += 1
+                self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
+                self._retry_at = self.clock() + self._backoff
+                log.error("sync failed (retry in %.0fs): %s", self._backoff, exc)
+                raise
+        self._backoff = 0.0
+        result = SyncResult(
+            result.mode, result.changes, time.perf_counter() - start, result.services
+        )
+        self.stats.syncs += 1
+        self.stats.last_sync = result
+        self.stats.last_success_at = time.time()
+        if result.mode == "generation" or need_full:
+            self.stats.full_syncs += 1
+        else:
+            self.stats.partial_syncs += 1
+        for listener in self.stats.listeners:
+            listener(result)
+        self._note_kernel_generation()
+        return result
+
+    def _full_sync(self) -> SyncResult:
+        applied = applying.read_applied(self.backend)
+        plan = applying.make_plan(self._build, applied)
+        applying.run_plan(self.backend, plan)
+        if plan.mode == "noop":
+            self._applied = applied
+        else:
+            self._applied = applying.read_applied(self.backend)
+        self._need_full = False
+        self._last_verify_at = self.clock()
+        if plan.mode != "noop":
+            log.info("full sync: %s, %d changes", plan.mode, plan.size())
+        return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
+
+    def _partial_sync(self, dirty: Iterable[ServiceName]) -> SyncResult:
+        desired, applied = self._desired, self._applied
+        assert desired is not None and applied is not None
+        touched = 0
+        for sid in dirty:
+            svc = self._services.get(sid)
+            frag = None if svc is None else self._compile(sid, svc, desired.names)
+            desired.set_service(sid, frag)
+            touched += 1
+        tx = diff(desired.ruleset, applied, desired.take_changes())
+        if tx.size() > applying.CHUNK:
+            # Too big for one transaction: build a new generation instead.
+            self._need_full = True
+            return self._full_sync()
+        if tx:
+            self.backend.run(str(tx))
+            applied.record(tx)
+            log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
+        return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
+
+    def _note_kernel_generation(self) -> None:
+        gen = getattr(self.backend, "generation", None)
+        if gen is not None:
+            try:
+                self._kernel_generation = gen()
+            except (OSError, NftError):
+                self._kernel_generation = None
+
+    def kernel_changed_by_others(self) -> bool:
+        """True when someone else committed to this namespace's nftables since our last
+        transaction (the kernel's ruleset generation moved). Only then is the table re-read."""
+        gen = getattr(self.backend, "generation", None)
+        if gen is None or self._kernel_generation is None:
+            return False
+        try:
+            now: int = gen()
+        except (OSError, NftError):
+            return False
+        return now != self._kernel_generation
+
+    def verify(self) -> bool:
+        """Re-read the table; schedule a full sync if it differs from what we applied."""
+        self._last_verify_at = self.clock()
+        with self._lock:
+            if self._desired is None or self._applied is None:
+                return False
+            kernel = applying.read_applied(self.backend)
+            ok = kernel is not None and kernel == self._applied
+            if not ok:
+                log.warning("the nftproxy table was changed by someone else: full resync")
+                self.stats.external_changes += 1
+                self._need_full = True
+            else:
+                self._note_kernel_generation()
+        if not ok:
+            self._wake.set()
+        return ok
+
+    def run(self, stop: threading.Event, *, tick: float = 0.5) -> None:
+        """Loop until `stop` is set. Leaves the rules in place on exit."""
+        while not stop.is_set():
+            self._wake.wait(timeout=tick)
+            if stop.is_set():
+                break
+            now = self.clock()
+            if now < self._retry_at:
+                continue
+            due = self._need_full or bool(self._dirty)
+            if due and now - self._last_sync_at >= self.min_sync_period:
+                self._wake.clear()
+                self._last_sync_at = now
+                # sync() logged the failure and scheduled the retry with backoff.
+                with contextlib.suppress(NftError, OSError, SkeletonMismatch):
+                    self.sync()
+                continue
+            if not due:
+                self._wake.clear()
+            since = now - self._last_verify_at
+            # Other software (a CNI) may commit often: re-read our table at most every 5 s.
+            if (since >= 5.0 and self.kernel_changed_by_others()) or since >= self.verify_period:
+                try:
+                    self.verify()
+                except (NftError, OSError) as exc:
+                    log.error("verify failed: %s", exc)
