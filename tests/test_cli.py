@@ -37,7 +37,9 @@ def test_explain_prints_endpoints_with_probabilities_and_path():
 
 
 def test_explain_json_for_a_node_port_reports_masquerade():
-    out = nftproxy("explain", CLUSTER, *NODE, "--to", "192.168.0.1:30443", "--via", "nodeport", "--json")
+    out = nftproxy(
+        "explain", CLUSTER, *NODE, "--to", "192.168.0.1:30443", "--via", "nodeport", "--json"
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert {r["endpoint"]: r["probability"] for r in doc["results"]} == {

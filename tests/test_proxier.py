@@ -1,0 +1,195 @@
+"""The sync loop against a real kernel (and one named fake to stage a refused commit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from builders import NODE, build, endpoints, ep, port, service
+from conftest import nft_in
+
+from nftproxy import applying
+from nftproxy.nft import NftError, open_backend
+from nftproxy.proxier import Proxier
+from nftproxy.ruleset.compile import Names
+from nftproxy.ruleset.diff import AppliedState
+
+WEB = service("web", ports=[port(80, node_port=30080)])
+
+
+def slices_of(*ips: str):
+    sl = endpoints("web", [ep(ip) for ip in ips])
+    return {(sl.namespace, sl.name): sl}
+
+
+def test_a_slice_update_becomes_a_small_partial_sync_equal_to_a_fresh_build(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1", "10.244.1.2"))
+    first = proxier.sync()
+    assert first.mode == "generation"
+    new = slices_of("10.244.1.1", "10.244.1.3")
+    proxier.replace_all({WEB.id: WEB}, new)
+    second = proxier.sync()
+    assert second.mode == "incremental"
+    assert 0 < second.changes < 12
+    expected = build([WEB], new.values(), names=Names("g1-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+    assert proxier.stats.partial_syncs == 1 and proxier.stats.full_syncs == 1
+
+
+def test_nothing_changed_means_no_transaction(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
+    proxier.sync()
+    gen = backend.generation()
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
+    assert proxier.sync().mode == "noop"
+    assert backend.generation() == gen
+
+
+def test_a_table_changed_by_someone_else_is_detected_and_repaired(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
+    proxier.sync()
+    assert not proxier.kernel_changed_by_others()
+    nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4")
+    assert proxier.kernel_changed_by_others()
+    assert proxier.verify() is False
+    # Only elements went missing: the repair re-adds them, it needs no new generation.
+    assert proxier.sync().mode == "incremental"
+    assert applying.read_applied(backend) == AppliedState.of(
+        build([WEB], slices_of("10.244.1.1").values(), names=Names("g1-"))
+    )
+    nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
+    assert proxier.verify() is False
+    assert proxier.sync().mode == "generation"
+    assert proxier.verify() is True
+
+
+class FlakyBackend:
+    """A fake that refuses the next commit: the kernel cannot be made to fail on demand."""
+
+    def __init__(self, real):
+        self.real = real
+        self.refuse = 0
+
+    def run(self, script: str) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise NftError("Error: Could not process rule: Cannot allocate memory")
+        self.real.run(script)
+
+    def check(self, script: str) -> None:
+        self.real.check(script)
+
+    def list_table(self):
+        return self.real.list_table()
+
+    def generation(self) -> int:
+        return self.real.generation()
+
+
+def test_a_failed_sync_retries_as_a_full_sync_that_converges(netns):
+    backend = FlakyBackend(open_backend(netns))
+    proxier = Proxier(backend, NODE, min_sync_period=0.0)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
+    proxier.sync()
+    backend.refuse = 1
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.9"))
+    with pytest.raises(NftError):
+        proxier.sync()
+    assert proxier.stats.failures == 1
+    result = proxier.sync()
+    assert result.mode in ("incremental", "generation")
+    expected = build([WEB], slices_of("10.244.1.9").values(), names=Names("g1-"))
+    assert applying.read_applied(backend.real) == AppliedState.of(expected)
+
+
+def test_the_loop_batches_a_burst_of_changes_into_few_syncs(netns):
+    proxier = Proxier(open_backend(netns), NODE, min_sync_period=0.5)
+    stop = threading.Event()
+    loop = threading.Thread(target=proxier.run, args=(stop,), kwargs={"tick": 0.05})
+    loop.start()
+    try:
+        for i in range(20):
+            proxier.replace_all({WEB.id: WEB}, slices_of(f"10.244.1.{i + 1}"))
+            time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            applied = applying.read_applied(proxier.backend)
+            if applied and ("10.96.0.10", "tcp", 80, 0) in applied.elements.get(
+                "g1-endpoints4", {}
+            ):
+                if applied.elements["g1-endpoints4"][("10.96.0.10", "tcp", 80, 0)] == (
+                    "10.244.1.20",
+                    8080,
+                ):
+                    break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loop.join()
+    assert applied.elements["g1-endpoints4"][("10.96.0.10", "tcp", 80, 0)] == ("10.244.1.20", 8080)
+    assert proxier.stats.syncs <= 4
+
+
+MANIFEST = Path(__file__).parent / "data" / "cluster.yaml"
+
+
+def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(netns, tmp_path):
+    (tmp_path / "cluster.yaml").write_text(MANIFEST.read_text())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nftproxy",
+            "run",
+            "--manifests",
+            str(tmp_path),
+            "--netns",
+            netns,
+            "--node-ip",
+            "192.168.0.1",
+            "--min-sync-period",
+            "0.1",
+            "--poll-interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def endpoints_now() -> str:
+            try:
+                return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4")
+            except AssertionError:
+                return ""
+
+        deadline = time.monotonic() + 15
+        while "10.244.2.7" not in endpoints_now() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "10.244.2.7" in endpoints_now()
+        text = MANIFEST.read_text().replace("10.244.2.7", "10.244.2.99")
+        (tmp_path / "cluster.yaml").write_text(text)
+        (tmp_path / "broken.yaml").write_text("kind: [\n")
+        deadline = time.monotonic() + 15
+        while "10.244.2.99" not in endpoints_now() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "10.244.2.99" in endpoints_now() and "10.244.2.7" not in endpoints_now()
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "broken.yaml" in out and "SIGTERM" in out
+    assert "10.244.2.99" in endpoints_now()
