@@ -34,6 +34,7 @@ from nftproxy.ruleset.schema import (
     MarkSet,
     Masquerade,
     NfProto,
+    NotLoopback,
     NumgenVmap,
     Reject,
     Rule,
@@ -236,6 +237,9 @@ class _Evaluator:
                 case FibLocal(which=w, negate=neg):
                     addr = self.pkt.src if w == "saddr" else self.pkt.dst
                     if self.is_local(addr) == neg:
+                        return None
+                case NotLoopback():
+                    if ipaddress.ip_address(self.pkt.dst).is_loopback:
                         return None
                 case MarkSet(mask=m):
                     if mark & m != m:

@@ -232,3 +232,11 @@ def test_two_services_claiming_one_external_ip_resolve_to_the_first_by_name():
 
 def test_the_node_config_used_by_these_tests_is_dual_stack():
     assert NODE.cluster_cidrs_of(6) == ("fd00:244::/64",)
+
+
+def test_node_ports_are_not_served_on_loopback():
+    node = node_config(node_name="node-a", node_ips=["192.168.0.1", "127.0.0.1"])
+    svc = service(ports=[port(80, node_port=30080)])
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])], node=node)
+    assert reached(send(rs, "127.0.0.1", 30080, src="127.0.0.1", from_node=True, node=node)) == {}
+    assert reached(send(rs, "192.168.0.1", 30080, src="192.168.0.1", from_node=True, node=node)) == {"10.244.1.1:8080": 1}

@@ -42,6 +42,7 @@ from nftproxy.ruleset.schema import (
     MarkSet,
     Masquerade,
     NfProto,
+    NotLoopback,
     NumgenVmap,
     Reject,
     Rule,
@@ -216,7 +217,9 @@ def _services_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
             )
         )
     else:
-        rules.append((FibLocal("daddr"), goto(names(f"nodeports{f}"))))
+        # kube-proxy's nftables mode does not serve NodePorts on loopback either: a DNATed
+        # packet from 127.0.0.1 would be dropped as martian on the way to the pod.
+        rules.append((FibLocal("daddr"), NotLoopback(f), goto(names(f"nodeports{f}"))))
     return Chain(names(f"services{f}"), tuple(rules))
 
 

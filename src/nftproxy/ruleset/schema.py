@@ -102,6 +102,16 @@ class FibLocal:
 
 
 @dataclass(frozen=True, slots=True)
+class NotLoopback:
+    """The destination is not a loopback address (NodePorts are not served there)."""
+
+    family: Family
+
+    def render(self) -> str:
+        return "ip daddr != 127.0.0.0/8" if self.family == 4 else "ip6 daddr != ::1"
+
+
+@dataclass(frozen=True, slots=True)
 class MarkSet:
     """Packet mark has `mask` bits set."""
 
@@ -235,6 +245,7 @@ Part: TypeAlias = (
     CtState
     | CtStatusDnat
     | FibLocal
+    | NotLoopback
     | MarkSet
     | L4Proto
     | NfProto
