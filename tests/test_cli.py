@@ -91,7 +91,9 @@ def test_plan_shows_only_the_change_after_an_endpoint_moves(netns, tmp_path):
     plan = nftproxy("plan", str(moved), *NODE, "--netns", netns)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("# incremental")
-    assert "10.244.2.7" in plan.stdout and "10.244.2.8" in plan.stdout
+    assert "delete element inet nftproxy g1-endpoints4 { 10.96.0.10 . tcp . 80 . 1," in plan.stdout
+    assert "10.96.0.10 . tcp . 80 . 1 : 10.244.2.8 . 8080" in plan.stdout
+    # The endpoint that stayed is not touched.
     assert "10.244.1.5" not in plan.stdout
 
 

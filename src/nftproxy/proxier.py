@@ -148,9 +148,10 @@ class Proxier:
     # --- syncing (the loop's thread) ------------------------------------------------------
 
     def _build(self, names: Names) -> Ruleset:
-        desired = DesiredState(self.node, names)
+        desired = DesiredState(self.node, names, track_changes=False)
         for sid, svc in self._services.items():
             desired.set_service(sid, self._compile(sid, svc, names))
+        desired.track_changes = True
         desired.take_changes()
         self._desired = desired
         return desired.ruleset
@@ -196,10 +197,13 @@ class Proxier:
         applied = applying.read_applied(self.backend)
         plan = applying.make_plan(self._build, applied)
         applying.run_plan(self.backend, plan)
-        if plan.mode == "noop":
-            self._applied = applied
-        else:
-            self._applied = applying.read_applied(self.backend)
+        if plan.mode != "noop":
+            applied = applying.read_applied(self.backend)
+        assert applied is not None
+        # Keep the names of what exists, not the elements: partial syncs diff against the
+        # values the desired state recorded before each change.
+        applied.elements = {}
+        self._applied = applied
         self._need_full = False
         self._last_verify_at = self.clock()
         if plan.mode != "noop":
@@ -253,7 +257,7 @@ class Proxier:
             if self._desired is None or self._applied is None:
                 return False
             kernel = applying.read_applied(self.backend)
-            ok = kernel is not None and kernel == self._applied
+            ok = kernel is not None and kernel.matches(self._desired.ruleset)
             if not ok:
                 log.warning("the nftproxy table was changed by someone else: full resync")
                 self.stats.external_changes += 1

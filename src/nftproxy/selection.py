@@ -26,6 +26,9 @@ class Selection:
     # Whether any usable endpoint exists anywhere: decides reject (none) versus drop
     # (some, but none local) for a policy that finds nothing.
     any_usable: bool
+    # Selected endpoints that may be on this node (named so, or with no node name): only a
+    # pod here can reach itself through the Service, so only these need hairpin masquerade.
+    maybe_here: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +94,12 @@ def select(
     mine = [c for c in cands if node.node_name and c.endpoint.node_name == node.node_name]
     local = _with_fallback(mine, [c for c in mine if c.endpoint.ready])
     usable = bool(ready) or any(c.endpoint.serving and c.endpoint.terminating for c in cands)
-    return Selection(cluster=cluster, local=local, any_usable=usable)
+    chosen = {*cluster, *local}
+    here = sorted(
+        {
+            c.backend.ip
+            for c in cands
+            if c.backend in chosen and c.endpoint.node_name in (None, "", node.node_name)
+        }
+    )
+    return Selection(cluster=cluster, local=local, any_usable=usable, maybe_here=tuple(here))

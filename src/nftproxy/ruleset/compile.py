@@ -357,8 +357,8 @@ class _FragmentBuilder:
         svc, names, node = self.svc, self.names, self.node
         proto = port.protocol.value
         hairpin = names(f"hairpin{f}")
-        for b in {*sel.cluster, *sel.local}:
-            self.frag.add(hairpin, (b.ip, b.ip))
+        for ip in sel.maybe_here:
+            self.frag.add(hairpin, (ip, ip))
 
         def frontend(vip: str, backends: tuple[Backend, ...], *, local: bool) -> Verdict:
             if not backends:

@@ -35,23 +35,43 @@ class Ruleset:
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
 
 
+class Missing:
+    """The value of an element that does not exist (distinct from a set's None value)."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = Missing()
+
+
 @dataclass(slots=True)
 class Scope:
-    """What changed since the last sync: the only objects an incremental diff looks at."""
+    """What changed since the last sync: every touched element with the value it had
+    before (what the kernel holds, since the last sync succeeded), and touched chains and
+    sets. An incremental diff looks at nothing else."""
 
-    elements: dict[str, set[ElementKey]] = field(default_factory=dict)
+    before: dict[str, dict[ElementKey, ElementValue | Missing]] = field(default_factory=dict)
     chains: set[str] = field(default_factory=set)
     sets: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.elements or self.chains or self.sets)
+        return bool(self.before or self.chains or self.sets)
 
-    def touch(self, set_name: str, key: ElementKey) -> None:
-        self.elements.setdefault(set_name, set()).add(key)
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """What a Service put in, kept to take it out again (keys only: values live once, in
+    the ruleset)."""
+
+    keys: tuple[tuple[str, tuple[ElementKey, ...]], ...]
+    chains: tuple[str, ...]
+    sets: tuple[str, ...]
+    picks: frozenset[PickSpec]
 
 
 class DesiredState:
-    def __init__(self, node: NodeConfig, names: Names) -> None:
+    def __init__(self, node: NodeConfig, names: Names, *, track_changes: bool = True) -> None:
         self.node = node
         self.names = names
         self.ruleset = Ruleset(
@@ -59,11 +79,13 @@ class DesiredState:
             chains=dict(skeleton_chains(names, node)),
             elements={name: {} for name in skeleton_sets(names, node)},
         )
-        self._fragments: dict[Owner, Fragment] = {}
+        self._claimed: dict[Owner, _Claimed] = {}
         self._picks: Counter[PickSpec] = Counter()
-        # (set, key) -> owner of the effective value; contested keys keep every claim.
-        self._owner: dict[tuple[str, ElementKey], Owner] = {}
+        # set -> key -> owner of the effective value; contested keys keep every claim.
+        self._owners: dict[str, dict[ElementKey, Owner]] = {}
         self._contested: dict[tuple[str, ElementKey], dict[Owner, ElementValue]] = {}
+        # A bulk build (cold start, new generation) needs no change log.
+        self.track_changes = track_changes
         self.changes = Scope()
         self._put(_SKELETON, skeleton_elements(names, node))
 
@@ -89,42 +111,63 @@ class DesiredState:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _claim(self, owner: Owner, set_name: str, key: ElementKey, value: ElementValue) -> None:
-        self.changes.touch(set_name, key)
-        elems = self.ruleset.elements.setdefault(set_name, {})
-        ref = (set_name, key)
-        current = self._owner.get(ref)
+    def _note(self, set_name: str, key: ElementKey, elems: dict[ElementKey, ElementValue]) -> None:
+        before = self.changes.before.setdefault(set_name, {})
+        if key not in before:
+            before[key] = elems.get(key, MISSING)
+
+    def _claim(
+        self,
+        owner: Owner,
+        set_name: str,
+        key: ElementKey,
+        value: ElementValue,
+        elems: dict[ElementKey, ElementValue],
+        owners: dict[ElementKey, Owner],
+    ) -> None:
+        if self.track_changes:
+            self._note(set_name, key, elems)
+        current = owners.get(key)
         if current is None:
-            self._owner[ref] = owner
+            owners[key] = owner
             elems[key] = value
             return
+        ref = (set_name, key)
         claims = self._contested.setdefault(ref, {current: elems[key]})
         claims[owner] = value
         winner = min(claims)
-        self._owner[ref] = winner
+        owners[key] = winner
         elems[key] = claims[winner]
 
     def _release(self, owner: Owner, set_name: str, key: ElementKey) -> None:
-        self.changes.touch(set_name, key)
-        ref = (set_name, key)
         elems = self.ruleset.elements[set_name]
+        owners = self._owners[set_name]
+        if self.track_changes:
+            self._note(set_name, key, elems)
+        ref = (set_name, key)
         claims = self._contested.get(ref)
         if claims is None:
-            if self._owner.get(ref) == owner:
-                del self._owner[ref]
+            if owners.get(key) == owner:
+                del owners[key]
                 del elems[key]
             return
         claims.pop(owner, None)
         winner = min(claims)
-        self._owner[ref] = winner
+        owners[key] = winner
         elems[key] = claims[winner]
         if len(claims) == 1:
             del self._contested[ref]
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
-        self._fragments[owner] = frag
-        self.changes.sets.update(frag.sets)
-        self.changes.chains.update(frag.chains)
+        self._claimed[owner] = _Claimed(
+            keys=tuple((name, tuple(elems)) for name, elems in frag.elements.items()),
+            chains=tuple(frag.chains),
+            sets=tuple(frag.sets),
+            picks=frozenset(frag.picks),
+        )
+        if self.track_changes:
+            self.changes.sets.update(frag.sets)
+            self.changes.chains.update(frag.chains)
         for name, sdef in frag.sets.items():
             self.ruleset.sets[name] = sdef
             self.ruleset.elements.setdefault(name, {})
@@ -136,18 +179,20 @@ class DesiredState:
                 self.ruleset.chains[chain.name] = chain
                 self.changes.chains.add(chain.name)
             self._picks[spec] += 1
-        for set_name, elems in frag.elements.items():
-            for key, value in elems.items():
-                self._claim(owner, set_name, key, value)
+        for set_name, new in frag.elements.items():
+            elems = self.ruleset.elements.setdefault(set_name, {})
+            owners = self._owners.setdefault(set_name, {})
+            for key, value in new.items():
+                self._claim(owner, set_name, key, value, elems, owners)
 
     def _remove(self, owner: Owner) -> None:
-        frag = self._fragments.pop(owner, None)
-        if frag is None:
+        claimed = self._claimed.pop(owner, None)
+        if claimed is None:
             return
-        for set_name, elems in frag.elements.items():
-            for key in elems:
+        for set_name, keys in claimed.keys:
+            for key in keys:
                 self._release(owner, set_name, key)
-        for spec in frag.picks:
+        for spec in claimed.picks:
             self._picks[spec] -= 1
             if self._picks[spec] == 0:
                 del self._picks[spec]
@@ -155,10 +200,12 @@ class DesiredState:
                 del self.ruleset.chains[name]
                 self.changes.chains.add(name)
         # A Service's own chains and sets carry a hash of its name: nobody else uses them.
-        self.changes.chains.update(frag.chains)
-        self.changes.sets.update(frag.sets)
-        for name in frag.chains:
+        if self.track_changes:
+            self.changes.chains.update(claimed.chains)
+            self.changes.sets.update(claimed.sets)
+        for name in claimed.chains:
             self.ruleset.chains.pop(name, None)
-        for name in frag.sets:
+        for name in claimed.sets:
             self.ruleset.sets.pop(name, None)
             self.ruleset.elements.pop(name, None)
+            self._owners.pop(name, None)

@@ -8,10 +8,10 @@ element adds and deletes plus whole chains added or removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from nftproxy.ruleset.desired import Ruleset, Scope
+from nftproxy.ruleset.desired import MISSING, Missing, Ruleset, Scope
 from nftproxy.ruleset.schema import (
     FAMILY,
     SKELETON_MARK,
@@ -58,6 +58,17 @@ class AppliedState:
                 for n, e in ruleset.elements.items()
                 if "dynamic" not in ruleset.sets[n].flags
             },
+        )
+
+    def matches(self, ruleset: Ruleset) -> bool:
+        """Whether this (kernel) state is exactly `ruleset`, without copying either."""
+        if self.sets != ruleset.sets.keys() or self.chains.keys() != ruleset.chains.keys():
+            return False
+        if any(self.chains[n].rules != len(c.rules) for n, c in ruleset.chains.items()):
+            return False
+        static = {n for n, s in ruleset.sets.items() if "dynamic" not in s.flags}
+        return self.elements.keys() == static and all(
+            self.elements[n] == ruleset.elements.get(n, {}) for n in static
         )
 
     def record(self, tx: Transaction) -> None:
@@ -259,9 +270,10 @@ def _element_changes(
 def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) -> Transaction:
     """The smallest transaction that turns `applied` into `desired`.
 
-    With a scope, only the objects it names are compared: O(change) instead of O(table),
-    which is how the daemon syncs. Raises SkeletonMismatch when an object exists under the
-    same name with other content.
+    With a scope, only the objects it names are compared, elements against the values
+    the scope recorded before the change (the kernel's, when the last sync succeeded):
+    O(change) instead of O(table), and the daemon keeps no copy of the kernel's elements.
+    Raises SkeletonMismatch when an object exists under the same name with other content.
     """
     markers = [n for n in desired.chains if SKELETON_MARK in n]
     if any(m not in applied.chains for m in markers):
@@ -292,17 +304,16 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
     tx.ops.extend(AddChain(c) for c in chains_in_order(sorted(new_chains, key=lambda c: c.name)))
 
     adds: list[Op] = []
-    element_sets = desired.elements.keys() if scope is None else scope.elements.keys()
+    element_sets = desired.elements.keys() if scope is None else scope.before.keys()
     for name in sorted(element_sets):
         sdef = desired.sets.get(name)
         if sdef is None or "dynamic" in sdef.flags:
             continue
         want = desired.elements.get(name, {})
-        have = applied.elements.get(name, {})
         if scope is None:
-            dels, add = _element_changes(want, have)
+            dels, add = _element_changes(want, applied.elements.get(name, {}))
         else:
-            dels, add = _element_changes_of(scope.elements[name], want, have)
+            dels, add = _element_changes_of(scope.before[name], want)
         if dels and name in applied.sets:
             tx.ops.append(DeleteElements(name, tuple(dels)))
         if add:
@@ -322,22 +333,18 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
 
 
 def _element_changes_of(
-    keys: Iterable[ElementKey],
-    desired: dict[ElementKey, ElementValue],
-    applied: dict[ElementKey, ElementValue],
+    before: dict[ElementKey, ElementValue | Missing], desired: dict[ElementKey, ElementValue]
 ) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
     deletes: list[ElementKey] = []
     adds: list[tuple[ElementKey, ElementValue]] = []
-    missing = object()
-    for k in keys:
-        want = desired.get(k, missing)
-        have = applied.get(k, missing)
+    for k, have in before.items():
+        want = desired.get(k, MISSING)
         if want == have:
             continue
-        if have is not missing:
+        if have is not MISSING:
             deletes.append(k)
-        if want is not missing:
-            adds.append((k, want))  # type: ignore[arg-type]
+        if not isinstance(want, Missing):
+            adds.append((k, want))
     return deletes, adds
 
 
