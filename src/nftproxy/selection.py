@@ -41,7 +41,7 @@ def _candidates(
     port: ServicePort, slices: Iterable[EndpointSlice], family: Family
 ) -> list[_Candidate]:
     """Endpoints for `port`, de-duplicated by address: a ready copy beats a not-ready one."""
-    found: dict[Backend, _Candidate] = {}
+    found: dict[tuple[str, int], _Candidate] = {}
     for sl in slices:
         if sl.family != family:
             continue
@@ -52,11 +52,11 @@ def _candidates(
         if target is None:
             continue
         for ep in sl.endpoints:
-            backend = Backend(ep.ip, target)
-            seen = found.get(backend)
+            key = (ep.ip, target)
+            seen = found.get(key)
             if seen is None or (ep.ready and not seen.endpoint.ready):
-                found[backend] = _Candidate(backend, ep)
-    return sorted(found.values(), key=lambda c: (c.backend.ip, c.backend.port))
+                found[key] = _Candidate(Backend(ep.ip, target), ep)
+    return [found[k] for k in sorted(found)]
 
 
 def _topology_filter(ready: list[_Candidate], node: NodeConfig) -> list[_Candidate]:

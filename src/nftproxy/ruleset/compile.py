@@ -302,9 +302,12 @@ class _FragmentBuilder:
             return goto(self._affinity_chain(port, f, backends, local=local))
         n = len(backends)
         self.frag.picks.add(PickSpec(f, local, True, n))
-        emap = self.names.endpoints(f, local=local, nodeport=True)
+        emap = self.frag.elements.setdefault(
+            self.names.endpoints(f, local=local, nodeport=True), {}
+        )
+        proto, number = port.protocol.value, port.node_port or 0
         for i, b in enumerate(backends):
-            self.frag.add(emap, (port.protocol.value, port.node_port or 0, i), (b.ip, b.port))
+            emap.setdefault((proto, number, i), (b.ip, b.port))
         return goto(self.names.pick(f, local=local, nodeport=True, n=n))
 
     def frontend_target(
@@ -314,9 +317,12 @@ class _FragmentBuilder:
             return goto(self._affinity_chain(port, f, backends, local=local))
         n = len(backends)
         self.frag.picks.add(PickSpec(f, local, False, n))
-        emap = self.names.endpoints(f, local=local, nodeport=False)
+        emap = self.frag.elements.setdefault(
+            self.names.endpoints(f, local=local, nodeport=False), {}
+        )
+        proto, number = port.protocol.value, port.port
         for i, b in enumerate(backends):
-            self.frag.add(emap, (vip, port.protocol.value, port.port, i), (b.ip, b.port))
+            emap.setdefault((vip, proto, number, i), (b.ip, b.port))
         return goto(self.names.pick(f, local=local, nodeport=False, n=n))
 
     def _affinity_chain(

@@ -125,8 +125,6 @@ class DesiredState:
         elems: dict[ElementKey, ElementValue],
         owners: dict[ElementKey, Owner],
     ) -> None:
-        if self.track_changes:
-            self._note(set_name, key, elems)
         current = owners.get(key)
         if current is None:
             owners[key] = owner
@@ -182,6 +180,15 @@ class DesiredState:
         for set_name, new in frag.elements.items():
             elems = self.ruleset.elements.setdefault(set_name, {})
             owners = self._owners.setdefault(set_name, {})
+            if self.track_changes:
+                before = self.changes.before.setdefault(set_name, {})
+                for key in new.keys() - before.keys():
+                    before[key] = elems.get(key, MISSING)
+            if owners.keys().isdisjoint(new):
+                # The usual case, done in C: nobody else claims these keys.
+                owners.update(dict.fromkeys(new, owner))
+                elems.update(new)
+                continue
             for key, value in new.items():
                 self._claim(owner, set_name, key, value, elems, owners)
 
