@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -205,7 +205,7 @@ def _unregister(lab: Lab) -> None:
 
 
 @contextlib.contextmanager
-def _cleaning() -> Iterable[None]:
+def _cleaning() -> Iterator[None]:
     """Defer SIGINT/SIGTERM handling (ours) until the enclosed cleanup is done."""
     global _cleanup_depth
     _cleanup_depth += 1
@@ -465,7 +465,9 @@ class Lab:
         if not self._has_link(net, BRIDGE):
             self._ip(net, "link", "add", BRIDGE, "type", "bridge")
         # No STP (ports forward at once) and no multicast snooping (NDP just floods).
-        self._ip(net, "link", "set", BRIDGE, "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
+        self._ip(
+            net, "link", "set", BRIDGE, "type", "bridge", "stp_state", "0", "mcast_snooping", "0"
+        )
         self._ip(net, "link", "set", BRIDGE, "up")
 
         ext = self.ns(topo.ext)
@@ -501,7 +503,19 @@ class Lab:
         self._add_netns(pod_ns, COMMON_SYSCTLS)
         veth = pod_veth(pod)
         if not self._has_link(node_ns, veth):
-            self._ip(node_ns, "link", "add", veth, "type", "veth", "peer", "name", POD_IF, "netns", pod_ns)
+            self._ip(
+                node_ns,
+                "link",
+                "add",
+                veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                POD_IF,
+                "netns",
+                pod_ns,
+            )
         # Scope link: never picked as a source (masquerade uses the node's address).
         self._ip(node_ns, "addr", "replace", f"{POD_GW4}/32", "dev", veth, "scope", "link")
         self._ip(node_ns, "-6", "addr", "replace", f"{POD_GW6}/64", "dev", veth, "nodad")
@@ -538,6 +552,14 @@ class Lab:
         self.stop([s for s in self._started if s.ns == ns])
         self._delete_netns(ns)
         self.topology = self.topology.without_pod(name)
+        # The kernel dismantles a deleted namespace asynchronously; wait until the node's
+        # end of the veth is gone so that a pod of the same name can be added at once.
+        node_ns, veth = self.ns(pod.node), pod_veth(pod)
+        deadline = time.monotonic() + 5.0
+        while self._has_link(node_ns, veth):
+            if time.monotonic() > deadline:
+                raise LabError(f"{veth} in {node_ns} outlived pod {name}'s namespace")
+            time.sleep(0.02)
 
     # -- servers and clients ------------------------------------------------------------
 
@@ -563,7 +585,7 @@ class Lab:
         started = self.spawn(who, argv, log_name=f"echo-{label}")
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
-            if b"ready" in started.log.read_bytes():
+            if b"ready" in started.log.read_bytes().splitlines():
                 return started
             if started.proc.poll() is not None:
                 break
@@ -572,10 +594,19 @@ class Lab:
         self.stop(started)
         raise LabError(f"echo server in {started.ns} did not start: {text or '(no output)'}")
 
-    def start_echo_all(self, **kwargs: object) -> dict[str, Started]:
-        """`start_echo` in every pod, with the same options."""
+    def start_echo_all(
+        self,
+        *,
+        tcp: Sequence[int] = (8080,),
+        udp: Sequence[int] = (8080,),
+        echo_tcp: Sequence[int] = (),
+        max_seconds: float = 600.0,
+    ) -> dict[str, Started]:
+        """`start_echo` in every pod, each answering with its pod's name."""
         return {
-            pod.name: self.start_echo(pod, **kwargs)  # type: ignore[arg-type]
+            pod.name: self.start_echo(
+                pod, tcp=tcp, udp=udp, echo_tcp=echo_tcp, max_seconds=max_seconds
+            )
             for pod in self.topology.pods
         }
 

@@ -226,19 +226,23 @@ class Topology:
                             )
         for pod in self.pods:
             claim_name("pod", pod.name)
-            node = by_node.get(pod.node)
-            if node is None:
+            host = by_node.get(pod.node)
+            if host is None:
                 raise TopologyError(f"pod {pod.name} is on unknown node {pod.node!r}")
-            for addr, cidr in ((pod.ip4, node.pod_cidr4), (pod.ip6, node.pod_cidr6)):
-                if addr is None:
+            pairs: tuple[tuple[str | None, str], ...] = (
+                (pod.ip4, host.pod_cidr4),
+                (pod.ip6, host.pod_cidr6),
+            )
+            for pod_ip, cidr in pairs:
+                if pod_ip is None:
                     continue
                 net = ipaddress.ip_network(cidr)
-                ip = ipaddress.ip_address(addr)
+                ip = ipaddress.ip_address(pod_ip)
                 if ip not in net or ip in (net.network_address, net.broadcast_address):
                     raise TopologyError(
-                        f"pod {pod.name} address {addr} is not a host of {node.name}'s {cidr}"
+                        f"pod {pod.name} address {pod_ip} is not a host of {host.name}'s {cidr}"
                     )
-                claim_addr(f"pod {pod.name}", addr)
+                claim_addr(f"pod {pod.name}", pod_ip)
 
     # -- lookups --------------------------------------------------------------------------
 
