@@ -6,7 +6,7 @@ import json
 
 import pytest
 from builders import build, endpoints, ep, port, service
-from conftest import nft_in
+from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.nft import NftBinary, NftError, open_backend
@@ -159,8 +159,8 @@ def test_a_refused_transaction_leaves_the_kernel_unchanged(netns):
         "element",
         "inet",
         "nftproxy",
-        "g1-endpoints4",
-        "{ 10.96.0.10 . tcp . 80 . 2 }",
+        "g1-endpoints4-tcp",
+        "{ 10.96.0.10 . 80 . 2 }",
     )
     before = nft_in(netns, "list", "ruleset")
     with pytest.raises(NftError):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import nft_in
+from kernel import nft_in
 
 DATA = Path(__file__).parent / "data"
 CLUSTER = str(DATA / "cluster.yaml")
@@ -24,7 +24,7 @@ def nftproxy(*args: str) -> subprocess.CompletedProcess[str]:
 def test_compile_prints_a_ruleset_nft_accepts(netns):
     out = nftproxy("compile", CLUSTER, *NODE)
     assert out.returncode == 0, out.stderr
-    assert "10.96.0.10 . tcp . 80 : goto g1-pick4-2" in out.stdout
+    assert "10.96.0.10 . tcp . 80 : goto g1-pick4-tcp-2" in out.stdout
     nft_in(netns, "-c", "-f", "-", stdin=out.stdout)
 
 
@@ -33,7 +33,7 @@ def test_explain_prints_endpoints_with_probabilities_and_path():
     assert out.returncode == 0, out.stderr
     assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
     assert "50.00%  dnat   10.244.2.7:8080" in out.stdout
-    assert "services4 -> @frontends4 -> pick4-2" in out.stdout
+    assert "services4 -> @frontends4 -> pick4-tcp-2" in out.stdout
 
 
 def test_explain_json_for_a_node_port_reports_masquerade():
@@ -74,7 +74,7 @@ def test_apply_plan_and_cleanup_in_a_namespace(netns):
     applied = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
     assert applied.returncode == 0, applied.stderr
     assert "generation 1" in applied.stderr
-    table = nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4")
+    table = nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
     assert "10.244.1.5 . 8080" in table
     plan = nftproxy("plan", CLUSTER, *NODE, "--netns", netns)
     assert plan.returncode == 0
@@ -91,8 +91,8 @@ def test_plan_shows_only_the_change_after_an_endpoint_moves(netns, tmp_path):
     plan = nftproxy("plan", str(moved), *NODE, "--netns", netns)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("# incremental")
-    assert "delete element inet nftproxy g1-endpoints4 { 10.96.0.10 . tcp . 80 . 1," in plan.stdout
-    assert "10.96.0.10 . tcp . 80 . 1 : 10.244.2.8 . 8080" in plan.stdout
+    assert "delete element inet nftproxy g1-endpoints4-tcp { 10.96.0.10 . 80 . 1," in plan.stdout
+    assert "10.96.0.10 . 80 . 1 : 10.244.2.8 . 8080" in plan.stdout
     # The endpoint that stayed is not touched.
     assert "10.244.1.5" not in plan.stdout
 

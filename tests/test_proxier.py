@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from builders import NODE, build, endpoints, ep, port, service
-from conftest import nft_in
+from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.nft import NftError, open_backend
@@ -61,7 +61,7 @@ def test_a_table_changed_by_someone_else_is_detected_and_repaired(netns):
     proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
     proxier.sync()
     assert not proxier.kernel_changed_by_others()
-    nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4")
+    nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
     assert proxier.kernel_changed_by_others()
     assert proxier.verify() is False
     # Only elements went missing: the repair re-adds them, it needs no new generation.
@@ -123,11 +123,11 @@ def test_the_loop_batches_a_burst_of_changes_into_few_syncs(netns):
         for i in range(20):
             proxier.replace_all({WEB.id: WEB}, slices_of(f"10.244.1.{i + 1}"))
             time.sleep(0.02)
-        key = ("10.96.0.10", "tcp", 80, 0)
+        key = ("10.96.0.10", 80, 0)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             applied = applying.read_applied(proxier.backend)
-            current = applied.elements.get("g1-endpoints4", {}).get(key) if applied else None
+            current = applied.elements.get("g1-endpoints4-tcp", {}).get(key) if applied else None
             if current == ("10.244.1.20", 8080):
                 break
             time.sleep(0.1)
@@ -168,7 +168,7 @@ def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(net
 
         def endpoints_now() -> str:
             try:
-                return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4")
+                return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
             except AssertionError:
                 return ""
 

@@ -266,6 +266,8 @@ class _Evaluator:
                         ends += self.verdict(t, _State(st.prob / n, mark, st.path))
                     return ends
                 case DnatMap(key=k, map=m):
+                    if k.l4 is not None and self.pkt.proto != k.l4:
+                        return None
                     base = self.key(Key(k.fields, k.family))
                     n = k.numgen or 1
                     data = self.rs.elements.get(m, {})

@@ -239,4 +239,6 @@ def test_node_ports_are_not_served_on_loopback():
     svc = service(ports=[port(80, node_port=30080)])
     rs = build([svc], [endpoints("web", [ep("10.244.1.1")])], node=node)
     assert reached(send(rs, "127.0.0.1", 30080, src="127.0.0.1", from_node=True, node=node)) == {}
-    assert reached(send(rs, "192.168.0.1", 30080, src="192.168.0.1", from_node=True, node=node)) == {"10.244.1.1:8080": 1}
+    assert reached(
+        send(rs, "192.168.0.1", 30080, src="192.168.0.1", from_node=True, node=node)
+    ) == {"10.244.1.1:8080": 1}

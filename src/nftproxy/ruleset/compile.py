@@ -57,6 +57,7 @@ from nftproxy.ruleset.schema import (
 from nftproxy.selection import Selection, select
 
 FAMILIES: tuple[Family, Family] = (4, 6)
+PROTOCOLS = ("tcp", "udp", "sctp")
 BASE_CHAINS = ("nat-prerouting", "nat-output", "nat-postrouting")
 
 _DADDR_PROTO_PORT = ("daddr", "l4proto", "dport")
@@ -72,13 +73,13 @@ class Names:
     def __call__(self, name: str) -> str:
         return self.prefix + name
 
-    def pick(self, family: Family, *, local: bool, nodeport: bool, n: int) -> str:
+    def pick(self, family: Family, proto: str, *, local: bool, nodeport: bool, n: int) -> str:
         kind = ("np-" if nodeport else "") + ("pick-local" if local else "pick")
-        return self(f"{kind}{family}-{n}")
+        return self(f"{kind}{family}-{proto}-{n}")
 
-    def endpoints(self, family: Family, *, local: bool, nodeport: bool) -> str:
+    def endpoints(self, family: Family, proto: str, *, local: bool, nodeport: bool) -> str:
         kind = ("np-" if nodeport else "") + ("endpoints-local" if local else "endpoints")
-        return self(f"{kind}{family}")
+        return self(f"{kind}{family}-{proto}")
 
 
 def _addr(family: Family) -> str:
@@ -98,16 +99,20 @@ class PickSpec:
     """A shared `pick` chain, identified by what it needs to be built."""
 
     family: Family
+    proto: str
     local: bool
     nodeport: bool
     n: int
 
     def chain(self, names: Names) -> Chain:
         kw = {"local": self.local, "nodeport": self.nodeport}
-        fields = _PROTO_PORT if self.nodeport else _DADDR_PROTO_PORT
-        key = Key(fields, self.family, numgen=self.n)  # type: ignore[arg-type]
-        rule: Rule = (DnatMap(self.family, key, names.endpoints(self.family, **kw)),)
-        return Chain(names.pick(self.family, n=self.n, **kw), (rule,))
+        fields = ("dport",) if self.nodeport else ("daddr", "dport")
+        key = Key(fields, self.family, numgen=self.n, l4=self.proto)  # type: ignore[arg-type]
+        emap = names.endpoints(self.family, self.proto, **kw)
+        return Chain(
+            names.pick(self.family, self.proto, n=self.n, **kw),
+            ((DnatMap(self.family, key, emap),),),
+        )
 
 
 @dataclass(slots=True)
@@ -135,26 +140,27 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
             sets.append(SetDef(names(f"{name}{f}"), frontend, "verdict"))
         for name in ("nodeports", "np-short-circuit"):
             sets.append(SetDef(names(f"{name}{f}"), "inet_proto . inet_service", "verdict"))
-        # typeof says `tcp dport` only to name the type: nft 1.0.6 cannot re-read a typeof
-        # holding `th dport` from the kernel (rules added to the map later fail with
-        # "conflicting protocols specified"). Rules still look up `th dport`, any protocol.
-        for local in (False, True):
-            sets.append(
-                SetDef(
-                    names.endpoints(f, local=local, nodeport=False),
-                    f"{ip} daddr . meta l4proto . tcp dport . numgen random mod 2",
-                    f"{ip} daddr . tcp dport",
-                    typeof=True,
+        # One endpoint map per protocol: DNAT to `ip . port` needs the transport protocol
+        # known, and nft 1.0.6 cannot re-read a `typeof` holding `th dport` from the kernel
+        # (any later rule using the map fails with "conflicting protocols specified").
+        for proto in PROTOCOLS:
+            for local in (False, True):
+                sets.append(
+                    SetDef(
+                        names.endpoints(f, proto, local=local, nodeport=False),
+                        f"{ip} daddr . {proto} dport . numgen random mod 2",
+                        f"{ip} daddr . {proto} dport",
+                        typeof=True,
+                    )
                 )
-            )
-            sets.append(
-                SetDef(
-                    names.endpoints(f, local=local, nodeport=True),
-                    "meta l4proto . tcp dport . numgen random mod 2",
-                    f"{ip} daddr . tcp dport",
-                    typeof=True,
+                sets.append(
+                    SetDef(
+                        names.endpoints(f, proto, local=local, nodeport=True),
+                        f"{proto} dport . numgen random mod 2",
+                        f"{ip} daddr . {proto} dport",
+                        typeof=True,
+                    )
                 )
-            )
         sets.append(SetDef(names(f"masq-frontends{f}"), frontend))
         sets.append(SetDef(names(f"masq-nodeports{f}"), "inet_proto . inet_service"))
         sets.append(SetDef(names(f"cluster-frontends{f}"), frontend))
@@ -301,14 +307,14 @@ class _FragmentBuilder:
         if self.svc.affinity_timeout:
             return goto(self._affinity_chain(port, f, backends, local=local))
         n = len(backends)
-        self.frag.picks.add(PickSpec(f, local, True, n))
-        emap = self.frag.elements.setdefault(
-            self.names.endpoints(f, local=local, nodeport=True), {}
-        )
         proto, number = port.protocol.value, port.node_port or 0
+        self.frag.picks.add(PickSpec(f, proto, local, True, n))
+        emap = self.frag.elements.setdefault(
+            self.names.endpoints(f, proto, local=local, nodeport=True), {}
+        )
         for i, b in enumerate(backends):
-            emap.setdefault((proto, number, i), (b.ip, b.port))
-        return goto(self.names.pick(f, local=local, nodeport=True, n=n))
+            emap.setdefault((number, i), (b.ip, b.port))
+        return goto(self.names.pick(f, proto, local=local, nodeport=True, n=n))
 
     def frontend_target(
         self, port: ServicePort, f: Family, vip: str, backends: tuple[Backend, ...], *, local: bool
@@ -316,14 +322,14 @@ class _FragmentBuilder:
         if self.svc.affinity_timeout:
             return goto(self._affinity_chain(port, f, backends, local=local))
         n = len(backends)
-        self.frag.picks.add(PickSpec(f, local, False, n))
-        emap = self.frag.elements.setdefault(
-            self.names.endpoints(f, local=local, nodeport=False), {}
-        )
         proto, number = port.protocol.value, port.port
+        self.frag.picks.add(PickSpec(f, proto, local, False, n))
+        emap = self.frag.elements.setdefault(
+            self.names.endpoints(f, proto, local=local, nodeport=False), {}
+        )
         for i, b in enumerate(backends):
-            emap.setdefault((vip, proto, number, i), (b.ip, b.port))
-        return goto(self.names.pick(f, local=local, nodeport=False, n=n))
+            emap.setdefault((vip, number, i), (b.ip, b.port))
+        return goto(self.names.pick(f, proto, local=local, nodeport=False, n=n))
 
     def _affinity_chain(
         self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool

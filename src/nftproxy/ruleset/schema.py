@@ -41,12 +41,19 @@ class Key:
     fields: tuple[Literal["saddr", "daddr", "l4proto", "dport"], ...]
     family: Family = 4
     numgen: int = 0
+    # A transport protocol for `dport` (`tcp dport`): the key then also matches only that
+    # protocol. None means `th dport`, any protocol with ports.
+    l4: str | None = None
+
+    def _field(self, f: str) -> str:
+        if f in ("saddr", "daddr"):
+            return f"{_ip(self.family)} {f}"
+        if f == "dport" and self.l4:
+            return f"{self.l4} dport"
+        return _FIELD_TEXT[f]
 
     def render(self) -> str:
-        parts = [
-            f"{_ip(self.family)} {f}" if f in ("saddr", "daddr") else _FIELD_TEXT[f]
-            for f in self.fields
-        ]
+        parts = [self._field(f) for f in self.fields]
         if self.numgen:
             parts.append(f"numgen random mod {self.numgen}")
         return " . ".join(parts)

@@ -1,0 +1,289 @@
+"""Every Service behaviour proven with real packets through real kernels.
+
+Clients are pods, the nodes themselves and an outside client; servers answer with their pod
+name and the source address they saw, so each test asserts what a user would notice: which
+endpoints answered, whether the client address survived, refusal versus silence.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+from e2e_cluster import ECHO, HTTP, Cluster, endpoint, slice_of, svc
+
+pytestmark = pytest.mark.kernel
+
+NODE1_PODS = ("pod-1", "pod-2", "pod-3")
+NODE2_PODS = ("pod-4", "pod-5", "pod-6")
+ALL_PODS = NODE1_PODS + NODE2_PODS
+# Chi-squared critical value for 3 degrees of freedom at p = 0.0001: a fair spread fails
+# this check once in ten thousand runs.
+CHI2_3DF_P0001 = 21.11
+
+
+def web(c: Cluster, pods=ALL_PODS, **kw):
+    return svc("web", "10.96.0.10", **kw), slice_of("web", [endpoint(c.pod(p)) for p in pods])
+
+
+def test_cluster_ip_from_a_pod_reaches_endpoints_on_both_nodes_with_the_pod_address(cluster):
+    s, sl = web(cluster)
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("pod-1", "10.96.0.10", 80, count=60, in_process=True)
+    assert result.failures == 0
+    assert set(result.endpoints()) == set(ALL_PODS)
+    pod1 = cluster.pod("pod-1").ip4
+    # Hairpin (pod-1 reaching itself) is masqueraded; everyone else sees pod-1's address.
+    for reply, _ in result.replies.items():
+        name, source = reply.split()
+        assert (source == pod1) == (name != "pod-1")
+
+
+def test_cluster_ip_from_the_node_itself(cluster):
+    s, sl = web(cluster, NODE2_PODS)
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("node-1", "10.96.0.10", 80, count=30, in_process=True)
+    assert result.failures == 0
+    assert set(result.endpoints()) == set(NODE2_PODS)
+
+
+def test_node_port_from_outside_is_masqueraded_to_the_node_address(cluster):
+    s, sl = web(cluster, ports=[("http", "tcp", 80, 30080)])
+    cluster.apply([s], [sl])
+    for node in ("node-1", "node-2"):
+        result = cluster.lab.connect("ext", cluster.node_ip(node), 30080, count=40, in_process=True)
+        assert result.failures == 0
+        assert set(result.endpoints()) == set(ALL_PODS)
+        assert cluster.ext_ip not in result.sources()
+
+
+def test_load_balancer_ingress_and_external_ips_from_outside(cluster):
+    s, sl = web(cluster, load_balancer_ips=("198.51.100.10",), external_ips=("198.51.100.20",))
+    cluster.apply([s], [sl])
+    for vip in ("198.51.100.10", "198.51.100.20"):
+        result = cluster.lab.connect("ext", vip, 80, count=40, in_process=True)
+        assert result.failures == 0
+        assert set(result.endpoints()) == set(ALL_PODS)
+
+
+def test_several_ports_on_one_service_reach_their_own_target_ports(cluster):
+    s = svc("multi", "10.96.0.11", ports=[("a", "tcp", 80, None), ("b", "tcp", 81, None)])
+    sl = slice_of(
+        "multi",
+        [endpoint(cluster.pod("pod-4"))],
+        ports=[("a", "tcp", HTTP), ("b", "tcp", ECHO)],
+    )
+    cluster.apply([s], [sl])
+    assert cluster.lab.connect("pod-1", "10.96.0.11", 80, in_process=True).endpoints() == {
+        "pod-4": 1
+    }
+    with cluster.lab.open_session("pod-1", "10.96.0.11", 81) as session:
+        assert session.endpoint == "pod-4"
+        assert session.exchange("hello") == "hello"
+
+
+def test_udp_service(cluster):
+    s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, 30053)])
+    sl = slice_of("dns", [endpoint(cluster.pod(p)) for p in ALL_PODS], ports=[("dns", "udp", HTTP)])
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("pod-2", "10.96.0.53", 53, proto="udp", count=60, in_process=True)
+    assert result.failures == 0 and set(result.endpoints()) == set(ALL_PODS)
+    result = cluster.lab.connect(
+        "ext", cluster.node_ip("node-2"), 30053, proto="udp", count=30, in_process=True
+    )
+    assert result.failures == 0 and set(result.endpoints()) == set(ALL_PODS)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_a_service_without_endpoints_is_refused_at_once(cluster, proto):
+    s = svc("empty", "10.96.0.99", ports=[("p", proto, 80, 30099)])
+    cluster.apply([s], [])
+    count = 5
+    for who, host, port in (("pod-1", "10.96.0.99", 80), ("ext", cluster.node_ip("node-1"), 30099)):
+        result = cluster.lab.connect(
+            who, host, port, proto=proto, count=count, timeout=3.0, in_process=True
+        )
+        assert result.refused == count, result.summary()
+        assert result.elapsed < 3.0  # all refused well before a single timeout
+
+
+def test_connections_spread_evenly_over_endpoints(cluster):
+    pods = ("pod-1", "pod-2", "pod-4", "pod-5")
+    s, sl = web(cluster, pods, ports=[("http", "tcp", 80, 30080)])
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect(
+        "ext", cluster.node_ip("node-1"), 30080, count=1200, in_process=True
+    )
+    assert result.failures == 0
+    counts = result.endpoints()
+    expected = result.ok / len(pods)
+    chi2 = sum((counts[p] - expected) ** 2 / expected for p in pods)
+    assert chi2 < CHI2_3DF_P0001, counts
+
+
+def test_session_affinity_keeps_a_client_on_one_endpoint_and_spreads_clients(cluster):
+    s, sl = web(cluster, affinity_timeout=600)
+    cluster.apply([s], [sl])
+    chosen = {}
+    for client in ALL_PODS:
+        result = cluster.lab.connect(client, "10.96.0.10", 80, count=15, in_process=True)
+        assert result.failures == 0
+        assert len(result.endpoints()) == 1, (client, result.endpoints())
+        chosen[client] = next(iter(result.endpoints()))
+    assert len(set(chosen.values())) > 1, chosen
+
+
+def test_external_policy_local_reaches_only_local_endpoints_and_keeps_the_client_address(cluster):
+    s, sl = web(
+        cluster,
+        ports=[("http", "tcp", 80, 30080)],
+        load_balancer_ips=("198.51.100.10",),
+        external_policy_local=True,
+    )
+    cluster.apply([s], [sl])
+    for host, port, node_pods in (
+        (cluster.node_ip("node-2"), 30080, NODE2_PODS),
+        ("198.51.100.10", 80, NODE1_PODS),  # the outside routes the LB range to node-1
+    ):
+        result = cluster.lab.connect("ext", host, port, count=40, in_process=True)
+        assert result.failures == 0
+        assert set(result.endpoints()) == set(node_pods)
+        assert result.sources() == {cluster.ext_ip}
+    # Pods still reach every endpoint through the same addresses (kube-proxy's short-circuit).
+    from_pod = cluster.lab.connect("pod-1", "198.51.100.10", 80, count=60, in_process=True)
+    assert set(from_pod.endpoints()) == set(ALL_PODS)
+
+
+def test_external_policy_cluster_masquerades(cluster):
+    s, sl = web(cluster, NODE2_PODS, load_balancer_ips=("198.51.100.10",))
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("ext", "198.51.100.10", 80, count=20, in_process=True)
+    assert result.failures == 0
+    assert result.sources() == {cluster.node_ip("node-1")}
+
+
+def test_a_pod_reaches_itself_through_its_service(cluster):
+    s, sl = web(cluster, ("pod-3",))
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("pod-3", "10.96.0.10", 80, count=10, in_process=True)
+    assert result.failures == 0 and result.endpoints() == {"pod-3": 10}
+
+
+def test_load_balancer_source_ranges_admit_the_listed_source_and_drop_others(cluster):
+    allowed = svc(
+        "open",
+        "10.96.0.21",
+        load_balancer_ips=("198.51.100.21",),
+        load_balancer_source_ranges=(f"{cluster.ext_ip}/32",),
+    )
+    denied = svc(
+        "closed",
+        "10.96.0.22",
+        load_balancer_ips=("198.51.100.22",),
+        load_balancer_source_ranges=("203.0.113.0/24",),
+    )
+    slices = [slice_of(n, [endpoint(cluster.pod("pod-4"))]) for n in ("open", "closed")]
+    cluster.apply([allowed, denied], slices)
+    ok = cluster.lab.connect("ext", "198.51.100.21", 80, count=5, in_process=True)
+    assert ok.endpoints() == {"pod-4": 5}
+    dropped = cluster.lab.connect("ext", "198.51.100.22", 80, count=2, timeout=1.0, in_process=True)
+    assert dropped.timeouts == 2 and dropped.refused == 0
+
+
+def test_internal_policy_local_keeps_pod_traffic_on_the_node(cluster):
+    s, sl = web(cluster, internal_policy_local=True)
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("pod-4", "10.96.0.10", 80, count=40, in_process=True)
+    assert result.failures == 0 and set(result.endpoints()) == set(NODE2_PODS)
+
+
+def test_terminating_endpoints_are_only_a_fallback(cluster):
+    draining = [
+        endpoint(cluster.pod(p), ready=False, serving=True, terminating=True) for p in NODE1_PODS
+    ]
+    ready = [endpoint(cluster.pod("pod-4"))]
+    s = svc("web", "10.96.0.10")
+    cluster.apply([s], [slice_of("web", draining + ready)])
+    assert set(
+        cluster.lab.connect("pod-5", "10.96.0.10", 80, count=20, in_process=True).endpoints()
+    ) == {"pod-4"}
+    cluster.apply([s], [slice_of("web", draining)])
+    result = cluster.lab.connect("pod-5", "10.96.0.10", 80, count=40, in_process=True)
+    assert result.failures == 0 and set(result.endpoints()) == set(NODE1_PODS)
+
+
+def test_an_ipv6_service_works_next_to_an_ipv4_one(cluster):
+    v4 = svc("v4", "10.96.0.40")
+    v6 = svc("v6", "fd00:96::40")
+    slices = [
+        slice_of("v4", [endpoint(cluster.pod("pod-4"))]),
+        slice_of("v6", [endpoint(cluster.pod(p), family=6) for p in ("pod-5", "pod-6")], family=6),
+    ]
+    cluster.apply([v4, v6], slices)
+    assert cluster.lab.connect("pod-1", "10.96.0.40", 80, count=5, in_process=True).endpoints() == {
+        "pod-4": 5
+    }
+    result = cluster.lab.connect("pod-1", "fd00:96::40", 80, count=30, in_process=True)
+    assert result.failures == 0 and set(result.endpoints()) == {"pod-5", "pod-6"}
+    assert result.sources() == {cluster.pod("pod-1").ip6}
+
+
+def test_endpoint_churn_under_load_breaks_no_new_or_established_connection(cluster):
+    """200 random endpoint additions and removals through the daemon's partial syncs while a
+    client keeps connecting; the Service always keeps at least one endpoint."""
+    proxiers = {n: cluster.proxier(n) for n in ("node-1", "node-2")}
+    s = svc("web", "10.96.0.10", ports=[("http", "tcp", 80, None), ("echo", "tcp", 81, None)])
+    current = set(ALL_PODS)
+
+    def publish():
+        sl = slice_of(
+            "web",
+            [endpoint(cluster.pod(p)) for p in sorted(current)],
+            ports=[("http", "tcp", HTTP), ("echo", "tcp", ECHO)],
+        )
+        for p in proxiers.values():
+            p.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
+            p.sync()
+
+    publish()
+    sessions = [cluster.lab.open_session("pod-1", "10.96.0.10", 81) for _ in range(12)]
+    stop = threading.Event()
+    totals = Counter()
+
+    def load():
+        while not stop.is_set():
+            r = cluster.lab.connect(
+                "pod-2", "10.96.0.10", 80, count=10, timeout=5.0, in_process=True
+            )
+            totals["ok"] += r.ok
+            totals["failed"] += r.failures
+            totals.update(r.errors)
+            totals["timeouts"] += r.timeouts
+
+    client = threading.Thread(target=load)
+    client.start()
+    rng = random.Random(7)
+    kept = set(ALL_PODS)  # endpoints never removed, whose held connections must survive
+    try:
+        for _ in range(200):
+            if len(current) > 1 and (rng.random() < 0.5 or len(current) == len(ALL_PODS)):
+                gone = rng.choice(sorted(current))
+                current.discard(gone)
+                kept.discard(gone)
+            else:
+                current.add(rng.choice(sorted(set(ALL_PODS) - current)))
+            publish()
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        client.join()
+    assert totals["failed"] == 0, totals
+    assert totals["ok"] > 100
+    survivors = [x for x in sessions if x.endpoint in kept]
+    for session in survivors:
+        assert session.exchange("still there") == "still there"
+    for session in sessions:
+        session.close()
