@@ -188,6 +188,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nftproxy import demo
+
+    live = None if args.live == "auto" else args.live == "yes"
+    try:
+        return demo.run(args.duration, live=live)
+    except demo.DemoUnavailable as exc:
+        print(f"nftproxy demo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
 def _parse_target(text: str) -> tuple[str, int, str]:
     """`IP:PORT/PROTO`, `[IPv6]:PORT/PROTO`; protocol defaults to tcp."""
     proto = "tcp"
@@ -325,6 +338,18 @@ def parser() -> argparse.ArgumentParser:
     )
     _node_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo", help="a small cluster of network namespaces with live load balancing (root)"
+    )
+    p.add_argument("--duration", type=float, default=45.0, help="seconds of traffic")
+    p.add_argument(
+        "--live",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="redraw one screen (default when stdout is a terminal) or print each second",
+    )
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)
