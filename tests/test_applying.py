@@ -145,13 +145,13 @@ def test_a_new_generation_replaces_the_old_one_completely(netns):
     assert applying.generations(kernel) == {2}
 
 
-def test_a_refused_transaction_leaves_the_kernel_unchanged(netns):
+def test_a_refused_transaction_changes_nothing_traffic_uses(netns):
     svcs, slices = cluster(3)
     backend = open_backend(netns)
     applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
     svcs2, slices2 = cluster(1)
     plan = applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
-    # Someone else removes an element the plan is about to delete: the kernel must refuse
+    # Someone else removes an element the plan is about to replace: the kernel must refuse
     # the whole transaction, not apply part of it.
     nft_in(
         netns,
@@ -159,13 +159,16 @@ def test_a_refused_transaction_leaves_the_kernel_unchanged(netns):
         "element",
         "inet",
         "nftproxy",
-        "g1-endpoints4-tcp",
-        "{ 10.96.0.10 . 80 . 2 }",
+        "g1-frontends4",
+        "{ 10.96.0.10 . tcp . 80 }",
     )
-    before = nft_in(netns, "list", "ruleset")
+    before = applying.read_applied(backend)
     with pytest.raises(NftError):
         applying.run_plan(backend, plan)
-    assert nft_in(netns, "list", "ruleset") == before
+    after = applying.read_applied(backend)
+    # The transaction that repoints frontends was refused whole: every element is as it
+    # was. (The chains created just before it are not used by anything yet.)
+    assert after.elements == before.elements
     # The next plan reads the kernel again and repairs it.
     applying.run_plan(
         backend, applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
@@ -224,3 +227,25 @@ def test_the_nft_binary_backend_gives_the_same_table_as_libnftables(netns, make_
 def test_opening_a_missing_namespace_is_a_clear_error():
     with pytest.raises(NftError, match="does not exist"):
         open_backend("nftproxy-no-such-namespace")
+
+
+def test_new_chains_come_first_and_removals_last(netns):
+    """A packet enters a hook in one generation but reads sets at later instants: a verdict
+    must never lead to a chain created in the same commit, and what goes away must outlive
+    the commit that stops using it."""
+    svcs, slices = cluster(4)
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    svcs2, slices2 = cluster(2)
+    plan = applying.make_plan(builder(svcs2, slices2), applying.read_applied(backend))
+    create, repoint, remove = (str(tx) for tx in plan.transactions)
+    assert "add chain inet nftproxy g1-pick4-tcp-2" in create
+    assert "add element" not in create
+    assert "goto g1-pick4-tcp-2" in repoint
+    assert "add chain" not in repoint and "delete chain" not in repoint
+    assert "10.96.0.10 . 80 . 3" not in repoint
+    assert "delete element inet nftproxy g1-endpoints4-tcp { 10.96.0.10 . 80 . 2, " in remove
+    assert "10.96.0.10 . 80 . 3" in remove
+    assert "delete chain inet nftproxy g1-pick4-tcp-4" in remove
+    applying.run_plan(backend, plan)
+    assert applying.read_applied(backend) == AppliedState.of(build(svcs2, slices2))

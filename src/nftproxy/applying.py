@@ -22,6 +22,7 @@ from nftproxy.ruleset.desired import Ruleset
 from nftproxy.ruleset.diff import (
     AddChain,
     AddElements,
+    AddRules,
     AddSet,
     AddTable,
     AppliedState,
@@ -123,11 +124,15 @@ def generation_plan(
         if elems and "dynamic" not in desired.sets[name].flags
     ]
     plan.transactions += list(_chunks(element_ops, chunk))
+    # Base chains are never deleted: their rules are swapped in one transaction, and a
+    # packet runs either the old rules (old generation, still complete) or the new ones.
     flip = Transaction()
     for name in BASE_CHAINS:
+        chain = desired.chains[name]
         if applied is not None and name in applied.chains:
-            flip.ops += [DeleteChain(name)]
-        flip.ops.append(AddChain(desired.chains[name]))
+            flip.ops += [FlushChain(name), AddRules(chain)]
+        else:
+            flip.ops.append(AddChain(chain))
     plan.transactions.append(flip)
     if applied is not None:
         old_chains = [
@@ -167,8 +172,7 @@ def make_plan(
             build, applied, top + 1, f"{tx.size()} changes exceed one transaction", chunk
         )
     plan = Plan("incremental" if tx else "noop", top, desired=desired)
-    if tx:
-        plan.transactions.append(tx)
+    plan.transactions.extend(tx.split())
     return plan
 
 
@@ -194,7 +198,10 @@ def run_plan(backend: Backend, plan: Plan) -> ApplyResult:
     try:
         for tx in plan.transactions:
             backend.run(str(tx))
-            if any(isinstance(op, AddChain) and op.chain.name in BASE_CHAINS for op in tx.ops):
+            if any(
+                isinstance(op, AddChain | AddRules) and op.chain.name in BASE_CHAINS
+                for op in tx.ops
+            ):
                 flipped = True
     except Exception:
         if plan.mode == "generation" and not flipped:

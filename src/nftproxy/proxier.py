@@ -224,9 +224,10 @@ class Proxier:
             # Too big for one transaction: build a new generation instead.
             self._need_full = True
             return self._full_sync()
+        for part in tx.split():
+            self.backend.run(str(part))
+            applied.record(part)
         if tx:
-            self.backend.run(str(tx))
-            applied.record(tx)
             log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
         return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
 

@@ -277,13 +277,15 @@ def test_endpoint_churn_under_load_breaks_no_new_or_established_connection(clust
                 current.add(rng.choice(sorted(set(ALL_PODS) - current)))
             publish()
             time.sleep(0.01)
+        stop.set()
+        client.join()
+        assert totals["failed"] == 0, totals
+        assert totals["ok"] > 100
+        survivors = [x for x in sessions if x.endpoint in kept]
+        for session in survivors:
+            assert session.exchange("still there") == "still there"
     finally:
         stop.set()
         client.join()
-    assert totals["failed"] == 0, totals
-    assert totals["ok"] > 100
-    survivors = [x for x in sessions if x.endpoint in kept]
-    for session in survivors:
-        assert session.exchange("still there") == "still there"
-    for session in sessions:
-        session.close()
+        for session in sessions:
+            session.close()

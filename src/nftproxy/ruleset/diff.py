@@ -88,7 +88,7 @@ class AppliedState:
                     self.maps.discard(name)
                     self.dynamic.discard(name)
                     self.elements.pop(name, None)
-                case AddChain(chain=chain):
+                case AddChain(chain=chain) | AddRules(chain=chain):
                     self.chains[chain.name] = ChainSummary(len(chain.rules))
                 case FlushChain(name=name):
                     self.chains[name] = ChainSummary(0)
@@ -155,8 +155,18 @@ class AddChain:
             )
         comment = f'comment "{c.comment}"; ' if c.comment else ""
         yield f"add chain {FAMILY} {TABLE} {c.name} {{ {head}{comment}}}"
-        for rule in c.rules:
-            yield f"add rule {FAMILY} {TABLE} {c.name} {render_rule(rule)}"
+        yield from AddRules(c).render()
+
+
+@dataclass(frozen=True, slots=True)
+class AddRules:
+    """Appends the chain's rules to the existing chain of that name (after a flush)."""
+
+    chain: Chain
+
+    def render(self) -> Iterator[str]:
+        for rule in self.chain.rules:
+            yield f"add rule {FAMILY} {TABLE} {self.chain.name} {render_rule(rule)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,7 @@ Op = (
     | AddSet
     | DeleteSet
     | AddChain
+    | AddRules
     | FlushChain
     | DeleteChain
     | AddElements
@@ -240,6 +251,41 @@ class Transaction:
     def __str__(self) -> str:
         return "".join(line + "\n" for op in self.ops for line in op.render())
 
+    def split(self) -> list[Transaction]:
+        """The same change as up to three transactions, to run in order: new sets and
+        chains; then elements (repointing); then what went away.
+
+        Each transaction flips atomically, but one packet is not evaluated against one
+        generation: the kernel picks a chain's rules by the generation at which the packet
+        entered the hook, while every set lookup reads the generation of that instant. So a
+        packet may find a new frontend element leading to a chain created in the same commit,
+        whose rules it cannot see yet (it leaves un-NATed and its connection hangs), or an old
+        frontend leading to a bucket just deleted. Hence: a verdict never points to a chain
+        younger than itself, and nothing is removed in the commit that stops using it.
+        Replacements (a key with a new value) stay in the middle one: either value is valid.
+        """
+        added: dict[str, set[ElementKey]] = {}
+        for op in self.ops:
+            if isinstance(op, AddElements):
+                added.setdefault(op.set, set()).update(k for k, _ in op.items)
+        create, repoint, remove = Transaction(), Transaction(), Transaction()
+        for op in self.ops:
+            if isinstance(op, DeleteElements):
+                again = added.get(op.set, set())
+                replaced = tuple(k for k in op.keys if k in again)
+                gone = tuple(k for k in op.keys if k not in again)
+                if replaced:
+                    repoint.ops.append(DeleteElements(op.set, replaced))
+                if gone:
+                    remove.ops.append(DeleteElements(op.set, gone))
+            elif isinstance(op, FlushChain | DeleteChain | DeleteSet):
+                remove.ops.append(op)
+            elif isinstance(op, AddTable | AddSet | AddChain):
+                create.ops.append(op)
+            else:
+                repoint.ops.append(op)
+        return [tx for tx in (create, repoint, remove) if tx]
+
     def size(self) -> int:
         """Objects touched: elements count one each, a chain counts its rules."""
         total = 0
@@ -250,6 +296,8 @@ class Transaction:
                 total += len(op.keys)
             elif isinstance(op, AddChain):
                 total += 1 + len(op.chain.rules)
+            elif isinstance(op, AddRules):
+                total += len(op.chain.rules)
             else:
                 total += 1
         return total

@@ -12,6 +12,7 @@ import copy
 from nftproxy.ruleset.diff import (
     AddChain,
     AddElements,
+    AddRules,
     AddSet,
     AddTable,
     AppliedState,
@@ -87,6 +88,14 @@ class MemoryTable:
                         raise MemoryRefused(f"chain {chain.name} refers to missing {t}")
                 state.chains[chain.name] = ChainSummary(len(chain.rules))
                 refs[chain.name] = targets
+            case AddRules(chain=chain):
+                if chain.name not in state.chains:
+                    raise MemoryRefused(f"chain {chain.name}: not found")
+                targets = set(chain_targets(chain))
+                state.chains[chain.name] = ChainSummary(
+                    state.chains[chain.name].rules + len(chain.rules)
+                )
+                refs[chain.name] = refs.get(chain.name, set()) | targets
             case FlushChain(name=name):
                 if name not in state.chains:
                     raise MemoryRefused(f"chain {name}: not found")
