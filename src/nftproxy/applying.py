@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from nftproxy.nft import Backend
@@ -27,6 +27,7 @@ from nftproxy.ruleset.diff import (
     AddTable,
     AppliedState,
     DeleteChain,
+    DeleteElements,
     DeleteSet,
     FlushChain,
     Op,
@@ -36,6 +37,7 @@ from nftproxy.ruleset.diff import (
     chains_in_order,
     diff,
 )
+from nftproxy.ruleset.schema import SetDef
 
 Build = Callable[[Names], Ruleset]
 
@@ -190,14 +192,40 @@ class ApplyResult:
     seconds: float
 
 
+def execute(backend: Backend, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
+    """Run one transaction: elements-only ones as a netlink batch when the backend can and
+    every set's shape is known, anything else as nft text. Either way, one transaction."""
+    write = getattr(backend, "write_elements", None)
+    if (
+        write is not None
+        and tx.ops
+        and all(isinstance(op, AddElements | DeleteElements) for op in tx.ops)
+    ):
+        from nftproxy.netlink import element_type
+
+        types = {}
+        for op in tx.ops:
+            assert isinstance(op, AddElements | DeleteElements)
+            sdef = sets.get(op.set)
+            etype = element_type(sdef) if sdef is not None else None
+            if etype is None:
+                break
+            types[op.set] = etype
+        else:
+            write(tx.ops, types)
+            return
+    backend.run(str(tx))
+
+
 def run_plan(backend: Backend, plan: Plan) -> ApplyResult:
     """Run the plan's transactions in order. A failed build step removes the half-built
     generation and re-raises; the previous generation keeps serving."""
     start = time.perf_counter()
     flipped = False
     try:
+        sets = plan.desired.sets if plan.desired is not None else {}
         for tx in plan.transactions:
-            backend.run(str(tx))
+            execute(backend, tx, sets)
             if any(
                 isinstance(op, AddChain | AddRules) and op.chain.name in BASE_CHAINS
                 for op in tx.ops

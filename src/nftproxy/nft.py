@@ -15,6 +15,8 @@ import os
 import socket
 import struct
 import subprocess
+import weakref
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -133,6 +135,8 @@ class LibNftables:
             max_workers=1, thread_name_prefix="nft", initializer=_setns, initargs=(netns,)
         )
         self._ctx: int = self._pool.submit(self._new_ctx).result()
+        self._netns = netns
+        self._writer: Any = None
 
     def _new_ctx(self) -> int:
         ctx = self._lib.nft_ctx_new(0)
@@ -174,7 +178,21 @@ class LibNftables:
     def generation(self) -> int:
         return self._pool.submit(ruleset_generation).result()
 
+    def write_elements(self, ops: Sequence[Any], set_types: Mapping[str, Any]) -> None:
+        """Elements straight to the kernel as one netlink batch (see nftproxy.netlink): at
+        hundreds of thousands of elements nft's parser is most of the cost."""
+        from nftproxy.netlink import ElementWriter
+
+        if self._writer is None:
+            self._writer = ElementWriter(self._netns)
+            # Its socket and thread go with this backend, closed or merely dropped.
+            weakref.finalize(self, self._writer.close)
+        self._writer.write(ops, set_types)
+
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
         def free() -> None:
             self._lib.nft_ctx_free(self._ctx)
 

@@ -225,7 +225,7 @@ class Proxier:
             self._need_full = True
             return self._full_sync()
         for part in tx.split():
-            self.backend.run(str(part))
+            applying.execute(self.backend, part, desired.ruleset.sets)
             applied.record(part)
         if tx:
             log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
