@@ -61,18 +61,23 @@ def test_a_table_changed_by_someone_else_is_detected_and_repaired(netns):
     proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
     proxier.sync()
     assert not proxier.kernel_changed_by_others()
+    # Elements removed behind our back: only the full comparison sees it.
     nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
     assert proxier.kernel_changed_by_others()
+    assert proxier.structure_intact()
     assert proxier.verify() is False
-    # Only elements went missing: the repair re-adds them, it needs no new generation.
-    assert proxier.sync().mode == "incremental"
-    assert applying.read_applied(backend) == AppliedState.of(
-        build([WEB], slices_of("10.244.1.1").values(), names=Names("g1-"))
-    )
-    nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
-    assert proxier.verify() is False
+    # A full sync builds the next generation beside the damaged one and flips to it.
     assert proxier.sync().mode == "generation"
+    expected = build([WEB], slices_of("10.244.1.1").values(), names=Names("g2-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
     assert proxier.verify() is True
+    # A foreign rule in our chains is seen by the cheap check (names and rule counts).
+    nft_in(netns, "add", "rule", "inet", "nftproxy", "g2-services4", "counter")
+    assert proxier.kernel_changed_by_others()
+    assert not proxier.structure_intact()
+    proxier.request_full_sync()
+    assert proxier.sync().mode == "generation"
+    assert proxier.structure_intact()
 
 
 class FlakyBackend:

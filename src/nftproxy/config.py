@@ -6,6 +6,7 @@ Reading `KubeProxyConfiguration` files belongs to the daemon; this module only v
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,12 @@ class ConfigError(ValueError):
 
 def _family(net: IPNetwork) -> Family:
     return 4 if net.version == 4 else 6
+
+
+@functools.cache
+def _of_family(cidrs: tuple[str, ...], family: Family) -> tuple[str, ...]:
+    # Called per Service port by the compiler: parse once.
+    return tuple(c for c in cidrs if _family(ipaddress.ip_network(c)) == family)
 
 
 def parse_networks(option: str, values: Iterable[str]) -> tuple[str, ...]:

@@ -1041,7 +1041,11 @@ class ElementWriter:
     def close(self) -> None:
         if self._sock.fileno() < 0:
             return
-        self._pool.submit(self._sock.close).result()
+        try:
+            self._pool.submit(self._sock.close).result()
+        except RuntimeError:
+            # The interpreter is exiting and already stopped the worker: close from here.
+            self._sock.close()
         self._pool.shutdown()
 
     def __enter__(self) -> ElementWriter:
@@ -1059,3 +1063,103 @@ __all__ = [
     "NetlinkError",
     "element_type",
 ]
+
+
+# --- listing names without elements --------------------------------------------------------
+
+_NFT_MSG_GETCHAIN = 4
+_NFT_MSG_GETRULE = 7
+_NFT_MSG_GETSET = 10
+_NLM_F_DUMP = 0x300
+_NLMSG_DONE = 3
+_NFPROTO_INET = 1
+_NFTA_TABLE = 1  # NFTA_CHAIN_TABLE, NFTA_RULE_TABLE and NFTA_SET_TABLE are all 1
+_NFTA_CHAIN_NAME = 3
+_NFTA_RULE_CHAIN = 2
+_NFTA_SET_NAME = 2
+_NFTA_SET_FLAGS = 3
+_NFT_SET_MAP = 0x8
+_NFT_SET_TIMEOUT = 0x10
+_NFT_SET_EVAL = 0x20
+
+
+@dataclass(frozen=True, slots=True)
+class TableObjects:
+    """The names in one table, without elements: what a structural check needs."""
+
+    chains: dict[str, int]  # name -> number of rules
+    sets: dict[str, int]  # name -> NFT_SET_* flags
+
+    @property
+    def maps(self) -> set[str]:
+        return {n for n, f in self.sets.items() if f & _NFT_SET_MAP}
+
+    @property
+    def dynamic(self) -> set[str]:
+        return {n for n, f in self.sets.items() if f & (_NFT_SET_TIMEOUT | _NFT_SET_EVAL)}
+
+
+def _dump(sock: socket.socket, msg_type: int, seq: int) -> Iterable[dict[int, bytes]]:
+    """One NLM_F_DUMP request; yields each answer's top-level attributes."""
+    body = struct.pack("!BBH", _NFPROTO_INET, NFNETLINK_V0, 0)
+    kind = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
+    sock.send(
+        struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body
+    )
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, offset)
+            if length < 16:
+                return
+            if mseq == seq:
+                if mtype == _NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, offset + 16)
+                    if err:
+                        raise OSError(-err, f"nftables dump: {os.strerror(-err)}")
+                    return
+                attrs: dict[int, bytes] = {}
+                pos = offset + 20
+                end = offset + length
+                while pos + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", data, pos)
+                    if alen < 4:
+                        break
+                    attrs[atype & 0x3FFF] = data[pos + 4 : pos + alen]
+                    pos += _align(alen)
+                yield attrs
+            offset += _align(length)
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode()
+
+
+def list_table_objects(table: str = TABLE) -> TableObjects | None:
+    """Chains (with rule counts) and sets of `inet table` in the calling thread's network
+    namespace, by netlink dumps that carry no elements: milliseconds where a listing with
+    elements takes seconds at 30k Services. None when the table does not exist."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        sock.settimeout(10.0)
+        chains: dict[str, int] = {}
+        for attrs in _dump(sock, _NFT_MSG_GETCHAIN, 1):
+            if _text(attrs.get(_NFTA_TABLE, b"")) == table:
+                chains[_text(attrs[_NFTA_CHAIN_NAME])] = 0
+        for attrs in _dump(sock, _NFT_MSG_GETRULE, 2):
+            if _text(attrs.get(_NFTA_TABLE, b"")) == table:
+                name = _text(attrs[_NFTA_RULE_CHAIN])
+                chains[name] = chains.get(name, 0) + 1
+        sets: dict[str, int] = {}
+        for attrs in _dump(sock, _NFT_MSG_GETSET, 3):
+            if _text(attrs.get(_NFTA_TABLE, b"")) == table:
+                flags = attrs.get(_NFTA_SET_FLAGS, b"\0\0\0\0")
+                sets[_text(attrs[_NFTA_SET_NAME])] = struct.unpack("!I", flags)[0]
+    finally:
+        sock.close()
+    if not chains and not sets:
+        return None
+    return TableObjects(chains, sets)

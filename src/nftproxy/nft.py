@@ -178,6 +178,12 @@ class LibNftables:
     def generation(self) -> int:
         return self._pool.submit(ruleset_generation).result()
 
+    def objects(self) -> Any:
+        """Chain and set names of our table without elements (see netlink)."""
+        from nftproxy.netlink import list_table_objects
+
+        return self._pool.submit(list_table_objects).result()
+
     def write_elements(self, ops: Sequence[Any], set_types: Mapping[str, Any]) -> None:
         """Elements straight to the kernel as one netlink batch (see nftproxy.netlink): at
         hundreds of thousands of elements nft's parser is most of the cost."""

@@ -10,6 +10,7 @@ shows that someone else committed to the namespace, and then a full resync repai
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset
-from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, diff
+from nftproxy.ruleset.diff import AppliedState, ChainSummary, SkeletonMismatch, diff
 
 log = logging.getLogger("nftproxy.sync")
 
@@ -60,7 +61,7 @@ class Proxier:
         node: NodeConfig,
         *,
         min_sync_period: float = 1.0,
-        verify_period: float = 60.0,
+        verify_period: float = 0.0,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -149,8 +150,15 @@ class Proxier:
 
     def _build(self, names: Names) -> Ruleset:
         desired = DesiredState(self.node, names, track_changes=False)
-        for sid, svc in self._services.items():
-            desired.set_service(sid, self._compile(sid, svc, names))
+        # A bulk build allocates millions of small objects and none is cyclic garbage: the
+        # collector would only add seconds and pauses. Freeze what survives afterwards.
+        gc.disable()
+        try:
+            for sid, svc in self._services.items():
+                desired.set_service(sid, self._compile(sid, svc, names))
+        finally:
+            gc.enable()
+            gc.freeze()
         desired.track_changes = True
         desired.take_changes()
         self._desired = desired
@@ -193,22 +201,57 @@ class Proxier:
         self._note_kernel_generation()
         return result
 
+    def _structure(self) -> AppliedState | None:
+        """Names and rule counts of our table, without elements (cheap at any size), or
+        None when the backend cannot list them that way."""
+        objects = getattr(self.backend, "objects", None)
+        if objects is None:
+            return None
+        found = objects()
+        if found is None:
+            return AppliedState()
+        return AppliedState(
+            sets=set(found.sets),
+            maps=found.maps,
+            dynamic=found.dynamic,
+            chains={n: ChainSummary(r) for n, r in found.chains.items()},
+        )
+
     def _full_sync(self) -> SyncResult:
-        applied = applying.read_applied(self.backend)
-        plan = applying.make_plan(self._build, applied)
+        structure = self._structure()
+        if structure is None:
+            # No cheap listing: read everything and apply only the difference.
+            plan = applying.make_plan(self._build, applying.read_applied(self.backend))
+        elif not structure.chains:
+            plan = applying.generation_plan(self._build, None, 1, "no nftproxy table yet")
+        else:
+            # Reading 500k elements back costs far more than writing them (seconds and
+            # gigabytes at 30k Services), so a full sync builds the next generation beside
+            # the current one and flips to it: atomic, and traffic never stops.
+            top = max(applying.generations(structure), default=0)
+            plan = applying.generation_plan(self._build, structure, top + 1, "full sync")
         applying.run_plan(self.backend, plan)
-        if plan.mode != "noop":
-            applied = applying.read_applied(self.backend)
-        assert applied is not None
-        # Keep the names of what exists, not the elements: partial syncs diff against the
-        # values the desired state recorded before each change.
-        applied.elements = {}
-        self._applied = applied
+        assert plan.desired is not None
+        # What the kernel holds now is the plan's desired state: no need to read it back.
+        # Keep names and rule counts, not elements: partial syncs diff against the values
+        # the desired state records before each change.
+        state = AppliedState.of(plan.desired)
+        state.elements = {}
+        self._applied = state
         self._need_full = False
         self._last_verify_at = self.clock()
         if plan.mode != "noop":
             log.info("full sync: %s, %d changes", plan.mode, plan.size())
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
+
+    def structure_intact(self) -> bool:
+        """Our chains, their rule counts and our sets are as we left them (elements are not
+        compared: that needs the full listing, see verify)."""
+        applied = self._applied
+        now = self._structure()
+        if applied is None or now is None:
+            return True
+        return now.sets == applied.sets and now.chains == applied.chains
 
     def _partial_sync(self, dirty: Iterable[ServiceName]) -> SyncResult:
         desired, applied = self._desired, self._applied
@@ -289,8 +332,17 @@ class Proxier:
             if not due:
                 self._wake.clear()
             since = now - self._last_verify_at
-            # Other software (a CNI) may commit often: re-read our table at most every 5 s.
-            if (since >= 5.0 and self.kernel_changed_by_others()) or since >= self.verify_period:
+            # Other software (a CNI) may commit often: look at our table at most every 5 s,
+            # and then only at its names and rule counts, which costs milliseconds.
+            if since >= 5.0 and self.kernel_changed_by_others():
+                self._last_verify_at = now
+                if self.structure_intact():
+                    self._note_kernel_generation()
+                else:
+                    log.warning("the nftproxy table was changed by someone else: full resync")
+                    self.stats.external_changes += 1
+                    self.request_full_sync()
+            elif self.verify_period > 0 and since >= self.verify_period:
                 try:
                     self.verify()
                 except (NftError, OSError) as exc:
