@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package tools records the two commands this module builds so that
+// `go mod tidy` keeps their dependencies. It is never compiled.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
