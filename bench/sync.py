@@ -47,7 +47,7 @@ from nftproxy.model import (
 )
 from nftproxy.nft import open_backend
 from nftproxy.ruleset.compile import Fragment, Names, compile_all, compile_service
-from nftproxy.ruleset.desired import DesiredState, Ruleset
+from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.ruleset.diff import (
     AddChain,
     AddElements,
@@ -200,13 +200,15 @@ def compile_desired(
     node: NodeConfig,
     names: Names,
 ) -> tuple[DesiredState, dict[ServiceName, Fragment]]:
-    """The same assembly as cli.build_ruleset, without its conflict printing."""
-    frags = compile_all(services, slices.values(), node, names)
+    """The same assembly as cli.build_ruleset and the daemon's full build (collector off
+    during the build), without the conflict printing."""
     desired = (
         DesiredState(node, names, track_changes=False) if HAS_BULK else DesiredState(node, names)
     )
-    for sid, frag in frags.items():
-        desired.set_service(sid, frag)
+    with bulk_build():
+        frags = compile_all(services, slices.values(), node, names)
+        for sid, frag in frags.items():
+            desired.set_service(sid, frag)
     if HAS_BULK:
         desired.track_changes = True
     if HAS_SCOPE:

@@ -21,7 +21,7 @@ from nftproxy.config import ConfigError, NodeConfig, node_config
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names, compile_all
-from nftproxy.ruleset.desired import DesiredState, Ruleset
+from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.sources.manifests import Manifests, load_paths
 from nftproxy.sources.watching import ManifestDirectory
 
@@ -84,10 +84,11 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
 
 
 def build_ruleset(manifests: Manifests, node: NodeConfig, names: Names) -> Ruleset:
-    desired = DesiredState(node, names)
-    frags = compile_all(manifests.services, manifests.slices.values(), node, names)
-    for sid, frag in frags.items():
-        desired.set_service(sid, frag)
+    desired = DesiredState(node, names, track_changes=False)
+    with bulk_build():
+        frags = compile_all(manifests.services, manifests.slices.values(), node, names)
+        for sid, frag in frags.items():
+            desired.set_service(sid, frag)
     for (set_name, key), owners in desired.conflicts.items():
         who = ", ".join(f"{ns}/{n}" for ns, n in owners)
         print(

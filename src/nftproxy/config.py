@@ -86,12 +86,10 @@ class NodeConfig:
         return 1 << self.masquerade_bit
 
     def cluster_cidrs_of(self, family: Family) -> tuple[str, ...]:
-        return tuple(c for c in self.cluster_cidrs if _family(ipaddress.ip_network(c)) == family)
+        return _of_family(self.cluster_cidrs, family)
 
     def nodeport_cidrs_of(self, family: Family) -> tuple[str, ...]:
-        return tuple(
-            c for c in self.nodeport_addresses if _family(ipaddress.ip_network(c)) == family
-        )
+        return _of_family(self.nodeport_addresses, family)
 
 
 def node_config(

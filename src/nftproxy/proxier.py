@@ -10,7 +10,6 @@ shows that someone else committed to the namespace, and then a full resync repai
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from nftproxy.config import NodeConfig
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
-from nftproxy.ruleset.desired import DesiredState, Ruleset
+from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.ruleset.diff import AppliedState, ChainSummary, SkeletonMismatch, diff
 
 log = logging.getLogger("nftproxy.sync")
@@ -150,15 +149,9 @@ class Proxier:
 
     def _build(self, names: Names) -> Ruleset:
         desired = DesiredState(self.node, names, track_changes=False)
-        # A bulk build allocates millions of small objects and none is cyclic garbage: the
-        # collector would only add seconds and pauses. Freeze what survives afterwards.
-        gc.disable()
-        try:
+        with bulk_build():
             for sid, svc in self._services.items():
                 desired.set_service(sid, self._compile(sid, svc, names))
-        finally:
-            gc.enable()
-            gc.freeze()
         desired.track_changes = True
         desired.take_changes()
         self._desired = desired

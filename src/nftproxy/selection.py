@@ -89,9 +89,23 @@ def select(
     node: NodeConfig,
 ) -> Selection:
     cands = _candidates(port, slices, family)
+    me = node.node_name
+    if all(
+        c.endpoint.ready and c.endpoint.zone_hints is None and c.endpoint.node_hints is None
+        for c in cands
+    ):
+        # The common case (every endpoint ready, no hints): everything is selected.
+        return Selection(
+            cluster=tuple(c.backend for c in cands),
+            local=tuple(c.backend for c in cands if me and c.endpoint.node_name == me),
+            any_usable=bool(cands),
+            maybe_here=tuple(
+                sorted({c.backend.ip for c in cands if c.endpoint.node_name in (None, "", me)})
+            ),
+        )
     ready = [c for c in cands if c.endpoint.ready]
     cluster = _with_fallback(cands, _topology_filter(ready, node))
-    mine = [c for c in cands if node.node_name and c.endpoint.node_name == node.node_name]
+    mine = [c for c in cands if me and c.endpoint.node_name == me]
     local = _with_fallback(mine, [c for c in mine if c.endpoint.ready])
     usable = bool(ready) or any(c.endpoint.serving and c.endpoint.terminating for c in cands)
     chosen = {*cluster, *local}
@@ -99,7 +113,7 @@ def select(
         {
             c.backend.ip
             for c in cands
-            if c.backend in chosen and c.endpoint.node_name in (None, "", node.node_name)
+            if c.backend in chosen and c.endpoint.node_name in (None, "", me)
         }
     )
     return Selection(cluster=cluster, local=local, any_usable=usable, maybe_here=tuple(here))

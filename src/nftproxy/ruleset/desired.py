@@ -7,7 +7,10 @@ externalIP:port) resolve deterministically: the smallest owner wins, the others 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nftproxy.config import NodeConfig
@@ -23,6 +26,21 @@ from nftproxy.ruleset.compile import (
 from nftproxy.ruleset.schema import Chain, ElementKey, ElementValue, SetDef
 
 Owner = tuple[str, str]
+
+
+@contextlib.contextmanager
+def bulk_build() -> Iterator[None]:
+    """Around a build of the whole desired state: it allocates millions of small objects,
+    none of them cyclic garbage, so the cyclic collector would only add seconds and pauses.
+    What survives is frozen out of later collections."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
+
+
 _SKELETON: Owner = ("", "")
 
 
