@@ -1,0 +1,401 @@
+"""kube-proxy's health contract: /healthz and /livez, and the healthCheckNodePort servers.
+
+Proxy health follows kube-proxy's ``pkg/proxy/healthcheck/proxier_health.go``:
+
+* ``queued_update()`` is called when a Service or EndpointSlice change (or a forced full
+  sync) is queued for the rules; only the *oldest* pending change is remembered.
+* ``updated()`` is called after every successful sync: the pending change is cleared and
+  ``lastUpdated`` becomes now. A failed sync does not call it, so the change stays pending.
+* The proxy is healthy unless a change has been pending for ``health_timeout`` or longer
+  (kube-proxy passes ``2 * syncPeriod``: 60 s with the default 30 s). Before the first
+  sync with nothing pending (starting up) it is healthy, as in kube-proxy.
+* ``/healthz`` is additionally 503 when the Node is not eligible (being deleted, or
+  tainted ``ToBeDeletedByClusterAutoscaler``), so load balancers drain it; ``/livez``
+  ignores eligibility (a liveness probe must not restart a proxy on a draining node).
+  Nodes are eligible until told otherwise (`sync_node`).
+* Both answer 200 or 503 with ``Content-Type: application/json`` and
+  ``X-Content-Type-Options: nosniff``; the body is
+  ``{"lastUpdated": "...", "currentTime": "...", "nodeEligible": true}`` (``/livez``
+  without ``nodeEligible``). When healthy ``lastUpdated`` is reported as the current time
+  (kube-proxy keeps that for compatibility with older releases); when unhealthy it is the
+  last successful sync. Times use Go's ``time.Time.String()`` layout
+  (``2006-01-02 15:04:05.999999999 +0000 UTC``, without the monotonic suffix); the zero
+  time (never synced) is ``0001-01-01 00:00:00 +0000 UTC``.
+
+healthCheckNodePort servers follow ``service_health.go``: one listener per port of a
+LoadBalancer Service with ``externalTrafficPolicy: Local``, answering any path with
+``{"service": {"namespace": ..., "name": ...}, "localEndpoints": N,
+"serviceProxyHealthy": B}``, 200 when N > 0 and the proxy is healthy, else 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from nftproxy.model import EndpointSlice, Service, ServiceName
+
+if TYPE_CHECKING:
+    from nftproxy.proxier import Proxier, SyncResult
+
+log = logging.getLogger("nftproxy.health")
+
+DEFAULT_HEALTHZ_PORT = 10256
+DEFAULT_HEALTHZ_BIND_ADDRESS = f"0.0.0.0:{DEFAULT_HEALTHZ_PORT}"
+# kube-proxy's ToBeDeletedTaint: set by the cluster autoscaler on nodes it will remove.
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
+
+
+class BindAddressError(ValueError):
+    """A bind address that is not HOST:PORT (or a bare HOST where a default port applies)."""
+
+
+def split_host_port(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"0.0.0.0:10256"``, ``"[::]:10256"``; a bare address takes ``default_port``."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BindAddressError(f"{option}: {text!r} has an unclosed '['")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise BindAddressError(f"{option}: {text!r} is not [HOST]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise BindAddressError(f"{option}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise BindAddressError(f"{option}: {text!r} needs a port (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BindAddressError(f"{option}: port {port_text!r} is not in 0..65535")
+    return host, int(port_text)
+
+
+def go_time(t: float | None) -> str:
+    """A Unix time in Go's ``time.Time.String()`` layout (UTC); None is Go's zero time."""
+    if t is None:
+        return "0001-01-01 00:00:00 +0000 UTC"
+    when = dt.datetime.fromtimestamp(t, dt.UTC)
+    frac = f"{when.microsecond:06d}".rstrip("0")
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (f".{frac}" if frac else "") + " +0000 UTC"
+
+
+class ProxierHealth:
+    """The proxy's own health, as kube-proxy's ProxierHealthServer computes it (see module)."""
+
+    def __init__(
+        self, health_timeout: float = 60.0, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.health_timeout = health_timeout
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last_updated: float | None = None
+        self._oldest_pending: float | None = None
+        self._node_eligible = True
+
+    def queued_update(self) -> None:
+        """A change that needs a sync arrived; keeps the time of the oldest one pending."""
+        with self._lock:
+            if self._oldest_pending is None:
+                self._oldest_pending = self.clock()
+
+    def updated(self, _result: SyncResult | None = None) -> None:
+        """A sync succeeded: the rules reflect everything queued so far."""
+        with self._lock:
+            self._oldest_pending = None
+            self._last_updated = self.clock()
+
+    def attach(self, proxier: Proxier) -> None:
+        """Call `updated` after each successful sync of `proxier`. Queued changes still have
+        to be reported with `queued_update` by whoever feeds the proxier."""
+        proxier.stats.listeners.append(self.updated)
+
+    def sync_node(self, node: Mapping[str, Any] | None) -> None:
+        """Eligibility from a Node object (API JSON): not deleted, not about to be removed.
+        None (the Node is gone) makes the node ineligible."""
+        eligible = node is not None
+        if node is not None:
+            if (node.get("metadata") or {}).get("deletionTimestamp"):
+                eligible = False
+            taints: Iterable[Mapping[str, Any]] = (node.get("spec") or {}).get("taints") or ()
+            if any(t.get("key") == TO_BE_DELETED_TAINT for t in taints):
+                eligible = False
+        self.set_node_eligible(eligible)
+
+    def set_node_eligible(self, eligible: bool) -> None:
+        with self._lock:
+            self._node_eligible = eligible
+
+    @property
+    def node_eligible(self) -> bool:
+        with self._lock:
+            return self._node_eligible
+
+    def status(self) -> tuple[bool, float | None]:
+        """(healthy, last successful sync time) ignoring node eligibility."""
+        with self._lock:
+            pending, last = self._oldest_pending, self._last_updated
+        if pending is not None and self.clock() - pending >= self.health_timeout:
+            return False, last
+        return True, last
+
+    def is_healthy(self) -> bool:
+        return self.status()[0]
+
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        eligible = self.node_eligible
+        healthy, last = self.status()
+        return self._answer(healthy and eligible, last, {"nodeEligible": eligible})
+
+    def livez(self) -> tuple[int, dict[str, Any]]:
+        healthy, last = self.status()
+        return self._answer(healthy, last, {})
+
+    def _answer(
+        self, healthy: bool, last: float | None, extra: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        now = self.clock()
+        # Healthy: lastUpdated is "now", as kube-proxy reports it (see module docstring).
+        body = {"lastUpdated": go_time(now if healthy else last), "currentTime": go_time(now)}
+        return (200 if healthy else 503), body | extra
+
+
+# --- HTTP plumbing ------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Restarting the daemon must not fail on sockets left in TIME_WAIT.
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class HTTPService:
+    """One ThreadingHTTPServer serving in a daemon thread until `close`."""
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        cls = _Server6 if ":" in host else _Server
+        self.server = cls((host, port), handler)
+        self.server.service = self  # type: ignore[attr-defined]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"http-{host}:{self.port}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the kernel chose when asked for port 0)."""
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def __enter__(self) -> HTTPService:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """Writes kube-proxy style JSON answers; subclasses implement `answer`."""
+
+    server_version = "nftproxy"
+    protocol_version = "HTTP/1.1"
+    quiet: ClassVar[bool] = True
+
+    def answer(self) -> tuple[int, dict[str, Any]] | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        got = self.answer()
+        if got is None:
+            self.send_error(404)
+            return
+        status, body = got
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.quiet:
+            log.debug("%s: " + format, self.address_string(), *args)
+
+    @property
+    def service(self) -> Any:
+        return self.server.service  # type: ignore[attr-defined]
+
+
+class _HealthzHandler(JSONHandler):
+    def answer(self) -> tuple[int, dict[str, Any]] | None:
+        health: ProxierHealth = self.service.health
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            return health.healthz()
+        if path == "/livez":
+            return health.livez()
+        return None
+
+
+class HealthzServer(HTTPService):
+    """``/healthz`` and ``/livez`` on ``--healthz-bind-address``."""
+
+    def __init__(self, health: ProxierHealth, host: str = "0.0.0.0", port: int = 10256) -> None:
+        self.health = health
+        super().__init__(host, port, _HealthzHandler)
+
+
+def serve_healthz(
+    health: ProxierHealth, bind_address: str = DEFAULT_HEALTHZ_BIND_ADDRESS
+) -> HealthzServer:
+    host, port = split_host_port("healthz-bind-address", bind_address, DEFAULT_HEALTHZ_PORT)
+    return HealthzServer(health, host, port)
+
+
+# --- healthCheckNodePort ------------------------------------------------------------------
+
+
+class _ServiceHandler(JSONHandler):
+    def answer(self) -> tuple[int, dict[str, Any]] | None:
+        listener: _ServiceListener = self.service
+        name, count = listener.state()
+        healthy = listener.proxy_healthy()
+        body = {
+            "service": {"namespace": name.namespace, "name": name.name},
+            "localEndpoints": count,
+            "serviceProxyHealthy": healthy,
+        }
+        return (200 if count > 0 and healthy else 503), body
+
+
+class _ServiceListener(HTTPService):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        name: ServiceName,
+        count: int,
+        proxy_healthy: Callable[[], bool],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._name, self._count = name, count
+        self.proxy_healthy = proxy_healthy
+        super().__init__(host, port, _ServiceHandler)
+
+    def state(self) -> tuple[ServiceName, int]:
+        with self._lock:
+            return self._name, self._count
+
+    def set(self, name: ServiceName, count: int) -> None:
+        with self._lock:
+            self._name, self._count = name, count
+
+
+class HealthCheckServers:
+    """The healthCheckNodePort listeners: `sync` opens, updates and closes them.
+
+    A port that cannot be bound (in use) is logged, listed in `errors`, and tried again
+    on the next `sync`, as kube-proxy does.
+    """
+
+    def __init__(self, bind_address: str = "0.0.0.0", health: ProxierHealth | None = None) -> None:
+        self.bind_address = bind_address
+        self.health = health
+        self._lock = threading.Lock()
+        self._listeners: dict[int, _ServiceListener] = {}
+        self.errors: dict[int, str] = {}
+
+    def _proxy_healthy(self) -> bool:
+        return self.health is None or self.health.is_healthy()
+
+    def sync(self, services: Mapping[int, tuple[ServiceName, int]]) -> None:
+        """The complete wanted state: healthCheckNodePort -> (Service, local endpoints)."""
+        with self._lock:
+            for port in list(self._listeners.keys() - services.keys()):
+                log.info("closing healthCheckNodePort %d", port)
+                self._listeners.pop(port).close()
+            self.errors = {p: e for p, e in self.errors.items() if p in services}
+            for port, (name, count) in services.items():
+                current = self._listeners.get(port)
+                if current is not None:
+                    current.set(name, count)
+                    continue
+                try:
+                    self._listeners[port] = _ServiceListener(
+                        self.bind_address, port, name, count, self._proxy_healthy
+                    )
+                except OSError as exc:
+                    self.errors[port] = str(exc)
+                    log.error("healthCheckNodePort %d for %s: %s", port, name, exc)
+                else:
+                    self.errors.pop(port, None)
+                    log.info("serving healthCheckNodePort %d for %s", port, name)
+
+    @property
+    def ports(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._listeners)
+
+    def close(self) -> None:
+        with self._lock:
+            listeners, self._listeners = list(self._listeners.values()), {}
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+
+
+def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:
+    """kube-proxy's localEndpoints: distinct ready endpoints on this node."""
+    return len(
+        {
+            ep.ip
+            for sl in slices
+            for ep in sl.endpoints
+            if ep.ready and node_name and ep.node_name == node_name
+        }
+    )
+
+
+def health_check_ports(
+    services: Iterable[Service], local_endpoints: Callable[[ServiceName], int]
+) -> dict[int, tuple[ServiceName, int]]:
+    """The `HealthCheckServers.sync` argument from model Services (those with a
+    health_check_node_port, i.e. LoadBalancer + externalTrafficPolicy Local)."""
+    out: dict[int, tuple[ServiceName, int]] = {}
+    for svc in services:
+        port = svc.health_check_node_port
+        if port:
+            out[port] = (svc.id, local_endpoints(svc.id))
+    return out
