@@ -164,6 +164,8 @@ def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(net
             "0.1",
             "--poll-interval",
             "0.1",
+            "--healthz-bind-address=",
+            "--metrics-bind-address=",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -7,10 +7,13 @@ Exit status: 0 success; 1 the kernel refused or a usage/option error (nothing ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,6 +21,7 @@ from typing import Any
 
 from nftproxy import applying, explain
 from nftproxy.config import ConfigError, NodeConfig, node_config
+from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names, compile_all
@@ -50,7 +54,7 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         help="CIDRs of local addresses that accept NodePorts (default: all local addresses)",
     )
     g.add_argument("--masquerade-all", action="store_true", help="SNAT all Service traffic")
-    g.add_argument("--masquerade-bit", type=int, default=14, help="packet mark bit (0-31)")
+    g.add_argument("--masquerade-bit", type=int, default=None, help="packet mark bit (default 14)")
     g.add_argument(
         "--service-proxy-name",
         default=None,
@@ -66,7 +70,7 @@ def _node(args: argparse.Namespace) -> NodeConfig:
         cluster_cidrs=args.cluster_cidr,
         nodeport_addresses=args.nodeport_addresses,
         masquerade_all=args.masquerade_all,
-        masquerade_bit=args.masquerade_bit,
+        masquerade_bit=14 if args.masquerade_bit is None else args.masquerade_bit,
         service_proxy_name=args.service_proxy_name,
     )
 
@@ -152,21 +156,42 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_node(args: argparse.Namespace, opts: ProxyOptions) -> NodeConfig:
+    """Node options for the daemon: explicit flags, then the --config file, then defaults."""
+    name = args.node_name or opts.hostname_override or ""
+    if not name and not args.manifests:
+        name = socket.gethostname()  # kube-proxy's default: the node is named after the host
+    bit = args.masquerade_bit if args.masquerade_bit is not None else opts.masquerade_bit
+    return node_config(
+        node_name=name,
+        zone=args.zone,
+        node_ips=args.node_ip or list(opts.node_ips or ()),
+        cluster_cidrs=args.cluster_cidr or list(opts.cluster_cidrs or ()),
+        nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or ()),
+        masquerade_all=args.masquerade_all or bool(opts.masquerade_all),
+        masquerade_bit=14 if bit is None else bit,
+        service_proxy_name=args.service_proxy_name,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from nftproxy import health, metrics
+    from nftproxy.kube import proxyconfig
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger("nftproxy")
-    node = _node(args)
+    opts = proxyconfig.load(args.config) if args.config else proxyconfig.ProxyOptions()
+    for warning in opts.warnings:
+        log.warning("%s: %s", args.config, warning)
+    node = _run_node(args, opts)
+    min_sync = args.min_sync_period
+    if min_sync is None:
+        min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
     backend = open_backend(args.netns, prefer=args.backend)
-    proxier = Proxier(
-        backend,
-        node,
-        min_sync_period=args.min_sync_period,
-        verify_period=args.verify_period,
-    )
-    source = ManifestDirectory(args.manifests, service_proxy_name=node.service_proxy_name)
+    proxier = Proxier(backend, node, min_sync_period=min_sync, verify_period=args.verify_period)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -175,18 +200,97 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    source.scan()
-    proxier.replace_all(*source.merged())
-    proxier.request_full_sync()
+
+    proxy_health = health.ProxierHealth(health_timeout=opts.health_timeout)
+    proxy_health.attach(proxier)
+    proxy_metrics = metrics.Metrics()
+    proxy_metrics.attach(proxier)
+    servers: list[Any] = []
+    healthz = _choose(args.healthz_bind_address, opts.healthz_bind_address, "0.0.0.0:10256")
+    if healthz:
+        servers.append(health.serve_healthz(proxy_health, healthz))
+    metrics_at = _choose(args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249")
+    if metrics_at:
+        servers.append(proxy_metrics.serve(metrics_at))
+    check_servers = health.HealthCheckServers(health=proxy_health)
+
+    def sync_health_checks(_result: object) -> None:
+        me = proxier.node.node_name
+        ports = health.health_check_ports(
+            proxier.services(),
+            lambda sid: health.local_ready_endpoints(proxier.slices_of(sid), me),
+        )
+        check_servers.sync(ports)
+
+    proxier.stats.listeners.append(sync_health_checks)
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
-    log.info("serving %s from %s", where, ", ".join(args.manifests))
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
-    loop.start()
-    while not stop.wait(args.poll_interval):
-        if source.scan():
+    try:
+        if args.manifests:
+            source = ManifestDirectory(args.manifests, service_proxy_name=node.service_proxy_name)
+            source.scan()
             proxier.replace_all(*source.merged())
-    loop.join(timeout=30)
+            proxier.request_full_sync()
+            log.info("serving %s from %s", where, ", ".join(args.manifests))
+            loop.start()
+            while not stop.wait(args.poll_interval):
+                if source.scan():
+                    proxier.replace_all(*source.merged())
+        else:
+            watcher = _kube_watcher(args, opts, proxier, log)
+            log.info("serving %s from the Kubernetes API as node %s", where, node.node_name)
+            watcher.start()
+            loop.start()
+            stop.wait()
+            watcher.stop()
+    finally:
+        stop.set()
+        if loop.is_alive():
+            loop.join(timeout=30)
+        check_servers.close()
+        for server in servers:
+            server.close()
     return EXIT_OK
+
+
+def _choose(flag: str | None, config: str | None, default: str) -> str:
+    """A bind address: the flag, else the config file, else kube-proxy's default; an empty
+    string turns the server off."""
+    if flag is not None:
+        return flag
+    return config if config is not None else default
+
+
+def _kube_watcher(
+    args: argparse.Namespace, opts: Any, proxier: Proxier, log: logging.Logger
+) -> Any:
+    from nftproxy.kube import client, reflector
+
+    kubeconfig = args.kubeconfig or opts.kubeconfig
+    if kubeconfig or os.environ.get("KUBECONFIG"):
+        config = client.load_kubeconfig(kubeconfig)
+    else:
+        config = client.in_cluster()
+    node = proxier.node
+    flags_zone, flags_ips = args.zone, bool(args.node_ip)
+
+    def on_node(info: reflector.NodeInfo | None) -> None:
+        # The Node's zone label and addresses fill in what flags did not say.
+        if info is None:
+            return
+        ips = node.node_ips if flags_ips else (*info.internal_ips, *info.external_ips)
+        zone = flags_zone or info.zone or ""
+        if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
+            log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
+            proxier.set_node(dataclasses.replace(proxier.node, zone=zone, node_ips=tuple(ips)))
+
+    return reflector.KubeWatcher(
+        client.Client(config),
+        reflector.ProxierSink(proxier),
+        node_name=node.node_name or None,
+        on_node=on_node,
+        service_proxy_name=node.service_proxy_name,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -312,21 +416,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("run", help="the daemon: keep a namespace in sync with a manifest directory")
+    p = sub.add_parser(
+        "run", help="the daemon: keep a namespace in sync with the Kubernetes API or manifests"
+    )
     p.add_argument(
         "--manifests",
         action="append",
-        required=True,
+        default=[],
         metavar="DIR",
-        help="directory (or file) of Service/EndpointSlice manifests, watched for changes",
+        help="serve a watched directory (or file) of manifests instead of the Kubernetes API",
     )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, then in-cluster)")
+    p.add_argument("--config", help="a KubeProxyConfiguration file (flags win over it)")
     p.add_argument("-v", "--verbose", action="store_true")
     with_kernel(p, netns_required=False)
     p.add_argument(
         "--min-sync-period",
         type=float,
-        default=1.0,
-        help="seconds between syncs; changes in between are batched (kube-proxy: minSyncPeriod)",
+        default=None,
+        help="seconds between syncs; changes in between are batched (default 1)",
     )
     p.add_argument(
         "--poll-interval", type=float, default=0.5, help="seconds between directory scans"
@@ -334,8 +442,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify-period",
         type=float,
-        default=300.0,
-        help="seconds between full comparisons of the table with what was applied",
+        default=0.0,
+        help="seconds between full element-by-element comparisons of the table with what "
+        "was applied (0, the default: never; foreign commits are caught by a cheap check)",
+    )
+    p.add_argument(
+        "--healthz-bind-address",
+        default=None,
+        help="/healthz and /livez (default 0.0.0.0:10256; empty: off)",
+    )
+    p.add_argument(
+        "--metrics-bind-address",
+        default=None,
+        help="Prometheus /metrics (default 127.0.0.1:10249; empty: off)",
     )
     _node_options(p)
     p.set_defaults(func=cmd_run)
@@ -362,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, NftError, OSError) as exc:
+    except (ConfigError, NftError, OSError, ValueError) as exc:
         print(f"nftproxy {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:

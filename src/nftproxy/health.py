@@ -122,9 +122,9 @@ class ProxierHealth:
             self._last_updated = self.clock()
 
     def attach(self, proxier: Proxier) -> None:
-        """Call `updated` after each successful sync of `proxier`. Queued changes still have
-        to be reported with `queued_update` by whoever feeds the proxier."""
+        """Follow `proxier`: changes queued, and each successful sync."""
         proxier.stats.listeners.append(self.updated)
+        proxier.stats.queue_listeners.append(lambda _services, _slices: self.queued_update())
 
     def sync_node(self, node: Mapping[str, Any] | None) -> None:
         """Eligibility from a Node object (API JSON): not deleted, not about to be removed.

@@ -154,11 +154,12 @@ class Metrics:
 
         def on_sync(result: SyncResult) -> None:
             # Listeners run on the sync thread once the sync is done: the ruleset is stable.
-            desired = proxier._desired
-            ruleset = desired.ruleset if desired is not None else None
-            self.on_sync(result, ruleset=ruleset)
+            self.on_sync(result, ruleset=proxier.ruleset)
 
         proxier.stats.listeners.append(on_sync)
+        proxier.stats.queue_listeners.append(
+            lambda services, slices: self.queued(services=services, endpoints=slices)
+        )
 
     def on_sync(self, result: SyncResult, *, ruleset: Any = None, full: bool | None = None) -> None:
         """Record one successful sync. Full or partial is read from the attached proxier's

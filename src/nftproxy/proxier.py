@@ -48,7 +48,10 @@ class SyncStats:
     last_sync: SyncResult | None = None
     last_success_at: float = 0.0
     external_changes: int = 0
+    # Called after each successful sync.
     listeners: list[Callable[[SyncResult], None]] = field(default_factory=list)
+    # Called when changes are queued for the next sync: (services changed, slices changed).
+    queue_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
 
 
 class Proxier:
@@ -93,25 +96,56 @@ class Proxier:
     ) -> None:
         """A complete new picture (a re-list or a directory reload); only differences count."""
         with self._lock:
+            changed = [0, 0]
             for sid in self._services.keys() - services.keys():
-                self._set_service(sid, None)
+                changed[0] += self._set_service(sid, None)
             for sid, svc in services.items():
-                self._set_service(sid, svc)
+                changed[0] += self._set_service(sid, svc)
             for key in self._slices.keys() - slices.keys():
-                self._set_slice(key, None)
+                changed[1] += self._set_slice(key, None)
             for key, sl in slices.items():
-                self._set_slice(key, sl)
-        self._wake_if_dirty()
+                changed[1] += self._set_slice(key, sl)
+        self._queued(*changed)
 
     def update_service(self, sid: ServiceName, svc: Service | None) -> None:
         with self._lock:
-            self._set_service(sid, svc)
-        self._wake_if_dirty()
+            changed = self._set_service(sid, svc)
+        self._queued(changed, 0)
 
     def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
         with self._lock:
-            self._set_slice(key, sl)
+            changed = self._set_slice(key, sl)
+        self._queued(0, changed)
+
+    def set_node(self, node: NodeConfig) -> None:
+        """New node facts (zone, addresses): everything is recompiled in a full sync."""
+        with self._lock:
+            if node == self.node:
+                return
+            self.node = node
+            self._need_full = True
+        self._queued(0, 0, force=True)
+
+    def services(self) -> list[Service]:
+        with self._lock:
+            return list(self._services.values())
+
+    def slices_of(self, sid: ServiceName) -> list[EndpointSlice]:
+        with self._lock:
+            return list(self._by_service.get(sid, {}).values())
+
+    @property
+    def ruleset(self) -> Ruleset | None:
+        """The desired ruleset as of the last sync (None before the first)."""
+        return None if self._desired is None else self._desired.ruleset
+
+    def _queued(self, services: int, slices: int, *, force: bool = False) -> None:
+        if services or slices or force:
+            for listener in self.stats.queue_listeners:
+                listener(services, slices)
         self._wake_if_dirty()
+        if force:
+            self._wake.set()
 
     def request_full_sync(self) -> None:
         with self._lock:
@@ -122,19 +156,20 @@ class Proxier:
         if self._dirty:
             self._wake.set()
 
-    def _set_service(self, sid: ServiceName, svc: Service | None) -> None:
+    def _set_service(self, sid: ServiceName, svc: Service | None) -> int:
         if self._services.get(sid) == svc:
-            return
+            return 0
         if svc is None:
             self._services.pop(sid, None)
         else:
             self._services[sid] = svc
         self._dirty.add(sid)
+        return 1
 
-    def _set_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+    def _set_slice(self, key: SliceKey, sl: EndpointSlice | None) -> int:
         old = self._slices.get(key)
         if old == sl:
-            return
+            return 0
         if old is not None:
             self._by_service.get(old.service, {}).pop(key, None)
             self._dirty.add(old.service)
@@ -144,6 +179,7 @@ class Proxier:
             self._slices[key] = sl
             self._by_service.setdefault(sl.service, {})[key] = sl
             self._dirty.add(sl.service)
+        return 1
 
     # --- syncing (the loop's thread) ------------------------------------------------------
 

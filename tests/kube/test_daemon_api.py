@@ -1,0 +1,111 @@
+"""`nftproxy run` against a real kube-apiserver: API changes reach a namespace's rules, and
+the daemon answers /healthz and /metrics as kube-proxy does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+
+from apiserver import _free_ports, start_control_plane
+from kernel import nft_in
+
+SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web", "namespace": "default"},
+    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+}
+
+
+def slice_with(*ips: str) -> dict:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "nodeName": "node-a"} for ip in ips],
+    }
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def table(netns: str) -> str:
+    try:
+        return nft_in(netns, "list", "table", "inet", "nftproxy")
+    except AssertionError:
+        return ""
+
+
+def test_the_daemon_follows_the_api_and_serves_health_and_metrics(netns, tmp_path):
+    with start_control_plane(tmp_path / "cp") as cp:
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
+        health_port, metrics_port = _free_ports(2)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nftproxy",
+                "run",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--netns",
+                netns,
+                "--hostname-override",
+                "node-a",
+                "--node-ip",
+                "192.168.0.1",
+                "--min-sync-period",
+                "0.1",
+                f"--healthz-bind-address=127.0.0.1:{health_port}",
+                f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            status, svc = cp.request("POST", "/api/v1/namespaces/default/services", SERVICE)
+            assert status == 201, svc
+            vip = svc["spec"]["clusterIP"]
+            path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+            assert cp.request("POST", path, slice_with("10.244.1.5"))[0] == 201
+            eventually(
+                lambda: f"{vip} . 80 . 0 : 10.244.1.5 . 8080" in table(netns), "the endpoint"
+            )
+
+            status, current = cp.request("GET", f"{path}/web-1")
+            current["endpoints"] = slice_with("10.244.1.5", "10.244.1.6")["endpoints"]
+            assert cp.request("PUT", f"{path}/web-1", current)[0] == 200
+            eventually(lambda: "10.244.1.6 . 8080" in table(netns), "the second endpoint")
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
+                assert r.status == 200
+                assert "lastUpdated" in json.load(r)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            assert "kubeproxy_sync_proxy_rules_duration_seconds_count" in text
+            assert "nftproxy_elements" in text
+
+            assert cp.request("DELETE", "/api/v1/namespaces/default/services/web")[0] == 200
+            eventually(lambda: vip not in table(netns), "the Service to go")
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "serving network namespace" in out
