@@ -109,3 +109,70 @@ def test_the_daemon_follows_the_api_and_serves_health_and_metrics(netns, tmp_pat
             out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert "serving network namespace" in out
+
+
+DEPLOY = __import__("pathlib").Path(__file__).parents[2] / "deploy"
+
+
+def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tmp_path):
+    import yaml
+
+    role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nftproxy-test-user"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "nftproxy",
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nftproxy"}],
+    }
+    with start_control_plane(tmp_path / "cp") as cp:
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
+        argv = [
+            sys.executable,
+            "-m",
+            "nftproxy",
+            "run",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--netns",
+            netns,
+            "--hostname-override",
+            "node-a",
+            "--min-sync-period",
+            "0.1",
+            "--healthz-bind-address=",
+            "--metrics-bind-address=",
+        ]
+        # Without the role: the daemon says which resource it may not read, and keeps trying.
+        denied = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3)
+        finally:
+            os.kill(denied.pid, signal.SIGTERM)
+            out, _ = denied.communicate(timeout=30)
+        assert 'cannot list resource "services"' in out, out[-2000:]
+        assert 'cannot list resource "endpointslices"' in out
+
+        assert cp.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", role)[0] == 201
+        path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+        assert cp.request("POST", path, binding)[0] == 201
+        status, svc = cp.request("POST", "/api/v1/namespaces/default/services", SERVICE)
+        assert status == 201
+        slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+        assert cp.request("POST", slices, slice_with("10.244.1.5"))[0] == 201
+        allowed = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            vip = svc["spec"]["clusterIP"]
+            eventually(
+                lambda: f"{vip} . 80 . 0 : 10.244.1.5 . 8080" in table(netns), "the endpoint"
+            )
+        finally:
+            os.kill(allowed.pid, signal.SIGTERM)
+            out, _ = allowed.communicate(timeout=30)
+        assert "Forbidden" not in out and "cannot" not in out, out[-2000:]
