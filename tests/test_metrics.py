@@ -57,7 +57,7 @@ def fake_proxier(stats: SyncStats) -> Any:
     ruleset = SimpleNamespace(
         elements={"a": {1: None, 2: None}, "b": {3: None}}, chains={"x": 1, "y": 2, "z": 3}
     )
-    return SimpleNamespace(stats=stats, _desired=SimpleNamespace(ruleset=ruleset))
+    return SimpleNamespace(stats=stats, ruleset=ruleset)
 
 
 def run_sync(stats: SyncStats, mode: str, seconds: float, *, full: bool) -> None:

@@ -185,7 +185,7 @@ def run(duration: float = 45.0, *, out: TextIO = sys.stdout, live: bool | None =
             tick = time.monotonic()
             for s in streams:
                 r = lab.connect(
-                    s.client, s.host, s.port, count=s.per_tick, timeout=1.0, in_process=True
+                    s.client, s.host, s.port, count=s.per_tick, timeout=2.0, in_process=True
                 )
                 s.last = r.endpoints()
                 s.total.update(s.last)
