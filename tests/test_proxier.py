@@ -196,3 +196,31 @@ def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(net
     assert proc.returncode == 0, out
     assert "broken.yaml" in out and "SIGTERM" in out
     assert "10.244.2.99" in endpoints_now()
+
+
+def test_udp_endpoints_that_went_away_are_named_for_conntrack_cleanup():
+    from nftproxy.proxier import StaleUdp, stale_udp_endpoints
+    from nftproxy.ruleset.desired import DesiredState
+
+    dns = service(
+        "dns",
+        cluster_ips=("10.96.0.53",),
+        ports=[port(53, name="dns", proto="udp", node_port=30053)],
+    )
+    names = Names()
+    desired = DesiredState(NODE, names)
+
+    def put(*ips: str) -> None:
+        sl = endpoints("dns", [ep(ip) for ip in ips], name="dns", proto="udp", target=53)
+        from nftproxy.ruleset.compile import compile_service
+
+        desired.set_service(dns.id, compile_service(dns, [sl], NODE, names))
+
+    put("10.244.1.1", "10.244.1.2", "10.244.1.3")
+    desired.take_changes()
+    put("10.244.1.1", "10.244.1.3")  # .2 goes away; .3 moves from bucket 2 to bucket 1
+    stale = stale_udp_endpoints(desired.take_changes(), desired.ruleset)
+    assert sorted(stale, key=repr) == sorted(
+        [StaleUdp("10.96.0.53", 53, "10.244.1.2", 53), StaleUdp(None, 30053, "10.244.1.2", 53)],
+        key=repr,
+    )

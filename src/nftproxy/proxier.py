@@ -21,8 +21,9 @@ from nftproxy.config import NodeConfig
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
-from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
+from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
 from nftproxy.ruleset.diff import AppliedState, ChainSummary, SkeletonMismatch, diff
+from nftproxy.ruleset.schema import Atom
 
 log = logging.getLogger("nftproxy.sync")
 
@@ -88,6 +89,8 @@ class Proxier:
         self._last_verify_at = float("-inf")
         self._backoff = 0.0
         self._retry_at = float("-inf")
+        # Set by the daemon to remove conntrack entries of UDP endpoints that went away.
+        self.clear_stale_udp: Callable[[list[StaleUdp]], object] | None = None
 
     # --- inputs (any thread) --------------------------------------------------------------
 
@@ -273,6 +276,15 @@ class Proxier:
             log.info("full sync: %s, %d changes", plan.mode, plan.size())
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
+    def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
+        stale = stale_udp_endpoints(scope, ruleset)
+        clear = getattr(self.backend, "clear_stale_udp", None) or self.clear_stale_udp
+        if stale and clear is not None:
+            try:
+                clear(stale)
+            except OSError as exc:  # the rules are right; a leftover entry only ages out
+                log.warning("could not clear stale UDP conntrack entries: %s", exc)
+
     def structure_intact(self) -> bool:
         """Our chains, their rule counts and our sets are as we left them (elements are not
         compared: that needs the full listing, see verify)."""
@@ -291,7 +303,8 @@ class Proxier:
             frag = None if svc is None else self._compile(sid, svc, desired.names)
             desired.set_service(sid, frag)
             touched += 1
-        tx = diff(desired.ruleset, applied, desired.take_changes())
+        scope = desired.take_changes()
+        tx = diff(desired.ruleset, applied, scope)
         if tx.size() > applying.CHUNK:
             # Too big for one transaction: build a new generation instead.
             self._need_full = True
@@ -301,6 +314,7 @@ class Proxier:
             applied.record(part)
         if tx:
             log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
+            self._clear_stale_udp(scope, desired.ruleset)
         return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
 
     def _note_kernel_generation(self) -> None:
@@ -376,3 +390,42 @@ class Proxier:
                     self.verify()
                 except (NftError, OSError) as exc:
                     log.error("verify failed: %s", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class StaleUdp:
+    """A UDP endpoint that a frontend no longer uses: its conntrack entries must go, or
+    clients keep sending to it (UDP has no end of connection)."""
+
+    frontend_ip: str | None  # None: a NodePort, on any local address
+    frontend_port: int
+    endpoint_ip: str
+    endpoint_port: int
+
+
+def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[StaleUdp]:
+    """From the values a change replaced in UDP endpoint maps: the (frontend, endpoint)
+    pairs that no bucket of that frontend holds any more."""
+    out: list[StaleUdp] = []
+    for set_name, before in scope.before.items():
+        if not set_name.endswith("-udp") or "endpoints" not in set_name:
+            continue
+        nodeport = "np-endpoints" in set_name
+        now = ruleset.elements.get(set_name, {})
+        old_by_frontend: dict[tuple[Atom, ...], set[tuple[Atom, ...]]] = {}
+        for key, value in before.items():
+            if isinstance(value, tuple):
+                old_by_frontend.setdefault(key[:-1], set()).add(value)
+        for frontend, old_values in old_by_frontend.items():
+            current = set()
+            bucket = 0
+            while (value := now.get((*frontend, bucket))) is not None:
+                if isinstance(value, tuple):
+                    current.add(value)
+                bucket += 1
+            for ip, port in sorted(old_values - current, key=str):
+                if nodeport:
+                    out.append(StaleUdp(None, int(frontend[0]), str(ip), int(port)))
+                else:
+                    out.append(StaleUdp(str(frontend[0]), int(frontend[1]), str(ip), int(port)))
+    return out
