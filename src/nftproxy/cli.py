@@ -223,6 +223,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_servers.sync(ports)
 
     proxier.stats.listeners.append(sync_health_checks)
+    from nftproxy import conntrack
+
+    cleaner = conntrack.ConntrackCleaner(args.netns)
+
+    def clear_stale_udp(stale: list[Any]) -> int:
+        return cleaner.clear_stale(
+            [
+                conntrack.Stale(s.frontend_ip, s.frontend_port, s.endpoint_ip, s.endpoint_port)
+                for s in stale
+            ]
+        )
+
+    proxier.clear_stale_udp = clear_stale_udp
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     try:
@@ -248,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if loop.is_alive():
             loop.join(timeout=30)
         check_servers.close()
+        cleaner.close()
         for server in servers:
             server.close()
     return EXIT_OK

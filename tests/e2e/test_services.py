@@ -377,3 +377,41 @@ def generations_of(cluster, node: str) -> set[int]:
 
     listing = cluster.lab.exec(node, ["nft", "list", "table", "inet", "nftproxy"]).stdout
     return {int(g) for g in re.findall(r"chain g(\d+)-services4", listing)}
+
+
+def test_a_udp_client_moves_on_when_its_endpoint_is_removed(cluster):
+    """UDP has no end of connection: without clearing conntrack, a client with a fixed
+    source port would keep talking to a removed endpoint. The daemon's sync clears it."""
+    import socket as sockets
+
+    from nftproxy.conntrack import ConntrackCleaner, Stale
+
+    proxier = cluster.proxier("node-1")
+    cleaner = ConntrackCleaner(str(cluster.lab.ns_path("node-1")))
+    proxier.clear_stale_udp = lambda stale: cleaner.clear_stale(
+        [Stale(s.frontend_ip, s.frontend_port, s.endpoint_ip, s.endpoint_port) for s in stale]
+    )
+    s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, None)])
+
+    def publish(pods):
+        sl = slice_of("dns", [endpoint(cluster.pod(p)) for p in pods], ports=[("dns", "udp", HTTP)])
+        proxier.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
+        proxier.sync()
+
+    publish(("pod-4", "pod-5"))
+    client = cluster.lab.socket("pod-1", sockets.AF_INET, sockets.SOCK_DGRAM)
+    try:
+        client.bind(("0.0.0.0", 41999))
+        client.settimeout(2.0)
+
+        def ask() -> str:
+            client.sendto(b"ping\n", ("10.96.0.53", 53))
+            return client.recv(200).decode().split()[0]
+
+        first = ask()
+        assert all(ask() == first for _ in range(3))  # one conntrack entry, one endpoint
+        publish(tuple(p for p in ("pod-4", "pod-5") if p != first))
+        assert ask() != first
+    finally:
+        client.close()
+        cleaner.close()

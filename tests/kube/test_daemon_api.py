@@ -176,3 +176,79 @@ def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tm
             os.kill(allowed.pid, signal.SIGTERM)
             out, _ = allowed.communicate(timeout=30)
         assert "Forbidden" not in out and "cannot" not in out, out[-2000:]
+
+
+def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
+    """The daemon (in the host namespace, programming a lab node's namespace) follows the
+    API; an outside client's connections follow the Service as it changes."""
+    from kernel import require_kernel
+
+    from nftproxy.lab import Lab, default_topology
+
+    require_kernel()
+    with (
+        Lab.create(default_topology(nodes=1, pods_per_node=3)) as lab,
+        start_control_plane(tmp_path / "cp") as cp,
+    ):
+        lab.start_echo_all(tcp=(8080,), udp=())
+        node = lab.topology.nodes[0]
+        pods = list(lab.topology.pods)
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nftproxy",
+                "run",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--netns",
+                str(lab.ns_path(node)),
+                "--hostname-override",
+                node.name,
+                "--node-ip",
+                node.ip4,
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--min-sync-period",
+                "0.1",
+                "--healthz-bind-address=",
+                "--metrics-bind-address=",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            service = json.loads(json.dumps(SERVICE))
+            service["spec"]["type"] = "NodePort"
+            service["spec"]["ports"][0]["nodePort"] = 30080
+            assert cp.request("POST", "/api/v1/namespaces/default/services", service)[0] == 201
+            path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+            body = slice_with(*(p.ip4 for p in pods[:2]))
+            for e in body["endpoints"]:
+                e["nodeName"] = node.name
+            assert cp.request("POST", path, body)[0] == 201
+
+            def reached() -> set[str]:
+                r = lab.connect("ext", node.ip4, 30080, count=30, timeout=1.0, in_process=True)
+                return set(r.endpoints())
+
+            eventually(lambda: reached() == {pods[0].name, pods[1].name}, "traffic to two pods")
+            _, current = cp.request("GET", f"{path}/web-1")
+            current["endpoints"] = [{"addresses": [pods[2].ip4], "nodeName": node.name}]
+            assert cp.request("PUT", f"{path}/web-1", current)[0] == 200
+            eventually(lambda: reached() == {pods[2].name}, "traffic to the third pod only")
+            assert cp.request("DELETE", "/api/v1/namespaces/default/services/web")[0] == 200
+
+            def refused() -> bool:
+                return (
+                    lab.connect("ext", node.ip4, 30080, count=1, timeout=1.0, in_process=True).ok
+                    == 0
+                )
+
+            eventually(refused, "the NodePort to close")
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out

@@ -1,0 +1,382 @@
+"""Deleting stale conntrack entries of UDP Services, through raw ctnetlink.
+
+UDP has no FIN: a client that keeps sending from the same source port keeps hitting the
+conntrack entry created by its first datagram, and that entry keeps the DNAT chosen then,
+even after the endpoint is gone. Like kube-proxy, the proxier deletes, for each removed
+UDP endpoint, the entries whose original destination is one of the Service's frontends and
+whose reply source is that endpoint; new datagrams then go through the rules again.
+
+The kernel interface (linux/netfilter/nfnetlink_conntrack.h), as checked on the wire:
+  * message types are NFNL_SUBSYS_CTNETLINK (1) << 8 | IPCTNL_MSG_CT_GET (1) / _DELETE (2),
+    after the nlmsghdr comes a struct nfgenmsg whose family (AF_INET / AF_INET6) makes a
+    dump list only that family's entries;
+  * CTA_TUPLE_ORIG (1) and CTA_TUPLE_REPLY (2) are nests of CTA_TUPLE_IP (1) and
+    CTA_TUPLE_PROTO (2), themselves nests: CTA_IP_V4_SRC/DST (1, 2: 4 bytes) or
+    CTA_IP_V6_SRC/DST (3, 4: 16 bytes); CTA_PROTO_NUM (1: one byte), CTA_PROTO_SRC_PORT /
+    CTA_PROTO_DST_PORT (2, 3: big-endian u16);
+  * the kernel sets NLA_F_NESTED on the nests it sends (masked off when parsing);
+  * CTA_ZONE (18, big-endian u16) is only present for a non-default zone; deleting an entry
+    of another zone needs it, so it is sent back when it was there;
+  * a delete of an entry that is already gone answers ENOENT.
+
+Netlink sockets belong to the namespace they were created in: the functions here work in
+the calling thread's namespace, `ConntrackCleaner` owns a worker thread that entered one.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import ipaddress
+import itertools
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from nftproxy.nft import _setns, netns_path
+
+# --- constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) ---------------------------
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_GET = 1
+IPCTNL_MSG_CT_DELETE = 2
+NFNETLINK_V0 = 0
+
+NLM_F_REQUEST = 0x01
+NLM_F_ACK = 0x04
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLA_F_NESTED = 1 << 15
+NLA_TYPE_MASK = 0x3FFF
+
+CTA_TUPLE_ORIG = 1
+CTA_TUPLE_REPLY = 2
+CTA_ZONE = 18
+CTA_TUPLE_IP = 1
+CTA_TUPLE_PROTO = 2
+CTA_IP_V4_SRC = 1
+CTA_IP_V4_DST = 2
+CTA_IP_V6_SRC = 3
+CTA_IP_V6_DST = 4
+CTA_PROTO_NUM = 1
+CTA_PROTO_SRC_PORT = 2
+CTA_PROTO_DST_PORT = 3
+
+Family: TypeAlias = Literal[4, 6]
+ProtoName: TypeAlias = Literal["udp", "tcp", "sctp"]
+
+PROTOCOLS: dict[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
+_AF: dict[int, int] = {4: socket.AF_INET, 6: socket.AF_INET6}
+_IP_ATTRS: dict[int, tuple[int, int]] = {
+    4: (CTA_IP_V4_SRC, CTA_IP_V4_DST),
+    6: (CTA_IP_V6_SRC, CTA_IP_V6_DST),
+}
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLATTR = struct.Struct("=HH")
+_NFGENMSG = struct.Struct("!BBH")
+_BE16 = struct.Struct("!H")
+_RECV_SIZE = 1 << 20
+
+_seq = itertools.count(1)
+
+
+class ConntrackError(OSError):
+    """The kernel refused a ctnetlink request."""
+
+
+# --- flows -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One conntrack entry, by its original and reply tuples.
+
+    For a DNATed flow the original destination is the Service frontend and the reply source
+    the endpoint it was sent to; for a flow that was not NATed both are the same."""
+
+    orig_src: str
+    orig_sport: int
+    orig_dst: str
+    orig_dport: int
+    reply_src: str
+    reply_sport: int
+    proto: int
+    family: Family
+    zone: int = 0
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    pad = bytes(_align(len(payload)) - len(payload))
+    return _NLATTR.pack(4 + len(payload), kind) + payload + pad
+
+
+def _nest(kind: int, payload: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, payload)
+
+
+def _attrs(data: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """The attributes in data[start:end], by type (nested flag masked off)."""
+    end = len(data) if end is None else end
+    out: dict[int, bytes] = {}
+    pos = start
+    while pos + 4 <= end:
+        alen, atype = _NLATTR.unpack_from(data, pos)
+        if alen < 4 or pos + alen > end:
+            break
+        out[atype & NLA_TYPE_MASK] = bytes(data[pos + 4 : pos + alen])
+        pos += _align(alen)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Tuple:
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+
+
+def _parse_tuple(raw: bytes, family: Family) -> _Tuple | None:
+    top = _attrs(raw)
+    ip = _attrs(top.get(CTA_TUPLE_IP, b""))
+    proto = _attrs(top.get(CTA_TUPLE_PROTO, b""))
+    src_attr, dst_attr = _IP_ATTRS[family]
+    if src_attr not in ip or dst_attr not in ip or CTA_PROTO_NUM not in proto:
+        return None
+    af = _AF[family]
+    sport = _BE16.unpack(proto[CTA_PROTO_SRC_PORT])[0] if CTA_PROTO_SRC_PORT in proto else 0
+    dport = _BE16.unpack(proto[CTA_PROTO_DST_PORT])[0] if CTA_PROTO_DST_PORT in proto else 0
+    return _Tuple(
+        socket.inet_ntop(af, ip[src_attr]),
+        socket.inet_ntop(af, ip[dst_attr]),
+        sport,
+        dport,
+        proto[CTA_PROTO_NUM][0],
+    )
+
+
+def _parse_flow(attrs: dict[int, bytes], family: Family) -> Flow | None:
+    if CTA_TUPLE_ORIG not in attrs or CTA_TUPLE_REPLY not in attrs:
+        return None
+    orig = _parse_tuple(attrs[CTA_TUPLE_ORIG], family)
+    reply = _parse_tuple(attrs[CTA_TUPLE_REPLY], family)
+    if orig is None or reply is None:
+        return None
+    zone = _BE16.unpack(attrs[CTA_ZONE])[0] if len(attrs.get(CTA_ZONE, b"")) >= 2 else 0
+    return Flow(
+        orig.src, orig.sport, orig.dst, orig.dport, reply.src, reply.sport, orig.proto, family, zone
+    )
+
+
+def _encode_orig(flow: Flow) -> bytes:
+    af = _AF[flow.family]
+    src_attr, dst_attr = _IP_ATTRS[flow.family]
+    ip = _attr(src_attr, socket.inet_pton(af, flow.orig_src)) + _attr(
+        dst_attr, socket.inet_pton(af, flow.orig_dst)
+    )
+    proto = _attr(CTA_PROTO_NUM, bytes([flow.proto]))
+    if flow.proto in PROTOCOLS.values():
+        proto += _attr(CTA_PROTO_SRC_PORT, _BE16.pack(flow.orig_sport))
+        proto += _attr(CTA_PROTO_DST_PORT, _BE16.pack(flow.orig_dport))
+    body = _nest(CTA_TUPLE_ORIG, _nest(CTA_TUPLE_IP, ip) + _nest(CTA_TUPLE_PROTO, proto))
+    if flow.zone:
+        body += _attr(CTA_ZONE, _BE16.pack(flow.zone))
+    return body
+
+
+# --- the socket --------------------------------------------------------------------------
+
+
+def _open() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.settimeout(5.0)
+    sock.bind((0, 0))
+    return sock
+
+
+def _message(msg_type: int, flags: int, seq: int, family: Family, body: bytes) -> bytes:
+    payload = _NFGENMSG.pack(_AF[family], NFNETLINK_V0, 0) + body
+    kind = (NFNL_SUBSYS_CTNETLINK << 8) | msg_type
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), kind, flags, seq, 0) + payload
+
+
+def _dump(sock: socket.socket, family: Family) -> Iterator[dict[int, bytes]]:
+    seq = next(_seq)
+    sock.send(_message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family, b""))
+    while True:
+        data = sock.recv(_RECV_SIZE)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                return
+            if mseq == seq:
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, offset + 16)
+                    if err:
+                        raise ConntrackError(-err, f"conntrack dump: {os.strerror(-err)}")
+                    return
+                yield _attrs(data, offset + 20, offset + length)
+            offset += _align(length)
+
+
+def _delete(sock: socket.socket, flow: Flow) -> bool:
+    """Delete one entry; False when it was already gone."""
+    seq = next(_seq)
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    sock.send(_message(IPCTNL_MSG_CT_DELETE, flags, seq, flow.family, _encode_orig(flow)))
+    while True:
+        data = sock.recv(_RECV_SIZE)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                break
+            if mseq == seq and mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, offset + 16)
+                if err == 0:
+                    return True
+                if -err == errno_codes.ENOENT:
+                    return False
+                raise ConntrackError(-err, f"conntrack delete {flow}: {os.strerror(-err)}")
+            offset += _align(length)
+
+
+def _proto_number(proto: str | int | None) -> int | None:
+    if proto is None or isinstance(proto, int):
+        return proto
+    try:
+        return PROTOCOLS[proto]
+    except KeyError:
+        raise ValueError(f"unknown protocol {proto!r}") from None
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+def list_flows(proto: str | int | None = "udp", family: Family = 4) -> list[Flow]:
+    """The conntrack entries of one address family in the calling thread's namespace,
+    of one L4 protocol (a name, a number, or None for all)."""
+    number = _proto_number(proto)
+    with _open() as sock:
+        flows = (_parse_flow(attrs, family) for attrs in _dump(sock, family))
+        return [f for f in flows if f is not None and (number is None or f.proto == number)]
+
+
+def delete_flows(flows: Iterable[Flow]) -> int:
+    """Delete entries by their original tuple, in the calling thread's namespace; returns
+    how many were deleted (one already gone is skipped, not an error)."""
+    deleted = 0
+    with _open() as sock:
+        for flow in flows:
+            deleted += _delete(sock, flow)
+    return deleted
+
+
+def _normal(ip: str) -> str:
+    return str(ipaddress.ip_address(ip))
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """Flows to delete: sent to a frontend, answered by an endpoint that is gone.
+
+    frontend_ip None is a NodePort: any destination address at frontend_port.
+    endpoint_port None matches any reply source port. endpoint_ip None selects the flows
+    that were not NATed (reply source == original destination, address and port): those a
+    Service that had no endpoints left behind, to delete when it gets some."""
+
+    frontend_ip: str | None
+    frontend_port: int
+    endpoint_ip: str | None
+    endpoint_port: int | None = None
+    proto: ProtoName = "udp"
+
+    def __post_init__(self) -> None:
+        if self.frontend_ip is not None:
+            object.__setattr__(self, "frontend_ip", _normal(self.frontend_ip))
+        if self.endpoint_ip is not None:
+            object.__setattr__(self, "endpoint_ip", _normal(self.endpoint_ip))
+        families = {6 if ":" in ip else 4 for ip in (self.frontend_ip, self.endpoint_ip) if ip}
+        if len(families) != 1:
+            raise ValueError(f"{self}: needs a frontend or an endpoint address, of one family")
+        _proto_number(self.proto)
+
+    @property
+    def family(self) -> Family:
+        ip = self.frontend_ip or self.endpoint_ip or ""
+        return 6 if ":" in ip else 4
+
+    def matches(self, flow: Flow) -> bool:
+        if flow.family != self.family or flow.proto != PROTOCOLS[self.proto]:
+            return False
+        if flow.orig_dport != self.frontend_port:
+            return False
+        if self.frontend_ip is not None and flow.orig_dst != self.frontend_ip:
+            return False
+        if self.endpoint_ip is None:
+            return flow.reply_src == flow.orig_dst and flow.reply_sport == flow.orig_dport
+        if flow.reply_src != self.endpoint_ip:
+            return False
+        return self.endpoint_port is None or flow.reply_sport == self.endpoint_port
+
+
+def clear_stale(rules: Sequence[Stale]) -> int:
+    """Delete the entries any rule matches, in the calling thread's namespace (one dump per
+    family and protocol in use); returns how many were deleted."""
+    doomed: list[Flow] = []
+    for family, proto in sorted({(r.family, r.proto) for r in rules}):
+        wanted = [r for r in rules if r.family == family and r.proto == proto]
+        doomed += [f for f in list_flows(proto, family) if any(r.matches(f) for r in wanted)]
+    return delete_flows(doomed) if doomed else 0
+
+
+class ConntrackCleaner:
+    """`clear_stale` and friends in one network namespace (None: the process's own), from a
+    worker thread that entered it once; any thread may call."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        if netns is not None:
+            os.stat(netns_path(netns))  # FileNotFoundError, rather than a broken pool
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="conntrack", initializer=_setns, initargs=(netns,)
+        )
+        # Enter now, so a namespace that does not exist fails here rather than later.
+        self._pool.submit(lambda: None).result()
+
+    def __repr__(self) -> str:
+        return f"ConntrackCleaner({self._netns!r})"
+
+    def list_flows(self, proto: str | int | None = "udp", family: Family = 4) -> list[Flow]:
+        return self._pool.submit(list_flows, proto, family).result()
+
+    def delete_flows(self, flows: Iterable[Flow]) -> int:
+        return self._pool.submit(delete_flows, list(flows)).result()
+
+    def clear_stale(self, rules: Sequence[Stale]) -> int:
+        if not rules:
+            return 0
+        return self._pool.submit(clear_stale, list(rules)).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def __enter__(self) -> ConntrackCleaner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
