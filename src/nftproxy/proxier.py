@@ -204,7 +204,14 @@ class Proxier:
         start = time.perf_counter()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            need_full = self._need_full or self._desired is None or self._applied is None
+            # When most Services changed (a first list, a re-list after a long outage) one
+            # generation build is cheaper than recompiling each into the old state.
+            need_full = (
+                self._need_full
+                or self._desired is None
+                or self._applied is None
+                or len(dirty) > max(1000, len(self._services) // 4)
+            )
             try:
                 result = self._full_sync() if need_full else self._partial_sync(dirty)
             except (NftError, OSError, SkeletonMismatch) as exc:
