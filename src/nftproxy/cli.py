@@ -253,7 +253,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             watcher = _kube_watcher(args, opts, proxier, log)
             log.info("serving %s from the Kubernetes API as node %s", where, node.node_name)
             watcher.start()
-            loop.start()
+            # Like kube-proxy, no sync before Services and EndpointSlices are both listed:
+            # an empty first sync would only be thrown away (and at 30k cost a generation).
+            while not stop.is_set() and not watcher.wait_synced(1.0):
+                pass
+            if not stop.is_set():
+                loop.start()
             stop.wait()
             watcher.stop()
     finally:

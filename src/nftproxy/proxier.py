@@ -365,38 +365,43 @@ class Proxier:
     def run(self, stop: threading.Event, *, tick: float = 0.5) -> None:
         """Loop until `stop` is set. Leaves the rules in place on exit."""
         while not stop.is_set():
-            self._wake.wait(timeout=tick)
-            if stop.is_set():
-                break
+            # Cleared before looking at the state: an input arriving after this point sets
+            # it again, so the wait below cannot sleep through it.
+            self._wake.clear()
             now = self.clock()
-            if now < self._retry_at:
-                continue
             due = self._need_full or bool(self._dirty)
-            if due and now - self._last_sync_at >= self.min_sync_period:
-                self._wake.clear()
+            if due:
+                # Wait out the backoff after a failure, or the minimum sync period; inputs
+                # arriving meanwhile are batched into the sync that follows.
+                ready_at = max(self._retry_at, self._last_sync_at + self.min_sync_period)
+                if now < ready_at:
+                    stop.wait(min(ready_at - now, tick))
+                    continue
                 self._last_sync_at = now
                 # sync() logged the failure and scheduled the retry with backoff.
                 with contextlib.suppress(NftError, OSError, SkeletonMismatch):
                     self.sync()
                 continue
-            if not due:
-                self._wake.clear()
-            since = now - self._last_verify_at
-            # Other software (a CNI) may commit often: look at our table at most every 5 s,
-            # and then only at its names and rule counts, which costs milliseconds.
-            if since >= 5.0 and self.kernel_changed_by_others():
-                self._last_verify_at = now
-                if self.structure_intact():
-                    self._note_kernel_generation()
-                else:
-                    log.warning("the nftproxy table was changed by someone else: full resync")
-                    self.stats.external_changes += 1
-                    self.request_full_sync()
-            elif self.verify_period > 0 and since >= self.verify_period:
-                try:
-                    self.verify()
-                except (NftError, OSError) as exc:
-                    log.error("verify failed: %s", exc)
+            self._check_foreign_changes(now)
+            self._wake.wait(timeout=tick)
+
+    def _check_foreign_changes(self, now: float) -> None:
+        since = now - self._last_verify_at
+        # Other software (a CNI) may commit often: look at our table at most every 5 s, and
+        # then only at its names and rule counts, which costs milliseconds.
+        if since >= 5.0 and self.kernel_changed_by_others():
+            self._last_verify_at = now
+            if self.structure_intact():
+                self._note_kernel_generation()
+            else:
+                log.warning("the nftproxy table was changed by someone else: full resync")
+                self.stats.external_changes += 1
+                self.request_full_sync()
+        elif self.verify_period > 0 and since >= self.verify_period:
+            try:
+                self.verify()
+            except (NftError, OSError) as exc:
+                log.error("verify failed: %s", exc)
 
 
 @dataclass(frozen=True, slots=True)
