@@ -28,7 +28,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kube"))
 
 import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
+from common import ip4, machine_info, write_markdown  # noqa: E402  (bench/)
 
 TARGETS = {"cold_start_s": 10.0, "event_p99_ms": 50.0, "rss_mb": 150.0}
 MARK_BEGIN = "<!-- api:begin -->"
@@ -60,10 +60,6 @@ NEW_IP_RE = re.compile(rb"\b10\.200\.\d{1,3}\.\d{1,3}\b")
 CREATE_WORKERS = 16
 CHANGE_WORKERS = 8
 GRACE_S = 5.0  # after the last change: how long to wait for stragglers
-
-
-def ip4(n: int) -> str:
-    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 def mono() -> float:
@@ -782,32 +778,6 @@ def git_head() -> str:
     return proc.stdout.strip() or "?"
 
 
-def machine_info() -> dict[str, Any]:
-    def cmd(*argv: str) -> str:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "?"
-
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": cmd("nproc"),
-        "kernel": cmd("uname", "-r"),
-        "nft": cmd("nft", "--version"),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "mem_total": cmd("sh", "-c", "grep MemTotal /proc/meminfo | tr -s ' '"),
-        "kubernetes": kube.kubernetes_version(),
-        "source_commit": cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
-        "source_modified": cmd("git", "-C", str(ROOT), "status", "--porcelain", "--", "src"),
-    }
-
-
 def f(x: Any, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -928,16 +898,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    if begin != -1 and end > begin:
-        text = text[:begin] + section + text[end + len(MARK_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,30000", help="comma list of Service counts")
@@ -955,7 +915,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", metavar="JSON", help="only rewrite --markdown from a saved run")
     args = p.parse_args(argv)
     if args.render:
-        write_markdown(Path(args.markdown), markdown(json.loads(Path(args.render).read_text())))
+        write_markdown(
+            Path(args.markdown),
+            markdown(json.loads(Path(args.render).read_text())),
+            MARK_BEGIN,
+            MARK_END,
+        )
         return 0
     if args.quick:
         args.sizes, args.seconds = "1000", 15.0
@@ -974,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": machine_info(),
+        "machine": machine_info(kubernetes=kube.kubernetes_version()),
         "args": vars(args),
         "targets": TARGETS,
         "results": [],
@@ -1007,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1, default=str) + "\n")
         log(f"wrote {out}")
         if args.markdown and report["results"]:
-            write_markdown(Path(args.markdown), markdown(report))
+            write_markdown(Path(args.markdown), markdown(report), MARK_BEGIN, MARK_END)
             log(f"updated {args.markdown}")
     return code
 

@@ -11,14 +11,12 @@ also on failure, Ctrl-C or SIGTERM). See bench/README.md for what each number me
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import datetime as dt
 import gc
 import inspect
 import json
 import os
-import platform
 import pstats
 import re
 import resource
@@ -33,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from common import ip4, machine_info, write_markdown
 
 from nftproxy.applying import execute, make_plan, names_for, read_applied, run_plan
 from nftproxy.config import NodeConfig, node_config
@@ -84,10 +84,6 @@ CHANGES = 20
 HAS_SCOPE = hasattr(DesiredState, "take_changes") and "scope" in inspect.signature(diff).parameters
 # Bulk builds may skip the change log (DesiredState(..., track_changes=False)).
 HAS_BULK = "track_changes" in inspect.signature(DesiredState.__init__).parameters
-
-
-def ip4(n: int) -> str:
-    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 def now() -> float:
@@ -768,31 +764,6 @@ def profile_apply(plan: Any, n: int, log: Callable[[str], None]) -> dict[str, An
 # --- output ----------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    def cmd(*args: str) -> str:
-        try:
-            return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "?"
-
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": cmd("nproc"),
-        "kernel": cmd("uname", "-r"),
-        "nft": cmd("nft", "--version"),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "mem_total": cmd("sh", "-c", "grep MemTotal /proc/meminfo | tr -s ' '"),
-        "source_commit": cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
-        "source_modified": cmd("git", "-C", str(ROOT), "status", "--porcelain", "--", "src"),
-    }
-
-
 def fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
@@ -898,17 +869,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    if begin != -1 and end > begin:
-        text = text[:begin] + section + text[end + len(MARK_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,30000", help="comma list of Service counts")
@@ -977,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1, default=str) + "\n")
         log(f"wrote {out}")
         if args.markdown and report["results"]:
-            write_markdown(Path(args.markdown), markdown(report))
+            write_markdown(Path(args.markdown), markdown(report), MARK_BEGIN, MARK_END)
             log(f"updated {args.markdown}")
     return code
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from builders import build, endpoints, ep, port, service
+from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
@@ -135,17 +136,7 @@ def make_ns(request: pytest.FixtureRequest) -> Callable[[], str]:
     return make
 
 
-def nft(netns: str, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"nft {' '.join(args)} failed: {proc.stderr[:2000]}")
-    return proc.stdout
+nft = nft_in
 
 
 def skeleton_text() -> str:

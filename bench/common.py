@@ -1,0 +1,55 @@
+"""What the benchmarks share: machine facts, addresses, and the markdown section writer."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ip4(n: int) -> str:
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def _cmd(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def machine_info(**extra: str) -> dict[str, Any]:
+    """The machine and source a result came from, recorded with every result."""
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": _cmd("nproc"),
+        "kernel": _cmd("uname", "-r"),
+        "nft": _cmd("nft", "--version"),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "mem_total": _cmd("sh", "-c", "grep MemTotal /proc/meminfo | tr -s ' '"),
+        "source_commit": _cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
+        "source_modified": _cmd("git", "-C", str(ROOT), "status", "--porcelain", "--", "src"),
+        **extra,
+    }
+
+
+def write_markdown(path: Path, section: str, begin_marker: str, end_marker: str) -> None:
+    """Replace the section between the markers in `path` (append it when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin != -1 and end > begin:
+        text = text[:begin] + section + text[end + len(end_marker) :].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
