@@ -199,7 +199,8 @@ def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(net
 
 
 def test_udp_endpoints_that_went_away_are_named_for_conntrack_cleanup():
-    from nftproxy.proxier import StaleUdp, stale_udp_endpoints
+    from nftproxy.conntrack import Stale
+    from nftproxy.proxier import stale_udp_endpoints
     from nftproxy.ruleset.desired import DesiredState
 
     dns = service(
@@ -221,6 +222,6 @@ def test_udp_endpoints_that_went_away_are_named_for_conntrack_cleanup():
     put("10.244.1.1", "10.244.1.3")  # .2 goes away; .3 moves from bucket 2 to bucket 1
     stale = stale_udp_endpoints(desired.take_changes(), desired.ruleset)
     assert sorted(stale, key=repr) == sorted(
-        [StaleUdp("10.96.0.53", 53, "10.244.1.2", 53), StaleUdp(None, 30053, "10.244.1.2", 53)],
+        [Stale("10.96.0.53", 53, "10.244.1.2", 53), Stale(None, 30053, "10.244.1.2", 53)],
         key=repr,
     )

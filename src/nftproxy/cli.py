@@ -226,16 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nftproxy import conntrack
 
     cleaner = conntrack.ConntrackCleaner(args.netns)
-
-    def clear_stale_udp(stale: list[Any]) -> int:
-        return cleaner.clear_stale(
-            [
-                conntrack.Stale(s.frontend_ip, s.frontend_port, s.endpoint_ip, s.endpoint_port)
-                for s in stale
-            ]
-        )
-
-    proxier.clear_stale_udp = clear_stale_udp
+    proxier.clear_stale_udp = cleaner.clear_stale
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     try:

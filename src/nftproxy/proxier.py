@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
+from nftproxy.conntrack import Stale
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
@@ -90,7 +91,7 @@ class Proxier:
         self._backoff = 0.0
         self._retry_at = float("-inf")
         # Set by the daemon to remove conntrack entries of UDP endpoints that went away.
-        self.clear_stale_udp: Callable[[list[StaleUdp]], object] | None = None
+        self.clear_stale_udp: Callable[[list[Stale]], object] | None = None
 
     # --- inputs (any thread) --------------------------------------------------------------
 
@@ -285,7 +286,7 @@ class Proxier:
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
         stale = stale_udp_endpoints(scope, ruleset)
-        clear = getattr(self.backend, "clear_stale_udp", None) or self.clear_stale_udp
+        clear = self.clear_stale_udp
         if stale and clear is not None:
             try:
                 clear(stale)
@@ -404,21 +405,11 @@ class Proxier:
                 log.error("verify failed: %s", exc)
 
 
-@dataclass(frozen=True, slots=True)
-class StaleUdp:
-    """A UDP endpoint that a frontend no longer uses: its conntrack entries must go, or
-    clients keep sending to it (UDP has no end of connection)."""
-
-    frontend_ip: str | None  # None: a NodePort, on any local address
-    frontend_port: int
-    endpoint_ip: str
-    endpoint_port: int
-
-
-def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[StaleUdp]:
-    """From the values a change replaced in UDP endpoint maps: the (frontend, endpoint)
-    pairs that no bucket of that frontend holds any more."""
-    out: list[StaleUdp] = []
+def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
+    """UDP endpoints a frontend no longer uses, from the values a change replaced in UDP
+    endpoint maps: their conntrack entries must go, or clients keep sending to them (UDP
+    has no end of connection)."""
+    out: list[Stale] = []
     for set_name, before in scope.before.items():
         if not set_name.endswith("-udp") or "endpoints" not in set_name:
             continue
@@ -437,7 +428,7 @@ def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[StaleUdp]:
                 bucket += 1
             for ip, port in sorted(old_values - current, key=str):
                 if nodeport:
-                    out.append(StaleUdp(None, int(frontend[0]), str(ip), int(port)))
+                    out.append(Stale(None, int(frontend[0]), str(ip), int(port)))
                 else:
-                    out.append(StaleUdp(str(frontend[0]), int(frontend[1]), str(ip), int(port)))
+                    out.append(Stale(str(frontend[0]), int(frontend[1]), str(ip), int(port)))
     return out

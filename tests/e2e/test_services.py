@@ -384,13 +384,11 @@ def test_a_udp_client_moves_on_when_its_endpoint_is_removed(cluster):
     source port would keep talking to a removed endpoint. The daemon's sync clears it."""
     import socket as sockets
 
-    from nftproxy.conntrack import ConntrackCleaner, Stale
+    from nftproxy.conntrack import ConntrackCleaner
 
     proxier = cluster.proxier("node-1")
     cleaner = ConntrackCleaner(str(cluster.lab.ns_path("node-1")))
-    proxier.clear_stale_udp = lambda stale: cleaner.clear_stale(
-        [Stale(s.frontend_ip, s.frontend_port, s.endpoint_ip, s.endpoint_port) for s in stale]
-    )
+    proxier.clear_stale_udp = cleaner.clear_stale
     s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, None)])
 
     def publish(pods):
