@@ -62,15 +62,22 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _node(args: argparse.Namespace) -> NodeConfig:
+def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeConfig:
+    """Node options: explicit flags, then a --config file (the daemon's), then defaults."""
+    opts = opts or ProxyOptions()
+    name = args.node_name or opts.hostname_override or ""
+    if not name and getattr(args, "manifests", None) == []:
+        # The daemon on the API, like kube-proxy, is named after the host by default.
+        name = socket.gethostname()
+    bit = args.masquerade_bit if args.masquerade_bit is not None else opts.masquerade_bit
     return node_config(
-        node_name=args.node_name,
+        node_name=name,
         zone=args.zone,
-        node_ips=args.node_ip,
-        cluster_cidrs=args.cluster_cidr,
-        nodeport_addresses=args.nodeport_addresses,
-        masquerade_all=args.masquerade_all,
-        masquerade_bit=14 if args.masquerade_bit is None else args.masquerade_bit,
+        node_ips=args.node_ip or list(opts.node_ips or ()),
+        cluster_cidrs=args.cluster_cidr or list(opts.cluster_cidrs or ()),
+        nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or ()),
+        masquerade_all=args.masquerade_all or bool(opts.masquerade_all),
+        masquerade_bit=14 if bit is None else bit,
         service_proxy_name=args.service_proxy_name,
     )
 
@@ -156,24 +163,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_node(args: argparse.Namespace, opts: ProxyOptions) -> NodeConfig:
-    """Node options for the daemon: explicit flags, then the --config file, then defaults."""
-    name = args.node_name or opts.hostname_override or ""
-    if not name and not args.manifests:
-        name = socket.gethostname()  # kube-proxy's default: the node is named after the host
-    bit = args.masquerade_bit if args.masquerade_bit is not None else opts.masquerade_bit
-    return node_config(
-        node_name=name,
-        zone=args.zone,
-        node_ips=args.node_ip or list(opts.node_ips or ()),
-        cluster_cidrs=args.cluster_cidr or list(opts.cluster_cidrs or ()),
-        nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or ()),
-        masquerade_all=args.masquerade_all or bool(opts.masquerade_all),
-        masquerade_bit=14 if bit is None else bit,
-        service_proxy_name=args.service_proxy_name,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from nftproxy import health, metrics
     from nftproxy.kube import proxyconfig
@@ -186,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = proxyconfig.load(args.config) if args.config else proxyconfig.ProxyOptions()
     for warning in opts.warnings:
         log.warning("%s: %s", args.config, warning)
-    node = _run_node(args, opts)
+    node = _node(args, opts)
     min_sync = args.min_sync_period
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
