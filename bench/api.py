@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kube"))
 
 import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
-from common import ip4, machine_info, write_markdown  # noqa: E402  (bench/)
+from common import ip4, machine_info, save_report, write_markdown  # noqa: E402  (bench/)
 
 TARGETS = {"cold_start_s": 10.0, "event_p99_ms": 50.0, "rss_mb": 150.0}
 MARK_BEGIN = "<!-- api:begin -->"
@@ -968,12 +968,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cleanup_all()
         report["wall_s"] = mono() - start
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-        log(f"wrote {out}")
-        if args.markdown and report["results"]:
-            write_markdown(Path(args.markdown), markdown(report), MARK_BEGIN, MARK_END)
-            log(f"updated {args.markdown}")
+        save_report(report, out, args.markdown, markdown, (MARK_BEGIN, MARK_END), log)
     return code
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,20 @@ def write_markdown(path: Path, section: str, begin_marker: str, end_marker: str)
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def save_report(
+    report: dict[str, Any],
+    out: Path,
+    markdown_path: str,
+    markdown: Callable[[dict[str, Any]], str],
+    markers: tuple[str, str],
+    log: Callable[[str], None],
+) -> None:
+    """Write the JSON result and, when there are results, the markdown section."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    log(f"wrote {out}")
+    if markdown_path and report["results"]:
+        write_markdown(Path(markdown_path), markdown(report), *markers)
+        log(f"updated {markdown_path}")

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import ip4, machine_info, write_markdown
+from common import ip4, machine_info, save_report
 
 from nftproxy.applying import execute, make_plan, names_for, read_applied, run_plan
 from nftproxy.config import NodeConfig, node_config
@@ -933,12 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         netns_del_all()
         report["wall_s"] = now() - start
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-        log(f"wrote {out}")
-        if args.markdown and report["results"]:
-            write_markdown(Path(args.markdown), markdown(report), MARK_BEGIN, MARK_END)
-            log(f"updated {args.markdown}")
+        save_report(report, out, args.markdown, markdown, (MARK_BEGIN, MARK_END), log)
     return code
 
 
