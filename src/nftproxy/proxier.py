@@ -275,8 +275,7 @@ class Proxier:
         # What the kernel holds now is the plan's desired state: no need to read it back.
         # Keep names and rule counts, not elements: partial syncs diff against the values
         # the desired state records before each change.
-        state = AppliedState.of(plan.desired)
-        state.elements = {}
+        state = AppliedState.of(plan.desired, elements=False)
         self._applied = state
         self._need_full = False
         self._last_verify_at = self.clock()

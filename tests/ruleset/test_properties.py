@@ -58,7 +58,9 @@ def endpoint_lists(draw: st.DrawFn, family: int) -> tuple[Endpoint, ...]:
 
 
 @st.composite
-def clusters(draw: st.DrawFn) -> tuple[list[Service], list[EndpointSlice]]:
+def clusters(draw: st.DrawFn, shared_lb: bool = False) -> tuple[list[Service], list[EndpointSlice]]:
+    """Random Services with slices; with shared_lb, Services may claim one load balancer
+    IP together (a conflict: the first by name wins its frontends and endpoint buckets)."""
     services: list[Service] = []
     slices: list[EndpointSlice] = []
     for i in range(draw(st.integers(1, 4))):
@@ -76,7 +78,8 @@ def clusters(draw: st.DrawFn) -> tuple[list[Service], list[EndpointSlice]]:
             )
             for j, proto in enumerate(protos)
         )
-        lb = draw(st.sampled_from([(), (f"198.51.100.{i + 1}",)]))
+        lb_choices = [(), (f"198.51.100.{i + 1}",)] + ([("198.51.100.99",)] if shared_lb else [])
+        lb = draw(st.sampled_from(lb_choices))
         svc = Service(
             ServiceName("default", name),
             ports,
@@ -149,7 +152,7 @@ def test_explain_over_the_ruleset_reaches_exactly_the_selected_endpoints(cluster
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[tuple[list[Service], list[EndpointSlice]]]:
-    return [draw(clusters()) for _ in range(draw(st.integers(2, 5)))]
+    return [draw(clusters(shared_lb=True)) for _ in range(draw(st.integers(2, 5)))]
 
 
 def _fragments(services, slices, names):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nftproxy.config import NodeConfig
 from nftproxy.model import ServiceName
@@ -23,7 +25,7 @@ from nftproxy.ruleset.compile import (
     skeleton_elements,
     skeleton_sets,
 )
-from nftproxy.ruleset.schema import Chain, ElementKey, ElementValue, SetDef
+from nftproxy.ruleset.schema import Atom, Chain, ElementKey, ElementValue, SetDef
 
 Owner = tuple[str, str]
 
@@ -44,13 +46,137 @@ def bulk_build() -> Iterator[None]:
 _SKELETON: Owner = ("", "")
 
 
+# Endpoint maps: keys are (*frontend, bucket) with buckets 0..n-1 for each frontend.
+_ENDPOINT_MAP = re.compile(r"(np-)?endpoints(-local)?[46]-[a-z]+")
+
+
+def is_endpoint_map(names: Names, set_name: str) -> bool:
+    return set_name.startswith(names.prefix) and bool(
+        _ENDPOINT_MAP.fullmatch(set_name, len(names.prefix))
+    )
+
+
+class Blocks(Mapping[ElementKey, ElementValue]):
+    """An endpoint map kept as frontend -> the values of its buckets 0..n-1.
+
+    The endpoint maps hold most elements (300k of 430k at 30k Services x 10 endpoints);
+    one entry per frontend instead of one key tuple, one value tuple and two dict entries
+    per endpoint saves about 50 MB there. When all buckets of a frontend go to the same
+    port (the usual case) only the addresses are kept, and the port once. Reads see
+    ordinary (*frontend, bucket) keys and (address, port) values.
+    """
+
+    __slots__ = ("_len", "blocks", "ports")
+
+    def __init__(self) -> None:
+        # frontend -> the values, or only their addresses when `ports` has the frontend.
+        self.blocks: dict[ElementKey, tuple[Any, ...]] = {}
+        self.ports: dict[ElementKey, Atom] = {}
+        self._len = 0
+
+    def values_of(self, frontend: ElementKey) -> tuple[ElementValue, ...] | None:
+        stored = self.blocks.get(frontend)
+        if stored is None:
+            return None
+        port = self.ports.get(frontend)
+        return stored if port is None else tuple((addr, port) for addr in stored)
+
+    def __getitem__(self, key: ElementKey) -> ElementValue:
+        frontend = key[:-1]
+        stored = self.blocks.get(frontend)
+        bucket = key[-1] if key else None
+        if stored is None or type(bucket) is not int or not 0 <= bucket < len(stored):
+            raise KeyError(key)
+        port = self.ports.get(frontend)
+        return stored[bucket] if port is None else (stored[bucket], port)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, tuple) or not key:
+            return False
+        stored = self.blocks.get(key[:-1])
+        bucket = key[-1]
+        return stored is not None and type(bucket) is int and 0 <= bucket < len(stored)
+
+    def __iter__(self) -> Iterator[ElementKey]:
+        for frontend, stored in self.blocks.items():
+            for bucket in range(len(stored)):
+                yield (*frontend, bucket)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def items(self) -> ItemsView[ElementKey, ElementValue]:
+        return _BlockItems(self)
+
+    # Frontend-level access, for DesiredState's claims.
+    def put(self, frontend: ElementKey, values: tuple[ElementValue, ...]) -> None:
+        old = self.blocks.get(frontend)
+        self._len += len(values) - (len(old) if old is not None else 0)
+        port = _common_port(values)
+        if port is None:
+            self.blocks[frontend] = values
+            self.ports.pop(frontend, None)
+        else:
+            self.blocks[frontend] = tuple([v[0] for v in values])  # type: ignore[index]
+            self.ports[frontend] = port
+
+    def drop(self, frontend: ElementKey) -> None:
+        self._len -= len(self.blocks.pop(frontend))
+        self.ports.pop(frontend, None)
+
+
+def _common_port(values: tuple[ElementValue, ...]) -> Atom | None:
+    """The port of every (address, port) value, if they share one."""
+    if not values:
+        return None
+    first = values[0]
+    if type(first) is not tuple or len(first) != 2:
+        return None
+    port = first[1]
+    for v in values:
+        if type(v) is not tuple or len(v) != 2 or v[1] != port:
+            return None
+    return port
+
+
+class _BlockItems(ItemsView[ElementKey, ElementValue]):
+    _mapping: Blocks
+
+    def __iter__(self) -> Iterator[tuple[ElementKey, ElementValue]]:
+        ports = self._mapping.ports
+        for frontend, stored in self._mapping.blocks.items():
+            port = ports.get(frontend)
+            if port is None:
+                for bucket, value in enumerate(stored):
+                    yield (*frontend, bucket), value
+            else:
+                for bucket, addr in enumerate(stored):
+                    yield (*frontend, bucket), (addr, port)
+
+
+def to_blocks(
+    elements: Mapping[ElementKey, ElementValue],
+) -> dict[ElementKey, tuple[ElementValue, ...]]:
+    """A fragment's endpoint map elements grouped by frontend, buckets in order."""
+    grouped: dict[ElementKey, list[ElementValue]] = {}
+    for key, value in elements.items():
+        values = grouped.setdefault(key[:-1], [])
+        if key[-1] != len(values):
+            raise ValueError(f"endpoint map key {key}: buckets must run 0, 1, 2... in order")
+        values.append(value)
+    return {frontend: tuple(values) for frontend, values in grouped.items()}
+
+
+Elements = Mapping[ElementKey, ElementValue]
+
+
 @dataclass(slots=True)
 class Ruleset:
     """A complete ruleset as data: what `render` writes and `explain` evaluates."""
 
     sets: dict[str, SetDef] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
-    elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+    elements: dict[str, Elements] = field(default_factory=dict)
 
 
 class Missing:
@@ -88,6 +214,38 @@ class _Claimed:
     picks: frozenset[PickSpec]
 
 
+class _Frontends:
+    """Blocks seen one frontend at a time: the store DesiredState claims in."""
+
+    __slots__ = ("blocks",)
+
+    def __init__(self, blocks: Blocks) -> None:
+        self.blocks = blocks
+
+    def __getitem__(self, frontend: ElementKey) -> tuple[ElementValue, ...]:
+        values = self.blocks.values_of(frontend)
+        if values is None:
+            raise KeyError(frontend)
+        return values
+
+    def __setitem__(self, frontend: ElementKey, values: tuple[ElementValue, ...]) -> None:
+        self.blocks.put(frontend, values)
+
+    def __delitem__(self, frontend: ElementKey) -> None:
+        self.blocks.drop(frontend)
+
+    def get(self, frontend: ElementKey) -> tuple[ElementValue, ...] | None:
+        return self.blocks.values_of(frontend)
+
+    def update(self, new: dict[ElementKey, tuple[ElementValue, ...]]) -> None:
+        for frontend, values in new.items():
+            self.blocks.put(frontend, values)
+
+
+# What claims are made in: a set's elements, or an endpoint map's frontends.
+_Store = dict[ElementKey, ElementValue] | _Frontends
+
+
 class DesiredState:
     def __init__(self, node: NodeConfig, names: Names, *, track_changes: bool = True) -> None:
         self.node = node
@@ -95,13 +253,15 @@ class DesiredState:
         self.ruleset = Ruleset(
             sets=dict(skeleton_sets(names, node)),
             chains=dict(skeleton_chains(names, node)),
-            elements={name: {} for name in skeleton_sets(names, node)},
+            elements={name: self._new_elements(name) for name in skeleton_sets(names, node)},
         )
         self._claimed: dict[Owner, _Claimed] = {}
         self._picks: Counter[PickSpec] = Counter()
-        # set -> key -> owner of the effective value; contested keys keep every claim.
+        self._pick_sets: dict[frozenset[PickSpec], frozenset[PickSpec]] = {}
+        # set -> key (a frontend in endpoint maps) -> owner of the effective value;
+        # contested keys keep every claim.
         self._owners: dict[str, dict[ElementKey, Owner]] = {}
-        self._contested: dict[tuple[str, ElementKey], dict[Owner, ElementValue]] = {}
+        self._contested: dict[tuple[str, ElementKey], dict[Owner, Any]] = {}
         # A bulk build (cold start, new generation) needs no change log.
         self.track_changes = track_changes
         self.changes = Scope()
@@ -114,7 +274,8 @@ class DesiredState:
 
     @property
     def conflicts(self) -> dict[tuple[str, ElementKey], list[Owner]]:
-        """Keys claimed with different values by several Services (the first one wins)."""
+        """Keys claimed with different values by several Services (the first one wins).
+        In endpoint maps the key is the frontend, without the bucket."""
         out: dict[tuple[str, ElementKey], list[Owner]] = {}
         for k, claims in self._contested.items():
             if len(set(map(repr, claims.values()))) > 1:
@@ -129,68 +290,98 @@ class DesiredState:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _note(self, set_name: str, key: ElementKey, elems: dict[ElementKey, ElementValue]) -> None:
+    def _new_elements(self, set_name: str) -> Elements:
+        return Blocks() if is_endpoint_map(self.names, set_name) else {}
+
+    def _store(self, set_name: str) -> _Store:
+        elems = self.ruleset.elements.get(set_name)
+        if elems is None:
+            elems = self.ruleset.elements[set_name] = self._new_elements(set_name)
+        if isinstance(elems, Blocks):
+            return _Frontends(elems)
+        assert isinstance(elems, dict)
+        return elems
+
+    def _note(self, set_name: str, key: ElementKey, store: _Store, new_len: int = 0) -> None:
+        """Remember what the kernel holds for `key` before this sync's first change to it
+        (for a frontend of an endpoint map: each bucket of its old and new values)."""
         before = self.changes.before.setdefault(set_name, {})
-        if key not in before:
-            before[key] = elems.get(key, MISSING)
+        if isinstance(store, _Frontends):
+            old = store.get(key) or ()
+            for bucket in range(max(len(old), new_len)):
+                full = (*key, bucket)
+                if full not in before:
+                    before[full] = old[bucket] if bucket < len(old) else MISSING
+        elif key not in before:
+            before[key] = store.get(key, MISSING)
 
     def _claim(
         self,
         owner: Owner,
         set_name: str,
         key: ElementKey,
-        value: ElementValue,
-        elems: dict[ElementKey, ElementValue],
+        value: Any,
+        store: _Store,
         owners: dict[ElementKey, Owner],
     ) -> None:
         current = owners.get(key)
         if current is None:
             owners[key] = owner
-            elems[key] = value
+            store[key] = value
             return
         ref = (set_name, key)
-        claims = self._contested.setdefault(ref, {current: elems[key]})
+        claims = self._contested.setdefault(ref, {current: store[key]})
         claims[owner] = value
         # A pod IP may be in the hairpin set of thousands of Services: compare with the
         # current winner only, never scan every claim (that made a cold start O(N^2)).
         if owner <= current:
             owners[key] = owner
-            elems[key] = value
+            store[key] = value
 
     def _release(self, owner: Owner, set_name: str, key: ElementKey) -> None:
-        elems = self.ruleset.elements[set_name]
+        store = self._store(set_name)
         owners = self._owners[set_name]
+        old = store.get(key) if isinstance(store, _Frontends) else None
         if self.track_changes:
-            self._note(set_name, key, elems)
+            self._note(set_name, key, store)
         ref = (set_name, key)
         claims = self._contested.get(ref)
         if claims is None:
             if owners.get(key) == owner:
                 del owners[key]
-                del elems[key]
+                del store[key]
             return
         claims.pop(owner, None)
         if owners.get(key) == owner:
             # Only when the winner leaves is the next one looked for.
             winner = min(claims)
             owners[key] = winner
-            elems[key] = claims[winner]
+            store[key] = claims[winner]
+            if self.track_changes and isinstance(store, _Frontends):
+                # The new winner may have more buckets: those did not exist before.
+                before = self.changes.before[set_name]
+                for bucket in range(len(old or ()), len(claims[winner])):
+                    before.setdefault((*key, bucket), MISSING)
         if len(claims) == 1:
             del self._contested[ref]
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
+        grouped: dict[str, Mapping[ElementKey, Any]] = {
+            name: to_blocks(new) if is_endpoint_map(self.names, name) else new
+            for name, new in frag.elements.items()
+        }
         self._claimed[owner] = _Claimed(
-            keys=tuple((name, tuple(elems)) for name, elems in frag.elements.items()),
+            keys=tuple((name, tuple(new)) for name, new in grouped.items()),
             chains=tuple(frag.chains),
             sets=tuple(frag.sets),
-            picks=frozenset(frag.picks),
+            picks=self._shared_picks(frag.picks),
         )
         if self.track_changes:
             self.changes.sets.update(frag.sets)
             self.changes.chains.update(frag.chains)
         for name, sdef in frag.sets.items():
             self.ruleset.sets[name] = sdef
-            self.ruleset.elements.setdefault(name, {})
+            self.ruleset.elements.setdefault(name, self._new_elements(name))
         for name, chain in frag.chains.items():
             self.ruleset.chains[name] = chain
         for spec in frag.picks:
@@ -199,23 +390,33 @@ class DesiredState:
                 self.ruleset.chains[chain.name] = chain
                 self.changes.chains.add(chain.name)
             self._picks[spec] += 1
-        for set_name, new in frag.elements.items():
-            elems = self.ruleset.elements.setdefault(set_name, {})
+        for set_name, new in grouped.items():
+            store = self._store(set_name)
             owners = self._owners.setdefault(set_name, {})
             if self.track_changes:
-                before = self.changes.before.setdefault(set_name, {})
-                # Not `new.keys() - before.keys()`: CPython builds that by walking all of
-                # `before`, which made a sync of 10k changed Services quadratic (170 s).
-                for key in new:
-                    if key not in before:
-                        before[key] = elems.get(key, MISSING)
+                if isinstance(store, _Frontends):
+                    for key, values in new.items():
+                        self._note(set_name, key, store, len(values))
+                else:
+                    before = self.changes.before.setdefault(set_name, {})
+                    # Not `new.keys() - before.keys()`: CPython builds that by walking all
+                    # of `before`, which made a sync of 10k changed Services quadratic.
+                    for key in new:
+                        if key not in before:
+                            before[key] = store.get(key, MISSING)
             if owners.keys().isdisjoint(new):
                 # The usual case, done in C: nobody else claims these keys.
                 owners.update(dict.fromkeys(new, owner))
-                elems.update(new)
+                store.update(new)  # type: ignore[arg-type]
                 continue
             for key, value in new.items():
-                self._claim(owner, set_name, key, value, elems, owners)
+                self._claim(owner, set_name, key, value, store, owners)
+
+    def _shared_picks(self, picks: set[PickSpec]) -> frozenset[PickSpec]:
+        # Most Services use one of a handful of pick chains: one frozenset per combination
+        # rather than one per Service (6 MB at 30k Services).
+        key = frozenset(picks)
+        return self._pick_sets.setdefault(key, key)
 
     def _remove(self, owner: Owner) -> None:
         claimed = self._claimed.pop(owner, None)

@@ -8,7 +8,7 @@ element adds and deletes plus whole chains added or removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from nftproxy.ruleset.desired import MISSING, Missing, Ruleset, Scope
@@ -47,7 +47,9 @@ class AppliedState:
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, ruleset: Ruleset) -> AppliedState:
+    def of(cls, ruleset: Ruleset, *, elements: bool = True) -> AppliedState:
+        """The state a kernel holds after applying `ruleset`; without its elements when
+        the caller keeps them elsewhere (a copy costs tens of MB at 30k Services)."""
         return cls(
             sets=set(ruleset.sets),
             maps={n for n, s in ruleset.sets.items() if s.is_map},
@@ -56,7 +58,7 @@ class AppliedState:
             elements={
                 n: dict(e)
                 for n, e in ruleset.elements.items()
-                if "dynamic" not in ruleset.sets[n].flags
+                if elements and "dynamic" not in ruleset.sets[n].flags
             },
         )
 
@@ -308,7 +310,7 @@ class SkeletonMismatch(Exception):
 
 
 def _element_changes(
-    desired: dict[ElementKey, ElementValue], applied: dict[ElementKey, ElementValue]
+    desired: Mapping[ElementKey, ElementValue], applied: Mapping[ElementKey, ElementValue]
 ) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
     deletes = [k for k, v in applied.items() if k not in desired or desired[k] != v]
     adds = [(k, v) for k, v in desired.items() if k not in applied or applied[k] != v]
@@ -381,7 +383,7 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
 
 
 def _element_changes_of(
-    before: dict[ElementKey, ElementValue | Missing], desired: dict[ElementKey, ElementValue]
+    before: dict[ElementKey, ElementValue | Missing], desired: Mapping[ElementKey, ElementValue]
 ) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
     deletes: list[ElementKey] = []
     adds: list[tuple[ElementKey, ElementValue]] = []

@@ -1,0 +1,106 @@
+"""The desired state kept incrementally: endpoint maps stored per frontend, conflicts between
+Services, and the change scope an incremental diff reads. Checked against a fake kernel
+(MemoryTable) and a fresh full build of the same Services."""
+
+from __future__ import annotations
+
+from builders import NODE, OUTSIDE, build, endpoints, ep, reached, send, service
+
+from nftproxy.applying import generation_plan
+from nftproxy.model import EndpointSlice, Service
+from nftproxy.ruleset.compile import Names, compile_all
+from nftproxy.ruleset.desired import Blocks, DesiredState
+from nftproxy.ruleset.diff import AppliedState, diff
+from nftproxy.ruleset.memory import MemoryTable
+
+LB = "198.51.100.1"
+
+
+class Cluster:
+    """A desired state and a fake kernel kept in step the way the daemon does."""
+
+    def __init__(self, services: list[Service], slices: list[EndpointSlice]) -> None:
+        self.names = Names()
+        self.desired = DesiredState(NODE, self.names)
+        self.table = MemoryTable()
+        self.services: dict = {}
+        self.apply(services, slices, first=True)
+
+    def apply(
+        self, services: list[Service], slices: list[EndpointSlice], *, first: bool = False
+    ) -> None:
+        frags = compile_all({s.id: s for s in services}, slices, NODE, self.names)
+        for sid in self.services.keys() - frags.keys():
+            self.desired.set_service(sid, None)
+        for sid, frag in frags.items():
+            self.desired.set_service(sid, frag)
+        self.services = frags
+        scope = self.desired.take_changes()
+        if first:
+            plan = generation_plan(lambda _: self.desired.ruleset, None, 1, "cold")
+            for tx in plan.transactions:
+                self.table.apply(tx)
+        else:
+            self.table.apply(diff(self.desired.ruleset, self.table.state, scope))
+        fresh = build(services, slices, names=self.names)
+        assert self.table.state == AppliedState.of(fresh)
+
+
+def three(prefix: str) -> list:
+    return [ep(f"{prefix}.{i}") for i in (1, 2, 3)]
+
+
+def test_endpoint_maps_are_kept_per_frontend_and_read_per_bucket():
+    svc = service(cluster_ips=("10.96.0.10",))
+    state = Cluster([svc], [endpoints("web", three("10.244.1"))])
+    emap = state.desired.ruleset.elements[
+        state.names.endpoints(4, "tcp", local=False, nodeport=False)
+    ]
+    assert isinstance(emap, Blocks)
+    assert len(emap) == 3
+    assert emap[("10.96.0.10", 80, 2)] == ("10.244.1.3", 8080)
+    assert ("10.96.0.10", 80, 3) not in emap
+    assert sorted(emap.items()) == [
+        (("10.96.0.10", 80, i), (f"10.244.1.{i + 1}", 8080)) for i in range(3)
+    ]
+
+
+def test_when_the_winner_of_a_shared_ip_leaves_the_other_service_gets_all_its_buckets():
+    a = service("a", cluster_ips=("10.96.0.1",), external_ips=(LB,))
+    b = service("b", cluster_ips=("10.96.0.2",), external_ips=(LB,))
+    slices = [endpoints("a", [ep("10.244.1.1")]), endpoints("b", three("10.244.2"))]
+    state = Cluster([a, b], slices)
+    rs = state.desired.ruleset
+    assert reached(send(rs, LB, src=OUTSIDE)) == {"10.244.1.1:8080": 1}
+    # "a" goes away: the LB frontend passes to "b", which has three buckets, not one.
+    state.apply([b], slices[1:])
+    got = reached(send(state.desired.ruleset, LB, src=OUTSIDE))
+    assert set(got) == {f"10.244.2.{i}:8080" for i in (1, 2, 3)}
+
+
+def test_when_a_service_with_more_endpoints_wins_a_shared_ip_the_extra_buckets_appear():
+    b = service("b", cluster_ips=("10.96.0.2",), external_ips=(LB,))
+    slices_b = [endpoints("b", [ep("10.244.2.1")])]
+    state = Cluster([b], slices_b)
+    # "a" sorts first, so it takes the LB frontend from "b" with three endpoints.
+    a = service("a", cluster_ips=("10.96.0.1",), external_ips=(LB,))
+    slices = [endpoints("a", three("10.244.1")), *slices_b]
+    state.apply([a, b], slices)
+    got = reached(send(state.desired.ruleset, LB, src=OUTSIDE))
+    assert set(got) == {f"10.244.1.{i}:8080" for i in (1, 2, 3)}
+    # And back: fewer buckets again once "a" shrinks to one endpoint.
+    state.apply([a, b], [endpoints("a", [ep("10.244.1.9")]), *slices_b])
+    assert reached(send(state.desired.ruleset, LB, src=OUTSIDE)) == {"10.244.1.9:8080": 1}
+
+
+def test_endpoints_on_different_target_ports_keep_their_own_port():
+    svc = service(cluster_ips=("10.96.0.10",))
+    slices = [
+        endpoints("web", [ep("10.244.1.1")], slice_name="s1", target=8080),
+        endpoints("web", [ep("10.244.1.2")], slice_name="s2", target=9090),
+    ]
+    state = Cluster([svc], slices)
+    got = reached(send(state.desired.ruleset, "10.96.0.10"))
+    assert set(got) == {"10.244.1.1:8080", "10.244.1.2:9090"}
+    state.apply([svc], slices[:1])
+    assert reached(send(state.desired.ruleset, "10.96.0.10")) == {"10.244.1.1:8080": 1}
