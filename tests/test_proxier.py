@@ -16,7 +16,7 @@ from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.nft import NftError, open_backend
-from nftproxy.proxier import Proxier
+from nftproxy.proxier import Proxier, SyncLimiter
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
 
@@ -141,6 +141,35 @@ def test_the_loop_batches_a_burst_of_changes_into_few_syncs(netns):
         loop.join()
     assert current == ("10.244.1.20", 8080)
     assert proxier.stats.syncs <= 4
+
+
+def test_the_limiter_lets_a_burst_through_then_one_sync_per_min_interval():
+    limiter = SyncLimiter(1.0, burst=2)
+    t = 100.0
+    for _ in range(2):  # after a quiet spell: two syncs at once, as kube-proxy
+        assert limiter.ready_at(t) == t
+        limiter.take(t)
+    assert limiter.ready_at(t) == pytest.approx(t + 1.0)
+    t += 1.0
+    limiter.take(t)
+    assert limiter.ready_at(t + 0.25) == pytest.approx(t + 1.0)
+    # A long pause refills the bucket, but never beyond the burst.
+    t += 60.0
+    limiter.take(t)
+    limiter.take(t)
+    assert limiter.ready_at(t) == pytest.approx(t + 1.0)
+
+
+def test_the_limiter_without_a_min_interval_never_waits():
+    limiter = SyncLimiter(0.0, burst=1)
+    for i in range(5):
+        assert limiter.ready_at(float(i)) == float(i)
+        limiter.take(float(i))
+
+
+def test_a_burst_below_one_is_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        SyncLimiter(1.0, burst=0)
 
 
 MANIFEST = Path(__file__).parent / "data" / "cluster.yaml"

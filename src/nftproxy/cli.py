@@ -34,6 +34,16 @@ EXIT_FAILED = 1
 EXIT_PARTIAL = 3
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def _node_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("node")
     g.add_argument("--node-name", "--hostname-override", default="", help="this node's name")
@@ -180,7 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
     backend = open_backend(args.netns, prefer=args.backend)
-    proxier = Proxier(backend, node, min_sync_period=min_sync, verify_period=args.verify_period)
+    proxier = Proxier(
+        backend,
+        node,
+        min_sync_period=min_sync,
+        sync_burst=args.sync_burst,
+        verify_period=args.verify_period,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -434,6 +450,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds between syncs; changes in between are batched (default 1)",
+    )
+    p.add_argument(
+        "--sync-burst",
+        type=_positive_int,
+        default=2,
+        help="syncs allowed back to back before --min-sync-period applies (default 2, "
+        "as kube-proxy)",
     )
     p.add_argument(
         "--poll-interval", type=float, default=0.5, help="seconds between directory scans"

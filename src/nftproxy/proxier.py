@@ -56,6 +56,43 @@ class SyncStats:
     queue_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
 
 
+class SyncLimiter:
+    """kube-proxy's sync rate limit: at most `burst` syncs back to back, then one per
+    `min_interval` (a token bucket: a token a `min_interval`, holding at most `burst`).
+
+    After a quiet spell the first changes are applied at once; a storm of changes is
+    batched into one sync per `min_interval`. kube-proxy uses a burst of 2.
+    """
+
+    def __init__(self, min_interval: float, burst: int = 2) -> None:
+        if burst < 1:
+            raise ValueError("the sync burst must be at least 1")
+        self.min_interval = min_interval
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._at is not None and self.min_interval > 0:
+            gained = (now - self._at) / self.min_interval
+            self._tokens = min(float(self.burst), self._tokens + gained)
+        else:
+            self._tokens = float(self.burst)
+        self._at = now
+
+    def ready_at(self, now: float) -> float:
+        """When the next sync may start (`now` or later)."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            return now
+        return now + (1.0 - self._tokens) * self.min_interval
+
+    def take(self, now: float) -> None:
+        """A sync starts now."""
+        self._refill(now)
+        self._tokens = max(0.0, self._tokens - 1.0)
+
+
 class Proxier:
     """Owns the desired state of one network namespace and keeps the kernel equal to it."""
 
@@ -65,6 +102,7 @@ class Proxier:
         node: NodeConfig,
         *,
         min_sync_period: float = 1.0,
+        sync_burst: int = 2,
         verify_period: float = 0.0,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -72,6 +110,7 @@ class Proxier:
         self.backend = backend
         self.node = node
         self.min_sync_period = min_sync_period
+        self.limiter = SyncLimiter(min_sync_period, sync_burst)
         self.verify_period = verify_period
         self.max_backoff = max_backoff
         self.clock = clock
@@ -86,7 +125,6 @@ class Proxier:
         self._applied: AppliedState | None = None
         self._need_full = True
         self._kernel_generation: int | None = None
-        self._last_sync_at = float("-inf")
         self._last_verify_at = float("-inf")
         self._backoff = 0.0
         self._retry_at = float("-inf")
@@ -371,13 +409,13 @@ class Proxier:
             now = self.clock()
             due = self._need_full or bool(self._dirty)
             if due:
-                # Wait out the backoff after a failure, or the minimum sync period; inputs
+                # Wait out the backoff after a failure, or the sync rate limit; inputs
                 # arriving meanwhile are batched into the sync that follows.
-                ready_at = max(self._retry_at, self._last_sync_at + self.min_sync_period)
+                ready_at = max(self._retry_at, self.limiter.ready_at(now))
                 if now < ready_at:
                     stop.wait(min(ready_at - now, tick))
                     continue
-                self._last_sync_at = now
+                self.limiter.take(now)
                 # sync() logged the failure and scheduled the retry with backoff.
                 with contextlib.suppress(NftError, OSError, SkeletonMismatch):
                     self.sync()
