@@ -249,3 +249,24 @@ def test_new_chains_come_first_and_removals_last(netns):
     assert "delete chain inet nftproxy g1-pick4-tcp-4" in remove
     applying.run_plan(backend, plan)
     assert applying.read_applied(backend) == AppliedState.of(build(svcs2, slices2))
+
+
+def test_generation_chunks_hold_every_element_once_and_stay_under_the_limit():
+    svcs, slices = cluster(n_endpoints=25)
+    desired = build(svcs, slices)
+    plan = applying.generation_plan(lambda _: desired, None, 1, "cold", chunk=10)
+    seen: list[tuple[str, object]] = []
+    for step in plan.transactions:
+        ops = step.concrete().ops
+        items = [(op.set, k) for op in ops if hasattr(op, "items") for k, _ in op.items]
+        seen += items
+        frontends = {(s, k[:-1]) for s, k in items if "endpoints" in s}
+        # Over the limit only by the buckets of one frontend, which go in together.
+        assert len(items) <= 10 or len(frontends) == 1
+    expected = [
+        (name, key)
+        for name, elems in desired.elements.items()
+        if "dynamic" not in desired.sets[name].flags
+        for key in elems
+    ]
+    assert sorted(map(repr, seen)) == sorted(map(repr, expected))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from nftproxy.nft import Backend
 from nftproxy.ruleset.compile import BASE_CHAINS, Names
-from nftproxy.ruleset.desired import Ruleset
+from nftproxy.ruleset.desired import Blocks, Elements, Ruleset
 from nftproxy.ruleset.diff import (
     AddChain,
     AddElements,
@@ -37,7 +37,7 @@ from nftproxy.ruleset.diff import (
     chains_in_order,
     diff,
 )
-from nftproxy.ruleset.schema import SetDef
+from nftproxy.ruleset.schema import ElementKey, SetDef
 
 Build = Callable[[Names], Ruleset]
 
@@ -87,25 +87,81 @@ class Plan:
         return sum(tx.size() for tx in self.transactions)
 
 
-def _chunks(ops: list[Op], limit: int) -> Iterator[Transaction]:
-    tx = Transaction()
-    size = 0
-    for op in ops:
-        if isinstance(op, AddElements) and len(op.items) > limit:
-            for i in range(0, len(op.items), limit):
-                part = AddElements(op.set, op.items[i : i + limit])
-                if size and size + len(part.items) > limit:
-                    yield tx
-                    tx, size = Transaction(), 0
-                tx.ops.append(part)
-                size += len(part.items)
+class ElementsLater(Transaction):
+    """Elements of a generation build, turned into a transaction only when it runs.
+
+    Holding every (key, value) pair of a 30k-Service table at once costs about 60 MB; a
+    plan keeps only which keys (or endpoint-map frontends) each chunk covers, and
+    `concrete()` builds one chunk's operations at a time. The ruleset must not change
+    between planning and running (the sync loop holds it still).
+    """
+
+    __slots__ = ("_count", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[str, Elements, list[ElementKey]]] = []
+        self._count = 0
+
+    def add(self, set_name: str, elems: Elements, keys: list[ElementKey], count: int) -> None:
+        self._parts.append((set_name, elems, keys))
+        self._count += count
+
+    @property
+    def ops(self) -> list[Op]:
+        out: list[Op] = []
+        for name, elems, keys in self._parts:
+            if isinstance(elems, Blocks):
+                items = tuple(elems.items_of(keys))
+            else:
+                items = tuple([(k, elems[k]) for k in keys])
+            out.append(AddElements(name, items))
+        return out
+
+    @ops.setter
+    def ops(self, value: list[Op]) -> None:
+        raise AttributeError("ElementsLater builds its operations when it runs")
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def size(self) -> int:
+        return self._count
+
+    def concrete(self) -> Transaction:
+        return Transaction(self.ops)
+
+
+def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
+    tx, size = ElementsLater(), 0
+    for name, elems in desired.elements.items():
+        if not elems or "dynamic" in desired.sets[name].flags:
             continue
-        n = len(op.items) if isinstance(op, AddElements) else 1
-        if size and size + n > limit:
-            yield tx
-            tx, size = Transaction(), 0
-        tx.ops.append(op)
-        size += n
+        if isinstance(elems, Blocks):
+            # Chunks end at a frontend boundary: a frontend's buckets go in together.
+            keys: list[ElementKey] = []
+            count = 0
+            for frontend, stored in elems.blocks.items():
+                if size + count >= limit and (keys or size):
+                    if keys:
+                        tx.add(name, elems, keys, count)
+                    yield tx
+                    tx, size, keys, count = ElementsLater(), 0, [], 0
+                keys.append(frontend)
+                count += len(stored)
+            if keys:
+                tx.add(name, elems, keys, count)
+                size += count
+            continue
+        all_keys = list(elems)
+        start = 0
+        while start < len(all_keys):
+            if size >= limit:
+                yield tx
+                tx, size = ElementsLater(), 0
+            part = all_keys[start : start + limit - size]
+            tx.add(name, elems, part, len(part))
+            size += len(part)
+            start += len(part)
     if tx:
         yield tx
 
@@ -120,12 +176,7 @@ def generation_plan(
     body = [c for n, c in desired.chains.items() if n not in BASE_CHAINS]
     setup.ops += [AddChain(c) for c in chains_in_order(body)]
     plan.transactions.append(setup)
-    element_ops: list[Op] = [
-        AddElements(name, tuple(elems.items()))
-        for name, elems in desired.elements.items()
-        if elems and "dynamic" not in desired.sets[name].flags
-    ]
-    plan.transactions += list(_chunks(element_ops, chunk))
+    plan.transactions += list(_element_chunks(desired, chunk))
     # Base chains are never deleted: their rules are swapped in one transaction, and a
     # packet runs either the old rules (old generation, still complete) or the new ones.
     flip = Transaction()
@@ -224,7 +275,8 @@ def run_plan(backend: Backend, plan: Plan) -> ApplyResult:
     flipped = False
     try:
         sets = plan.desired.sets if plan.desired is not None else {}
-        for tx in plan.transactions:
+        for step in plan.transactions:
+            tx = step.concrete()  # one chunk of a generation's elements exists at a time
             execute(backend, tx, sets)
             if any(
                 isinstance(op, AddChain | AddRules) and op.chain.name in BASE_CHAINS

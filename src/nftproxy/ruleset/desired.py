@@ -108,6 +108,19 @@ class Blocks(Mapping[ElementKey, ElementValue]):
     def items(self) -> ItemsView[ElementKey, ElementValue]:
         return _BlockItems(self)
 
+    def items_of(self, frontends: list[ElementKey]) -> Iterator[tuple[ElementKey, ElementValue]]:
+        """The elements of these frontends, bucket by bucket."""
+        blocks, ports = self.blocks, self.ports
+        for frontend in frontends:
+            stored = blocks[frontend]
+            port = ports.get(frontend)
+            if port is None:
+                for bucket, value in enumerate(stored):
+                    yield (*frontend, bucket), value
+            else:
+                for bucket, addr in enumerate(stored):
+                    yield (*frontend, bucket), (addr, port)
+
     # Frontend-level access, for DesiredState's claims.
     def put(self, frontend: ElementKey, values: tuple[ElementValue, ...]) -> None:
         old = self.blocks.get(frontend)

@@ -253,6 +253,10 @@ class Transaction:
     def __str__(self) -> str:
         return "".join(line + "\n" for op in self.ops for line in op.render())
 
+    def concrete(self) -> Transaction:
+        """This transaction with its operations at hand (see applying.ElementsLater)."""
+        return self
+
     def split(self) -> list[Transaction]:
         """The same change as up to three transactions, to run in order: new sets and
         chains; then elements (repointing); then what went away.
