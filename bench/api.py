@@ -56,7 +56,10 @@ MARK_END = "<!-- api:end -->"
 NAMESPACES = 10  # Services are spread over bench-0 .. bench-9
 NODES = ("node-a", "node-b", "node-c")  # the daemon runs as node-a
 POD_IP_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0 + k: unique per endpoint
-NEW_IP_BASE = (10 << 24) | (200 << 16)  # replacement IPs: 10.200.x.y, never used before
+NEW_IP_BASE = (10 << 24) | (200 << 16)
+CLUSTER_IP_BASE = (
+    (10 << 24) | (96 << 16) | (1 << 8)
+)  # 10.96.1.0 + i  # replacement IPs: 10.200.x.y, never used before
 NEW_IP_RE = re.compile(rb"\b10\.200\.\d{1,3}\.\d{1,3}\b")
 CREATE_WORKERS = 16
 CHANGE_WORKERS = 8
@@ -228,15 +231,18 @@ class Api:
         raise AssertionError("unreachable")
 
 
-def service_body(i: int) -> dict[str, Any]:
+def service_body(i: int, cluster_ip: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "type": "ClusterIP",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+    }
+    if cluster_ip:
+        spec["clusterIP"] = cluster_ip
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": f"svc-{i}", "namespace": f"bench-{i % NAMESPACES}"},
-        "spec": {
-            "type": "ClusterIP",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
-        },
+        "spec": spec,
     }
 
 
@@ -278,7 +284,11 @@ def create_objects(api: Api, n: int, e: int, log: Any) -> tuple[dict[str, Any], 
 
     def create(i: int) -> None:
         status, out = api.request(
-            "POST", f"/api/v1/namespaces/bench-{i % NAMESPACES}/services", service_body(i)
+            "POST",
+            f"/api/v1/namespaces/bench-{i % NAMESPACES}/services",
+            # A chosen ClusterIP: the apiserver's random allocation slows to tens of
+            # Services a second past 20k (v1.36.3 on 2 CPUs).
+            service_body(i, ip4(CLUSTER_IP_BASE + i)),
         )
         if status != 201:
             errors.append(f"service {i}: {status} {str(out)[:200]}")

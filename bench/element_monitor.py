@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """Print when set elements carrying given IPv4 addresses are committed to nftables.
 
-    ip netns exec <ns> python bench/element_monitor.py [--prefix 10.200.]
+    ip netns exec <ns> python bench/element_monitor.py [--prefix 10.200.] [--anywhere]
 
 Subscribes to the kernel's nftables notifications (netlink group NFNLGRP_NFTABLES) and,
 for every new set or map element, prints `<CLOCK_MONOTONIC seconds> <ipv4>` for each IPv4
 address found at the start of the element's key or data whose text starts with --prefix.
 CLOCK_MONOTONIC is shared by all processes of the machine, so the parent compares these
 times with its own `time.monotonic()`.
+
+With --anywhere (the prefix then names two octets, "10.201."), every nftables
+notification (rules, elements, objects) is searched for those two bytes followed by any
+two: how rules that carry an address as data are seen (kube-proxy's `dnat to` rules,
+iptables-nft's DNAT targets, nftlb's maps). A chance match prints an address nobody
+waits for, which the reader ignores.
 
 Why not `nft monitor`: nft loads the whole ruleset, elements included, before it
 subscribes and loads it again after every commit; with hundreds of thousands of elements
@@ -18,6 +24,7 @@ beyond parsing them. Read-only: it never sends a request to the kernel.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import struct
 import sys
@@ -88,7 +95,16 @@ def messages(data: bytes) -> list[tuple[int, int, int]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prefix", default="", help="print only addresses starting with this")
+    p.add_argument(
+        "--anywhere", action="store_true", help="search whole notifications, not elements"
+    )
     args = p.parse_args(argv)
+    raw: re.Pattern[bytes] | None = None
+    if args.anywhere:
+        octets = [int(o) for o in args.prefix.strip(".").split(".")]
+        if len(octets) != 2:
+            p.error("--anywhere needs --prefix with two octets, like 10.201.")
+        raw = re.compile(re.escape(bytes(octets)) + b"..", re.DOTALL)
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
@@ -103,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             now = time.monotonic()
             lines = []
             for kind, start, end in messages(data):
+                if raw is not None:
+                    if kind >> 8 == NFNL_SUBSYS_NFTABLES:
+                        found = {socket.inet_ntoa(m) for m in raw.findall(data, start, end)}
+                        lines.extend(f"{now:.6f} {ip}\n" for ip in sorted(found))
+                    continue
                 if kind != newsetelem:
                     continue
                 # After the netlink header: struct nfgenmsg (4 bytes), then attributes.
