@@ -132,9 +132,24 @@ class ElementsLater(Transaction):
 
 
 def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
+    from nftproxy.netlink import element_type
+
+    # Sets whose elements only nft's text path can write (intervals: the cluster CIDRs,
+    # source ranges) get a transaction of their own: a shared one would send thousands of
+    # map elements through libnftables too, which is slow and keeps them in its cache
+    # (26 MB more at 1k Services with --cluster-cidr).
+    text_only = ElementsLater()
+    for name, elems in desired.elements.items():
+        if elems and "dynamic" not in desired.sets[name].flags:
+            if element_type(desired.sets[name]) is None:
+                text_only.add(name, elems, list(elems), len(elems))
+    if text_only:
+        yield text_only
     tx, size = ElementsLater(), 0
     for name, elems in desired.elements.items():
         if not elems or "dynamic" in desired.sets[name].flags:
+            continue
+        if element_type(desired.sets[name]) is None:
             continue
         if isinstance(elems, Blocks):
             # Chunks end at a frontend boundary: a frontend's buckets go in together.
