@@ -270,3 +270,17 @@ def test_generation_chunks_hold_every_element_once_and_stay_under_the_limit():
         for key in elems
     ]
     assert sorted(map(repr, seen)) == sorted(map(repr, expected))
+
+
+def test_interval_set_elements_do_not_drag_map_elements_into_the_text_path():
+    from nftproxy.netlink import element_type
+
+    svcs, slices = cluster(n_endpoints=5)
+    desired = build(svcs, slices)
+    plan = applying.generation_plan(lambda _: desired, None, 1, "cold")
+    text_only = {n for n, s in desired.sets.items() if element_type(s) is None}
+    assert any(desired.elements.get(n) for n in text_only)  # the cluster CIDRs, at least
+    for step in plan.transactions:
+        sets = {op.set for op in step.concrete().ops if hasattr(op, "items")}
+        # A transaction of elements goes through netlink only when all its sets can.
+        assert not sets & text_only or sets <= text_only
