@@ -140,9 +140,9 @@ def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
     # (26 MB more at 1k Services with --cluster-cidr).
     text_only = ElementsLater()
     for name, elems in desired.elements.items():
-        if elems and "dynamic" not in desired.sets[name].flags:
-            if element_type(desired.sets[name]) is None:
-                text_only.add(name, elems, list(elems), len(elems))
+        sdef = desired.sets[name]
+        if elems and "dynamic" not in sdef.flags and element_type(sdef) is None:
+            text_only.add(name, elems, list(elems), len(elems))
     if text_only:
         yield text_only
     tx, size = ElementsLater(), 0
