@@ -296,7 +296,7 @@ def _loose_identity(data: object) -> tuple[str, str]:
 
 def _identity(kind: str, meta: RawObjectMeta | None) -> tuple[str, str]:
     # kubectl applies "default" to namespace-less manifests; do the same.
-    namespace = (meta.namespace if meta else "") or "default"
+    namespace = _shared_name((meta.namespace if meta else "") or "default") or "default"
     name = meta.name if meta else ""
     if not name:
         raise InvalidObject(kind, namespace, "", "metadata.name", "is required")
@@ -592,7 +592,7 @@ def _service_ports(
             if (node_port, protocol) in node_ports:
                 raise _Bad(f"{at}.nodePort", f"duplicate node port {node_port}/{protocol.name}")
             node_ports.add((node_port, protocol))
-        out.append(ServicePort(raw.name, protocol, port, node_port))
+        out.append(ServicePort(_shared_name(raw.name) or "", protocol, port, node_port))
     return tuple(out)
 
 
@@ -657,7 +657,7 @@ def _slice_ports(raw_ports: tuple[RawEndpointPort, ...] | None) -> tuple[SlicePo
             continue
         out.append(
             SlicePort(
-                raw.name or "",
+                _shared_name(raw.name) or "",
                 _protocol(raw.protocol, f"ports[{i}].protocol"),
                 _port_number(raw.port, f"ports[{i}].port"),
             )
@@ -717,8 +717,9 @@ def _endpoint(raw: RawEndpoint, index: int, family: Family) -> Endpoint:
     )
 
 
-# Every endpoint names its node and zone, and a cluster has few of each: one string per
-# name instead of one per endpoint (16 MB at 300k endpoints). Bounded: keys are API input.
+# Every endpoint names its node and zone, every object its namespace, every port a name
+# ("http"), and a cluster has few of each: one string per name instead of one per use
+# (16 MB at 300k endpoints). Bounded: keys are API input.
 _NAMES: dict[str, str] = {}
 
 
