@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
 # Build a real kube-apiserver and etcd for the integration tests in tests/kube/.
 #
-# Both come from the Go module proxy at the versions pinned in hack/k8s/go.mod
+#     hack/k8s/build.sh               # etcd + kube-apiserver (what CI runs)
+#     hack/k8s/build.sh kube-proxy    # ... and the upstream kube-proxy too, for
+#                                     # the comparison benchmark (bench/anchors/)
+#
+# All come from the Go module proxy at the versions pinned in hack/k8s/go.mod
 # and land in ${NFTPROXY_K8S_CACHE:-$HOME/.cache/nftproxy/k8s}/<k8s-version>/.
-# Idempotent: when both binaries are already there it prints them and exits.
+# Idempotent: when the requested binaries are already there it prints them and
+# exits.
 #
 # A cold build takes several minutes of CPU; it runs under `nice` with at most
 # two parallel compile jobs (override with GOFLAGS, e.g. GOFLAGS=-p=1).
 set -euo pipefail
+
+# What to build: always etcd and kube-apiserver; extra binaries only on request.
+targets=(etcd kube-apiserver)
+for arg in "$@"; do
+    case $arg in
+    kube-proxy) [[ " ${targets[*]} " == *" kube-proxy "* ]] || targets+=(kube-proxy) ;;
+    *)
+        echo "usage: build.sh [kube-proxy]" >&2
+        exit 2
+        ;;
+    esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/go.mod")
@@ -18,13 +35,20 @@ fi
 dest=${NFTPROXY_K8S_CACHE:-$HOME/.cache/nftproxy/k8s}/$version
 
 report() {
-    echo "kube-apiserver: $dest/kube-apiserver"
-    echo "etcd:           $dest/etcd"
+    local t
+    for t in "${targets[@]}"; do
+        printf '%-15s %s\n' "$t:" "$dest/$t"
+    done
 }
 
-have_both() { [[ -x "$dest/kube-apiserver" && -x "$dest/etcd" ]]; }
+have_all() {
+    local t
+    for t in "${targets[@]}"; do
+        [[ -x "$dest/$t" ]] || return 1
+    done
+}
 
-if have_both; then
+if have_all; then
     report
     exit 0
 fi
@@ -33,7 +57,7 @@ mkdir -p "$dest"
 # Serialise concurrent builds (two test sessions starting at once).
 exec 9>"$dest/.lock"
 flock 9
-if have_both; then
+if have_all; then
     report
     exit 0
 fi
@@ -62,7 +86,13 @@ build() { # <output name> <package>
 }
 
 start=$SECONDS
-build etcd go.etcd.io/etcd/server/v3
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+declare -A package=(
+    [etcd]=go.etcd.io/etcd/server/v3
+    [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
+    [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
+)
+for t in "${targets[@]}"; do
+    build "$t" "${package[$t]}"
+done
 echo "build.sh: built in $((SECONDS - start))s" >&2
 report

@@ -1,10 +1,12 @@
 //go:build tools
 
-// Package tools records the two commands this module builds so that
-// `go mod tidy` keeps their dependencies. It is never compiled.
+// Package tools records the commands this module builds so that `go mod tidy`
+// keeps their dependencies. It is never compiled. kube-proxy is built only on
+// request (`build.sh kube-proxy`), for the comparison benchmark.
 package tools
 
 import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
