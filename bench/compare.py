@@ -854,6 +854,7 @@ def markdown(report: dict[str, Any], img_rel: str = "img") -> str:
     lines += [
         "",
         f"![sync time vs N]({img_rel}/compare-sync.png) "
+        f"![one change vs N]({img_rel}/compare-change.png) "
         f"![connect latency vs N]({img_rel}/compare-connect.png)",
         "",
         "How it is measured: see the docstring of `bench/compare.py` and bench/README.md. "
@@ -911,6 +912,28 @@ def plots(report: dict[str, Any], img_dir: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     path = img_dir / "compare-sync.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in proxies:
+        pts = [
+            (r["services"], r["change_ms"]["median"])
+            for r in report["results"]
+            if r["proxy"] == p and (r.get("change_ms") or {}).get("median")
+        ]
+        if pts:
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=p)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Services (x 10 endpoints)")
+    ax.set_ylabel("one endpoint change -> kernel, ms (median, log)")
+    ax.set_title("One endpoint change")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = img_dir / "compare-change.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     out.append(path)
