@@ -244,13 +244,14 @@ def fragment_diff(
     tx.ops += [AddChain(c) for c in chains_in_order(new_chains)]
 
     adds: list[Op] = []
-    for set_name in {n for f in frags for n in f.elements}:
+    elements = [f.all_elements() if hasattr(f, "all_elements") else f.elements for f in frags]
+    for set_name in {n for e in elements for n in e}:
         sdef = desired.sets.get(set_name)
         if sdef is not None and "dynamic" in sdef.flags:
             continue
         want = desired.elements.get(set_name, {})
         have = applied.elements.get(set_name, {})
-        keys = dict.fromkeys(k for f in frags for k in f.elements.get(set_name, ()))
+        keys = dict.fromkeys(k for e in elements for k in e.get(set_name, ()))
         missing = object()
         dels = [k for k in keys if k in have and want.get(k, missing) != have[k]]
         add = [(k, want[k]) for k in keys if k in want and have.get(k, missing) != want[k]]

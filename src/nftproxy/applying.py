@@ -155,14 +155,14 @@ def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
             # Chunks end at a frontend boundary: a frontend's buckets go in together.
             keys: list[ElementKey] = []
             count = 0
-            for frontend, stored in elems.blocks.items():
+            for frontend, (_, payload) in elems.blocks.items():
                 if size + count >= limit and (keys or size):
                     if keys:
                         tx.add(name, elems, keys, count)
                     yield tx
                     tx, size, keys, count = ElementsLater(), 0, [], 0
                 keys.append(frontend)
-                count += len(stored)
+                count += len(payload)
             if keys:
                 tx.add(name, elems, keys, count)
                 size += count

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nftproxy.config import NodeConfig
 from nftproxy.model import Backend, EndpointSlice, Family, Service, ServiceName, ServicePort
 from nftproxy.ruleset.schema import (
     DROP,
     SKELETON_MARK,
+    Atom,
     Chain,
     ClearMarkBits,
     CtStatusDnat,
@@ -118,17 +120,56 @@ class PickSpec:
         )
 
 
+# The buckets 0..n-1 of one frontend in an endpoint map, as stored: (port, addresses)
+# when every endpoint has that port (the usual case), else (None, (address, port) values).
+Block = tuple[Atom | None, tuple[Any, ...]]
+
+
+def block_of(backends: tuple[Backend, ...]) -> Block:
+    port = backends[0].port if backends else None
+    if all(b.port == port for b in backends):
+        return port, tuple([b.ip for b in backends])
+    return None, tuple([(b.ip, b.port) for b in backends])
+
+
+def block_values(block: Block) -> tuple[ElementValue, ...]:
+    port, payload = block
+    return payload if port is None else tuple([(addr, port) for addr in payload])
+
+
+def block_items(frontend: ElementKey, block: Block) -> Iterator[tuple[ElementKey, ElementValue]]:
+    port, payload = block
+    if port is None:
+        for bucket, value in enumerate(payload):
+            yield (*frontend, bucket), value
+    else:
+        for bucket, addr in enumerate(payload):
+            yield (*frontend, bucket), (addr, port)
+
+
 @dataclass(slots=True)
 class Fragment:
-    """What one Service contributes: elements of shared sets, and its own objects if any."""
+    """What one Service contributes: elements of shared sets, and its own objects if any.
+
+    Endpoint maps come as blocks (frontend -> its buckets), the form the desired state
+    keeps them in; `all_elements` spells them out."""
 
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+    blocks: dict[str, dict[ElementKey, Block]] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
     sets: dict[str, SetDef] = field(default_factory=dict)
     picks: set[PickSpec] = field(default_factory=set)
 
     def add(self, set_name: str, key: ElementKey, value: ElementValue = None) -> None:
         self.elements.setdefault(set_name, {}).setdefault(key, value)
+
+    def all_elements(self) -> dict[str, dict[ElementKey, ElementValue]]:
+        out = {name: dict(elems) for name, elems in self.elements.items()}
+        for name, blocks in self.blocks.items():
+            out[name] = {
+                k: v for frontend, block in blocks.items() for k, v in block_items(frontend, block)
+            }
+        return out
 
 
 # --- skeleton ------------------------------------------------------------------------
@@ -312,11 +353,10 @@ class _FragmentBuilder:
         n = len(backends)
         proto, number = port.protocol.value, port.node_port or 0
         self.frag.picks.add(PickSpec(f, proto, local, True, n))
-        emap = self.frag.elements.setdefault(
+        emap = self.frag.blocks.setdefault(
             self.names.endpoints(f, proto, local=local, nodeport=True), {}
         )
-        for i, b in enumerate(backends):
-            emap.setdefault((number, i), (b.ip, b.port))
+        emap.setdefault((number,), block_of(backends))
         return goto(self.names.pick(f, proto, local=local, nodeport=True, n=n))
 
     def frontend_target(
@@ -327,11 +367,10 @@ class _FragmentBuilder:
         n = len(backends)
         proto, number = port.protocol.value, port.port
         self.frag.picks.add(PickSpec(f, proto, local, False, n))
-        emap = self.frag.elements.setdefault(
+        emap = self.frag.blocks.setdefault(
             self.names.endpoints(f, proto, local=local, nodeport=False), {}
         )
-        for i, b in enumerate(backends):
-            emap.setdefault((vip, number, i), (b.ip, b.port))
+        emap.setdefault((vip, number), block_of(backends))
         return goto(self.names.pick(f, proto, local=local, nodeport=False, n=n))
 
     def _affinity_chain(

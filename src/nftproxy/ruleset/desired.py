@@ -18,14 +18,17 @@ from typing import Any
 from nftproxy.config import NodeConfig
 from nftproxy.model import ServiceName
 from nftproxy.ruleset.compile import (
+    Block,
     Fragment,
     Names,
     PickSpec,
+    block_items,
+    block_values,
     skeleton_chains,
     skeleton_elements,
     skeleton_sets,
 )
-from nftproxy.ruleset.schema import Atom, Chain, ElementKey, ElementValue, SetDef
+from nftproxy.ruleset.schema import Chain, ElementKey, ElementValue, SetDef
 
 Owner = tuple[str, str]
 
@@ -57,49 +60,38 @@ def is_endpoint_map(names: Names, set_name: str) -> bool:
 
 
 class Blocks(Mapping[ElementKey, ElementValue]):
-    """An endpoint map kept as frontend -> the values of its buckets 0..n-1.
+    """An endpoint map kept as frontend -> Block (its buckets 0..n-1, see compile.Block).
 
     The endpoint maps hold most elements (300k of 430k at 30k Services x 10 endpoints);
-    one entry per frontend instead of one key tuple, one value tuple and two dict entries
-    per endpoint saves about 50 MB there. When all buckets of a frontend go to the same
-    port (the usual case) only the addresses are kept, and the port once. Reads see
-    ordinary (*frontend, bucket) keys and (address, port) values.
+    one entry per frontend, in the form compile makes it, instead of a key tuple, a value
+    tuple and two dict entries per endpoint: about 60 MB less there. Reads see ordinary
+    (*frontend, bucket) keys and (address, port) values.
     """
 
-    __slots__ = ("_len", "blocks", "ports")
+    __slots__ = ("_len", "blocks")
 
     def __init__(self) -> None:
-        # frontend -> the values, or only their addresses when `ports` has the frontend.
-        self.blocks: dict[ElementKey, tuple[Any, ...]] = {}
-        self.ports: dict[ElementKey, Atom] = {}
+        self.blocks: dict[ElementKey, Block] = {}
         self._len = 0
 
-    def values_of(self, frontend: ElementKey) -> tuple[ElementValue, ...] | None:
-        stored = self.blocks.get(frontend)
-        if stored is None:
-            return None
-        port = self.ports.get(frontend)
-        return stored if port is None else tuple((addr, port) for addr in stored)
-
     def __getitem__(self, key: ElementKey) -> ElementValue:
-        frontend = key[:-1]
-        stored = self.blocks.get(frontend)
+        block = self.blocks.get(key[:-1])
         bucket = key[-1] if key else None
-        if stored is None or type(bucket) is not int or not 0 <= bucket < len(stored):
+        if block is None or type(bucket) is not int or not 0 <= bucket < len(block[1]):
             raise KeyError(key)
-        port = self.ports.get(frontend)
-        return stored[bucket] if port is None else (stored[bucket], port)
+        port, payload = block
+        return payload[bucket] if port is None else (payload[bucket], port)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, tuple) or not key:
             return False
-        stored = self.blocks.get(key[:-1])
+        block = self.blocks.get(key[:-1])
         bucket = key[-1]
-        return stored is not None and type(bucket) is int and 0 <= bucket < len(stored)
+        return block is not None and type(bucket) is int and 0 <= bucket < len(block[1])
 
     def __iter__(self) -> Iterator[ElementKey]:
-        for frontend, stored in self.blocks.items():
-            for bucket in range(len(stored)):
+        for frontend, (_, payload) in self.blocks.items():
+            for bucket in range(len(payload)):
                 yield (*frontend, bucket)
 
     def __len__(self) -> int:
@@ -110,74 +102,26 @@ class Blocks(Mapping[ElementKey, ElementValue]):
 
     def items_of(self, frontends: list[ElementKey]) -> Iterator[tuple[ElementKey, ElementValue]]:
         """The elements of these frontends, bucket by bucket."""
-        blocks, ports = self.blocks, self.ports
+        blocks = self.blocks
         for frontend in frontends:
-            stored = blocks[frontend]
-            port = ports.get(frontend)
-            if port is None:
-                for bucket, value in enumerate(stored):
-                    yield (*frontend, bucket), value
-            else:
-                for bucket, addr in enumerate(stored):
-                    yield (*frontend, bucket), (addr, port)
+            yield from block_items(frontend, blocks[frontend])
 
     # Frontend-level access, for DesiredState's claims.
-    def put(self, frontend: ElementKey, values: tuple[ElementValue, ...]) -> None:
+    def put(self, frontend: ElementKey, block: Block) -> None:
         old = self.blocks.get(frontend)
-        self._len += len(values) - (len(old) if old is not None else 0)
-        port = _common_port(values)
-        if port is None:
-            self.blocks[frontend] = values
-            self.ports.pop(frontend, None)
-        else:
-            self.blocks[frontend] = tuple([v[0] for v in values])  # type: ignore[index]
-            self.ports[frontend] = port
+        self._len += len(block[1]) - (len(old[1]) if old is not None else 0)
+        self.blocks[frontend] = block
 
     def drop(self, frontend: ElementKey) -> None:
-        self._len -= len(self.blocks.pop(frontend))
-        self.ports.pop(frontend, None)
-
-
-def _common_port(values: tuple[ElementValue, ...]) -> Atom | None:
-    """The port of every (address, port) value, if they share one."""
-    if not values:
-        return None
-    first = values[0]
-    if type(first) is not tuple or len(first) != 2:
-        return None
-    port = first[1]
-    for v in values:
-        if type(v) is not tuple or len(v) != 2 or v[1] != port:
-            return None
-    return port
+        self._len -= len(self.blocks.pop(frontend)[1])
 
 
 class _BlockItems(ItemsView[ElementKey, ElementValue]):
     _mapping: Blocks
 
     def __iter__(self) -> Iterator[tuple[ElementKey, ElementValue]]:
-        ports = self._mapping.ports
-        for frontend, stored in self._mapping.blocks.items():
-            port = ports.get(frontend)
-            if port is None:
-                for bucket, value in enumerate(stored):
-                    yield (*frontend, bucket), value
-            else:
-                for bucket, addr in enumerate(stored):
-                    yield (*frontend, bucket), (addr, port)
-
-
-def to_blocks(
-    elements: Mapping[ElementKey, ElementValue],
-) -> dict[ElementKey, tuple[ElementValue, ...]]:
-    """A fragment's endpoint map elements grouped by frontend, buckets in order."""
-    grouped: dict[ElementKey, list[ElementValue]] = {}
-    for key, value in elements.items():
-        values = grouped.setdefault(key[:-1], [])
-        if key[-1] != len(values):
-            raise ValueError(f"endpoint map key {key}: buckets must run 0, 1, 2... in order")
-        values.append(value)
-    return {frontend: tuple(values) for frontend, values in grouped.items()}
+        for frontend, block in self._mapping.blocks.items():
+            yield from block_items(frontend, block)
 
 
 Elements = Mapping[ElementKey, ElementValue]
@@ -254,24 +198,21 @@ class _Frontends:
     def __init__(self, blocks: Blocks) -> None:
         self.blocks = blocks
 
-    def __getitem__(self, frontend: ElementKey) -> tuple[ElementValue, ...]:
-        values = self.blocks.values_of(frontend)
-        if values is None:
-            raise KeyError(frontend)
-        return values
+    def __getitem__(self, frontend: ElementKey) -> Block:
+        return self.blocks.blocks[frontend]
 
-    def __setitem__(self, frontend: ElementKey, values: tuple[ElementValue, ...]) -> None:
-        self.blocks.put(frontend, values)
+    def __setitem__(self, frontend: ElementKey, block: Block) -> None:
+        self.blocks.put(frontend, block)
 
     def __delitem__(self, frontend: ElementKey) -> None:
         self.blocks.drop(frontend)
 
-    def get(self, frontend: ElementKey) -> tuple[ElementValue, ...] | None:
-        return self.blocks.values_of(frontend)
+    def get(self, frontend: ElementKey) -> Block | None:
+        return self.blocks.blocks.get(frontend)
 
-    def update(self, new: dict[ElementKey, tuple[ElementValue, ...]]) -> None:
-        for frontend, values in new.items():
-            self.blocks.put(frontend, values)
+    def update(self, new: Mapping[ElementKey, Block]) -> None:
+        for frontend, block in new.items():
+            self.blocks.put(frontend, block)
 
 
 # What claims are made in: a set's elements, or an endpoint map's frontends.
@@ -339,7 +280,8 @@ class DesiredState:
         (for a frontend of an endpoint map: each bucket of its old and new values)."""
         before = self.changes.before.setdefault(set_name, {})
         if isinstance(store, _Frontends):
-            old = store.get(key) or ()
+            block = store.get(key)
+            old = block_values(block) if block is not None else ()
             for bucket in range(max(len(old), new_len)):
                 full = (*key, bucket)
                 if full not in before:
@@ -374,6 +316,7 @@ class DesiredState:
         store = self._store(set_name)
         owners = self._owners[set_name]
         old = store.get(key) if isinstance(store, _Frontends) else None
+        old_len = len(old[1]) if old is not None else 0
         if self.track_changes:
             self._note(set_name, key, store)
         ref = (set_name, key)
@@ -392,16 +335,13 @@ class DesiredState:
             if self.track_changes and isinstance(store, _Frontends):
                 # The new winner may have more buckets: those did not exist before.
                 before = self.changes.before[set_name]
-                for bucket in range(len(old or ()), len(claims[winner])):
+                for bucket in range(old_len, len(claims[winner][1])):
                     before.setdefault((*key, bucket), MISSING)
         if len(claims) == 1:
             del self._contested[ref]
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
-        grouped: dict[str, Mapping[ElementKey, Any]] = {
-            name: to_blocks(new) if is_endpoint_map(self.names, name) else new
-            for name, new in frag.elements.items()
-        }
+        grouped: dict[str, Mapping[ElementKey, Any]] = {**frag.elements, **frag.blocks}
         self._claimed[owner] = _Claimed(
             keys=_Claimed.flatten(grouped),
             chains=tuple(frag.chains),
@@ -427,8 +367,8 @@ class DesiredState:
             owners = self._owners.setdefault(set_name, {})
             if self.track_changes:
                 if isinstance(store, _Frontends):
-                    for key, values in new.items():
-                        self._note(set_name, key, store, len(values))
+                    for key, block in new.items():
+                        self._note(set_name, key, store, len(block[1]))
                 else:
                     before = self.changes.before.setdefault(set_name, {})
                     # Not `new.keys() - before.keys()`: CPython builds that by walking all
@@ -439,7 +379,7 @@ class DesiredState:
             if owners.keys().isdisjoint(new):
                 # The usual case, done in C: nobody else claims these keys.
                 owners.update(dict.fromkeys(new, owner))
-                store.update(new)  # type: ignore[arg-type]
+                store.update(new)
                 continue
             for key, value in new.items():
                 self._claim(owner, set_name, key, value, store, owners)
