@@ -23,7 +23,9 @@ API proxies) or gets them over its REST API (nftlb), and the script measures:
   (bench/element_monitor.py --anywhere in the node namespace), 5 Services (3 when they
   take more than a minute), median and max;
 - peak RSS (VmHWM) of the proxy process, and chains, rules, sets, elements in the node
-  namespace's nftables (`nft -j list ruleset`; iptables runs on its nf_tables backend);
+  namespace's nftables (`nft -j list ruleset`); kube-proxy's iptables mode runs twice,
+  on iptables-nft (Debian 12's default) and on iptables-legacy (x_tables, read with
+  iptables-legacy-save; its one-change time is kube-proxy's own end-of-sync timestamp);
 - data plane: TCP connect latency p50/p99 from ext to the first, middle and last Service
   (--connects each), and new connections per second for 3 s (bench/connect_probe.py).
 
