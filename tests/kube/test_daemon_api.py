@@ -252,3 +252,63 @@ def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
             os.kill(proc.pid, signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
+
+
+def _service(name: str) -> dict:
+    return {**SERVICE, "metadata": {"name": name, "namespace": "default"}}
+
+
+def test_the_daemon_relists_after_a_restart_into_compacted_history_and_applies_the_gap(
+    netns, tmp_path
+):
+    # Without the watch cache, watches go to etcd, where compaction expires history.
+    with start_control_plane(tmp_path / "cp", watch_cache=False) as cp:
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
+        path = "/api/v1/namespaces/default/services"
+        vips = {}
+        for name in ("keep", "doomed"):
+            status, svc = cp.request("POST", path, _service(name))
+            assert status == 201, svc
+            vips[name] = svc["spec"]["clusterIP"]
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "nftproxy", "run", "--kubeconfig", str(kubeconfig)),
+                *("--netns", netns, "--hostname-override", "node-a", "--node-ip", "192.168.0.1"),
+                *("--min-sync-period", "0", "--healthz-bind-address=", "--metrics-bind-address="),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            eventually(
+                lambda: all(f"{v} . tcp . 80" in table(netns) for v in vips.values()),
+                "both Services in the kernel",
+            )
+            # Frozen, the daemon loses its watch to an apiserver restart (so no event of
+            # what follows can wait in its socket), misses a deletion and a creation, and
+            # etcd forgets that history.
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                cp.restart_apiserver()
+                assert cp.request("DELETE", f"{path}/doomed")[0] == 200
+                status, later = cp.request("POST", path, _service("later"))
+                assert status == 201, later
+                cp.compact()
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            # The watch resumes from a compacted version: 410 Gone, a new list, and the
+            # difference between that list and what the daemon knew is applied.
+            eventually(
+                lambda: f"{vips['doomed']} . tcp . 80" not in table(netns),
+                "the deletion made during the gap",
+                timeout=60,
+            )
+            later_vip = later["spec"]["clusterIP"]
+            eventually(lambda: f"{later_vip} . tcp . 80" in table(netns), "the creation")
+            assert f"{vips['keep']} . tcp . 80" in table(netns)
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "listing again" in out, out  # the relist after 410, not only a reconnect
