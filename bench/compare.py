@@ -87,7 +87,8 @@ NODE_NAME = "node-a"
 EXT_IP, NODE_EXT_IP = "192.168.77.100", "192.168.77.1"
 NODE_POD_IP, PODS_IP = "192.168.88.1", "192.168.88.2"
 SERVICE_CIDR = "10.96.0.0/12"
-POD_RANGE = "10.128.0.0/14"  # bench/api.py's endpoint addresses: 10.128.0.0 + i * 10 + j
+# bench/api.py's endpoint addresses, 10.128.0.0 + i * 10 + j: 300k of them at 30k Services.
+POD_RANGE = "10.128.0.0/13"
 NEW_RANGE = "10.201.0.0/16"  # addresses the one-endpoint changes put in
 NEW_BASE = (10 << 24) | (201 << 16)
 CLUSTER_CIDR = "10.128.0.0/9"
@@ -751,7 +752,14 @@ def markdown(report: dict[str, Any], img_rel: str = "img") -> str:
         MARK_BEGIN,
         "## Side by side (`bench/compare.py`)",
         "",
-        f"Run {report['date']}: `{report['command']}` ({report['wall_s'] / 60:.0f} min).  ",
+        f"Run {report['date']}: `{report['command']}` ({report['wall_s'] / 60:.0f} min"
+        + (", stopped early" if report.get("interrupted") else "")
+        + ").  ",
+        *(
+            f"Sizes {sorted({r['services'] for r in report['results'] if r.get('run') == i})} "
+            f"added from {a['date']}: `{a['command']}` ({a.get('wall_s', 0) / 60:.0f} min).  "
+            for i, a in enumerate(report.get("also", ()), 1)
+        ),
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['nft']}, "
         f"Python {m['python']}; kube-apiserver, etcd and kube-proxy {m['kubernetes']} "
         f"built from the Go module proxy; nftlb {report.get('nftlb_version', '?')} "
@@ -1009,7 +1017,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON output (default bench/results/<date>.json)")
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
-    p.add_argument("--render", metavar="JSON", help="only redo markdown and plots from a run")
+    p.add_argument(
+        "--render",
+        metavar="JSON[,JSON]",
+        help="only redo markdown and plots from saved runs (later files add their sizes)",
+    )
     args = p.parse_args(argv)
 
     start = mono()
@@ -1018,8 +1030,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{mono() - start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     if args.render:
-        report = json.loads(Path(args.render).read_text())
-        publish(report, Path(args.render), args.markdown, Path(args.img_dir), log)
+        paths = [Path(x) for x in args.render.split(",")]
+        report = json.loads(paths[0].read_text())
+        for run, extra in enumerate(paths[1:], 1):
+            # Sizes measured by another invocation (each size's proxies still share a run).
+            more = json.loads(extra.read_text())
+            report["results"] += [{**r, "run": run} for r in more["results"]]
+            report.setdefault("also", []).append(
+                {k: more[k] for k in ("date", "command", "wall_s") if k in more}
+            )
+        publish(
+            report, Path(args.out) if args.out else paths[0], args.markdown, Path(args.img_dir), log
+        )
         return 0
     if args.quick:
         args.sizes = QUICK_SIZES
