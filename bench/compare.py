@@ -760,6 +760,7 @@ def markdown(report: dict[str, Any], img_rel: str = "img") -> str:
             f"added from {a['date']}: `{a['command']}` ({a.get('wall_s', 0) / 60:.0f} min).  "
             for i, a in enumerate(report.get("also", ()), 1)
         ),
+        *([f"{report['note']}  "] if report.get("note") else []),
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['nft']}, "
         f"Python {m['python']}; kube-apiserver, etcd and kube-proxy {m['kubernetes']} "
         f"built from the Go module proxy; nftlb {report.get('nftlb_version', '?')} "
