@@ -122,6 +122,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
+from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
+
 T = TypeVar("T")
 # "iptables" is kube-proxy's iptables mode on the iptables-nft backend, "iptables-legacy"
 # the same mode on iptables-legacy (x_tables); see the module docstring.
@@ -133,7 +135,6 @@ REPO = Path(__file__).resolve().parents[2]
 GO_MOD = REPO / "hack" / "k8s" / "go.mod"
 BUILD_HINT = "hack/k8s/build.sh kube-proxy"
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 TABLE = "kube-proxy"  # nftables mode: `ip kube-proxy` and `ip6 kube-proxy`
 RELAY_PORT = 6443  # the API relay's port on 127.0.0.1 inside the namespace
 LAST_SYNC = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
@@ -234,29 +235,7 @@ def run_in_netns(netns: str, fn: Callable[[], T]) -> T:
 
     Sockets `fn` creates stay in that namespace and can be used from any thread; the
     calling thread never changes namespace."""
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=f"netns:{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
+    return lab_run_in_netns(NETNS_DIR / netns, fn)
 
 
 def in_netns(netns: str, *argv: str, timeout: float = 600.0, check: bool = True) -> str:

@@ -61,7 +61,6 @@ import contextlib
 import ctypes
 import http.client
 import json
-import os
 import re
 import signal
 import socket
@@ -72,10 +71,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
+
 T = TypeVar("T")
 
 TABLE = "nftlb"  # table `ip nftlb`
-CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 MAX_BACKENDS = 4095  # backend marks 0x1..0xfff, shared by all farms
 DEFAULT_BATCH = 100  # farms per POST; batching neither helps nor hurts (see LIMITS)
@@ -134,29 +134,7 @@ def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     calling thread never changes namespace."""
     if netns is None:
         return fn()
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=f"netns:{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
+    return lab_run_in_netns(NETNS_DIR / netns, fn)
 
 
 def nft(netns: str, *args: str, timeout: float = 600.0) -> str:
