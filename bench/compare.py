@@ -105,20 +105,6 @@ def mono() -> float:
 
 # --- namespaces and processes: everything made here is undone here -----------------------
 
-_netns: list[str] = []
-
-
-def netns_add(name: str) -> str:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    _netns.append(name)
-    return name
-
-
-def netns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    if name in _netns:
-        _netns.remove(name)
-
 
 def sh(ns: str, *argv: str, timeout: float = 600.0) -> str:
     proc = subprocess.run(
@@ -144,9 +130,9 @@ class Topology:
     server: subprocess.Popen[Any] | None = None
 
     def build(self) -> Topology:
-        self.ext = netns_add(f"{self.prefix}-ext")
-        self.node = netns_add(f"{self.prefix}-node")
-        self.pods = netns_add(f"{self.prefix}-pods")
+        self.ext = apibench.netns_add(f"{self.prefix}-ext")
+        self.node = apibench.netns_add(f"{self.prefix}-node")
+        self.pods = apibench.netns_add(f"{self.prefix}-pods")
         for ns in (self.ext, self.node, self.pods):
             sh(ns, "ip", "link", "set", "lo", "up")
         # veth pairs are created inside `node` and one end moved: never in the root namespace.
@@ -192,29 +178,33 @@ class Topology:
             apibench.stop_proc(self.server, grace=5)
         for ns in (self.ext, self.node, self.pods):
             if ns:
-                netns_del(ns)
+                apibench.netns_del(ns)
 
 
 # --- probes ------------------------------------------------------------------------------
+
+
+def start_probe(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
+    """bench/<script> inside `ns`, once it has printed "ready"."""
+    proc = apibench.start_proc(
+        ["ip", "netns", "exec", ns, sys.executable, str(BENCH / script), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        apibench.stop_proc(proc, grace=2)
+        raise RuntimeError(f"{script} did not start in {ns}")
+    return proc
 
 
 class Waiter:
     """connect_probe.py wait in ext: when a connect to `addr` first succeeds."""
 
     def __init__(self, ext: str, addr: str, timeout: float) -> None:
-        self.proc = apibench.start_proc(
-            [
-                *("ip", "netns", "exec", ext, sys.executable, str(BENCH / "connect_probe.py")),
-                *("wait", addr, "--timeout", str(timeout)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("connect_probe.py wait did not start")
+        self.proc = start_probe(ext, "connect_probe.py", "wait", addr, "--timeout", str(timeout))
 
     def result(self) -> tuple[float, str] | None:
         """CLOCK_MONOTONIC of the first success and what the server said, or None at the
@@ -237,19 +227,7 @@ class ChangeMonitor:
     def __init__(self, node: str) -> None:
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
-        self.proc = apibench.start_proc(
-            [
-                *("ip", "netns", "exec", node, sys.executable),
-                *(str(BENCH / "element_monitor.py"), "--anywhere", "--prefix", "10.201."),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("element_monitor.py did not start")
+        self.proc = start_probe(node, "element_monitor.py", "--anywhere", "--prefix", "10.201.")
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -635,6 +613,8 @@ class NftlbProxy(Proxy):
             nftlb.stop(self.proc)
 
 
+_topologies = itertools.count()
+
 # Every change in the run gets an address never used before (the objects, and so the
 # endpoints, are shared by all proxies and sizes).
 _new_addresses = itertools.count(1)
@@ -644,7 +624,7 @@ def run_one(
     proxy: Proxy, cluster: Cluster, n: int, args: argparse.Namespace, log: Callable[[str], None]
 ) -> dict[str, Any]:
     res: dict[str, Any] = {"proxy": proxy.name, "services": n}
-    topo = Topology(f"nftproxy-cmp-{os.getpid()}-{len(_netns)}")
+    topo = Topology(f"nftproxy-cmp-{os.getpid()}-{next(_topologies)}")
     with tempfile.TemporaryDirectory(prefix=f"nftproxy-cmp-{proxy.name}-{n}-") as tmp:
         workdir = Path(tmp)
         waiter: Waiter | None = None
@@ -1147,9 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
         report["interrupted"] = str(exc) or "Ctrl-C"
         code = 130
     finally:
-        apibench.cleanup_all()
-        for ns in list(_netns):
-            netns_del(ns)
+        apibench.cleanup_all()  # processes, then namespaces
         report["wall_s"] = mono() - start
         publish(report, out, args.markdown, Path(args.img_dir), log)
     return code
