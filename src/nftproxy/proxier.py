@@ -226,6 +226,9 @@ class Proxier:
     # --- syncing (the loop's thread) ------------------------------------------------------
 
     def _build(self, names: Names) -> Ruleset:
+        # The old state is not needed to build the new one: holding both would double the
+        # largest thing the daemon keeps for the length of a full sync.
+        self._desired = None
         desired = DesiredState(self.node, names, track_changes=False)
         with bulk_build():
             for sid, svc in self._services.items():
@@ -350,7 +353,7 @@ class Proxier:
             touched += 1
         scope = desired.take_changes()
         tx = diff(desired.ruleset, applied, scope)
-        if tx.size() > applying.CHUNK:
+        if tx.size() > applying.MAX_INCREMENTAL:
             # Too big for one transaction: build a new generation instead.
             self._need_full = True
             return self._full_sync()
