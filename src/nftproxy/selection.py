@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nftproxy.config import NodeConfig
-from nftproxy.model import Backend, Endpoint, EndpointSlice, Family, ServicePort
+from nftproxy.model import Backend, EndpointFacts, EndpointSlice, Family, ServicePort
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +32,9 @@ class Selection:
     maybe_here: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
+class _Candidate(NamedTuple):
     backend: Backend
-    endpoint: Endpoint
+    endpoint: EndpointFacts
 
 
 def _candidates(
@@ -51,11 +51,11 @@ def _candidates(
         )
         if target is None:
             continue
-        for ep in sl.endpoints:
-            key = (ep.ip, target)
+        for ip, facts in sl.columns():
+            key = (ip, target)
             seen = found.get(key)
-            if seen is None or (ep.ready and not seen.endpoint.ready):
-                found[key] = _Candidate(Backend(ep.ip, target), ep)
+            if seen is None or (facts.ready and not seen.endpoint.ready):
+                found[key] = _Candidate(Backend(ip, target), facts)
     return [found[k] for k in sorted(found)]
 
 

@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from nftproxy.model import (
-    Endpoint,
+    EndpointFacts,
     EndpointSlice,
     Family,
     Protocol,
@@ -24,6 +24,7 @@ from nftproxy.model import (
     ServiceName,
     ServicePort,
     SlicePort,
+    endpoint_facts,
 )
 
 __all__ = [
@@ -636,13 +637,9 @@ def _slice(raw: RawEndpointSlice, namespace: str, name: str) -> EndpointSlice | 
     service_name = labels.get(SERVICE_NAME_LABEL) if labels else None
     if not service_name:
         return Skip(f"no {SERVICE_NAME_LABEL} label: not owned by a Service")
-    return EndpointSlice(
-        namespace=namespace,
-        name=name,
-        service_name=service_name,
-        family=family,
-        ports=_slice_ports(raw.ports),
-        endpoints=_endpoints(raw.endpoints, family),
+    addresses, facts = _endpoints(raw.endpoints, family)
+    return EndpointSlice.of_columns(
+        namespace, name, service_name, family, _slice_ports(raw.ports), addresses, facts
     )
 
 
@@ -667,14 +664,21 @@ def _slice_ports(raw_ports: tuple[RawEndpointPort, ...] | None) -> tuple[SlicePo
 
 def _endpoints(
     raw_endpoints: tuple[RawEndpoint, ...] | None, family: Family
-) -> tuple[Endpoint, ...]:
+) -> tuple[tuple[str, ...], tuple[EndpointFacts, ...]]:
+    """The slice's endpoints as columns: addresses, and the facts of each."""
     if not raw_endpoints:
-        return ()
+        return (), ()
     _absurd("endpoints", raw_endpoints, MAX_ENDPOINTS)
-    return tuple([_endpoint(raw, i, family) for i, raw in enumerate(raw_endpoints)])
+    addresses: list[str] = []
+    facts: list[EndpointFacts] = []
+    for i, raw in enumerate(raw_endpoints):
+        ip, its_facts = _endpoint(raw, i, family)
+        addresses.append(ip)
+        facts.append(its_facts)
+    return tuple(addresses), tuple(facts)
 
 
-def _endpoint(raw: RawEndpoint, index: int, family: Family) -> Endpoint:
+def _endpoint(raw: RawEndpoint, index: int, family: Family) -> tuple[str, EndpointFacts]:
     # Runs once per endpoint (100k+ on big clusters): field paths are only built on failure.
     addresses = raw.addresses
     if not addresses:
@@ -705,8 +709,7 @@ def _endpoint(raw: RawEndpoint, index: int, family: Family) -> Endpoint:
             zone_hints = _name_set(hints.for_zones)
         if hints.for_nodes is not None:
             node_hints = _name_set(hints.for_nodes)
-    return Endpoint(
-        ip,
+    return ip, endpoint_facts(
         _shared_name(raw.node_name),
         _shared_name(raw.zone),
         ready,
