@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -582,8 +581,8 @@ def one_size(
             old_slice = slices[sid]
             eps = list(old_slice.endpoints)
             j = i % len(eps)
-            eps[j] = replace(eps[j], ip=ip4(NEW_IP_BASE + 1 + i))
-            new_slice = replace(old_slice, endpoints=tuple(eps))
+            eps[j] = eps[j].with_ip(ip4(NEW_IP_BASE + 1 + i))
+            new_slice = old_slice.with_endpoints(eps)
             old_frag = frags[sid]
 
             gcw = GcWatch().__enter__()
@@ -691,7 +690,9 @@ def one_size(
         if profile:
             check_deadline("profile")
             res["rss_phases_mb"]["maxrss_before_profile"] = max_rss_kb() / 1024
-            res["profile"] = profile_apply(plan, n, log)
+            # Planned again: a plan reads the ruleset's elements when it runs, and the
+            # endpoint changes above have altered the ruleset since the first one.
+            res["profile"] = profile_apply(make_plan(build, None), n, log)
             # The same listing without elements (-t) and as text, for read_applied's cost.
             _, res["profile"]["nft_list_terse_json"] = nft_in(
                 netns, "-t", "-j", "list", "table", "inet", "nftproxy", keep=False
