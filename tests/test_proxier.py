@@ -44,6 +44,29 @@ def test_a_slice_update_becomes_a_small_partial_sync_equal_to_a_fresh_build(netn
     assert proxier.stats.partial_syncs == 1 and proxier.stats.full_syncs == 1
 
 
+def test_a_relist_of_one_kind_keeps_the_other_and_applies_what_went_away(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    api = service("api", ports=[port(81)])
+    web_a = endpoints("web", [ep("10.244.1.1")], slice_name="web-a")
+    web_b = endpoints("web", [ep("10.244.1.2")], slice_name="web-b")
+    api_a = endpoints("api", [ep("10.244.2.1")], slice_name="api-a")
+    slices = {(s.namespace, s.name): s for s in (web_a, web_b, api_a)}
+    proxier.replace_all({WEB.id: WEB, api.id: api}, slices)
+    proxier.sync()
+    # A Service re-list that no longer has `api`: its rules go, every slice stays.
+    proxier.replace_services({WEB.id: WEB})
+    assert proxier.sync().mode == "incremental"
+    expected = build([WEB], [web_a, web_b, api_a], names=Names("g1-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+    # A slice re-list without web-b: web keeps the endpoint of web-a only.
+    proxier.replace_slices({(web_a.namespace, web_a.name): web_a})
+    assert proxier.sync().mode == "incremental"
+    expected = build([WEB], [web_a], names=Names("g1-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+    assert [sl.name for sl in proxier.slices_of(WEB.id)] == ["web-a"]
+
+
 def test_nothing_changed_means_no_transaction(netns):
     backend = open_backend(netns)
     proxier = Proxier(backend, NODE)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from apiserver import ControlPlane, start_control_plane
+from builders import service as model_service
 
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
 from nftproxy.kube.reflector import (
@@ -395,8 +396,35 @@ class FakeProxier:
     def replace_all(self, services: Any, slices: Any) -> None:
         self.replaced.append((dict(services), dict(slices)))
 
+    def replace_services(self, services: Any) -> None:
+        self.updates.append(("services", None, dict(services)))
+
+    def replace_slices(self, slices: Any) -> None:
+        self.updates.append(("slices", None, dict(slices)))
+
     def update_service(self, sid: ServiceName, svc: Service | None) -> None:
         self.updates.append(("service", sid, svc))
 
     def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
         self.updates.append(("slice", key, sl))
+
+
+def test_proxier_sink_waits_for_both_lists_then_forwards_each_kind() -> None:
+    proxier = FakeProxier()
+    sink = ProxierSink(proxier)  # type: ignore[arg-type]
+    svc_web, svc_api = model_service("web"), model_service("api")
+    web, api = svc_web.id, svc_api.id
+    sink.replace_services({web: svc_web})
+    sink.update_service(api, svc_api)  # held: the slices are not listed yet
+    sink.update_service(web, None)
+    assert not sink.ready and not proxier.replaced and not proxier.updates
+    sink.replace_slices({})
+    assert sink.ready
+    assert proxier.replaced == [({api: svc_api}, {})]
+    # Live: a re-list of one kind goes to the Proxier alone, which keeps the other.
+    sink.replace_services({web: svc_web})
+    sink.update_slice(("shop", "web-1"), None)
+    assert proxier.updates == [
+        ("services", None, {web: svc_web}),
+        ("slice", ("shop", "web-1"), None),
+    ]

@@ -89,10 +89,11 @@ class Sink(Protocol):
 
 
 class ProxierSink:
-    """Feeds a Proxier, whose replace_all takes Services and EndpointSlices together.
+    """Feeds a Proxier.
 
-    Keeps the current complete dicts of both kinds. Nothing reaches the Proxier until both
-    kinds have been listed once, so it never programs Services without their endpoints.
+    Nothing reaches the Proxier until both kinds have been listed once, so it never programs
+    Services without their endpoints: the first list of one kind waits here for the other.
+    From then on the Proxier's own store is the only copy (two dicts of 30k entries less).
     """
 
     def __init__(self, proxier: Proxier) -> None:
@@ -100,46 +101,54 @@ class ProxierSink:
         self._lock = threading.Lock()
         self._services: dict[ServiceName, Service] | None = None
         self._slices: dict[SliceKey, EndpointSlice] | None = None
+        self._live = False
 
     @property
     def ready(self) -> bool:
-        return self._services is not None and self._slices is not None
+        return self._live
 
     def replace_services(self, services: dict[ServiceName, Service]) -> None:
         with self._lock:
+            if self._live:
+                self.proxier.replace_services(services)
+                return
             self._services = dict(services)
-            self._replace()
+            self._go_live_if_complete()
 
     def replace_slices(self, slices: dict[SliceKey, EndpointSlice]) -> None:
         with self._lock:
+            if self._live:
+                self.proxier.replace_slices(slices)
+                return
             self._slices = dict(slices)
-            self._replace()
+            self._go_live_if_complete()
 
-    def _replace(self) -> None:
+    def _go_live_if_complete(self) -> None:
         if self._services is not None and self._slices is not None:
             self.proxier.replace_all(self._services, self._slices)
+            self._services = self._slices = None
+            self._live = True
 
     def update_service(self, sid: ServiceName, svc: Service | None) -> None:
         with self._lock:
-            if self._services is None:
-                return  # cannot happen: a watch follows its list
-            if svc is None:
-                self._services.pop(sid, None)
-            else:
-                self._services[sid] = svc
-            if self._slices is not None:
+            if self._live:
                 self.proxier.update_service(sid, svc)
+            elif self._services is not None:
+                _put(self._services, sid, svc)
 
     def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
         with self._lock:
-            if self._slices is None:
-                return
-            if sl is None:
-                self._slices.pop(key, None)
-            else:
-                self._slices[key] = sl
-            if self._services is not None:
+            if self._live:
                 self.proxier.update_slice(key, sl)
+            elif self._slices is not None:
+                _put(self._slices, key, sl)
+
+
+def _put(store: dict[KeyT, ValT], key: KeyT, value: ValT | None) -> None:
+    if value is None:
+        store.pop(key, None)
+    else:
+        store[key] = value
 
 
 # --- wire shapes ------------------------------------------------------------------------------
