@@ -104,3 +104,22 @@ def test_endpoints_on_different_target_ports_keep_their_own_port():
     assert set(got) == {"10.244.1.1:8080", "10.244.1.2:9090"}
     state.apply([svc], slices[:1])
     assert reached(send(state.desired.ruleset, "10.96.0.10")) == {"10.244.1.1:8080": 1}
+
+
+def test_a_pod_in_several_services_keeps_its_hairpin_element_until_the_last_one_leaves():
+    shared = "10.244.1.1"
+    services = [service(n, cluster_ips=(f"10.96.0.{i}",)) for i, n in enumerate("abc", 1)]
+    slices = [endpoints(n, [ep(shared), ep(f"10.244.{i}.9")]) for i, n in enumerate("abc", 2)]
+    state = Cluster(services, slices)
+    hairpin = state.desired.ruleset.elements[state.names("hairpin4")]
+    assert (shared, shared) in hairpin
+    # One Service at a time leaves, the others are not compiled again.
+    for gone in range(3):
+        state.desired.set_service(services[gone].id, None)
+        scope = state.desired.take_changes()
+        state.table.apply(diff(state.desired.ruleset, state.table.state, scope))
+        left, left_slices = services[gone + 1 :], slices[gone + 1 :]
+        fresh = build(left, left_slices, names=state.names)
+        assert state.table.state == AppliedState.of(fresh)
+        assert ((shared, shared) in hairpin) == bool(left)
+    assert len(hairpin) == 0
