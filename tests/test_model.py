@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from nftproxy.model import Endpoint, EndpointSlice, Protocol, SlicePort
+from nftproxy.model import Endpoint, EndpointSlice, Protocol, SlicePort, V4Addresses
 
 PORTS = (SlicePort("http", Protocol.TCP, 8080),)
 
@@ -24,7 +24,7 @@ def test_endpoints_come_back_in_order_with_their_own_facts() -> None:
     sl = a_slice(*eps)
     assert sl.endpoints == eps
     assert [e.ready for e in sl.endpoints] == [True, False, True]
-    assert sl.addresses == ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+    assert tuple(sl.addresses) == ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 
 
 def test_shared_facts_are_stored_once_and_still_read_per_endpoint() -> None:
@@ -61,3 +61,27 @@ def test_slices_and_endpoints_are_immutable_and_survive_pickling() -> None:
     assert pickle.loads(pickle.dumps(sl)) == sl
     changed = sl.with_endpoints([sl.endpoints[0].with_ip("10.0.0.9")])
     assert [e.ip for e in changed.endpoints] == ["10.0.0.9"] and changed.name == sl.name
+
+
+def test_packed_ipv4_addresses_read_like_a_tuple_of_texts() -> None:
+    texts = ("10.0.0.1", "10.244.255.254", "192.168.7.9")
+    packed = V4Addresses.pack(texts)
+    assert len(packed) == 3 and bytes(packed) == b"\n\0\0\x01\n\xf4\xff\xfe\xc0\xa8\x07\x09"
+    assert list(packed) == list(texts) and tuple(packed[1:]) == texts[1:]
+    assert packed[0] == "10.0.0.1" and packed[-1] == "192.168.7.9"
+    assert "10.244.255.254" in packed and "10.0.0.2" not in packed
+    with pytest.raises(IndexError):
+        packed[3]
+    assert packed == V4Addresses.pack(list(texts)) and packed != V4Addresses.pack(texts[:2])
+    assert pickle.loads(pickle.dumps(packed)) == packed
+    assert "10.244.255.254" in repr(packed)
+    with pytest.raises(OSError):
+        V4Addresses.pack(["fd00::1"])
+
+
+def test_a_slice_packs_ipv4_addresses_and_keeps_ipv6_as_text() -> None:
+    v4 = a_slice(Endpoint("10.0.0.1"), Endpoint("10.0.0.2"))
+    assert isinstance(v4.addresses, V4Addresses)
+    assert [e.ip for e in v4.endpoints] == ["10.0.0.1", "10.0.0.2"]
+    v6 = EndpointSlice("shop", "web-v6", "web", 6, PORTS, [Endpoint("fd00::1")])
+    assert v6.addresses == ("fd00::1",)

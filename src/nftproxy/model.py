@@ -7,10 +7,13 @@ spellings of one address compare equal everywhere downstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+import operator
+import socket
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, SupportsIndex, cast, overload
 
 Family = Literal[4, 6]
 
@@ -58,6 +61,73 @@ class Service:
         return bool(
             self.external_ips or self.load_balancer_ips or any(p.node_port for p in self.ports)
         )
+
+
+class V4Addresses(bytes):
+    """IPv4 addresses packed 4 bytes each, read as a sequence of their text forms.
+
+    300k endpoint addresses as str objects cost 19 MB; packed they cost 1.2 MB. Only IPv4:
+    its text form is the same from any formatter, and most clusters are IPv4.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def pack(cls, addresses: Iterable[str]) -> V4Addresses:
+        """From dotted-quad texts; raises OSError for anything else."""
+        return cls(b"".join([socket.inet_pton(socket.AF_INET, a) for a in addresses]))
+
+    def __len__(self) -> int:
+        return bytes.__len__(self) >> 2
+
+    @overload  # type: ignore[override]
+    def __getitem__(self, index: SupportsIndex) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+        if isinstance(index, slice):
+            return tuple(self.__iter__())[index]
+        i = operator.index(index)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("V4Addresses index out of range")
+        return socket.inet_ntoa(bytes.__getitem__(self, slice(i * 4, i * 4 + 4)))
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        ntoa, view = socket.inet_ntoa, memoryview(self)
+        return (ntoa(view[i : i + 4]) for i in range(0, bytes.__len__(self), 4))
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and item in list(self.__iter__())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, V4Addresses):
+            return bytes.__eq__(self, other)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        if isinstance(other, V4Addresses):
+            return bytes.__ne__(self, other)
+        return NotImplemented
+
+    __hash__ = bytes.__hash__
+
+    def __repr__(self) -> str:
+        return f"V4Addresses({tuple(self)!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (V4Addresses, (bytes(self),))
+
+
+def packed_addresses(addresses: tuple[str, ...], family: Family) -> Sequence[str]:
+    """IPv4 addresses packed (see V4Addresses); IPv6 ones as they are."""
+    if family == 4:
+        with contextlib.suppress(OSError):
+            # A Sequence[str] by its overrides, though typed as the bytes it is.
+            return cast(Sequence[str], V4Addresses.pack(addresses))
+    return addresses
 
 
 class EndpointFacts(NamedTuple):
@@ -200,11 +270,12 @@ class SlicePort:
 class EndpointSlice:
     """One EndpointSlice: its Service, address family, ports and endpoints.
 
-    Endpoints are kept as two columns, their addresses and their facts, with one facts entry
-    for the whole slice when every endpoint shares it (the usual case): 8 bytes an endpoint
-    beside its address instead of a 56-byte Endpoint object and its pointer, 14 MB less at
-    300k endpoints. `endpoints` makes Endpoint views on demand. Immutable, compared and
-    hashed by value.
+    Endpoints are kept as two columns: their addresses (IPv4 packed, see V4Addresses) and
+    their facts, with one facts entry for the whole slice when every endpoint shares it
+    (the usual case). Beside an IPv4 address packed in 4 bytes that is 0 or 8 bytes an
+    endpoint, where an Endpoint object, its str address and the pointers cost about 130:
+    35 MB less at 300k endpoints. `endpoints` makes Endpoint views on demand. Immutable,
+    compared and hashed by value.
     """
 
     __slots__ = ("_facts", "addresses", "family", "name", "namespace", "ports", "service_name")
@@ -213,7 +284,7 @@ class EndpointSlice:
     service_name: str
     family: Family
     ports: tuple[SlicePort, ...]
-    addresses: tuple[str, ...]
+    addresses: Sequence[str]
     _facts: tuple[EndpointFacts, ...]
 
     def __init__(
@@ -272,7 +343,7 @@ class EndpointSlice:
         init(self, "service_name", service_name)
         init(self, "family", family)
         init(self, "ports", ports)
-        init(self, "addresses", addresses)
+        init(self, "addresses", packed_addresses(addresses, family))
         init(self, "_facts", facts)
 
     def columns(self) -> Iterator[tuple[str, EndpointFacts]]:
@@ -337,7 +408,7 @@ class EndpointSlice:
                 self.service_name,
                 self.family,
                 self.ports,
-                self.addresses,
+                tuple(self.addresses),
                 tuple([facts for _, facts in self.columns()]),
             ),
         )

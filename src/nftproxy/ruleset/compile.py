@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nftproxy.config import NodeConfig
-from nftproxy.model import Backend, EndpointSlice, Family, Service, ServiceName, ServicePort
+from nftproxy.model import (
+    Backend,
+    EndpointSlice,
+    Family,
+    Service,
+    ServiceName,
+    ServicePort,
+    packed_addresses,
+)
 from nftproxy.ruleset.schema import (
     DROP,
     SKELETON_MARK,
@@ -121,20 +129,21 @@ class PickSpec:
 
 
 # The buckets 0..n-1 of one frontend in an endpoint map, as stored: (port, addresses)
-# when every endpoint has that port (the usual case), else (None, (address, port) values).
-Block = tuple[Atom | None, tuple[Any, ...]]
+# when every endpoint has that port (the usual case; IPv4 addresses packed), else
+# (None, (address, port) values).
+Block = tuple[Atom | None, Sequence[Any]]
 
 
-def block_of(backends: tuple[Backend, ...]) -> Block:
+def block_of(backends: tuple[Backend, ...], family: Family) -> Block:
     port = backends[0].port if backends else None
     if all(b.port == port for b in backends):
-        return port, tuple([b.ip for b in backends])
+        return port, packed_addresses(tuple([b.ip for b in backends]), family)
     return None, tuple([(b.ip, b.port) for b in backends])
 
 
 def block_values(block: Block) -> tuple[ElementValue, ...]:
     port, payload = block
-    return payload if port is None else tuple([(addr, port) for addr in payload])
+    return tuple(payload) if port is None else tuple([(addr, port) for addr in payload])
 
 
 def block_items(frontend: ElementKey, block: Block) -> Iterator[tuple[ElementKey, ElementValue]]:
@@ -356,7 +365,7 @@ class _FragmentBuilder:
         emap = self.frag.blocks.setdefault(
             self.names.endpoints(f, proto, local=local, nodeport=True), {}
         )
-        emap.setdefault((number,), block_of(backends))
+        emap.setdefault((number,), block_of(backends, f))
         return goto(self.names.pick(f, proto, local=local, nodeport=True, n=n))
 
     def frontend_target(
@@ -370,7 +379,7 @@ class _FragmentBuilder:
         emap = self.frag.blocks.setdefault(
             self.names.endpoints(f, proto, local=local, nodeport=False), {}
         )
-        emap.setdefault((vip, number), block_of(backends))
+        emap.setdefault((vip, number), block_of(backends, f))
         return goto(self.names.pick(f, proto, local=local, nodeport=False, n=n))
 
     def _affinity_chain(
