@@ -45,12 +45,16 @@ class AppliedState:
     dynamic: set[str] = field(default_factory=set)  # sets whose elements the kernel adds
     chains: dict[str, ChainSummary] = field(default_factory=dict)
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+    # False for a summary of names and rule counts only: `record` then keeps no elements
+    # either, or every element a partial sync ever wrote would pile up here.
+    with_elements: bool = True
 
     @classmethod
     def of(cls, ruleset: Ruleset, *, elements: bool = True) -> AppliedState:
         """The state a kernel holds after applying `ruleset`; without its elements when
         the caller keeps them elsewhere (a copy costs tens of MB at 30k Services)."""
         return cls(
+            with_elements=elements,
             sets=set(ruleset.sets),
             maps={n for n, s in ruleset.sets.items() if s.is_map},
             dynamic={n for n, s in ruleset.sets.items() if "dynamic" in s.flags},
@@ -83,7 +87,7 @@ class AppliedState:
                         self.maps.add(sdef.name)
                     if "dynamic" in sdef.flags:
                         self.dynamic.add(sdef.name)
-                    else:
+                    elif self.with_elements:
                         self.elements.setdefault(sdef.name, {})
                 case DeleteSet(name=name):
                     self.sets.discard(name)
@@ -96,9 +100,9 @@ class AppliedState:
                     self.chains[name] = ChainSummary(0)
                 case DeleteChain(name=name):
                     self.chains.pop(name, None)
-                case AddElements(set=name, items=items):
+                case AddElements(set=name, items=items) if self.with_elements:
                     self.elements.setdefault(name, {}).update(items)
-                case DeleteElements(set=name, keys=keys):
+                case DeleteElements(set=name, keys=keys) if self.with_elements:
                     elems = self.elements.get(name, {})
                     for k in keys:
                         elems.pop(k, None)
