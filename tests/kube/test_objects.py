@@ -628,3 +628,13 @@ def test_canonical_ip_agrees_with_ipaddress_for_every_ipv6_spelling(addr: Any) -
 @given(st.ip_addresses(v=4))
 def test_canonical_ip_agrees_with_ipaddress_for_every_ipv4_address(addr: Any) -> None:
     assert canonical_ip(str(addr)) == (str(ipaddress.ip_address(str(addr))), 4)
+
+
+def test_objects_with_the_same_ports_share_one_port_tuple():
+    # Thousands of Services with "80/TCP http" hold one tuple between them, not one each.
+    a, b = service(name="a"), service(name="b", spec={"clusterIP": "10.96.0.11"})
+    assert a.ports == b.ports and a.ports is b.ports and a.families is b.families
+    other = service(name="c", spec={"ports": [{"name": "http", "port": 81}]})
+    assert other.ports != a.ports
+    s1, s2 = endpoint_slice(), endpoint_slice(endpoints=[{"addresses": ["10.0.0.2"]}])
+    assert s1.ports is s2.ports and s1 != s2

@@ -11,7 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 
@@ -489,7 +489,7 @@ def _cluster_ips(spec: RawServiceSpec) -> tuple[tuple[str, ...], tuple[Family, .
         families.append(family)
     if spec.cluster_ips and spec.cluster_ip and _ip(spec.cluster_ip, "spec.clusterIP")[0] != ips[0]:
         raise _Bad("spec.clusterIP", f'"{spec.cluster_ip}" differs from spec.clusterIPs[0]')
-    return tuple(ips), tuple(families)
+    return tuple(ips), _shared(tuple(families))
 
 
 def _ip_families(names: tuple[str, ...] | None) -> tuple[Family, ...]:
@@ -503,7 +503,7 @@ def _ip_families(names: tuple[str, ...] | None) -> tuple[Family, ...]:
         if family in families:
             raise _Bad(f"spec.ipFamilies[{i}]", f'"{name}" is listed twice')
         families.append(family)
-    return tuple(families)
+    return _shared(tuple(families))
 
 
 def _addresses(
@@ -594,7 +594,7 @@ def _service_ports(
                 raise _Bad(f"{at}.nodePort", f"duplicate node port {node_port}/{protocol.name}")
             node_ports.add((node_port, protocol))
         out.append(ServicePort(_shared_name(raw.name) or "", protocol, port, node_port))
-    return tuple(out)
+    return _shared(tuple(out))
 
 
 def _affinity_timeout(spec: RawServiceSpec) -> int | None:
@@ -659,7 +659,7 @@ def _slice_ports(raw_ports: tuple[RawEndpointPort, ...] | None) -> tuple[SlicePo
                 _port_number(raw.port, f"ports[{i}].port"),
             )
         )
-    return tuple(out)
+    return _shared(tuple(out))
 
 
 def _endpoints(
@@ -735,6 +735,21 @@ def _shared_name(name: str | None) -> str | None:
             _NAMES.clear()
         found = _NAMES[name] = name
     return found
+
+
+# Port lists and family tuples repeat too: most Services of a cluster have one of a few
+# (80/TCP "http", no node port), and so do their slices (8 MB at 30k Services).
+_VALUES: dict[Any, Any] = {}
+_Value = TypeVar("_Value")
+
+
+def _shared(value: _Value) -> _Value:
+    found = _VALUES.get(value)
+    if found is None:
+        if len(_VALUES) >= _NAME_SETS_LIMIT:
+            _VALUES.clear()
+        found = _VALUES[value] = value
+    return cast(_Value, found)
 
 
 # Nearly every endpoint repeats one of a few hint sets; sharing them saves an allocation per
