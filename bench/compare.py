@@ -724,6 +724,13 @@ def _row_of(report: dict[str, Any], proxy: str, n: int) -> dict[str, Any] | None
     return next((r for r in report["results"] if r["proxy"] == proxy and r["services"] == n), None)
 
 
+def _rows_of_run(report: dict[str, Any], run: int) -> str:
+    """Which rows a later invocation supplied: "kube-proxy-nftables, nftproxy at N = [30000]"."""
+    rows = [r for r in report["results"] if r.get("run") == run]
+    proxies = ", ".join(p for p in PROXIES if any(r["proxy"] == p for r in rows))
+    return f"{proxies or 'no rows'} at N = {sorted({r['services'] for r in rows})}"
+
+
 def markdown(report: dict[str, Any], img_rel: str = "img") -> str:
     m = report["machine"]
     sizes = sorted({r["services"] for r in report["results"]})
@@ -736,8 +743,9 @@ def markdown(report: dict[str, Any], img_rel: str = "img") -> str:
         + (", stopped early" if report.get("interrupted") else "")
         + ").  ",
         *(
-            f"Sizes {sorted({r['services'] for r in report['results'] if r.get('run') == i})} "
-            f"added from {a['date']}: `{a['command']}` ({a.get('wall_s', 0) / 60:.0f} min).  "
+            f"{_rows_of_run(report, i)} from {a['date']} (nftproxy at "
+            f"{a.get('source_commit', m['source_commit'])}): `{a['command']}` "
+            f"({a.get('wall_s', 0) / 60:.0f} min).  "
             for i, a in enumerate(report.get("also", ()), 1)
         ),
         *([f"{report['note']}  "] if report.get("note") else []),
@@ -1013,12 +1021,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         paths = [Path(x) for x in args.render.split(",")]
         report = json.loads(paths[0].read_text())
-        for run, extra in enumerate(paths[1:], 1):
-            # Sizes measured by another invocation (each size's proxies still share a run).
+        for extra in paths[1:]:
+            # Rows measured by another invocation: new sizes, or a proxy measured again
+            # (its rows replace the earlier ones of the same N).
             more = json.loads(extra.read_text())
-            report["results"] += [{**r, "run": run} for r in more["results"]]
+            run = len(report.get("also", ())) + 1
+            rows = [{**r, "run": run} for r in more["results"]]
+            again = {(r["proxy"], r["services"]) for r in rows}
+            report["results"] = [
+                r for r in report["results"] if (r["proxy"], r["services"]) not in again
+            ] + rows
             report.setdefault("also", []).append(
                 {k: more[k] for k in ("date", "command", "wall_s") if k in more}
+                | {"source_commit": more.get("machine", {}).get("source_commit", "?")}
             )
         publish(
             report, Path(args.out) if args.out else paths[0], args.markdown, Path(args.img_dir), log
