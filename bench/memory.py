@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the daemon's memory goes: its path from API objects to the kernel, minus HTTP.
 
-    sudo .venv/bin/python bench/memory.py [--services 30000] [--endpoints 10] [--trace]
+    sudo .venv/bin/python bench/memory.py [--services 30000] [--endpoints 10] [--nodes 3] [--trace]
 
 Builds the JSON of N Services and EndpointSlices (the bodies bench/api.py creates),
 decodes and converts them as the reflectors do (msgspec structs -> model), hands them to a
@@ -23,6 +23,7 @@ import time
 import tracemalloc
 from typing import Any
 
+import api
 import msgspec
 from api import CLUSTER_IP_BASE, POD_IP_BASE, service_body, slice_body
 from common import ip4
@@ -62,12 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=30000)
     p.add_argument("--endpoints", type=int, default=10)
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=len(api.NODES),
+        help="nodes the endpoints are spread over, this one included (a node's share of "
+        "endpoints sizes its hairpin set)",
+    )
     p.add_argument("--trace", action="store_true", help="tracemalloc per source file")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/memory.py needs root (a network namespace)", file=sys.stderr)
         return 1
     n, e = args.services, args.endpoints
+    if args.nodes != len(api.NODES):
+        api.NODES = ("node-a", *(f"node-{i}" for i in range(2, args.nodes + 1)))
     bodies = [
         (
             json.dumps(service_body(i, ip4(CLUSTER_IP_BASE + i))).encode(),
