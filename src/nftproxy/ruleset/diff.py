@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from nftproxy.ruleset.desired import MISSING, Missing, Ruleset, Scope
+from nftproxy.ruleset.desired import MISSING, Blocks, Missing, Ruleset, Scope
 from nftproxy.ruleset.schema import (
     FAMILY,
     SKELETON_MARK,
@@ -60,7 +60,7 @@ class AppliedState:
             dynamic={n for n, s in ruleset.sets.items() if "dynamic" in s.flags},
             chains={n: ChainSummary(len(c.rules)) for n, c in ruleset.chains.items()},
             elements={
-                n: dict(e)
+                n: dict(e.items())
                 for n, e in ruleset.elements.items()
                 if elements and "dynamic" not in ruleset.sets[n].flags
             },
@@ -320,6 +320,10 @@ class SkeletonMismatch(Exception):
 def _element_changes(
     desired: Mapping[ElementKey, ElementValue], applied: Mapping[ElementKey, ElementValue]
 ) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
+    if isinstance(desired, Blocks):
+        # Read block by block once, not one bucket lookup per element (which decodes a
+        # packed address each time): a full diff at 30k Services took 1.7 s instead of 0.5.
+        desired = dict(desired.items())
     deletes = [k for k, v in applied.items() if k not in desired or desired[k] != v]
     adds = [(k, v) for k, v in desired.items() if k not in applied or applied[k] != v]
     return deletes, adds
