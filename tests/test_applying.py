@@ -145,6 +145,23 @@ def test_a_new_generation_replaces_the_old_one_completely(netns):
     assert applying.generations(kernel) == {2}
 
 
+def test_a_change_bigger_than_one_transaction_becomes_a_new_generation(netns):
+    svcs, slices = cluster(3)
+    backend = open_backend(netns)
+    applying.run_plan(backend, applying.make_plan(builder(svcs, slices), None))
+    more, more_slices = cluster(6)
+    applied = applying.read_applied(backend)
+    small = applying.make_plan(builder(more, more_slices), applied)
+    assert small.mode == "incremental" and small.size() > 4
+    plan = applying.make_plan(builder(more, more_slices), applied, max_incremental=4)
+    assert plan.mode == "generation" and plan.generation == 2
+    assert "exceed one transaction" in plan.reason
+    applying.run_plan(backend, plan)
+    assert applying.read_applied(backend) == AppliedState.of(
+        build(more, more_slices, names=Names("g2-"))
+    )
+
+
 def test_a_refused_transaction_changes_nothing_traffic_uses(netns):
     svcs, slices = cluster(3)
     backend = open_backend(netns)

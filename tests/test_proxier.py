@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,33 @@ def test_a_relist_of_one_kind_keeps_the_other_and_applies_what_went_away(netns):
     expected = build([WEB], [web_a], names=Names("g1-"))
     assert applying.read_applied(backend) == AppliedState.of(expected)
     assert [sl.name for sl in proxier.slices_of(WEB.id)] == ["web-a"]
+
+
+def test_a_change_too_big_for_one_transaction_builds_a_generation_without_the_old_state(
+    netns, monkeypatch
+):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
+    proxier.sync()
+    old = weakref.ref(proxier._desired)
+    old_gone_while_compiling: list[bool] = []
+    compile_one = proxier._compile
+
+    def watching(*args):
+        old_gone_while_compiling.append(old() is None)
+        return compile_one(*args)
+
+    monkeypatch.setattr(proxier, "_compile", watching)
+    monkeypatch.setattr(applying, "MAX_INCREMENTAL", 3)
+    many = slices_of(*(f"10.244.2.{i}" for i in range(1, 9)))
+    proxier.replace_all({WEB.id: WEB}, many)
+    assert proxier.sync().mode == "generation"
+    # First the partial sync compiles into the old state; the build that replaces it runs
+    # after the old state is gone (holding both would double the daemon's peak).
+    assert old_gone_while_compiling == [False, True]
+    expected = build([WEB], many.values(), names=Names("g2-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
 
 
 def test_nothing_changed_means_no_transaction(netns):

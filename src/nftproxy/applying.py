@@ -240,14 +240,17 @@ def make_plan(
     try:
         tx = diff(desired, applied)
     except SkeletonMismatch as exc:
-        return generation_plan(build, applied, top + 1, str(exc), chunk)
-    if tx.size() > max_incremental:
-        return generation_plan(
-            build, applied, top + 1, f"{tx.size()} changes exceed one transaction", chunk
-        )
-    plan = Plan("incremental" if tx else "noop", top, desired=desired)
-    plan.transactions.extend(tx.split())
-    return plan
+        why = str(exc)
+    else:
+        if tx.size() <= max_incremental:
+            plan = Plan("incremental" if tx else "noop", top, desired=desired)
+            plan.transactions.extend(tx.split())
+            return plan
+        why = f"{tx.size()} changes exceed one transaction"
+        del tx
+    # Let go of the first build before making the next: two at once is twice the memory.
+    del desired
+    return generation_plan(build, applied, top + 1, why, chunk)
 
 
 def read_applied(backend: Backend) -> AppliedState | None:

@@ -381,8 +381,10 @@ class Proxier:
         scope = desired.take_changes()
         tx = diff(desired.ruleset, applied, scope)
         if tx.size() > applying.MAX_INCREMENTAL:
-            # Too big for one transaction: build a new generation instead.
+            # Too big for one transaction: build a new generation instead, without holding
+            # on to this state while the next one is built.
             self._need_full = True
+            del desired, scope, tx
             return self._full_sync()
         for part in tx.split():
             applying.execute(self.backend, part, desired.ruleset.sets)
