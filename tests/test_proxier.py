@@ -95,6 +95,28 @@ def test_a_change_too_big_for_one_transaction_builds_a_generation_without_the_ol
     assert applying.read_applied(backend) == AppliedState.of(expected)
 
 
+def test_an_address_in_two_slices_gets_the_same_rules_running_as_after_a_restart(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    local = service("web", ports=[port(80, node_port=30080)], external_policy_local=True)
+    a = endpoints("web", [ep("10.244.1.1", "node-a")], slice_name="web-a")
+    b = endpoints(
+        "web", [ep("10.244.1.1", "node-b"), ep("10.244.2.2", "node-b")], slice_name="web-b"
+    )
+    proxier.replace_all({local.id: local}, {("default", "web-a"): a, ("default", "web-b"): b})
+    proxier.sync()
+    # web-a changes and arrives after web-b: the copy of 10.244.1.1 that counts must not
+    # depend on that (a restart lists the slices in another order).
+    a2 = endpoints(
+        "web", [ep("10.244.1.1", "node-a"), ep("10.244.1.3", "node-a")], slice_name="web-a"
+    )
+    proxier.update_slice(("default", "web-a"), a2)
+    proxier.sync()
+    # The apiserver lists slices by name: what a restarted daemon would build.
+    expected = build([local], [a2, b], names=Names("g1-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+
+
 def test_nothing_changed_means_no_transaction(netns):
     backend = open_backend(netns)
     proxier = Proxier(backend, NODE)

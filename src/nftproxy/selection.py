@@ -37,12 +37,18 @@ class _Candidate(NamedTuple):
     endpoint: EndpointFacts
 
 
+def _slice_name(sl: EndpointSlice) -> str:
+    return sl.name
+
+
 def _candidates(
     port: ServicePort, slices: Iterable[EndpointSlice], family: Family
 ) -> list[_Candidate]:
-    """Endpoints for `port`, de-duplicated by address: a ready copy beats a not-ready one."""
+    """Endpoints for `port`, de-duplicated by address: a ready copy beats a not-ready one,
+    and between equals the slice first by name wins. Not the order slices arrived in: a
+    running daemon and a restarted one must pick the same copy."""
     found: dict[tuple[str, int], _Candidate] = {}
-    for sl in slices:
+    for sl in sorted(slices, key=_slice_name):
         if sl.family != family:
             continue
         target = next(
