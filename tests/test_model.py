@@ -74,7 +74,8 @@ def test_packed_ipv4_addresses_read_like_a_tuple_of_texts() -> None:
         packed[3]
     assert packed == V4Addresses.pack(list(texts)) and packed != V4Addresses.pack(texts[:2])
     assert pickle.loads(pickle.dumps(packed)) == packed
-    assert "10.244.255.254" in repr(packed)
+    assert "10.244.255.254" in repr(packed) and "10.244.255.254" in f"{packed}"
+    assert packed != bytes(packed) and bytes(packed) != packed
     with pytest.raises(OSError):
         V4Addresses.pack(["fd00::1"])
 

@@ -102,20 +102,23 @@ class V4Addresses(bytes):
     def __contains__(self, item: object) -> bool:
         return isinstance(item, str) and item in list(self.__iter__())
 
+    # Equal only to packed addresses: not to the raw bytes it is made of, nor to a tuple
+    # of the same texts (whose hash differs).
     def __eq__(self, other: object) -> bool:
         if isinstance(other, V4Addresses):
             return bytes.__eq__(self, other)
-        return NotImplemented
+        return False if isinstance(other, bytes) else NotImplemented
 
     def __ne__(self, other: object) -> bool:
-        if isinstance(other, V4Addresses):
-            return bytes.__ne__(self, other)
-        return NotImplemented
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = bytes.__hash__
 
     def __repr__(self) -> str:
         return f"V4Addresses({tuple(self)!r})"
+
+    __str__ = __repr__
 
     def __reduce__(self) -> tuple[object, ...]:
         return (V4Addresses, (bytes(self),))

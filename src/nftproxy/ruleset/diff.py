@@ -47,7 +47,7 @@ class AppliedState:
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
     # False for a summary of names and rule counts only: `record` then keeps no elements
     # either, or every element a partial sync ever wrote would pile up here.
-    with_elements: bool = True
+    with_elements: bool = field(default=True, compare=False)
 
     @classmethod
     def of(cls, ruleset: Ruleset, *, elements: bool = True) -> AppliedState:
