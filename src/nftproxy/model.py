@@ -10,12 +10,40 @@ from __future__ import annotations
 import contextlib
 import operator
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NamedTuple, SupportsIndex, cast, overload
+from typing import Generic, Literal, NamedTuple, SupportsIndex, TypeVar, cast, overload
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 Family = Literal[4, 6]
+
+
+class SharedValues(Generic[K, V]):
+    """One shared object per distinct value instead of one per use: the API repeats node
+    and zone names, port lists and endpoint facts across thousands of objects. Bounded
+    because keys come from API input; a full table starts over."""
+
+    __slots__ = ("_limit", "_table")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._table: dict[K, V] = {}
+        self._limit = limit
+
+    def get(self, key: K, make: Callable[[K], V]) -> V:
+        """The shared value for `key`, made by `make(key)` the first time."""
+        found = self._table.get(key)
+        if found is None:
+            if len(self._table) >= self._limit:
+                self._table.clear()
+            found = self._table[key] = make(key)
+        return found
+
+
+def itself(value: K) -> K:
+    return value
 
 
 class Protocol(StrEnum):
@@ -147,8 +175,7 @@ class EndpointFacts(NamedTuple):
     node_hints: frozenset[str] | None = None
 
 
-_FACTS: dict[tuple[object, ...], EndpointFacts] = {}
-_FACTS_LIMIT = 4096  # keys come from API input
+_FACTS: SharedValues[tuple[object, ...], EndpointFacts] = SharedValues()
 
 
 def endpoint_facts(
@@ -164,13 +191,7 @@ def endpoint_facts(
     # Looked up as a plain tuple (equal to the named one, and cheaper to make): this runs
     # once per endpoint in the API's answers.
     key = (node_name, zone, ready, serving, terminating, zone_hints, node_hints)
-    shared = _FACTS.get(key)
-    if shared is None:
-        if len(_FACTS) >= _FACTS_LIMIT:
-            _FACTS.clear()
-        shared = EndpointFacts._make(key)
-        _FACTS[shared] = shared
-    return shared
+    return _FACTS.get(key, EndpointFacts._make)
 
 
 class Endpoint:

@@ -23,8 +23,10 @@ from nftproxy.model import (
     Service,
     ServiceName,
     ServicePort,
+    SharedValues,
     SlicePort,
     endpoint_facts,
+    itself,
 )
 
 __all__ = [
@@ -722,47 +724,24 @@ def _endpoint(raw: RawEndpoint, index: int, family: Family) -> tuple[str, Endpoi
 
 # Every endpoint names its node and zone, every object its namespace, every port a name
 # ("http"), and a cluster has few of each: one string per name instead of one per use
-# (16 MB at 300k endpoints). Bounded: keys are API input.
-_NAMES: dict[str, str] = {}
-
-
-def _shared_name(name: str | None) -> str | None:
-    if name is None:
-        return None
-    found = _NAMES.get(name)
-    if found is None:
-        if len(_NAMES) >= _NAME_SETS_LIMIT:
-            _NAMES.clear()
-        found = _NAMES[name] = name
-    return found
-
-
+# (16 MB at 300k endpoints).
+_NAMES: SharedValues[str, str] = SharedValues()
 # Port lists and family tuples repeat too: most Services of a cluster have one of a few
 # (80/TCP "http", no node port), and so do their slices (8 MB at 30k Services).
-_VALUES: dict[Any, Any] = {}
+_VALUES: SharedValues[Any, Any] = SharedValues()
+# Nearly every endpoint repeats one of a few hint sets; sharing them saves an allocation per
+# endpoint.
+_NAME_SETS: SharedValues[tuple[str, ...], frozenset[str]] = SharedValues()
 _Value = TypeVar("_Value")
 
 
+def _shared_name(name: str | None) -> str | None:
+    return None if name is None else _NAMES.get(name, itself)
+
+
 def _shared(value: _Value) -> _Value:
-    found = _VALUES.get(value)
-    if found is None:
-        if len(_VALUES) >= _NAME_SETS_LIMIT:
-            _VALUES.clear()
-        found = _VALUES[value] = value
-    return cast(_Value, found)
-
-
-# Nearly every endpoint repeats one of a few hint sets; sharing them saves an allocation per
-# endpoint. Bounded because keys come from API input.
-_NAME_SETS: dict[tuple[str, ...], frozenset[str]] = {}
-_NAME_SETS_LIMIT: Final = 4096
+    return cast(_Value, _VALUES.get(value, itself))
 
 
 def _name_set(items: tuple[RawForZone, ...] | tuple[RawForNode, ...]) -> frozenset[str]:
-    key = tuple([item.name for item in items])
-    found = _NAME_SETS.get(key)
-    if found is None:
-        if len(_NAME_SETS) >= _NAME_SETS_LIMIT:
-            _NAME_SETS.clear()
-        found = _NAME_SETS[key] = frozenset(key)
-    return found
+    return _NAME_SETS.get(tuple([item.name for item in items]), frozenset)
