@@ -891,15 +891,34 @@ def plots(report: dict[str, Any], img_dir: Path) -> list[Path]:
     img_dir.mkdir(parents=True, exist_ok=True)
     proxies = [p for p in PROXIES if any(r["proxy"] == p for r in report["results"])]
     out = []
+
+    def save(
+        fig: Any, ax: Any, name: str, ylabel: str, title: str, *, log_y: bool, legend: Any = None
+    ) -> None:
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("Services (x 10 endpoints)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=legend)
+        fig.tight_layout()
+        path = img_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+
+    def points(p: str, value: Callable[[dict[str, Any]], Any]) -> list[tuple[int, Any]]:
+        return sorted(
+            (r["services"], value(r)) for r in report["results"] if r["proxy"] == p and value(r)
+        )
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in proxies:
-        pts = [
-            (r["services"], r["sync_s"])
-            for r in report["results"]
-            if r["proxy"] == p and r.get("sync_s")
-        ]
+        pts = points(p, lambda r: r.get("sync_s"))
         if pts:
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=p)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=p)
         stopped = [
             r["services"] for r in report["results"] if r["proxy"] == p and r.get("timed_out")
         ]
@@ -907,67 +926,28 @@ def plots(report: dict[str, Any], img_dir: Path) -> list[Path]:
             ax.annotate(
                 f"{p}: > {report['args']['limit'] / 60:g} min", (n, report["args"]["limit"])
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("Services (x 10 endpoints)")
-    ax.set_ylabel("full sync, s (log)")
-    ax.set_title(f"Proxy start -> last Service answers ({report['date'][:10]})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = img_dir / "compare-sync.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out.append(path)
+    title = f"Proxy start -> last Service answers ({report['date'][:10]})"
+    save(fig, ax, "compare-sync.png", "full sync, s (log)", title, log_y=True)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in proxies:
-        pts = [
-            (r["services"], r["change_ms"]["median"])
-            for r in report["results"]
-            if r["proxy"] == p and (r.get("change_ms") or {}).get("median")
-        ]
+        pts = points(p, lambda r: (r.get("change_ms") or {}).get("median"))
         if pts:
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=p)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("Services (x 10 endpoints)")
-    ax.set_ylabel("one endpoint change -> kernel, ms (median, log)")
-    ax.set_title("One endpoint change")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = img_dir / "compare-change.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out.append(path)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=p)
+    ylabel = "one endpoint change -> kernel, ms (median, log)"
+    save(fig, ax, "compare-change.png", ylabel, "One endpoint change", log_y=True)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in proxies:
         for which, style in (("p50_ms", "-"), ("p99_ms", "--")):
-            pts = [
-                (r["services"], r["connect"]["last"][which])
-                for r in report["results"]
-                if r["proxy"] == p and r.get("connect") and r["connect"]["last"][which]
-            ]
+            pts = points(p, lambda r, w=which: r.get("connect") and r["connect"]["last"][w])
             if pts:
-                ax.plot(
-                    *zip(*sorted(pts), strict=True),
-                    style,
-                    marker="o",
-                    label=f"{p} {which[:3]}",
-                )
-    ax.set_xscale("log")
-    ax.set_xlabel("Services (x 10 endpoints)")
-    ax.set_ylabel("TCP connect to the last Service, ms")
-    ax.set_title("Connect latency from the external client")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img_dir / "compare-connect.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out.append(path)
+                ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{p} {which[:3]}")
+    ylabel, title = (
+        "TCP connect to the last Service, ms",
+        "Connect latency from the external client",
+    )
+    save(fig, ax, "compare-connect.png", ylabel, title, log_y=False, legend=8)
     return out
 
 
