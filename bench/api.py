@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT / "tests" / "kube"))
 import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
 from common import ip4, machine_info, save_report, write_markdown  # noqa: E402  (bench/)
 
+from nftproxy.lab.netns import die_with_parent, stop_processes  # noqa: E402
+
 TARGETS = {"cold_start_s": 10.0, "event_p99_ms": 50.0, "rss_mb": 150.0}
 MARK_BEGIN = "<!-- api:begin -->"
 MARK_END = "<!-- api:end -->"
@@ -109,15 +111,7 @@ def netns_del(name: str) -> None:
 
 def stop_proc(proc: subprocess.Popen[Any], grace: float = 30.0) -> int | None:
     """SIGTERM this one process (by its PID), SIGKILL after `grace`; its exit status."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    stop_processes([proc], grace)
     if proc in _procs:
         _procs.remove(proc)
     return proc.returncode
@@ -138,7 +132,7 @@ def _on_signal(signum: int, _frame: object) -> None:
 def start_proc(argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
     # Started from the main thread: PR_SET_PDEATHSIG (tied to the forking thread) then
     # kills the child if this script dies without cleaning up.
-    proc = subprocess.Popen(argv, preexec_fn=kube._die_with_parent, **kw)
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent, **kw)
     _procs.append(proc)
     return proc
 

@@ -104,7 +104,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -122,6 +121,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
+from nftproxy.lab.netns import die_with_parent, stop_processes
 from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
 
 T = TypeVar("T")
@@ -250,25 +250,10 @@ def in_netns(netns: str, *argv: str, timeout: float = 600.0, check: bool = True)
 
 # -- the process --------------------------------------------------------------------------
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    # In the child between fork and exec: killed when the forking *thread* exits.
-    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> int | None:
     """SIGTERM this one process (by its PID), SIGKILL after `grace`; its exit status."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(10)
+    stop_processes([proc], grace)
     return proc.returncode
 
 
@@ -434,7 +419,7 @@ def _start_relay(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=logf,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 10.0)
@@ -511,7 +496,7 @@ def start(
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
     except BaseException:
         _stop(relay, 2.0)

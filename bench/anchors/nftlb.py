@@ -58,7 +58,7 @@ LIMITS: see the `LIMITS` string below (measured numbers).
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import http.client
 import json
 import re
@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nftproxy.lab.netns import die_with_parent, stop_processes
 from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
 
 T = TypeVar("T")
@@ -149,10 +150,8 @@ def nft(netns: str, *args: str, timeout: float = 600.0) -> str:
 # -- the process --------------------------------------------------------------------------
 
 
-def _pdeathsig() -> None:
-    """In the child: die with the parent, so a crashed benchmark leaves no nftlb behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# In the child: die with the parent, so a crashed benchmark leaves no nftlb behind.
+_pdeathsig = functools.partial(die_with_parent, signal.SIGTERM)
 
 
 def start(
@@ -208,14 +207,7 @@ def start(
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds; only this process, by its PID."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_processes([proc], grace)
 
 
 def memory_kib(pid: int) -> dict[str, int]:

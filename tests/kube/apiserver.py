@@ -15,12 +15,10 @@ apiserver serves a self-signed certificate it generates in ``--cert-dir``).
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import math
 import os
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
@@ -33,6 +31,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import pytest
+
+from nftproxy.lab.netns import die_with_parent, stop_processes
 
 REPO = Path(__file__).resolve().parents[2]
 GO_MOD = REPO / "hack" / "k8s" / "go.mod"
@@ -114,17 +114,6 @@ def _tail(path: Path, lines: int = 25) -> str:
     except OSError as e:
         return f"<{path}: {e}>"
     return "\n".join(text.splitlines()[-lines:])
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the test process dies (even by SIGKILL),
-    # the kernel kills the server too. Tied to the forking thread, so start from one
-    # that lives as long as the control plane (pytest's main thread does).
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- service-account key pair, without a crypto library ------------------------------
@@ -223,7 +212,9 @@ class _Server:
             stdout=self._logf,
             stderr=subprocess.STDOUT,
             cwd=self.cwd,
-            preexec_fn=_die_with_parent,
+            # Dies with the forking thread: start from one that lives as long as the control
+            # plane (pytest's main thread does).
+            preexec_fn=die_with_parent,
         )
 
     def exited(self) -> int | None:
@@ -231,13 +222,8 @@ class _Server:
 
     def stop(self, grace: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            stop_processes([proc], grace)
         if self._logf is not None:
             self._logf.close()
             self._logf = None

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession
@@ -132,6 +132,19 @@ def run_in_netns(path: str | Path, fn: Callable[[], T]) -> T:
     if errors:
         raise errors[0]
     return box[0]
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """For `preexec_fn`: the kernel sends `sig` to the child when the thread that forked it
+    exits, so a crashed test or benchmark leaves no server behind. Start long-lived children
+    from a thread that lives as long as they should (the main thread)."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+_PR_SET_PDEATHSIG = 1
+# Resolved here, not in the forked child, where loading a library could wait forever on a
+# lock another thread of the parent held at fork time.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 # -- process-wide cleanup on exit and signals ---------------------------------------------
@@ -427,7 +440,7 @@ class Lab:
         for item in items:
             if item not in self._started:
                 raise LabError(f"process {item.pid} was not started by lab {self.prefix}")
-        _stop(item.proc for item in items)
+        stop_processes(item.proc for item in items)
         for item in items:
             self._started.remove(item)
 
@@ -701,7 +714,7 @@ class Lab:
             self.destroyed = True
             errors: list[str] = []
             try:
-                _stop(s.proc for s in self._started)
+                stop_processes(s.proc for s in self._started)
                 self._started.clear()
             except Exception as exc:
                 errors.append(f"stopping processes: {exc}")
@@ -718,13 +731,14 @@ class Lab:
             raise LabError(f"tearing down lab {self.prefix}: " + "; ".join(errors))
 
 
-def _stop(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each, wait up to STOP_GRACE seconds in all, SIGKILL the rest, reap all."""
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace: float = STOP_GRACE) -> None:
+    """SIGTERM each (by its PID), wait up to `grace` seconds in all, SIGKILL the rest, reap
+    all."""
     running = [p for p in procs if p.poll() is None]
     for p in running:
         with contextlib.suppress(ProcessLookupError):
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
+    deadline = time.monotonic() + grace
     for p in running:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
