@@ -366,44 +366,6 @@ class Client:
 # -- reading the kernel -------------------------------------------------------------------
 
 
-def _anon_elements(node: Any) -> int:
-    """Elements of the anonymous sets and maps inside a rule's JSON expression."""
-    if isinstance(node, dict):
-        n = 0
-        for k, v in node.items():
-            if k == "set" and isinstance(v, list):
-                n += len(v)
-            else:
-                n += _anon_elements(v)
-        return n
-    if isinstance(node, list):
-        return sum(_anon_elements(x) for x in node)
-    return 0
-
-
-def count_objects(netns: str, family: str = "ip", table: str = TABLE) -> dict[str, int]:
-    """Chains, rules, named sets and maps, their elements, and the elements of the anonymous
-    sets/maps inside rules, from `nft -j list table FAMILY TABLE` in `netns`.
-
-    One full listing plus a JSON parse: fine up to a few thousand farms (where nftlb itself
-    stops), ~0.1 s at 400 farms x 10 backends."""
-    data = json.loads(nft(netns, "-j", "list", "table", family, table))
-    counts = {"chains": 0, "rules": 0, "sets": 0, "maps": 0, "elements": 0, "anon_elements": 0}
-    for item in data.get("nftables", []):
-        if "chain" in item:
-            counts["chains"] += 1
-        elif "rule" in item:
-            counts["rules"] += 1
-            counts["anon_elements"] += _anon_elements(item["rule"].get("expr", []))
-        elif "set" in item:
-            counts["sets"] += 1
-            counts["elements"] += len(item["set"].get("elem", []))
-        elif "map" in item:
-            counts["maps"] += 1
-            counts["elements"] += len(item["map"].get("elem", []))
-    return counts
-
-
 def farms_in_kernel(netns: str) -> int:
     """Farm virtual ports the kernel holds: elements of the `nat-proto-services` vmap
     (one per farm and virtual port). One small listing, cheap at any size."""
