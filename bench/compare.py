@@ -69,6 +69,8 @@ import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests
 from anchors import kubeproxy, nftlb  # noqa: E402
 from common import ip4, machine_info, write_markdown  # noqa: E402
 
+from nftproxy.lab.netns import descendants, kill_if_unchanged  # noqa: E402
+
 MARK_BEGIN = "<!-- compare:begin -->"
 MARK_END = "<!-- compare:end -->"
 PROXIES = (
@@ -99,8 +101,7 @@ CHANGES_BUDGET_S = 60.0
 CHANGE_TIMEOUT_S = 180.0  # kube-proxy's nftables mode needed 11 s a change at 10k
 
 
-def mono() -> float:
-    return time.monotonic()
+mono = apibench.mono
 
 
 # --- namespaces and processes: everything made here is undone here -----------------------
@@ -286,32 +287,14 @@ def ruleset_counts(ns: str) -> dict[str, int]:
     return counts
 
 
-def descendants(pid: int) -> list[int]:
-    """Processes started by `pid` and by them (kube-proxy runs iptables-restore, which
-    outlives a stopped kube-proxy and keeps the namespace busy)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with open(f"/proc/{parent}/task/{task}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-                out += kids
-                todo += kids
-    return out
-
-
 def stop_with_children(proxy: Proxy) -> None:
     """Stop the proxy, then whatever it had started that is still running (by PID)."""
     try:
         kids = descendants(proxy.pid())
-    except (AssertionError, OSError):
+    except AssertionError:  # not started
         kids = []
     proxy.stop()
-    for kid in kids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(kid, signal.SIGKILL)
+    kill_if_unchanged(kids)
 
 
 def hwm_mb(pid: int) -> dict[str, float]:

@@ -121,7 +121,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
-from nftproxy.lab.netns import die_with_parent, stop_processes
+from nftproxy.lab.netns import descendants, die_with_parent, kill_if_unchanged, stop_processes
 from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
 
 T = TypeVar("T")
@@ -257,34 +257,6 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> int | None:
     return proc.returncode
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every process below `pid` (e.g. a running iptables-restore)."""
-    out: list[tuple[int, str]] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with (
-                    contextlib.suppress(OSError),
-                    open(f"/proc/{parent}/task/{task}/children") as f,
-                ):
-                    for child in map(int, f.read().split()):
-                        started = _start_time(child)
-                        if started is not None:
-                            out.append((child, started))
-                            todo.append(child)
-    return out
-
-
 @dataclass
 class KubeProxy:
     """A running kube-proxy (`proc`, its PID is kube-proxy's own) and its API relay."""
@@ -313,12 +285,9 @@ class KubeProxy:
         child still running after kube-proxy is gone (an iptables-restore of 300k rules
         can run for many minutes) is killed by its PID (checked against its start time),
         so the namespace really goes away when deleted."""
-        children = _descendants(self.proc.pid) if self.proc.poll() is None else []
+        children = descendants(self.proc.pid) if self.proc.poll() is None else []
         rc = _stop(self.proc, grace)
-        for pid, started in children:
-            if _start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_if_unchanged(children)
         _stop(self.relay, 5.0)
         return rc
 

@@ -147,6 +147,44 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid` and below them: what a stopped
+    process may leave running (kube-proxy's iptables-restore can outlive it for minutes)."""
+    out: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with (
+                    contextlib.suppress(OSError),
+                    open(f"/proc/{parent}/task/{task}/children") as f,
+                ):
+                    for child in map(int, f.read().split()):
+                        started = _start_time(child)
+                        if started is not None:
+                            out.append((child, started))
+                            todo.append(child)
+    return out
+
+
+def kill_if_unchanged(found: Iterable[tuple[int, str]]) -> None:
+    """SIGKILL each process `descendants` found, by PID, unless that PID now belongs to
+    another process (its start time differs) or is gone."""
+    for pid, started in found:
+        if _start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 # -- process-wide cleanup on exit and signals ---------------------------------------------
 
 _live: list[Lab] = []
