@@ -401,8 +401,6 @@ class DesiredState:
             self._picks[spec] += 1
         for set_name, new in grouped.items():
             store = self._store(set_name)
-            plain = set_name not in self._owners and self._is_plain_set(set_name)
-            owners = {} if plain else self._owners.setdefault(set_name, {})
             if self.track_changes:
                 if isinstance(store, _Frontends):
                     for key, block in new.items():
@@ -414,9 +412,10 @@ class DesiredState:
                     for key in new:
                         if key not in before:
                             before[key] = store.get(key, MISSING)
-            if plain:
+            if set_name not in self._owners and self._is_plain_set(set_name):
                 self._put_plain(set_name, new, store)
                 continue
+            owners = self._owners.setdefault(set_name, {})
             if owners.keys().isdisjoint(new):
                 # The usual case, done in C: nobody else claims these keys.
                 owners.update(dict.fromkeys(new, owner))
