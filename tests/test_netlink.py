@@ -36,6 +36,9 @@ from nftproxy.netlink import (
     ElementWriter,
     Encoder,
     NetlinkError,
+    decode_key,
+    dump_elements,
+    element_key,
     element_type,
 )
 from nftproxy.nft import LibNftables, NftError
@@ -421,6 +424,43 @@ def test_every_set_shape_lists_exactly_as_loaded_by_nft(
     mine, theirs = listing(twins[0]), listing(twins[1])
     assert element_count(mine) == sum(len(op.items) for op in ops) > 20 * len(ops)
     assert mine == theirs
+
+
+@pytest.mark.kernel
+def test_a_dump_lists_every_set_shape_byte_for_byte_as_the_dump_form_encodes_it(
+    twins: tuple[str, str],
+) -> None:
+    """What `dump_elements` returns for elements nft loaded equals what an
+    Encoder(as_dumped=True) makes of them, and every key decodes to atoms that encode back
+    to the same key: the daemon compares its desired state with the kernel this way."""
+    from nftproxy.nft import _setns
+
+    ops = sample_ops()
+    nft(twins[1], "-f", "-", stdin=ops_text(ops))
+    encoder = Encoder(as_dumped=True)
+
+    def dumps() -> dict[str, list[bytes] | None]:
+        _setns(twins[1])  # this worker thread only
+        return {op.set: dump_elements(op.set) for op in ops} | {"none": dump_elements("none")}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        dumped = pool.submit(dumps).result()
+    assert dumped.pop("none") is None
+    for op in ops:
+        etype = TYPES[op.set]
+        listed = dumped[op.set]
+        assert listed is not None
+        assert sorted(listed) == sorted(encoder.elements(op.items, etype)), op.set
+        values = {
+            element_key(element, etype): value
+            for element, (_, value) in zip(encoder.elements(op.items, etype), op.items, strict=True)
+        }
+        for element in listed:
+            raw = element_key(element, etype)
+            again = encoder.elements([(decode_key(raw, etype), values[raw])], etype)[0]
+            assert again == element, (op.set, raw)
 
 
 @pytest.mark.kernel
