@@ -1,4 +1,4 @@
-"""Shared fixtures: throwaway network namespaces for real-kernel tests."""
+"""Shared fixtures: throwaway network namespaces for real-kernel tests, and daemons."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from daemon import Daemon
 from kernel import ip, require_kernel
 
 
@@ -32,3 +33,18 @@ def make_netns(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def netns(make_netns: Callable[[], str]) -> str:
     return make_netns()
+
+
+@pytest.fixture
+def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Daemon]]:
+    """Starts `nftproxy run` with the given arguments; every one is ended with the test."""
+    started: list[Daemon] = []
+
+    def start(*args: str) -> Daemon:
+        log = tmp_path_factory.mktemp("daemon") / "log"
+        started.append(Daemon(args, log))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.kill()

@@ -1097,6 +1097,7 @@ _NFTA_CHAIN_NAME = 3
 _NFTA_RULE_CHAIN = 2
 _NFTA_SET_NAME = 2
 _NFTA_SET_FLAGS = 3
+_NFT_SET_ANONYMOUS = 0x1
 _NFT_SET_MAP = 0x8
 _NFT_SET_TIMEOUT = 0x10
 _NFT_SET_EVAL = 0x20
@@ -1107,7 +1108,7 @@ class TableObjects:
     """The names in one table, without elements: what a structural check needs."""
 
     chains: dict[str, int]  # name -> number of rules
-    sets: dict[str, int]  # name -> NFT_SET_* flags
+    sets: dict[str, int]  # name -> NFT_SET_* flags; named sets only
 
     @property
     def maps(self) -> set[str]:
@@ -1178,8 +1179,11 @@ def list_table_objects(table: str = TABLE) -> TableObjects | None:
         sets: dict[str, int] = {}
         for attrs in _dump(sock, _NFT_MSG_GETSET, 3):
             if _text(attrs.get(_NFTA_TABLE, b"")) == table:
-                flags = attrs.get(_NFTA_SET_FLAGS, b"\0\0\0\0")
-                sets[_text(attrs[_NFTA_SET_NAME])] = struct.unpack("!I", flags)[0]
+                (flags,) = struct.unpack("!I", attrs.get(_NFTA_SET_FLAGS, b"\0\0\0\0"))
+                # Anonymous sets (`__map0`: a rule's inline `vmap { ... }`) belong to their
+                # rule and go with it; deleting one by name after a flush fails with ENOENT.
+                if not flags & _NFT_SET_ANONYMOUS:
+                    sets[_text(attrs[_NFTA_SET_NAME])] = flags
     finally:
         sock.close()
     if not chains and not sets:
