@@ -128,29 +128,58 @@ def test_nothing_changed_means_no_transaction(netns):
     assert backend.generation() == gen
 
 
-def test_a_table_changed_by_someone_else_is_detected_and_repaired(netns):
+def test_a_table_changed_by_someone_else_is_detected_and_repaired_in_place(netns):
+    backend = open_backend(netns)
+    proxier = Proxier(backend, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1", "10.244.1.2"))
+    proxier.sync()
+    expected = AppliedState.of(
+        build([WEB], slices_of("10.244.1.1", "10.244.1.2").values(), names=Names("g1-"))
+    )
+    assert not proxier.kernel_changed_by_others()
+    assert proxier.repair().mode == "noop"
+    # Elements removed, changed and added behind our back, in every kind of set.
+    nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
+    nft_in(netns, "delete", "element", "inet", "nftproxy", "g1-nodeports4", "{ tcp . 30080 }")
+    nft_in(netns, "add", "element", "inet", "nftproxy", "g1-nodeports4",
+           "{ tcp . 30999 : goto g1-reject }")  # fmt: skip
+    nft_in(netns, "add", "element", "inet", "nftproxy", "g1-hairpin4",
+           "{ 10.9.9.9 . 10.9.9.9 }")  # fmt: skip
+    nft_in(netns, "delete", "element", "inet", "nftproxy", "g1-frontends4",
+           "{ 10.96.0.10 . tcp . 80 }")  # fmt: skip
+    nft_in(netns, "add", "element", "inet", "nftproxy", "g1-frontends4",
+           "{ 10.96.0.10 . tcp . 80 : goto g1-reject }")  # fmt: skip
+    assert proxier.kernel_changed_by_others()
+    repaired = proxier.repair()
+    assert repaired.mode == "incremental" and repaired.changes > 0
+    # Repaired in place: same generation, element for element what was meant.
+    assert applying.read_applied(backend) == expected
+    assert not proxier.kernel_changed_by_others()
+    assert proxier.repair().mode == "noop"
+    assert proxier.stats.external_changes == 1
+    # A foreign rule in our chains cannot be mended by elements: a new generation is built.
+    nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
+    assert proxier.kernel_changed_by_others()
+    assert proxier.repair().mode == "full"
+    assert proxier.sync().mode == "generation"
+    expected = build([WEB], slices_of("10.244.1.1", "10.244.1.2").values(), names=Names("g2-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+    assert not proxier.kernel_changed_by_others()
+
+
+def test_a_commit_of_someone_else_between_two_of_ours_is_noticed(netns):
     backend = open_backend(netns)
     proxier = Proxier(backend, NODE)
     proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1"))
     proxier.sync()
-    assert not proxier.kernel_changed_by_others()
-    # Elements removed behind our back: only the full comparison sees it.
-    nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
+    nft_in(netns, "delete", "element", "inet", "nftproxy", "g1-masq-nodeports4", "{ tcp . 30080 }")
+    # Our next sync moves the generation too: what it moved by tells that it was not alone.
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1", "10.244.1.3"))
+    assert proxier.sync().mode == "incremental"
     assert proxier.kernel_changed_by_others()
-    assert proxier.structure_intact()
-    assert proxier.verify() is False
-    # A full sync builds the next generation beside the damaged one and flips to it.
-    assert proxier.sync().mode == "generation"
-    expected = build([WEB], slices_of("10.244.1.1").values(), names=Names("g2-"))
+    assert proxier.repair().mode == "incremental"
+    expected = build([WEB], slices_of("10.244.1.1", "10.244.1.3").values(), names=Names("g1-"))
     assert applying.read_applied(backend) == AppliedState.of(expected)
-    assert proxier.verify() is True
-    # A foreign rule in our chains is seen by the cheap check (names and rule counts).
-    nft_in(netns, "add", "rule", "inet", "nftproxy", "g2-services4", "counter")
-    assert proxier.kernel_changed_by_others()
-    assert not proxier.structure_intact()
-    proxier.request_full_sync()
-    assert proxier.sync().mode == "generation"
-    assert proxier.structure_intact()
 
 
 class FlakyBackend:

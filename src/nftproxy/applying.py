@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from nftproxy.nft import Backend
 from nftproxy.ruleset.compile import BASE_CHAINS, Names
-from nftproxy.ruleset.desired import Blocks, Elements, Ruleset
+from nftproxy.ruleset.desired import Blocks, Elements, Ruleset, Scope
 from nftproxy.ruleset.diff import (
     AddChain,
     AddElements,
@@ -35,11 +35,14 @@ from nftproxy.ruleset.diff import (
     Transaction,
     applied_from_json,
     chains_in_order,
+    check_skeleton,
     diff,
 )
 from nftproxy.ruleset.schema import ElementKey, SetDef
 
 Build = Callable[[Names], Ruleset]
+# The kernel's differences from a desired ruleset (see nftproxy.verifying.differences).
+Compare = Callable[[Ruleset], Scope]
 
 # Elements per transaction while building a generation: large enough that the kernel's
 # per-transaction cost is amortised, small enough that no single commit stalls the netlink
@@ -146,13 +149,13 @@ def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
     text_only = ElementsLater()
     for name, elems in desired.elements.items():
         sdef = desired.sets[name]
-        if elems and "dynamic" not in sdef.flags and element_type(sdef) is None:
+        if elems and sdef.compared and element_type(sdef) is None:
             text_only.add(name, elems, list(elems), len(elems))
     if text_only:
         yield text_only
     tx, size = ElementsLater(), 0
     for name, elems in desired.elements.items():
-        if not elems or "dynamic" in desired.sets[name].flags:
+        if not elems or not desired.sets[name].compared:
             continue
         if element_type(desired.sets[name]) is None:
             continue
@@ -224,9 +227,18 @@ def make_plan(
     applied: AppliedState | None,
     *,
     chunk: int = CHUNK,
-    max_incremental: int = MAX_INCREMENTAL,
+    max_incremental: int | None = None,
     force_generation: bool = False,
+    compare: Compare | None = None,
 ) -> Plan:
+    """The cheapest way from `applied` to what `build` makes: nothing, one incremental
+    change, or a new generation.
+
+    `applied` holds the kernel's elements, or (with `compare`) only its names and rule
+    counts: `compare(desired)` then tells which elements differ (see nftproxy.verifying).
+    """
+    if max_incremental is None:
+        max_incremental = MAX_INCREMENTAL
     if applied is None:
         return generation_plan(build, None, 1, "no nftproxy table yet", chunk)
     gens = generations(applied)
@@ -238,7 +250,8 @@ def make_plan(
         return generation_plan(build, applied, top + 1, why, chunk)
     desired = build(names_for(top))
     try:
-        tx = diff(desired, applied)
+        check_skeleton(desired, applied)
+        tx = diff(desired, applied, None if compare is None else compare(desired))
     except SkeletonMismatch as exc:
         why = str(exc)
     else:

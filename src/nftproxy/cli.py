@@ -464,9 +464,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify-period",
         type=float,
-        default=0.0,
-        help="seconds between full element-by-element comparisons of the table with what "
-        "was applied (0, the default: never; foreign commits are caught by a cheap check)",
+        default=300.0,
+        help="seconds between element-by-element comparisons of the table with the desired "
+        "state (default 300; 0: never). Foreign commits are noticed within a tick anyway, "
+        "by the kernel's generation id, and compared then",
     )
     p.add_argument(
         "--healthz-bind-address",

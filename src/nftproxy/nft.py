@@ -184,16 +184,45 @@ class LibNftables:
 
         return self._pool.submit(list_table_objects).result()
 
-    def write_elements(self, ops: Sequence[Any], set_types: Mapping[str, Any]) -> None:
+    def set_elements(self, name: str) -> list[bytes] | None:
+        """One set's elements as the kernel lists them (see netlink.dump_elements)."""
+        from nftproxy.netlink import dump_elements
+
+        return self._pool.submit(dump_elements, name).result()
+
+    def lookup_elements(self, name: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The elements of one set with these keys, as listed (see netlink.query_elements)."""
+        from nftproxy.netlink import query_elements
+
+        return self._pool.submit(query_elements, name, keys).result()
+
+    def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
+        """`nft -j list set|map` of one set of our table; None when it does not exist."""
+        kind = "map" if is_map else "set"
+        try:
+            out = self._pool.submit(
+                self._run, f"list {kind} {FAMILY} {TABLE} {name}", json_out=True
+            ).result()
+        except NftError as exc:
+            if exc.kind == "not-found":
+                return None
+            raise
+        doc: dict[str, Any] = json.loads(out)
+        return doc
+
+    def write_elements(
+        self, ops: Sequence[Any], set_types: Mapping[str, Any], *, generation: int | None = None
+    ) -> None:
         """Elements straight to the kernel as one netlink batch (see nftproxy.netlink): at
-        hundreds of thousands of elements nft's parser is most of the cost."""
+        hundreds of thousands of elements nft's parser is most of the cost. With
+        `generation`, the kernel refuses the batch unless that is its generation id."""
         from nftproxy.netlink import ElementWriter
 
         if self._writer is None:
             self._writer = ElementWriter(self._netns)
             # Its socket and thread go with this backend, closed or merely dropped.
             weakref.finalize(self, self._writer.close)
-        self._writer.write(ops, set_types)
+        self._writer.write(ops, set_types, generation=generation)
 
     def close(self) -> None:
         if self._writer is not None:

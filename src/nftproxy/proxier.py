@@ -15,16 +15,31 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
-from nftproxy import applying
+from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
 from nftproxy.conntrack import Stale
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
-from nftproxy.ruleset.diff import AppliedState, ChainSummary, SkeletonMismatch, diff
-from nftproxy.ruleset.schema import Atom
+from nftproxy.ruleset.diff import (
+    AddChain,
+    AddElements,
+    AddSet,
+    AppliedState,
+    ChainSummary,
+    DeleteChain,
+    DeleteElements,
+    DeleteSet,
+    SkeletonMismatch,
+    Transaction,
+    check_skeleton,
+    diff,
+    render_element,
+)
+from nftproxy.ruleset.schema import RECORD, Atom, SetDef
 
 log = logging.getLogger("nftproxy.sync")
 
@@ -125,7 +140,13 @@ class Proxier:
         self._desired: DesiredState | None = None
         self._applied: AppliedState | None = None
         self._need_full = True
+        # The generation id after our last commit; None when unknown.
         self._kernel_generation: int | None = None
+        self._commits = 0  # commits of the sync under way
+        self._repair_due = False
+        self._repair_gap = 1.0
+        # The record our table holds, as far as we know (None: none).
+        self._record: verifying.Record | None = None
         self._last_verify_at = float("-inf")
         self._backoff = 0.0
         self._retry_at = float("-inf")
@@ -281,6 +302,8 @@ class Proxier:
                 or self._applied is None
                 or len(dirty) > max(1000, len(self._services) // 4)
             )
+            before = self._generation()
+            self._commits = 0
             try:
                 result = self._full_sync() if need_full else self._partial_sync(dirty)
             except (NftError, OSError, SkeletonMismatch) as exc:
@@ -288,11 +311,14 @@ class Proxier:
                 self._dirty |= dirty
                 self._need_full = True
                 self._applied = None
+                self._kernel_generation = None
                 self.stats.failures += 1
                 self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
                 self._retry_at = self.clock() + self._backoff
                 log.error("sync failed (retry in %.0fs): %s", self._backoff, exc)
                 raise
+            self._account_commits(before, compared=need_full)
+            self._write_record()
         self._backoff = 0.0
         result = SyncResult(
             result.mode, result.changes, time.perf_counter() - start, result.services
@@ -306,8 +332,40 @@ class Proxier:
             self.stats.partial_syncs += 1
         for listener in self.stats.listeners:
             listener(result)
-        self._note_kernel_generation()
         return result
+
+    # --- what the kernel holds ------------------------------------------------------------
+
+    def _generation(self) -> int | None:
+        """The kernel's nftables generation id (it moves with every commit, anyone's)."""
+        gen = getattr(self.backend, "generation", None)
+        if gen is None:
+            return None
+        try:
+            value: int = gen()
+        except (OSError, NftError):
+            return None
+        return value
+
+    def _account_commits(self, before: int | None, *, compared: bool) -> None:
+        """Note the generation our commits led to. Each commit moves it by one: if it moved
+        by more since `before`, someone else committed meanwhile, and the table is compared
+        with what it should hold (see `repair`). So it is when it had moved before `before`,
+        unless what ran (`compared`: a full sync or a repair) read the table itself."""
+        after = self._generation()
+        noted = self._kernel_generation
+        if before is None or after is None:
+            self._kernel_generation = None
+            return
+        if (after - before) & 0xFFFFFFFF != self._commits or (
+            not compared and noted is not None and before != noted
+        ):
+            self._repair_due = True
+        self._kernel_generation = after
+
+    def _commit(self, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
+        applying.execute(self.backend, tx, sets)
+        self._commits += 1
 
     def _structure(self) -> AppliedState | None:
         """Names and rule counts of our table, without elements (cheap at any size), or
@@ -317,38 +375,100 @@ class Proxier:
             return None
         found = objects()
         if found is None:
-            return AppliedState()
+            return AppliedState(with_elements=False)
         return AppliedState(
             sets=set(found.sets),
             maps=found.maps,
             dynamic=found.dynamic,
             chains={n: ChainSummary(r) for n, r in found.chains.items()},
+            with_elements=False,
         )
 
-    def _full_sync(self) -> SyncResult:
+    def _differences(self, structure: AppliedState) -> applying.Compare:
+        lister = cast(verifying.Lister, self.backend)
+
+        def compare(ruleset: Ruleset) -> Scope:
+            desired = self._desired
+            if desired is not None and desired.ruleset is ruleset:
+                name = desired.names(RECORD)
+                found = verifying.read_record(lister, name) if name in structure.sets else None
+                if found is not None and (found.digest, found.generation) == (
+                    desired.digest,
+                    self._generation(),
+                ):
+                    # What the last daemon wrote is what we want, and nobody committed
+                    # since: no need to read the table.
+                    log.info("the table's record matches the desired state")
+                    return Scope(sets=set(ruleset.sets), chains=set(ruleset.chains))
+            return verifying.differences(lister, ruleset, structure)
+
+        return compare
+
+    def _read_record(self) -> verifying.Record | None:
+        desired, objects = self._desired, getattr(self.backend, "objects", None)
+        if desired is None or objects is None:
+            return None
+        return verifying.read_record(cast(verifying.Lister, self.backend), desired.names(RECORD))
+
+    def _write_record(self) -> None:
+        """After commits of ours, record the digest of the desired state and the generation
+        id the record's own commit leads to; the kernel refuses that commit if anyone
+        committed since our last one (see verifying.Record). Only a restart reads it."""
+        desired, gen = self._desired, self._kernel_generation
+        write = getattr(self.backend, "write_elements", None)
+        # Only after commits of ours: a sync that found nothing to change commits nothing.
+        if desired is None or gen is None or write is None or self._repair_due or not self._commits:
+            return
+        name = desired.names(RECORD)
+        if name not in desired.ruleset.sets or self._record == verifying.Record(
+            desired.digest, gen
+        ):
+            return
+        record = verifying.Record(desired.digest, (gen + 1) & 0xFFFFFFFF)
+        ops = verifying.record_ops(name, record, replace=self._record is not None)
+        try:
+            write(ops, {name: verifying.RECORD_TYPE}, generation=gen)
+        except (NftError, OSError) as exc:
+            log.debug("the record was not written: %s", exc)
+            self._record = self._read_record()
+            return
+        self._record = record
+        self._kernel_generation = record.generation
+
+    def _full_sync(self, *, too_big: bool = False) -> SyncResult:
         structure = self._structure()
-        if structure is None:
+        if too_big and structure is not None and structure.chains:
+            top = max(applying.generations(structure), default=0)
+            why = "too many changes for one transaction"
+            plan = applying.generation_plan(self._build, structure, top + 1, why)
+        elif structure is None:
             # No cheap listing: read everything and apply only the difference.
             plan = applying.make_plan(self._build, applying.read_applied(self.backend))
-        elif not structure.chains:
+        elif not structure.chains and not structure.sets:
             plan = applying.generation_plan(self._build, None, 1, "no nftproxy table yet")
         else:
-            # Reading 500k elements back costs far more than writing them (seconds and
-            # gigabytes at 30k Services), so a full sync builds the next generation beside
-            # the current one and flips to it: atomic, and traffic never stops.
-            top = max(applying.generations(structure), default=0)
-            plan = applying.generation_plan(self._build, structure, top + 1, "full sync")
-        applying.run_plan(self.backend, plan)
+            # A restart, a failure, a foreign change: the table is compared with the desired
+            # state set by set and only what differs changes (nothing, when nothing does). A
+            # new generation is built beside the current one, and flipped to atomically,
+            # when the skeleton differs or the difference is too big for one transaction.
+            plan = applying.make_plan(self._build, structure, compare=self._differences(structure))
+        self._commits += applying.run_plan(self.backend, plan).transactions
         assert plan.desired is not None
+        self._record = None if plan.mode == "generation" else self._read_record()
         # What the kernel holds now is the plan's desired state: no need to read it back.
         # Keep names and rule counts, not elements: partial syncs diff against the values
         # the desired state records before each change.
         state = AppliedState.of(plan.desired, elements=False)
         self._applied = state
         self._need_full = False
+        self._repair_due = False
         self._last_verify_at = self.clock()
-        if plan.mode != "noop":
-            log.info("full sync: %s, %d changes", plan.mode, plan.size())
+        where = f"generation {plan.generation}"
+        if plan.mode == "noop":
+            log.info("full sync: noop, the table (%s) holds the desired state", where)
+        else:
+            reason = f" ({plan.reason})" if plan.reason else ""
+            log.info("full sync: %s%s, %d changes, %s", plan.mode, reason, plan.size(), where)
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
@@ -359,15 +479,6 @@ class Proxier:
                 clear(stale)
             except OSError as exc:  # the rules are right; a leftover entry only ages out
                 log.warning("could not clear stale UDP conntrack entries: %s", exc)
-
-    def structure_intact(self) -> bool:
-        """Our chains, their rule counts and our sets are as we left them (elements are not
-        compared: that needs the full listing, see verify)."""
-        applied = self._applied
-        now = self._structure()
-        if applied is None or now is None:
-            return True
-        return now.sets == applied.sets and now.chains == applied.chains
 
     def _partial_sync(self, dirty: Iterable[ServiceName]) -> SyncResult:
         desired, applied = self._desired, self._applied
@@ -385,52 +496,71 @@ class Proxier:
             # on to this state while the next one is built.
             self._need_full = True
             del desired, scope, tx
-            return self._full_sync()
+            return self._full_sync(too_big=True)
         for part in tx.split():
-            applying.execute(self.backend, part, desired.ruleset.sets)
+            self._commit(part, desired.ruleset.sets)
             applied.record(part)
         if tx:
             log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
             self._clear_stale_udp(scope, desired.ruleset)
         return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
 
-    def _note_kernel_generation(self) -> None:
-        gen = getattr(self.backend, "generation", None)
-        if gen is not None:
-            try:
-                self._kernel_generation = gen()
-            except (OSError, NftError):
-                self._kernel_generation = None
-
     def kernel_changed_by_others(self) -> bool:
         """True when someone else committed to this namespace's nftables since our last
-        transaction (the kernel's ruleset generation moved). Only then is the table re-read."""
-        gen = getattr(self.backend, "generation", None)
-        if gen is None or self._kernel_generation is None:
+        transaction (the kernel's ruleset generation moved), or may have."""
+        if self._repair_due:
+            return True
+        if self._kernel_generation is None:
             return False
-        try:
-            now: int = gen()
-        except (OSError, NftError):
-            return False
-        return now != self._kernel_generation
+        now = self._generation()
+        return now is not None and now != self._kernel_generation
 
-    def verify(self) -> bool:
-        """Re-read the table; schedule a full sync if it differs from what we applied."""
-        self._last_verify_at = self.clock()
+    def repair(self) -> SyncResult:
+        """Compare the table with the desired state, element by element, and change what
+        differs. A difference no element change can mend (our chains' rules, the skeleton,
+        a missing table) schedules a full sync, which builds a new generation."""
+        start = time.perf_counter()
         with self._lock:
-            if self._desired is None or self._applied is None:
-                return False
-            kernel = applying.read_applied(self.backend)
-            ok = kernel is not None and kernel.matches(self._desired.ruleset)
-            if not ok:
-                log.warning("the nftproxy table was changed by someone else: full resync")
+            self._last_verify_at = self.clock()
+            self._repair_due = False
+            desired = self._desired
+            if desired is None or self._need_full:
+                return SyncResult("noop", 0, 0.0, 0)
+            before = self._generation()
+            self._commits = 0
+            structure = self._structure()
+            if structure is None:
+                kernel = applying.read_applied(self.backend)
+                matches = kernel is not None and kernel.matches(desired.ruleset)
+                tx, why = Transaction(), "" if matches else "the table differs"
+            else:
+                tx, why = self._repair_tx(desired.ruleset, structure)
+            if why or tx.size() > applying.MAX_INCREMENTAL:
+                log.warning(
+                    "the nftproxy table was changed by someone else: %s; full resync",
+                    why or f"{tx.size()} changes",
+                )
                 self.stats.external_changes += 1
                 self._need_full = True
-            else:
-                self._note_kernel_generation()
-        if not ok:
-            self._wake.set()
-        return ok
+                self._wake.set()
+                return SyncResult("full", 0, time.perf_counter() - start, 0)
+            for part in tx.split():
+                self._commit(part, desired.ruleset.sets)
+            self._account_commits(before, compared=True)
+            self._write_record()
+        if tx:
+            self.stats.external_changes += 1
+            log.warning("the nftproxy table was changed by someone else: repaired %s", _summary(tx))
+        return SyncResult(
+            "incremental" if tx else "noop", tx.size(), time.perf_counter() - start, 0
+        )
+
+    def _repair_tx(self, ruleset: Ruleset, structure: AppliedState) -> tuple[Transaction, str]:
+        try:
+            check_skeleton(ruleset, structure)
+            return diff(ruleset, structure, self._differences(structure)(ruleset)), ""
+        except SkeletonMismatch as exc:
+            return Transaction(), str(exc)
 
     def run(self, stop: threading.Event, *, tick: float = 0.5) -> None:
         """Loop until `stop` is set. Leaves the rules in place on exit."""
@@ -456,22 +586,38 @@ class Proxier:
             self._wake.wait(timeout=tick)
 
     def _check_foreign_changes(self, now: float) -> None:
+        """Repair the table when someone else committed (the generation id says so: one
+        netlink round trip a tick), or every `verify_period`. A comparison costs about a
+        second at 30k Services, so under a stream of foreign commits (a busy CNI) it runs
+        at most once per four times its own duration, and at least a second apart."""
         since = now - self._last_verify_at
-        # Other software (a CNI) may commit often: look at our table at most every 5 s, and
-        # then only at its names and rule counts, which costs milliseconds.
-        if since >= 5.0 and self.kernel_changed_by_others():
-            self._last_verify_at = now
-            if self.structure_intact():
-                self._note_kernel_generation()
-            else:
-                log.warning("the nftproxy table was changed by someone else: full resync")
-                self.stats.external_changes += 1
-                self.request_full_sync()
-        elif self.verify_period > 0 and since >= self.verify_period:
-            try:
-                self.verify()
-            except (NftError, OSError) as exc:
-                log.error("verify failed: %s", exc)
+        periodic = self.verify_period > 0 and since >= self.verify_period
+        if since < self._repair_gap or not (periodic or self.kernel_changed_by_others()):
+            return
+        started = time.perf_counter()
+        try:
+            self.repair()
+        except (NftError, OSError) as exc:
+            log.error("repairing the table failed: %s; full resync", exc)
+            self.request_full_sync()
+        self._repair_gap = max(1.0, 4 * (time.perf_counter() - started))
+
+
+def _summary(tx: Transaction) -> str:
+    """What a repair changed, for the log: counts per set and chain, a few keys."""
+    parts: list[str] = []
+    for op in tx.ops:
+        if isinstance(op, AddElements):
+            shown = ", ".join(render_element(k, v) for k, v in op.items[:3])
+            more = f" (+{len(op.items) - 3})" if len(op.items) > 3 else ""
+            parts.append(f"{op.set}: added {{ {shown} }}{more}")
+        elif isinstance(op, DeleteElements):
+            shown = ", ".join(render_element(k, None) for k in op.keys[:3])
+            more = f" (+{len(op.keys) - 3})" if len(op.keys) > 3 else ""
+            parts.append(f"{op.set}: deleted {{ {shown} }}{more}")
+        elif isinstance(op, AddChain | DeleteChain | AddSet | DeleteSet):
+            parts.append(next(iter(op.render())).replace(" inet nftproxy", ""))
+    return "; ".join(parts)
 
 
 def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:

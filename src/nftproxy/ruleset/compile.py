@@ -36,6 +36,7 @@ from nftproxy.model import (
 )
 from nftproxy.ruleset.schema import (
     DROP,
+    RECORD,
     SKELETON_MARK,
     Atom,
     Chain,
@@ -172,6 +173,20 @@ class Fragment:
     def add(self, set_name: str, key: ElementKey, value: ElementValue = None) -> None:
         self.elements.setdefault(set_name, {}).setdefault(key, value)
 
+    def fingerprint(self, owner: tuple[str, str]) -> int:
+        """128 bits that change with anything this fragment puts in the table, the same in
+        every process (see DesiredState.digest). Not `hash()`: strings hash differently
+        in each process."""
+        blocks = {
+            name: [(k, port, bytes(addrs) if isinstance(addrs, bytes) else addrs)
+                   for k, (port, addrs) in each.items()]
+            for name, each in self.blocks.items()
+        }  # fmt: skip
+        text = repr(
+            (owner, self.elements, blocks, self.chains, self.sets, sorted(map(repr, self.picks)))
+        )
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "little")
+
     def all_elements(self) -> dict[str, dict[ElementKey, ElementValue]]:
         out = {name: dict(elems) for name, elems in self.elements.items()}
         for name, blocks in self.blocks.items():
@@ -224,6 +239,15 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
             sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
         if node.nodeport_cidrs_of(f):
             sets.append(SetDef(names(f"nodeport-addresses{f}"), a, interval=True))
+    sets.append(
+        SetDef(
+            names(RECORD),
+            "inet_service",
+            "ipv6_addr . ipv4_addr",
+            comment="nftproxy: digest of the desired state . generation id after writing it",
+            record=True,
+        )
+    )
     return {s.name: s for s in sets}
 
 

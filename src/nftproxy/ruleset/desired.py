@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import re
 from collections import Counter
 from collections.abc import ItemsView, Iterator, Mapping
@@ -28,7 +29,7 @@ from nftproxy.ruleset.compile import (
     skeleton_elements,
     skeleton_sets,
 )
-from nftproxy.ruleset.schema import Chain, ElementKey, ElementValue, SetDef
+from nftproxy.ruleset.schema import SKELETON_MARK, Chain, ElementKey, ElementValue, SetDef
 
 Owner = tuple[str, str]
 
@@ -146,13 +147,27 @@ class Missing:
 MISSING = Missing()
 
 
+class Unknown:
+    """A value the kernel holds that the desired state does not know (found by a
+    comparison, see nftproxy.verifying): equal to nothing, so the element is replaced or
+    deleted."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = Unknown()
+
+
 @dataclass(slots=True)
 class Scope:
     """What changed since the last sync: every touched element with the value it had
     before (what the kernel holds, since the last sync succeeded), and touched chains and
     sets. An incremental diff looks at nothing else."""
 
-    before: dict[str, dict[ElementKey, ElementValue | Missing]] = field(default_factory=dict)
+    before: dict[str, dict[ElementKey, ElementValue | Missing | Unknown]] = field(
+        default_factory=dict
+    )
     chains: set[str] = field(default_factory=set)
     sets: set[str] = field(default_factory=set)
 
@@ -171,6 +186,7 @@ class _Claimed:
     chains: tuple[str, ...]
     sets: tuple[str, ...]
     picks: frozenset[PickSpec]
+    fingerprint: int
 
     @staticmethod
     def flatten(grouped: Mapping[str, Mapping[ElementKey, Any]]) -> tuple[Any, ...]:
@@ -242,7 +258,19 @@ class DesiredState:
         # A bulk build (cold start, new generation) needs no change log.
         self.track_changes = track_changes
         self.changes = Scope()
+        self._digest = 0
         self._put(_SKELETON, skeleton_elements(names, node))
+
+    @property
+    def digest(self) -> bytes:
+        """16 bytes that identify the ruleset, equal in every process that builds it from
+        the same inputs, options and code: fragments compile deterministically and claims
+        resolve by owner, so it is a sum over owners of their fragments' fingerprints,
+        kept up to date at O(1) per change. The skeleton's chains and set definitions are
+        identified by its marker chain's name, which it includes."""
+        marker = next(n for n in self.ruleset.chains if SKELETON_MARK in n)
+        mark = int.from_bytes(hashlib.blake2b(marker.encode(), digest_size=16).digest())
+        return ((self._digest + mark) % (1 << 128)).to_bytes(16, "big")
 
     def take_changes(self) -> Scope:
         """What changed since the last call: the scope of the next incremental diff."""
@@ -379,12 +407,14 @@ class DesiredState:
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
         grouped: dict[str, Mapping[ElementKey, Any]] = {**frag.elements, **frag.blocks}
-        self._claimed[owner] = _Claimed(
+        claimed = self._claimed[owner] = _Claimed(
             keys=_Claimed.flatten(grouped),
             chains=tuple(frag.chains),
             sets=tuple(frag.sets),
             picks=self._shared_picks(frag.picks),
+            fingerprint=frag.fingerprint(owner),
         )
+        self._digest += claimed.fingerprint
         if self.track_changes:
             self.changes.sets.update(frag.sets)
             self.changes.chains.update(frag.chains)
@@ -434,6 +464,7 @@ class DesiredState:
         claimed = self._claimed.pop(owner, None)
         if claimed is None:
             return
+        self._digest -= claimed.fingerprint
         for set_name, keys in claimed.by_set():
             for key in keys:
                 self._release(owner, set_name, key)

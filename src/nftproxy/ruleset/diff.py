@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from nftproxy.ruleset.desired import MISSING, Blocks, Missing, Ruleset, Scope
+from nftproxy.ruleset.desired import MISSING, Blocks, Missing, Ruleset, Scope, Unknown
 from nftproxy.ruleset.schema import (
     FAMILY,
     SKELETON_MARK,
@@ -27,6 +27,7 @@ from nftproxy.ruleset.schema import (
     UpdateSet,
     Verdict,
     Vmap,
+    is_record,
     render_rule,
 )
 
@@ -57,12 +58,12 @@ class AppliedState:
             with_elements=elements,
             sets=set(ruleset.sets),
             maps={n for n, s in ruleset.sets.items() if s.is_map},
-            dynamic={n for n, s in ruleset.sets.items() if "dynamic" in s.flags},
+            dynamic={n for n, s in ruleset.sets.items() if not s.compared},
             chains={n: ChainSummary(len(c.rules)) for n, c in ruleset.chains.items()},
             elements={
                 n: dict(e.items())
                 for n, e in ruleset.elements.items()
-                if elements and "dynamic" not in ruleset.sets[n].flags
+                if elements and ruleset.sets[n].compared
             },
         )
 
@@ -72,7 +73,7 @@ class AppliedState:
             return False
         if any(self.chains[n].rules != len(c.rules) for n, c in ruleset.chains.items()):
             return False
-        static = {n for n, s in ruleset.sets.items() if "dynamic" not in s.flags}
+        static = {n for n, s in ruleset.sets.items() if s.compared}
         return self.elements.keys() == static and all(
             self.elements[n] == ruleset.elements.get(n, {}) for n in static
         )
@@ -85,7 +86,7 @@ class AppliedState:
                     self.sets.add(sdef.name)
                     if sdef.is_map:
                         self.maps.add(sdef.name)
-                    if "dynamic" in sdef.flags:
+                    if not sdef.compared:
                         self.dynamic.add(sdef.name)
                     elif self.with_elements:
                         self.elements.setdefault(sdef.name, {})
@@ -337,9 +338,7 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
     O(change) instead of O(table), and the daemon keeps no copy of the kernel's elements.
     Raises SkeletonMismatch when an object exists under the same name with other content.
     """
-    markers = [n for n in desired.chains if SKELETON_MARK in n]
-    if any(m not in applied.chains for m in markers):
-        raise SkeletonMismatch("the table was built from another skeleton (options or version)")
+    check_skeleton(desired, applied)
     set_names = desired.sets.keys() | applied.sets if scope is None else scope.sets
     chain_names = desired.chains.keys() | applied.chains.keys() if scope is None else scope.chains
 
@@ -369,7 +368,7 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
     element_sets = desired.elements.keys() if scope is None else scope.before.keys()
     for name in sorted(element_sets):
         sdef = desired.sets.get(name)
-        if sdef is None or "dynamic" in sdef.flags:
+        if sdef is None or not sdef.compared:
             continue
         want = desired.elements.get(name, {})
         if scope is None:
@@ -394,8 +393,23 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
     return tx
 
 
+def check_skeleton(desired: Ruleset, applied: AppliedState) -> None:
+    """Raise SkeletonMismatch unless `applied` was built from `desired`'s skeleton and every
+    chain both hold has the same number of rules: what no element change can repair."""
+    markers = [n for n in desired.chains if SKELETON_MARK in n]
+    if any(m not in applied.chains for m in markers):
+        raise SkeletonMismatch("the table was built from another skeleton (options or version)")
+    for name, chain in desired.chains.items():
+        summary = applied.chains.get(name)
+        if summary is not None and summary.rules != len(chain.rules):
+            raise SkeletonMismatch(
+                f"chain {name} has {summary.rules} rules, not {len(chain.rules)}"
+            )
+
+
 def _element_changes_of(
-    before: dict[ElementKey, ElementValue | Missing], desired: Mapping[ElementKey, ElementValue]
+    before: dict[ElementKey, ElementValue | Missing | Unknown],
+    desired: Mapping[ElementKey, ElementValue],
 ) -> tuple[list[ElementKey], list[tuple[ElementKey, ElementValue]]]:
     deletes: list[ElementKey] = []
     adds: list[tuple[ElementKey, ElementValue]] = []
@@ -499,7 +513,8 @@ def applied_from_json(doc: dict[str, object]) -> AppliedState:
             state.sets.add(name)
             if "map" in item:
                 state.maps.add(name)
-            if "timeout" in s.get("flags", ()) or "dynamic" in s.get("flags", ()):
+            flags = s.get("flags", ())
+            if "timeout" in flags or "dynamic" in flags or is_record(name):
                 state.dynamic.add(name)
                 continue
             elems: dict[ElementKey, ElementValue] = {}

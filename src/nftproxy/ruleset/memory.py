@@ -64,7 +64,7 @@ class MemoryTable:
                 state.sets.add(sdef.name)
                 if sdef.is_map:
                     state.maps.add(sdef.name)
-                if "dynamic" in sdef.flags:
+                if not sdef.compared:
                     state.dynamic.add(sdef.name)
                 else:
                     state.elements[sdef.name] = {}

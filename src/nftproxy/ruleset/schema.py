@@ -20,6 +20,16 @@ FAMILY = "inet"
 # name, and the skeleton is fingerprinted by one empty marker chain "<gen>skeleton-<digest>"
 # (nft 1.0.6 shows no comments in JSON listings, so names carry what must be verified).
 SKELETON_MARK = "skeleton-"
+# The set "<gen>record" holds one element the daemon writes after its commits: a digest of
+# the desired state and the generation id that commit led to. A restarted daemon whose
+# inputs give the same digest, finding the generation id unchanged (nobody committed
+# since), knows the table is right without listing it.
+RECORD = "record"
+
+
+def is_record(set_name: str) -> bool:
+    return set_name.partition("-")[2] == RECORD
+
 
 Atom: TypeAlias = str | int
 ElementKey: TypeAlias = tuple[Atom, ...]
@@ -313,10 +323,18 @@ class SetDef:
     timeout: int | None = None
     comment: str = ""
     interval: bool = field(default=False)
+    # The daemon's record of what it wrote (see RECORD), not part of the desired state.
+    record: bool = False
 
     @property
     def is_map(self) -> bool:
         return self.data is not None
+
+    @property
+    def compared(self) -> bool:
+        """Whether its elements are ours to diff: not for sets the kernel fills (session
+        affinity's clients) nor for the record."""
+        return not self.record and "dynamic" not in self.flags
 
     @property
     def is_verdict_map(self) -> bool:
@@ -333,6 +351,8 @@ class SetDef:
             parts.append("flags " + ",".join(flags))
         if self.timeout is not None:
             parts.append(f"timeout {self.timeout}s")
+        if self.comment:
+            parts.append(f'comment "{self.comment}"')
         return "; ".join(parts)
 
     @property
