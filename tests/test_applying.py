@@ -9,6 +9,7 @@ from builders import build, endpoints, ep, port, service
 from kernel import nft_in
 
 from nftproxy import applying
+from nftproxy.config import NodeConfig
 from nftproxy.nft import NftBinary, NftError, open_backend
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
@@ -301,3 +302,84 @@ def test_interval_set_elements_do_not_drag_map_elements_into_the_text_path():
         sets = {op.set for op in step.concrete().ops if hasattr(op, "items")}
         # A transaction of elements goes through netlink only when all its sets can.
         assert not sets & text_only or sets <= text_only
+
+
+# --- interval sets: what is written is what the kernel lists back ---------------------------
+
+
+def lb_service(name: str, vip: str, *ranges: str, node_port: int | None = None, v6: str = ""):
+    return service(
+        name,
+        ports=[port(80, node_port=node_port)],
+        cluster_ips=(f"10.96.0.{vip.rsplit('.', 1)[1]}", *((f"fd00:96::{v6}",) if v6 else ())),
+        load_balancer_ips=(vip, *((f"2001:db8:1::{v6}",) if v6 else ())),
+        load_balancer_source_ranges=ranges,
+    )
+
+
+def node_with(*, nodeport: tuple[str, ...] = (), cluster: tuple[str, ...] = ()) -> NodeConfig:
+    return NodeConfig(
+        node_name="node-a",
+        node_ips=("192.168.0.1", "fd00:192::1"),
+        cluster_cidrs=cluster,
+        nodeport_addresses=nodeport,
+    )
+
+
+def apply_state(backend, node: NodeConfig, svcs, slices) -> applying.Plan:
+    plan = applying.make_plan(
+        lambda names: build(svcs, slices, node=node, names=names), applying.read_applied(backend)
+    )
+    applying.run_plan(backend, plan)
+    return plan
+
+
+def plan_state(backend, node: NodeConfig, svcs, slices) -> applying.Plan:
+    return applying.make_plan(
+        lambda names: build(svcs, slices, node=node, names=names), applying.read_applied(backend)
+    )
+
+
+def test_every_kind_of_interval_reads_back_exactly_as_compiled(netns):
+    node = node_with(
+        nodeport=("192.168.0.2/32", "fd00:192::2/128", "10.0.0.0/24", "10.0.1.0/25"),
+        cluster=("10.244.0.0/16", "10.244.1.0/24", "0.0.0.0/0", "::ffff:0:0/96", "fd00::/64"),
+    )
+    svcs = [
+        lb_service("a", "198.51.100.1", "203.0.113.7/32", "2001:db8::7/128", v6="1"),
+        lb_service("b", "198.51.100.2", "10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8"),
+        lb_service("c", "198.51.100.3", "10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/25", "::/0"),
+        lb_service("d", "198.51.100.4", "0.0.0.0/0", "::ffff:0:0/96", "::102:304/128", v6="4"),
+        lb_service("e", "198.51.100.5", "2001:db8::/32"),  # no IPv4 range: all IPv4 dropped
+    ]
+    backend = open_backend(netns)
+    apply_state(backend, node, svcs, [])
+    kernel = applying.read_applied(backend)
+    assert kernel == AppliedState.of(build(svcs, [], node=node))
+    assert set(kernel.elements["g1-nodeport-addresses4"]) == {
+        ("192.168.0.2",),
+        ("10.0.0.0/24",),
+        ("10.0.1.0/25",),
+    }
+    assert set(kernel.elements["g1-cluster-cidrs6"]) == {("::ffff:0.0.0.0/96",), ("fd00::/64",)}
+    allow4 = kernel.elements["g1-firewall-allow4"]
+    assert ("198.51.100.1", "tcp", 80, "203.0.113.7") in allow4
+    assert ("198.51.100.3", "tcp", 80, "10.0.0.0/23") in allow4
+    assert ("2001:db8:1::4", "tcp", 80, "::1.2.3.4") in kernel.elements["g1-firewall-allow6"]
+    assert plan_state(backend, node, svcs, []).mode == "noop"
+
+
+def test_a_host_prefix_survives_any_number_of_applies(netns):
+    """The reported bug: a /32 listed back as the bare address looked like a change, and the
+    second apply deleted it (no NodePort served, all load-balancer traffic dropped)."""
+    node = node_with(nodeport=("192.168.0.2/32", "fd00:192::2/128"))
+    svcs = [lb_service("web", "198.51.100.10", "203.0.113.7/32", node_port=30080)]
+    slices = [endpoints("web", [ep("10.244.1.1")])]
+    backend = open_backend(netns)
+    for _ in range(3):
+        apply_state(backend, node, svcs, slices)
+        assert plan_state(backend, node, svcs, slices).mode == "noop"
+    listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-nodeport-addresses4")
+    assert "elements = { 192.168.0.2 }" in listed
+    listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
+    assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in listed

@@ -108,3 +108,30 @@ def test_bad_node_options_name_the_option(args):
     out = nftproxy("compile", CLUSTER, *args)
     assert out.returncode == 1
     assert args[0].lstrip("-") in out.stderr
+
+
+def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp_path):
+    """The reported bug: the kernel lists 192.168.0.2/32 back as 192.168.0.2, so `plan`
+    re-added one and deleted the other, and a second `apply` emptied the set: every
+    NodePort (or, for a source range, all load-balancer traffic) refused."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        Path(CLUSTER)
+        .read_text()
+        .replace(
+            "    type: LoadBalancer\n",
+            "    type: LoadBalancer\n    loadBalancerSourceRanges: [203.0.113.7/32]\n",
+        )
+    )
+    args = [str(cluster), *NODE, "--nodeport-addresses", "192.168.0.2/32", "--netns", netns]
+    for _ in range(2):
+        applied = nftproxy("apply", *args)
+        assert applied.returncode == 0, applied.stderr
+    plan = nftproxy("plan", *args)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.startswith("# noop")
+    addresses = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-nodeport-addresses4")
+    assert "elements = { 192.168.0.2 }" in addresses
+    allowed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
+    assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in allowed
+    assert "198.51.100.10 . tcp . 443 . 203.0.113.7" in allowed

@@ -9,6 +9,7 @@ connection. Property tests compare its answer with the model's endpoint sets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -316,12 +317,31 @@ def _interval_match(element: ElementKey, key: ElementKey) -> bool:
     if len(element) != len(key):
         return False
     for e, k in zip(element, key, strict=True):
-        if isinstance(e, str) and "/" in e:
-            if not isinstance(k, str) or ipaddress.ip_address(k) not in ipaddress.ip_network(e):
+        net = _network(e) if isinstance(e, str) else None
+        if net is not None:
+            # A prefix, or a host written as the bare address (how the kernel lists a /32).
+            addr = _address(k) if isinstance(k, str) else None
+            if addr is None or addr not in net:
                 return False
         elif e != k:
             return False
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        return None  # not an address: a protocol name in a concatenation
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def explain(ruleset: Ruleset, node: NodeConfig, pkt: Packet) -> Explanation:

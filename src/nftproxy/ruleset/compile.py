@@ -64,6 +64,7 @@ from nftproxy.ruleset.schema import (
     Verdict,
     Vmap,
     goto,
+    interval_atoms,
     jump,
 )
 from nftproxy.selection import Selection, select
@@ -254,9 +255,10 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
 def skeleton_elements(names: Names, node: NodeConfig) -> Fragment:
     frag = Fragment()
     for f in FAMILIES:
-        for cidr in node.cluster_cidrs_of(f):
+        # Interval sets: elements in the form the kernel lists them (see interval_atoms).
+        for cidr in interval_atoms(node.cluster_cidrs_of(f)):
             frag.add(names(f"cluster-cidrs{f}"), (cidr,))
-        for cidr in node.nodeport_cidrs_of(f):
+        for cidr in interval_atoms(node.nodeport_cidrs_of(f)):
             frag.add(names(f"nodeport-addresses{f}"), (cidr,))
     return frag
 
@@ -377,6 +379,7 @@ class _FragmentBuilder:
         self.names = names
         self.node = node
         self.frag = Fragment()
+        self._allowed: dict[Family, tuple[str, ...]] = {}
 
     def nodeport_target(
         self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
@@ -437,6 +440,15 @@ class _FragmentBuilder:
         self.frag.chains[name] = Chain(name, chain.rules)
         return name
 
+    def allowed(self, f: Family) -> tuple[str, ...]:
+        """The Service's source ranges of family `f` as firewall-allow holds them."""
+        allowed = self._allowed.get(f)
+        if allowed is None:
+            # Once per Service and family, whatever the number of ports and addresses.
+            ranges = (r for r in self.svc.load_balancer_source_ranges if _family_of(r) == f)
+            allowed = self._allowed[f] = interval_atoms(ranges)
+        return allowed
+
     def empty_verdict(self, sel: Selection) -> Verdict:
         return goto(self.names("reject")) if not sel.any_usable else DROP
 
@@ -485,12 +497,11 @@ class _FragmentBuilder:
                 self.frag.add(names(f"masq-frontends{f}"), key)
 
         for vip in svc.load_balancer_ips:
-            ranges = [r for r in svc.load_balancer_source_ranges if _family_of(r) == f]
             if _family_of(vip) != f or not svc.load_balancer_source_ranges:
                 continue
             key = (vip, proto, port.port)
             self.frag.add(names(f"firewall{f}"), key)
-            for cidr in ranges:
+            for cidr in self.allowed(f):
                 self.frag.add(names(f"firewall-allow{f}"), (*key, cidr))
 
         if port.node_port:

@@ -8,6 +8,7 @@ element adds and deletes plus whole chains added or removed.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from nftproxy.ruleset.schema import (
     Verdict,
     Vmap,
     is_record,
+    network_atom,
     render_rule,
 )
 
@@ -467,8 +469,9 @@ def _atom(value: object) -> Atom:
         return value
     if isinstance(value, dict):
         if "prefix" in value:
+            # The desired side's form (schema.interval_atoms), whichever way nft spells it.
             p = value["prefix"]
-            return f"{p['addr']}/{p['len']}"
+            return network_atom(ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False))
         if "range" in value:
             lo, hi = value["range"]
             return f"{lo}-{hi}"

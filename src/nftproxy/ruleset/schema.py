@@ -8,6 +8,9 @@ statements, verdicts) rather than free text: references to chains and sets stay 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -361,3 +364,34 @@ class SetDef:
 
 
 ElementValue: TypeAlias = tuple[Atom, ...] | Verdict | None
+
+
+# --- interval elements -------------------------------------------------------------------
+
+
+def network_atom(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """One prefix as nft 1.0.6 lists it in JSON: a host prefix (/32, /128) as the bare
+    address, anything else as `address/length`, the address spelled by inet_ntop as nft
+    does (`::ffff:0.0.0.0/96`, where `ipaddress` says `::ffff:0:0/96`)."""
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    addr = socket.inet_ntop(family, net.network_address.packed)
+    return addr if net.prefixlen == net.max_prefixlen else f"{addr}/{net.prefixlen}"
+
+
+def interval_atoms(cidrs: Iterable[str]) -> tuple[str, ...]:
+    """CIDRs as one interval field holds them: the form `diff` must see on both sides.
+
+    The kernel refuses overlapping intervals (nft: "conflicting intervals specified",
+    "interval overlaps with an existing one"; a concatenated set: "File exists"), so nested
+    and duplicate prefixes collapse into the larger one, and adjacent prefixes into the
+    prefix they make (10.0.0.0/24 + 10.0.1.0/24 is 10.0.0.0/23). Adjacent prefixes that make
+    none stay apart: the kernel keeps them as added and nft lists them so. IPv4 first,
+    each family in address order.
+    """
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    return (
+        *(network_atom(n) for n in ipaddress.collapse_addresses(v4)),
+        *(network_atom(n) for n in ipaddress.collapse_addresses(v6)),
+    )
