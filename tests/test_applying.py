@@ -383,3 +383,32 @@ def test_a_host_prefix_survives_any_number_of_applies(netns):
     assert "elements = { 192.168.0.2 }" in listed
     listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
     assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in listed
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [("192.168.0.2/32",), ("192.168.0.0/23",), ("192.168.0.2/32",), ("0.0.0.0/0",)],
+        [("10.0.0.0/8",), ("10.0.0.0/16",), ("10.0.0.0/8",), ("10.1.0.0/16", "10.2.0.0/16")],
+    ],
+    ids=["node-port-addresses", "source-ranges"],
+)
+def test_an_interval_replaced_by_an_overlapping_one_is_swapped_in_one_transaction(netns, history):
+    nodeport = history[0][0].startswith("192.168")
+    slices = [endpoints("web", [ep("10.244.1.1")])]
+    backend = open_backend(netns)
+
+    def state(cidrs):
+        if nodeport:
+            return node_with(nodeport=cidrs), [lb_service("web", "198.51.100.10", node_port=30080)]
+        return node_with(), [lb_service("web", "198.51.100.10", *cidrs, node_port=30080)]
+
+    apply_state(backend, *state(history[0]), slices)
+    for step in history[1:]:
+        node, svcs = state(step)
+        plan = plan_state(backend, node, svcs, slices)
+        assert plan.mode == "incremental" and len(plan.transactions) == 1
+        text = str(plan.transactions[0])
+        assert text.index("delete element") < text.index("add element")
+        applying.run_plan(backend, plan)
+        assert applying.read_applied(backend) == AppliedState.of(build(svcs, slices, node=node))

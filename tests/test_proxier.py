@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -43,6 +44,41 @@ def test_a_slice_update_becomes_a_small_partial_sync_equal_to_a_fresh_build(netn
     expected = build([WEB], new.values(), names=Names("g1-"))
     assert applying.read_applied(backend) == AppliedState.of(expected)
     assert proxier.stats.partial_syncs == 1 and proxier.stats.full_syncs == 1
+
+
+def test_source_ranges_changed_to_overlapping_ones_sync_incrementally_and_verify(netns):
+    """Partial syncs diff against the desired state's own record, never the kernel's
+    listing: an overlapping replacement must still go in one commit the kernel accepts,
+    and verify() must find the kernel's listing equal to what was written."""
+    node = dataclasses.replace(NODE, nodeport_addresses=("192.168.0.2/32",))
+    backend = open_backend(netns)
+    proxier = Proxier(backend, node)
+    slices = slices_of("10.244.1.1")
+
+    def web(*ranges: str):
+        return service(
+            "web",
+            ports=[port(80, node_port=30080)],
+            load_balancer_ips=("198.51.100.10", "2001:db8:1::10"),
+            load_balancer_source_ranges=ranges,
+        )
+
+    proxier.replace_all({WEB.id: web("10.0.0.0/8")}, slices)
+    assert proxier.sync().mode == "generation"
+    for ranges in [
+        ("10.0.0.0/16",),
+        ("10.0.0.0/8", "10.1.0.0/16", "2001:db8::/32"),
+        ("203.0.113.7/32", "2001:db8::7/128"),
+        ("203.0.113.0/24",),
+        (),
+        ("0.0.0.0/0", "::/0"),
+    ]:
+        proxier.update_service(WEB.id, web(*ranges))
+        assert proxier.sync().mode == "incremental"
+        expected = build([web(*ranges)], slices.values(), node=node, names=Names("g1-"))
+        assert applying.read_applied(backend) == AppliedState.of(expected)
+        assert proxier.verify()
+    assert proxier.stats.full_syncs == 1 and proxier.stats.external_changes == 0
 
 
 def test_a_relist_of_one_kind_keeps_the_other_and_applies_what_went_away(netns):

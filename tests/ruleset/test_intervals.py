@@ -9,7 +9,14 @@ import pytest
 from builders import OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 from nftproxy.config import NodeConfig
-from nftproxy.ruleset.diff import AppliedState, Transaction, applied_from_json, diff
+from nftproxy.ruleset.diff import (
+    AddElements,
+    AppliedState,
+    DeleteElements,
+    Transaction,
+    applied_from_json,
+    diff,
+)
 from nftproxy.ruleset.schema import interval_atoms
 
 LB = "198.51.100.10"
@@ -111,10 +118,75 @@ def the_plan(before, after) -> list[Transaction]:
     return diff(after, AppliedState.of(before)).split()
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (("192.168.0.2/32",), ("192.168.0.0/23",)),
+        (("192.168.0.0/23",), ("192.168.0.2/32",)),
+        (("192.168.0.0/24", "192.168.2.0/24"), ("192.168.0.0/22",)),
+        (("192.168.0.2/32",), ("0.0.0.0/0",)),
+    ],
+)
+def test_a_node_port_address_replaced_by_an_overlapping_one_is_swapped_in_one_transaction(old, new):
+    before = build([lb_service()], [WEB_SLICE], node=nodeport_node(*old))
+    after = build([lb_service()], [WEB_SLICE], node=nodeport_node(*new))
+    (tx,) = the_plan(before, after)
+    assert [type(op) for op in tx.ops] == [DeleteElements, AddElements]
+    assert str(tx).index("delete element") < str(tx).index("add element")
+
+
 def test_two_adjacent_cidrs_and_the_prefix_they_make_are_the_same_table():
     before = build([], [], node=nodeport_node("192.168.0.0/24", "192.168.1.0/24"))
     after = build([], [], node=nodeport_node("192.168.0.0/23"))
     assert the_plan(before, after) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (("10.0.0.0/8",), ("10.0.0.0/16",)),
+        (("10.0.0.0/16",), ("10.0.0.0/8",)),
+        (("203.0.113.7/32",), ("203.0.113.0/24", "192.0.2.1/32")),
+        (("203.0.113.0/24", "192.0.2.1/32"), ("203.0.113.7/32",)),
+    ],
+)
+def test_changed_source_ranges_are_swapped_in_one_transaction(old, new):
+    before = build([lb_service(*old)], [WEB_SLICE])
+    after = build([lb_service(*new)], [WEB_SLICE])
+    (tx,) = the_plan(before, after)
+    assert [(type(op), op.set) for op in tx.ops] == [
+        (DeleteElements, "g1-firewall-allow4"),
+        (AddElements, "g1-firewall-allow4"),
+    ]
+
+
+def test_a_frontend_losing_its_firewall_keeps_its_ranges_until_the_firewall_goes():
+    before = build([lb_service("10.0.0.0/8")], [WEB_SLICE])
+    # Another Service gains ranges in the same change: its additions must not pull the
+    # deletion forward, or packets to web would find its firewall without ranges.
+    other = service(
+        "api",
+        cluster_ips=("10.96.0.11",),
+        load_balancer_ips=("198.51.100.11",),
+        load_balancer_source_ranges=("10.0.0.0/16",),
+    )
+    api_slice = endpoints("api", [ep("10.244.1.2")])
+    after = build([lb_service(), other], [WEB_SLICE, api_slice])
+    *_, last = the_plan(before, after)
+    assert "delete element inet nftproxy g1-firewall4 { 198.51.100.10 . tcp . 80 }" in str(last)
+    assert (
+        "delete element inet nftproxy g1-firewall-allow4 { 198.51.100.10 . tcp . 80 . 10.0.0.0/8 }"
+        in str(last)
+    )
+
+
+def test_deletions_of_plain_sets_and_maps_still_come_last():
+    before = build([lb_service("10.0.0.0/8")], [endpoints("web", [ep("10.244.1.1")])])
+    after = build([lb_service("10.0.0.0/16")], [endpoints("web", [ep("10.244.1.2")])])
+    *first, last = the_plan(before, after)
+    assert "g1-hairpin4 { 10.244.1.1 . 10.244.1.1 }" in str(last)
+    assert "10.244.1.1" not in "".join(map(str, first))
+    assert "delete element inet nftproxy g1-firewall-allow4" in "".join(map(str, first))
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,8 @@ class AddElements:
 class DeleteElements:
     set: str
     keys: tuple[ElementKey, ...]
+    # An interval set's: an addition in the same change may overlap these (see split).
+    interval: bool = False
 
     def render(self) -> Iterator[str]:
         for i in range(0, len(self.keys), _ELEMENTS_PER_LINE):
@@ -276,6 +278,15 @@ class Transaction:
         frontend leading to a bucket just deleted. Hence: a verdict never points to a chain
         younger than itself, and nothing is removed in the commit that stops using it.
         Replacements (a key with a new value) stay in the middle one: either value is valid.
+
+        So do interval elements that an addition may overlap (10.0.0.0/8 -> 10.0.0.0/16,
+        a /32 -> its /23): the kernel refuses an overlapping addition, so the deletion goes
+        first in the same commit, and the set is never without either. Our interval sets
+        range over their last field only, so "may overlap" is "same other fields": a
+        frontend whose ranges change swaps them in one commit, while one that loses its
+        firewall loses its ranges with its firewall{f} element, in the last transaction
+        (earlier, every packet to it would be dropped). Nothing refers to interval elements,
+        so deleting them early leaves no reference dangling.
         """
         added: dict[str, set[ElementKey]] = {}
         for op in self.ops:
@@ -285,12 +296,17 @@ class Transaction:
         for op in self.ops:
             if isinstance(op, DeleteElements):
                 again = added.get(op.set, set())
-                replaced = tuple(k for k in op.keys if k in again)
-                gone = tuple(k for k in op.keys if k not in again)
+                if op.interval:
+                    heads = {k[:-1] for k in again}  # the fields before the range
+                    replaced = tuple(k for k in op.keys if k[:-1] in heads)
+                    gone = tuple(k for k in op.keys if k[:-1] not in heads)
+                else:
+                    replaced = tuple(k for k in op.keys if k in again)
+                    gone = tuple(k for k in op.keys if k not in again)
                 if replaced:
-                    repoint.ops.append(DeleteElements(op.set, replaced))
+                    repoint.ops.append(DeleteElements(op.set, replaced, op.interval))
                 if gone:
-                    remove.ops.append(DeleteElements(op.set, gone))
+                    remove.ops.append(DeleteElements(op.set, gone, op.interval))
             elif isinstance(op, FlushChain | DeleteChain | DeleteSet):
                 remove.ops.append(op)
             elif isinstance(op, AddTable | AddSet | AddChain):
@@ -378,7 +394,9 @@ def diff(desired: Ruleset, applied: AppliedState, scope: Scope | None = None) ->
         else:
             dels, add = _element_changes_of(scope.before[name], want)
         if dels and name in applied.sets:
-            tx.ops.append(DeleteElements(name, tuple(dels)))
+            # Deletions before additions: in an interval set, what an addition overlaps
+            # must be gone first (see Transaction.split).
+            tx.ops.append(DeleteElements(name, tuple(dels), sdef.interval))
         if add:
             adds.append(AddElements(name, tuple(add)))
     tx.ops.extend(adds)
