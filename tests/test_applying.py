@@ -412,3 +412,20 @@ def test_an_interval_replaced_by_an_overlapping_one_is_swapped_in_one_transactio
         assert text.index("delete element") < text.index("add element")
         applying.run_plan(backend, plan)
         assert applying.read_applied(backend) == AppliedState.of(build(svcs, slices, node=node))
+
+
+def test_services_sharing_a_load_balancer_ip_and_port_with_nested_ranges_apply(netns):
+    svcs = [
+        lb_service("a", "198.51.100.10", "10.0.0.0/8"),
+        service(
+            "b",
+            cluster_ips=("10.96.0.11",),
+            load_balancer_ips=("198.51.100.10",),
+            load_balancer_source_ranges=("10.1.0.0/16",),
+        ),
+    ]
+    backend = open_backend(netns)
+    apply_state(backend, node_with(), svcs, [])
+    assert plan_state(backend, node_with(), svcs, []).mode == "noop"
+    allow = applying.read_applied(backend).elements["g1-firewall-allow4"]
+    assert set(allow) == {("198.51.100.10", "tcp", 80, "10.0.0.0/8")}

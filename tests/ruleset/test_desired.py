@@ -123,3 +123,52 @@ def test_a_pod_in_several_services_keeps_its_hairpin_element_until_the_last_one_
         assert state.table.state == AppliedState.of(fresh)
         assert ((shared, shared) in hairpin) == bool(left)
     assert len(hairpin) == 0
+
+
+def lb(name: str, vip: int, *ranges: str) -> Service:
+    return service(
+        name,
+        cluster_ips=(f"10.96.0.{vip}",),
+        load_balancer_ips=(LB,),
+        load_balancer_source_ranges=ranges,
+    )
+
+
+def test_services_sharing_a_load_balancer_ip_and_port_get_the_winners_firewall_only():
+    a, b = lb("a", 1, "10.0.0.0/8"), lb("b", 2, "10.1.0.0/16", "192.0.2.0/24")
+    slices = [endpoints("a", [ep("10.244.1.1")]), endpoints("b", [ep("10.244.2.2")])]
+    state = Cluster([b, a], slices)
+    rs = state.desired.ruleset
+    # One firewall, a's: b's nested range would make the kernel refuse the transaction,
+    # and b's other range must not open a's Service.
+    assert set(rs.elements[state.names("firewall-allow4")]) == {(LB, "tcp", 80, "10.0.0.0/8")}
+    assert send(rs, LB, src="192.0.2.1").outcomes() == {"drop": 1}
+    assert reached(send(rs, LB, src="10.1.0.1")) == {"10.244.1.1:8080": 1}
+    assert (state.names("firewall-allow4"), (LB, "tcp", 80)) in state.desired.conflicts
+    # a goes away: b's frontend and b's firewall take over together.
+    state.apply([b], slices[1:])
+    rs = state.desired.ruleset
+    assert set(rs.elements[state.names("firewall-allow4")]) == {
+        (LB, "tcp", 80, "10.1.0.0/16"),
+        (LB, "tcp", 80, "192.0.2.0/24"),
+    }
+    assert reached(send(rs, LB, src="192.0.2.1")) == {"10.244.2.2:8080": 1}
+    assert send(rs, LB, src="10.2.0.1").outcomes() == {"drop": 1}
+
+
+def test_a_winner_without_source_ranges_is_not_filtered_by_the_losers_firewall():
+    a, b = lb("a", 1), lb("b", 2, "10.1.0.0/16")
+    slices = [endpoints("a", [ep("10.244.1.1")]), endpoints("b", [ep("10.244.2.2")])]
+    state = Cluster([a, b], slices)
+    rs = state.desired.ruleset
+    assert not rs.elements[state.names("firewall4")]
+    assert reached(send(rs, LB, src=OUTSIDE)) == {"10.244.1.1:8080": 1}
+    # a changes to a plain external IP on the same address: still a's, still unfiltered.
+    a_ext = service("a", cluster_ips=("10.96.0.1",), external_ips=(LB,))
+    state.apply([a_ext, b], slices)
+    assert reached(send(state.desired.ruleset, LB, src=OUTSIDE)) == {"10.244.1.1:8080": 1}
+    # a leaves: b's firewall applies.
+    state.apply([b], slices[1:])
+    assert send(state.desired.ruleset, LB, src=OUTSIDE).outcomes() == {"drop": 1}
+    state.apply([lb("b", 2, "203.0.113.0/24")], slices[1:])
+    assert reached(send(state.desired.ruleset, LB, src=OUTSIDE)) == {"10.244.2.2:8080": 1}

@@ -158,15 +158,42 @@ def block_items(frontend: ElementKey, block: Block) -> Iterator[tuple[ElementKey
             yield (*frontend, bucket), (addr, port)
 
 
+# A frontend's load-balancer source-range firewall: None for none, else the allowed ranges
+# in kernel form (see interval_atoms; empty when none is of the frontend's family: all
+# dropped, as kube-proxy does).
+Firewall = tuple[str, ...] | None
+
+
+def firewall_of(allow_set: str) -> str:
+    """The `firewall{f}` set that goes with the `firewall-allow{f}` set named."""
+    head, _, family = allow_set.rpartition("firewall-allow")
+    return f"{head}firewall{family}"
+
+
+def firewall_items(
+    allow_set: str, firewalls: Mapping[ElementKey, Firewall]
+) -> Iterator[tuple[str, ElementKey]]:
+    """The elements of firewall{f} and firewall-allow{f} these firewalls make."""
+    fw = firewall_of(allow_set)
+    for frontend, allowed in firewalls.items():
+        if allowed is not None:
+            yield fw, frontend
+            for cidr in allowed:
+                yield allow_set, (*frontend, cidr)
+
+
 @dataclass(slots=True)
 class Fragment:
     """What one Service contributes: elements of shared sets, and its own objects if any.
 
     Endpoint maps come as blocks (frontend -> its buckets), the form the desired state
-    keeps them in; `all_elements` spells them out."""
+    keeps them in; firewalls as one claim per frontend (by firewall-allow set name), so a
+    frontend two Services claim gets the firewall of the one that wins it, whole.
+    `all_elements` spells both out."""
 
     elements: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
     blocks: dict[str, dict[ElementKey, Block]] = field(default_factory=dict)
+    firewalls: dict[str, dict[ElementKey, Firewall]] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
     sets: dict[str, SetDef] = field(default_factory=dict)
     picks: set[PickSpec] = field(default_factory=set)
@@ -183,9 +210,8 @@ class Fragment:
                    for k, (port, addrs) in each.items()]
             for name, each in self.blocks.items()
         }  # fmt: skip
-        text = repr(
-            (owner, self.elements, blocks, self.chains, self.sets, sorted(map(repr, self.picks)))
-        )
+        picks = sorted(map(repr, self.picks))
+        text = repr((owner, self.elements, blocks, self.firewalls, self.chains, self.sets, picks))
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "little")
 
     def all_elements(self) -> dict[str, dict[ElementKey, ElementValue]]:
@@ -194,6 +220,9 @@ class Fragment:
             out[name] = {
                 k: v for frontend, block in blocks.items() for k, v in block_items(frontend, block)
             }
+        for name, firewalls in self.firewalls.items():
+            for set_name, key in firewall_items(name, firewalls):
+                out.setdefault(set_name, {})[key] = None
         return out
 
 
@@ -440,12 +469,15 @@ class _FragmentBuilder:
         self.frag.chains[name] = Chain(name, chain.rules)
         return name
 
-    def allowed(self, f: Family) -> tuple[str, ...]:
-        """The Service's source ranges of family `f` as firewall-allow holds them."""
+    def firewall(self, vip: str, f: Family) -> Firewall:
+        """The firewall of an external frontend: source ranges apply to load-balancer IPs."""
+        svc = self.svc
+        if not svc.load_balancer_source_ranges or vip not in svc.load_balancer_ips:
+            return None
         allowed = self._allowed.get(f)
         if allowed is None:
             # Once per Service and family, whatever the number of ports and addresses.
-            ranges = (r for r in self.svc.load_balancer_source_ranges if _family_of(r) == f)
+            ranges = (r for r in svc.load_balancer_source_ranges if _family_of(r) == f)
             allowed = self._allowed[f] = interval_atoms(ranges)
         return allowed
 
@@ -486,6 +518,12 @@ class _FragmentBuilder:
                 continue
             key = (vip, proto, port.port)
             self.frag.add(names(f"frontends{f}"), key, frontend(vip, external, local=ext_local))
+            # Stated for every external frontend, None when unfiltered: when Services claim
+            # one address and port, the winner's firewall applies, or none. (Cluster IPs
+            # state none, which keeps claims few: a cluster IP that is also another
+            # Service's load-balancer IP and port would keep that Service's firewall.)
+            firewalls = self.frag.firewalls.setdefault(names(f"firewall-allow{f}"), {})
+            firewalls[key] = self.firewall(vip, f)
             if ext_local:
                 if sel.cluster:
                     self.frag.add(
@@ -495,14 +533,6 @@ class _FragmentBuilder:
                     self.frag.add(names(f"masq-frontends{f}"), key)
             else:
                 self.frag.add(names(f"masq-frontends{f}"), key)
-
-        for vip in svc.load_balancer_ips:
-            if _family_of(vip) != f or not svc.load_balancer_source_ranges:
-                continue
-            key = (vip, proto, port.port)
-            self.frag.add(names(f"firewall{f}"), key)
-            for cidr in self.allowed(f):
-                self.frag.add(names(f"firewall-allow{f}"), (*key, cidr))
 
         if port.node_port:
             key2 = (proto, port.node_port)

@@ -2,7 +2,9 @@
 
 Replacing one Service's fragment costs O(size of that fragment). Elements claimed by several
 owners (a pod IP in the hairpin set of two Services, or two Services fighting over one
-externalIP:port) resolve deterministically: the smallest owner wins, the others wait.
+externalIP:port) resolve deterministically: the smallest owner wins, the others wait. A
+frontend's endpoints and its source-range firewall are claimed whole, so the winner's
+apply, never a mixture.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any
 from nftproxy.config import NodeConfig
 from nftproxy.model import ServiceName
 from nftproxy.ruleset.compile import (
+    FAMILIES,
     Block,
+    Firewall,
     Fragment,
     Names,
     PickSpec,
     block_items,
     block_values,
+    firewall_of,
     skeleton_chains,
     skeleton_elements,
     skeleton_sets,
@@ -231,8 +236,52 @@ class _Frontends:
             self.blocks.put(frontend, block)
 
 
-# What claims are made in: a set's elements, or an endpoint map's frontends.
-_Store = dict[ElementKey, ElementValue] | _Frontends
+class _Firewalls:
+    """Firewalls seen one frontend at a time: the store DesiredState claims them in, under
+    the firewall-allow{f} set's name. A frontend's firewall (see compile.Firewall) is its
+    element in firewall{f} and its ranges in firewall-allow{f}; setting it rewrites both."""
+
+    __slots__ = ("allow", "by_frontend", "firewall")
+
+    def __init__(
+        self, firewall: dict[ElementKey, ElementValue], allow: dict[ElementKey, ElementValue]
+    ) -> None:
+        self.by_frontend: dict[ElementKey, Firewall] = {}
+        self.firewall = firewall
+        self.allow = allow
+
+    def __getitem__(self, frontend: ElementKey) -> Firewall:
+        return self.by_frontend[frontend]
+
+    def __setitem__(self, frontend: ElementKey, allowed: Firewall) -> None:
+        self._clear(frontend)
+        self.by_frontend[frontend] = allowed
+        if allowed is not None:
+            self.firewall[frontend] = None
+            for cidr in allowed:
+                self.allow[(*frontend, cidr)] = None
+
+    def __delitem__(self, frontend: ElementKey) -> None:
+        self._clear(frontend)
+        del self.by_frontend[frontend]
+
+    def get(self, frontend: ElementKey) -> Firewall:
+        return self.by_frontend.get(frontend)
+
+    def update(self, new: Mapping[ElementKey, Firewall]) -> None:
+        for frontend, allowed in new.items():
+            self[frontend] = allowed
+
+    def _clear(self, frontend: ElementKey) -> None:
+        old = self.by_frontend.get(frontend)
+        if old is not None:
+            del self.firewall[frontend]
+            for cidr in old:
+                del self.allow[(*frontend, cidr)]
+
+
+# What claims are made in: a set's elements, an endpoint map's frontends, or firewalls.
+_Store = dict[ElementKey, ElementValue] | _Frontends | _Firewalls
 
 
 class DesiredState:
@@ -255,6 +304,11 @@ class DesiredState:
         # claims it. Only keys with more than one claim are counted (a pod IP in the hairpin
         # sets of several Services): 5 MB less than an owner per key at 30k Services.
         self._claims: dict[tuple[str, ElementKey], int] = {}
+        self._firewalls = {
+            allow: _Firewalls(self._plain_elements(firewall_of(allow)), self._plain_elements(allow))
+            for f in FAMILIES
+            if (allow := names(f"firewall-allow{f}")) in self.ruleset.sets
+        }
         # A bulk build (cold start, new generation) needs no change log.
         self.track_changes = track_changes
         self.changes = Scope()
@@ -298,7 +352,15 @@ class DesiredState:
     def _new_elements(self, set_name: str) -> Elements:
         return Blocks() if is_endpoint_map(self.names, set_name) else {}
 
+    def _plain_elements(self, set_name: str) -> dict[ElementKey, ElementValue]:
+        elems = self.ruleset.elements[set_name]
+        assert isinstance(elems, dict)
+        return elems
+
     def _store(self, set_name: str) -> _Store:
+        firewalls = self._firewalls.get(set_name)
+        if firewalls is not None:
+            return firewalls
         elems = self.ruleset.elements.get(set_name)
         if elems is None:
             elems = self.ruleset.elements[set_name] = self._new_elements(set_name)
@@ -310,6 +372,9 @@ class DesiredState:
     def _note(self, set_name: str, key: ElementKey, store: _Store, new_len: int = 0) -> None:
         """Remember what the kernel holds for `key` before this sync's first change to it
         (for a frontend of an endpoint map: each bucket of its old and new values)."""
+        if isinstance(store, _Firewalls):
+            self._note_firewall(set_name, key, store.get(key), None)
+            return
         before = self.changes.before.setdefault(set_name, {})
         if isinstance(store, _Frontends):
             block = store.get(key)
@@ -320,6 +385,22 @@ class DesiredState:
                     before[full] = old[bucket] if bucket < len(old) else MISSING
         elif key not in before:
             before[key] = store.get(key, MISSING)
+
+    def _note_firewall(
+        self, allow_set: str, frontend: ElementKey, old: Firewall, new: Firewall
+    ) -> None:
+        """`_note` for a frontend's firewall: `old` is what the store holds now (its
+        elements exist unless changed earlier in this sync), elements only `new` makes
+        do not."""
+        before = self.changes.before
+        firewall = before.setdefault(firewall_of(allow_set), {})
+        if frontend not in firewall:
+            firewall[frontend] = MISSING if old is None else None
+        allow = before.setdefault(allow_set, {})
+        for cidr in old or ():
+            allow.setdefault((*frontend, cidr), None)
+        for cidr in new or ():
+            allow.setdefault((*frontend, cidr), MISSING)
 
     def _claim(
         self,
@@ -372,6 +453,9 @@ class DesiredState:
                 before = self.changes.before[set_name]
                 for bucket in range(old_len, len(claims[winner][1])):
                     before.setdefault((*key, bucket), MISSING)
+            elif self.track_changes and isinstance(store, _Firewalls):
+                # Ranges only the new winner has did not exist before.
+                self._note_firewall(set_name, key, None, claims[winner])
         if len(claims) == 1:
             del self._contested[ref]
 
@@ -403,10 +487,14 @@ class DesiredState:
 
     def _is_plain_set(self, set_name: str) -> bool:
         sdef = self.ruleset.sets.get(set_name)
-        return sdef is not None and not sdef.is_map
+        return sdef is not None and not sdef.is_map and set_name not in self._firewalls
 
     def _put(self, owner: Owner, frag: Fragment) -> None:
-        grouped: dict[str, Mapping[ElementKey, Any]] = {**frag.elements, **frag.blocks}
+        grouped: dict[str, Mapping[ElementKey, Any]] = {
+            **frag.elements,
+            **frag.blocks,
+            **frag.firewalls,
+        }
         claimed = self._claimed[owner] = _Claimed(
             keys=_Claimed.flatten(grouped),
             chains=tuple(frag.chains),
@@ -435,6 +523,9 @@ class DesiredState:
                 if isinstance(store, _Frontends):
                     for key, block in new.items():
                         self._note(set_name, key, store, len(block[1]))
+                elif isinstance(store, _Firewalls):
+                    for key, allowed in new.items():
+                        self._note_firewall(set_name, key, store.get(key), allowed)
                 else:
                     before = self.changes.before.setdefault(set_name, {})
                     # Not `new.keys() - before.keys()`: CPython builds that by walking all
