@@ -6,7 +6,10 @@ import json
 
 import pytest
 from builders import build, endpoints, ep, port, service
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from kernel import nft_in
+from strategies import cidr_lists, cidrs
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
@@ -429,3 +432,94 @@ def test_services_sharing_a_load_balancer_ip_and_port_with_nested_ranges_apply(n
     assert plan_state(backend, node_with(), svcs, []).mode == "noop"
     allow = applying.read_applied(backend).elements["g1-firewall-allow4"]
     assert set(allow) == {("198.51.100.10", "tcp", 80, "10.0.0.0/8")}
+
+
+@st.composite
+def node_options(draw: st.DrawFn, families: tuple[frozenset[int], frozenset[int]]) -> NodeConfig:
+    """Random node CIDRs, uncollapsed, of the given families (cluster, node-port)."""
+
+    def of(fams: frozenset[int]) -> tuple[str, ...]:
+        return tuple(
+            c for f in sorted(fams) for c in draw(st.lists(cidrs(f), min_size=1, max_size=3))
+        )
+
+    cluster, nodeport = families
+    return node_with(cluster=of(cluster), nodeport=of(nodeport))
+
+
+@st.composite
+def interval_states(draw: st.DrawFn, families: tuple[frozenset[int], frozenset[int]]):
+    node = draw(node_options(families))
+    svcs, slices = [], []
+    for i in range(draw(st.integers(1, 3))):
+        name = f"svc{i}"
+        # Sometimes one address and port for two Services: the winner's firewall applies.
+        lb4 = draw(st.sampled_from(["198.51.100.1", f"198.51.100.{i + 2}"]))
+        svcs.append(
+            service(
+                name,
+                ports=[port(80, node_port=draw(st.sampled_from([None, 30080 + i])))],
+                cluster_ips=(f"10.96.0.{i + 1}", f"fd00:96::{i + 1:x}"),
+                load_balancer_ips=(lb4, *draw(st.sampled_from([(), ("2001:db8:1::1",)]))),
+                load_balancer_source_ranges=draw(cidr_lists()),
+            )
+        )
+        n = draw(st.integers(0, 2))
+        slices.append(endpoints(name, [ep(f"10.244.{i}.{j + 1}") for j in range(n)]))
+        slices.append(
+            endpoints(name, [ep(f"fd00:244::{i + 1}:{j + 1}") for j in range(n)], family=6)
+        )
+    return node, svcs, slices
+
+
+_FAMILY_SETS = st.sampled_from([frozenset(), frozenset({4}), frozenset({6}), frozenset({4, 6})])
+
+
+@st.composite
+def two_states(draw: st.DrawFn):
+    """Two states; mostly with the same node CIDR families, so that the second applies as
+    an incremental change of interval elements rather than a new generation."""
+    families = (draw(_FAMILY_SETS), draw(_FAMILY_SETS))
+    first = draw(interval_states(families))
+    if draw(st.sampled_from([False, False, False, True])):
+        families = (draw(_FAMILY_SETS), draw(_FAMILY_SETS))
+    return first, draw(interval_states(families))
+
+
+@pytest.fixture
+def two_backends(make_netns):
+    """Two namespaces for a whole property test: each example empties them first."""
+    return open_backend(make_netns()), open_backend(make_netns())
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(states=two_states())
+def test_any_intervals_apply_then_plan_nothing_and_change_to_what_a_fresh_apply_gives(
+    two_backends, states
+):
+    """apply(X); plan(X) is a no-op. apply(X); apply(Y) ends element by element where
+    apply(Y) into an empty namespace does, and plan(Y) is a no-op."""
+    (x, y) = states
+    here, fresh = two_backends
+    applying.cleanup(here)
+    applying.cleanup(fresh)
+    apply_state(here, *x)
+    assert plan_state(here, *x).mode == "noop"
+    second = apply_state(here, *y)
+    event(f"second apply: {second.mode}")
+    assert plan_state(here, *y).mode == "noop"
+    apply_state(fresh, *y)
+    node, svcs, slices = y
+    kernel = applying.read_applied(here)
+    expected = AppliedState.of(
+        build(svcs, slices, node=node, names=applying.names_for(second.generation))
+    )
+    assert kernel == expected
+    if second.generation == 1:
+        assert kernel == applying.read_applied(fresh)
+    else:
+        assert applying.read_applied(fresh) == AppliedState.of(build(svcs, slices, node=node))

@@ -1,18 +1,21 @@
 """Properties over random clusters.
 
 1. For every frontend and every kind of client, `explain` over the compiled ruleset reaches
-   exactly the endpoints the model selects, each with probability 1/n.
+   exactly the endpoints the model selects, each with probability 1/n (or is dropped by the
+   load balancer's source ranges, as the model says).
 2. Any sequence of cluster states, applied as incremental diffs (only changed Services are
    recompiled) to a table, ends exactly where a fresh full compile of the last state does.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from fractions import Fraction
 
 from builders import NODE, build, send
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import cidr_lists
 
 from nftproxy.applying import generation_plan
 from nftproxy.model import (
@@ -85,6 +88,8 @@ def clusters(draw: st.DrawFn, shared_lb: bool = False) -> tuple[list[Service], l
             ports,
             cluster_ips=(f"10.96.0.{i + 1}", *((f"fd00:96::{i + 1:x}",) if dual else ())),
             load_balancer_ips=lb,
+            # Nested, adjacent, duplicate, /0, host prefixes, both families.
+            load_balancer_source_ranges=draw(cidr_lists()) if lb else (),
             external_policy_local=draw(st.booleans()),
             internal_policy_local=draw(st.booleans()),
             families=(4, 6) if dual else (4,),
@@ -112,7 +117,16 @@ def _expect(backends: tuple, any_usable: bool) -> tuple[dict[str, Fraction], str
     return {f"{b.ip}:{b.port}": Fraction(1, n) for b in backends}, None
 
 
-def _check(result, backends: tuple, any_usable: bool) -> None:
+def _admitted(svc: Service, source: str) -> bool:
+    ranges = svc.load_balancer_source_ranges
+    addr = ipaddress.ip_address(source)
+    return not ranges or any(addr in ipaddress.ip_network(r) for r in ranges)
+
+
+def _check(result, backends: tuple, any_usable: bool, *, dropped: bool = False) -> None:
+    if dropped:
+        assert result.outcomes() == {"drop": 1}
+        return
     expected, verdict = _expect(backends, any_usable)
     got = {f"{b.ip}:{b.port}": p for b, p in result.endpoints().items()}
     assert got == expected
@@ -141,10 +155,20 @@ def test_explain_over_the_ruleset_reaches_exactly_the_selected_endpoints(cluster
                 for lb in svc.load_balancer_ips:
                     if (":" in lb) != (fam == 6):
                         continue
-                    _check(send(rs, lb, p.port, src=outside, proto=proto), external, sel.any_usable)
+                    _check(
+                        send(rs, lb, p.port, src=outside, proto=proto),
+                        external,
+                        sel.any_usable,
+                        dropped=not _admitted(svc, outside),
+                    )
                     # From inside the cluster, Local external policy does not apply.
                     if sel.cluster:
-                        _check(send(rs, lb, p.port, src=pod, proto=proto), sel.cluster, True)
+                        _check(
+                            send(rs, lb, p.port, src=pod, proto=proto),
+                            sel.cluster,
+                            True,
+                            dropped=not _admitted(svc, pod),
+                        )
                 if p.node_port:
                     at_node = send(rs, node_ip, p.node_port, src=outside, proto=proto)
                     _check(at_node, external, sel.any_usable)
