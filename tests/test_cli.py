@@ -135,3 +135,119 @@ def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp
     allowed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
     assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in allowed
     assert "198.51.100.10 . tcp . 443 . 203.0.113.7" in allowed
+
+
+# --- input mistakes never delete what is running --------------------------------------------
+
+WEB = """apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: PORT}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [ADDRESS]}]
+"""
+DNS = """apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec: {clusterIP: 10.96.0.53, ports: [{name: dns, port: PORT, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns, port: 53, protocol: UDP}]
+endpoints: [{addresses: [10.244.1.53]}]
+"""
+
+
+def two_files(tmp_path: Path, *, web_ip: str = "10.244.1.5", dns_port: str = "53") -> Path:
+    directory = tmp_path / "manifests"
+    directory.mkdir(exist_ok=True)
+    (directory / "web.yaml").write_text(WEB.replace("PORT", "80").replace("ADDRESS", web_ip))
+    (directory / "dns.yaml").write_text(DNS.replace("PORT", dns_port))
+    return directory
+
+
+def frontends(netns: str) -> str:
+    return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-frontends4")
+
+
+def generation_id(netns: str) -> int:
+    from nftproxy.nft import open_backend
+
+    return open_backend(netns).generation()
+
+
+def test_a_mistyped_path_is_an_error_that_changes_nothing(netns):
+    assert nftproxy("apply", CLUSTER, *NODE, "--netns", netns).returncode == 0
+    before = generation_id(netns)
+    typo = CLUSTER.replace("cluster.yaml", "clusterr.yaml")
+    for command in ("apply", "plan"):
+        out = nftproxy(command, typo, *NODE, "--netns", netns)
+        assert out.returncode == 1, out.stderr
+        assert "clusterr.yaml" in out.stderr and "nothing was changed" in out.stderr
+        assert out.stdout == ""
+    assert generation_id(netns) == before
+    assert "10.96.0.10 . tcp . 80" in frontends(netns)
+
+
+def test_a_file_that_no_longer_parses_is_an_error_that_changes_nothing(netns, tmp_path):
+    directory = two_files(tmp_path)
+    assert nftproxy("apply", str(directory), *NODE, "--netns", netns).returncode == 0
+    before = generation_id(netns)
+    (directory / "dns.yaml").write_text("kind: [\n")
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 1
+    assert "dns.yaml" in out.stderr and "nothing was changed" in out.stderr
+    assert generation_id(netns) == before
+    compiled = nftproxy("compile", str(directory), *NODE)
+    assert compiled.returncode == 1 and compiled.stdout == ""
+
+
+def test_an_empty_input_changes_nothing_unless_pruned(netns, tmp_path):
+    directory = two_files(tmp_path)
+    assert nftproxy("apply", str(directory), *NODE, "--netns", netns).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.yaml").write_text("# nothing here yet\n")
+    out = nftproxy("apply", str(empty), *NODE, "--netns", netns)
+    assert out.returncode == 1 and "no Services or EndpointSlices" in out.stderr
+    assert "10.96.0.53" in frontends(netns)
+    pruned = nftproxy("apply", str(empty), *NODE, "--netns", netns, "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "10.96.0" not in frontends(netns)
+
+
+def test_an_invalid_service_keeps_its_rules_while_the_rest_is_applied(netns, tmp_path):
+    directory = two_files(tmp_path)
+    assert nftproxy("apply", str(directory), *NODE, "--netns", netns).returncode == 0
+    # dns turns invalid, web moves to another endpoint: web changes, dns stays.
+    two_files(tmp_path, web_ip="10.244.1.6", dns_port="eighty")
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 3, out.stderr
+    assert "Service kube-system/dns" in out.stderr and "spec.ports[0].port" in out.stderr
+    assert "dns.yaml" in out.stderr and "kept" in out.stderr
+    endpoints = nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-udp")
+    assert "10.96.0.53 . 53 . 0 : 10.244.1.53 . 53" in endpoints
+    assert "10.96.0.53 . udp . 53" in frontends(netns)
+    web = nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
+    assert "10.244.1.6" in web and "10.244.1.5" not in web
+    again = nftproxy("plan", str(directory), *NODE, "--netns", netns)
+    assert again.returncode == 3 and again.stdout.startswith("# noop"), again.stdout
+    pruned = nftproxy("apply", str(directory), *NODE, "--netns", netns, "--prune")
+    assert pruned.returncode == 3
+    assert "10.96.0.53" not in frontends(netns)
+
+
+def test_a_deleted_file_still_deletes_its_services(netns, tmp_path):
+    directory = two_files(tmp_path)
+    assert nftproxy("apply", str(directory), *NODE, "--netns", netns).returncode == 0
+    (directory / "dns.yaml").unlink()
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 0, out.stderr
+    assert "10.96.0.53" not in frontends(netns) and "10.96.0.10" in frontends(netns)

@@ -11,6 +11,7 @@ Two ways there:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -79,6 +80,8 @@ class Plan:
     transactions: list[Transaction] = field(default_factory=list)
     reason: str = ""
     desired: Ruleset | None = None
+    # Deletions left out because the inputs are incomplete (see keeping).
+    kept: int = 0
 
     def __str__(self) -> str:
         head = f"# {self.mode} (generation {self.generation})"
@@ -230,12 +233,16 @@ def make_plan(
     max_incremental: int | None = None,
     force_generation: bool = False,
     compare: Compare | None = None,
+    keep: bool = False,
 ) -> Plan:
     """The cheapest way from `applied` to what `build` makes: nothing, one incremental
     change, or a new generation.
 
     `applied` holds the kernel's elements, or (with `compare`) only its names and rule
     counts: `compare(desired)` then tells which elements differ (see nftproxy.verifying).
+    With `keep` (the inputs are known to be incomplete), nothing the table holds is
+    deleted, only added or replaced (see `keeping`); a change that needs a new generation
+    is then refused with KeepRefused.
     """
     if max_incremental is None:
         max_incremental = MAX_INCREMENTAL
@@ -244,26 +251,61 @@ def make_plan(
     gens = generations(applied)
     top = max(gens, default=0)
     if force_generation:
-        return generation_plan(build, applied, top + 1, "full resync requested", chunk)
-    if len(gens) != 1:
+        why = "full resync requested"
+    elif len(gens) != 1:
         why = "table holds no generation" if not gens else f"table holds generations {sorted(gens)}"
-        return generation_plan(build, applied, top + 1, why, chunk)
-    desired = build(names_for(top))
-    try:
-        check_skeleton(desired, applied)
-        tx = diff(desired, applied, None if compare is None else compare(desired))
-    except SkeletonMismatch as exc:
-        why = str(exc)
     else:
-        if tx.size() <= max_incremental:
-            plan = Plan("incremental" if tx else "noop", top, desired=desired)
-            plan.transactions.extend(tx.split())
-            return plan
-        why = f"{tx.size()} changes exceed one transaction"
-        del tx
-    # Let go of the first build before making the next: two at once is twice the memory.
-    del desired
+        desired = build(names_for(top))
+        try:
+            check_skeleton(desired, applied)
+            tx = diff(desired, applied, None if compare is None else compare(desired))
+        except SkeletonMismatch as exc:
+            why = str(exc)
+        else:
+            if tx.size() <= max_incremental:
+                kept = 0
+                if keep:
+                    tx, kept = keeping(tx)
+                plan = Plan("incremental" if tx else "noop", top, desired=desired, kept=kept)
+                plan.transactions.extend(tx.split())
+                return plan
+            why = f"{tx.size()} changes exceed one transaction"
+            del tx
+        # Let go of the first build before making the next: two at once is twice the memory.
+        del desired
+    if keep and applied.chains:
+        raise KeepRefused(
+            f"the table needs a new generation ({why}), which would drop what the "
+            "incomplete input does not describe"
+        )
     return generation_plan(build, applied, top + 1, why, chunk)
+
+
+class KeepRefused(Exception):
+    """Keeping what the table holds is not possible: the change needs a new generation."""
+
+
+def keeping(tx: Transaction) -> tuple[Transaction, int]:
+    """`tx` without its deletions, and how many objects that keeps. What a key is replaced
+    by stays (it is deleted and added again in the same change).
+
+    For incomplete inputs (an unreadable file, an invalid object): the rules of Services
+    the valid inputs do not describe stay as they are, and so do pick chains and buckets
+    they may use; a later complete input deletes what is left over.
+    """
+    added = {(op.set, key) for op in tx.ops if isinstance(op, AddElements) for key, _ in op.items}
+    out, kept = Transaction(), 0
+    for op in tx.ops:
+        if isinstance(op, DeleteElements):
+            again = tuple([key for key in op.keys if (op.set, key) in added])
+            kept += len(op.keys) - len(again)
+            if again:
+                out.ops.append(dataclasses.replace(op, keys=again))
+        elif isinstance(op, FlushChain | DeleteChain | DeleteSet):
+            kept += isinstance(op, DeleteChain | DeleteSet)
+        else:
+            out.ops.append(op)
+    return out, kept
 
 
 def read_applied(backend: Backend) -> AppliedState | None:

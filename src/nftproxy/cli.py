@@ -1,7 +1,8 @@
 """Command line: compile, plan, apply, explain, cleanup (and the daemon's entry points).
 
-Exit status: 0 success; 1 the kernel refused or a usage/option error (nothing changed);
-3 some input objects were rejected (each reported on stderr) but all others were processed.
+Exit status: 0 success; 1 the kernel refused, an option was wrong, or the inputs could not
+all be read (nothing changed); 3 some input objects were rejected (each reported on stderr),
+all others were processed, and what the table held for the rejected ones stays.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
     )
 
 
+class InputError(Exception):
+    """The inputs cannot be trusted to describe the cluster: nothing is compiled or
+    applied (a path that does not exist, a file that cannot be read or parsed, nothing
+    at all to read)."""
+
+
 def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     manifests = load_paths(args.paths, service_proxy_name=node.service_proxy_name)
     for err in manifests.errors:
@@ -101,6 +108,16 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
             print(f"skipped: {what}: {why}", file=sys.stderr)
         for kind, n in sorted(manifests.ignored.items()):
             print(f"ignored: {n} {kind} object(s)", file=sys.stderr)
+    unreadable = [err for err in manifests.errors if err.kind == "file"]
+    if unreadable:
+        where = ", ".join(sorted({err.source or "?" for err in unreadable}))
+        raise InputError(f"cannot read {where}: nothing was changed")
+    described = manifests.services or manifests.slices or manifests.skipped or manifests.errors
+    if not described and not getattr(args, "prune", False):
+        prune = " (--prune applies an empty input)" if hasattr(args, "prune") else ""
+        raise InputError(
+            f"no Services or EndpointSlices in {', '.join(args.paths)}: nothing was changed{prune}"
+        )
     return manifests
 
 
@@ -140,12 +157,24 @@ def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
     node = _node(args)
     manifests = _load(args, node)
     backend = open_backend(args.netns, prefer=args.backend)
-    plan = applying.make_plan(
-        lambda names: build_ruleset(manifests, node, names),
-        applying.read_applied(backend),
-        chunk=args.chunk,
-        force_generation=getattr(args, "full", False),
-    )
+    keep = bool(manifests.errors) and not args.prune
+    try:
+        plan = applying.make_plan(
+            lambda names: build_ruleset(manifests, node, names),
+            applying.read_applied(backend),
+            chunk=args.chunk,
+            force_generation=getattr(args, "full", False),
+            keep=keep,
+        )
+    except applying.KeepRefused as exc:
+        raise InputError(f"{exc}; fix the invalid objects, or use --prune") from None
+    if plan.kept:
+        print(
+            f"kept {plan.kept} element(s), chain(s) and set(s) of the table that the valid "
+            "objects do not describe, because some objects are invalid: fix them, or use "
+            "--prune to delete what they held",
+            file=sys.stderr,
+        )
     return plan, manifests, backend
 
 
@@ -405,15 +434,26 @@ def parser() -> argparse.ArgumentParser:
     with_inputs(p)
     p.set_defaults(func=cmd_compile)
 
+    def with_prune(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--prune",
+            action="store_true",
+            help="exactly these inputs: delete what they do not describe even when some "
+            "objects are invalid (by default their rules stay), and accept an input without "
+            "Services (which empties the table)",
+        )
+
     p = sub.add_parser("plan", help="print the transaction(s) that apply would run")
     with_inputs(p)
     with_kernel(p)
+    with_prune(p)
     p.add_argument("--full", action="store_true", help="plan a full rebuild (new generation)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("apply", help="bring a network namespace to the desired ruleset")
     with_inputs(p)
     with_kernel(p)
+    with_prune(p)
     p.add_argument("--full", action="store_true", help="rebuild as a new generation")
     p.set_defaults(func=cmd_apply)
 
@@ -504,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, NftError, OSError, ValueError) as exc:
+    except (ConfigError, InputError, NftError, OSError, ValueError) as exc:
         print(f"nftproxy {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
