@@ -53,6 +53,10 @@ def test_a_daemon_killed_and_restarted_over_every_feature_finds_its_table_in_syn
     (manifests / "features.yaml").write_text(FEATURES.read_text())
     first = start_daemon(*run_args(netns, [manifests]))
     first.wait_for(r"full sync: generation")
+    # Two Services on one external IP and port: the daemon says so, as compile does.
+    first.wait_for(
+        re.escape("192.0.2.90:80/tcp is claimed by several Services (shop/claim-a, shop/claim-b)")
+    )
     first.kill()
     kernel = open_backend(netns)
     for restart in range(2):

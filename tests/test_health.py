@@ -159,6 +159,9 @@ def test_attach_marks_updated_after_each_sync(health: ProxierHealth, clock: Cloc
     assert not health.is_healthy()
     for listener in proxier.stats.listeners:
         listener(SyncResult("incremental", 1, 0.01, 1))
+    assert not health.is_healthy()  # the sync loop has not turned for 100 s either
+    for turned in proxier.stats.tick_listeners:
+        turned()
     assert health.is_healthy()
 
 
@@ -279,3 +282,73 @@ def test_health_check_ports_from_the_model() -> None:
         [web, api], lambda sid: local_ready_endpoints(slices.get(sid, []), "me")
     )
     assert got == {31000: (WEB, 1)}
+
+
+def test_a_loop_that_stops_turning_makes_the_proxy_unhealthy(
+    health: ProxierHealth, clock: Clock, healthz: str
+) -> None:
+    turned = health.watch("manifest scan")
+    clock.now += 59
+    turned()
+    clock.now += 59
+    assert get(f"{healthz}/healthz")[0] == 200
+    clock.now += 2  # 61 s since the last turn: stuck (a FIFO read, a hung netlink call)
+    assert health.stuck() == ["manifest scan"]
+    assert get(f"{healthz}/healthz")[0] == 503
+    assert get(f"{healthz}/livez")[0] == 503
+    turned()
+    assert get(f"{healthz}/healthz")[0] == 200
+
+
+class FailingBackend:
+    """A fake kernel that refuses every commit: a failure loop on demand."""
+
+    def run(self, script: str) -> None:
+        from nftproxy.nft import NftError
+
+        raise NftError("refused (a fake failure)")
+
+    check = run
+
+    def list_table(self) -> None:
+        return None
+
+
+def test_the_listener_of_a_deleted_service_closes_even_while_syncs_fail(
+    hc: HealthCheckServers,
+) -> None:
+    from nftproxy.config import NodeConfig
+    from nftproxy.nft import NftError
+    from nftproxy.proxier import Proxier
+
+    [port] = free_ports(1)
+    tcp = ServicePort("http", Protocol.TCP, 80, node_port=30080)
+    web = Service(WEB, (tcp,), external_policy_local=True, health_check_node_port=port)
+    proxier = Proxier(FailingBackend(), NodeConfig(node_name="node-a"))  # type: ignore[arg-type]
+    hc.follow(proxier)
+    proxier.replace_all({WEB: web}, {})
+    with pytest.raises(NftError):
+        proxier.sync()
+    assert hc.ports == {port}
+    proxier.replace_all({}, {})
+    with pytest.raises(NftError):
+        proxier.sync()
+    assert hc.ports == frozenset()
+
+
+def test_an_idle_connection_is_closed_so_its_thread_ends(
+    healthz: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nftproxy.health import JSONHandler
+
+    monkeypatch.setattr(JSONHandler, "timeout", 0.3)
+    port = int(healthz.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"}" not in answer:
+            answer += conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200")
+        # Kept alive, then idle: the server closes it (recv returns b"").
+        conn.settimeout(5)
+        assert conn.recv(4096) == b""

@@ -127,13 +127,8 @@ def build_ruleset(manifests: Manifests, node: NodeConfig, names: Names) -> Rules
         frags = compile_all(manifests.services, manifests.slices.values(), node, names)
         for sid, frag in frags.items():
             desired.set_service(sid, frag)
-    for (set_name, key), owners in desired.conflicts.items():
-        who = ", ".join(f"{ns}/{n}" for ns, n in owners)
-        print(
-            f"warning: {set_name} {key} is claimed by several Services ({who}); "
-            f"{owners[0][0]}/{owners[0][1]} wins",
-            file=sys.stderr,
-        )
+    for warning in desired.conflict_warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     return desired.ruleset
 
 
@@ -247,16 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if metrics_at:
         servers.append(proxy_metrics.serve(metrics_at))
     check_servers = health.HealthCheckServers(health=proxy_health)
-
-    def sync_health_checks(_result: object) -> None:
-        me = proxier.node.node_name
-        ports = health.health_check_ports(
-            proxier.services(),
-            lambda sid: health.local_ready_endpoints(proxier.slices_of(sid), me),
-        )
-        check_servers.sync(ports)
-
-    proxier.stats.listeners.append(sync_health_checks)
+    check_servers.follow(proxier)
     from nftproxy import conntrack
 
     cleaner = conntrack.ConntrackCleaner(args.netns)
@@ -271,9 +257,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             proxier.request_full_sync()
             log.info("serving %s from %s", where, ", ".join(args.manifests))
             loop.start()
+            scanned = proxy_health.watch("manifest scan")
             while not stop.wait(args.poll_interval):
                 if source.scan():
                     proxier.replace_all(*source.merged())
+                scanned()
         else:
             watcher = _kube_watcher(args, opts, proxier, log)
             log.info("serving %s from the Kubernetes API as node %s", where, node.node_name)

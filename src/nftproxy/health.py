@@ -8,7 +8,9 @@ Proxy health follows kube-proxy's ``pkg/proxy/healthcheck/proxier_health.go``:
   ``lastUpdated`` becomes now. A failed sync does not call it, so the change stays pending.
 * The proxy is healthy unless a change has been pending for ``health_timeout`` or longer
   (kube-proxy passes ``2 * syncPeriod``: 60 s with the default 30 s). Before the first
-  sync with nothing pending (starting up) it is healthy, as in kube-proxy.
+  sync with nothing pending (starting up) it is healthy, as in kube-proxy. Beyond
+  kube-proxy, a loop that must keep turning (`watch`: the sync loop, the manifest scanner)
+  and has not for ``health_timeout`` makes it unhealthy too: a stuck loop queues nothing.
 * ``/healthz`` is additionally 503 when the Node is not eligible (being deleted, or
   tainted ``ToBeDeletedByClusterAutoscaler``), so load balancers drain it; ``/livez``
   ignores eligibility (a liveness probe must not restart a proxy on a draining node).
@@ -108,6 +110,7 @@ class ProxierHealth:
         self._last_updated: float | None = None
         self._oldest_pending: float | None = None
         self._node_eligible = True
+        self._turns: dict[str, float] = {}  # loop -> when it last turned
 
     def queued_update(self) -> None:
         """A change that needs a sync arrived; keeps the time of the oldest one pending."""
@@ -122,9 +125,27 @@ class ProxierHealth:
             self._last_updated = self.clock()
 
     def attach(self, proxier: Proxier) -> None:
-        """Follow `proxier`: changes queued, and each successful sync."""
+        """Follow `proxier`: changes queued, each successful sync, and its loop turning."""
         proxier.stats.listeners.append(self.updated)
         proxier.stats.queue_listeners.append(lambda _services, _slices: self.queued_update())
+        proxier.stats.tick_listeners.append(self.watch("sync loop"))
+
+    def watch(self, loop: str) -> Callable[[], None]:
+        """Register a loop that must keep turning; it calls the function returned on every
+        turn. One that has not turned for `health_timeout` makes the proxy unhealthy."""
+
+        def turned() -> None:
+            with self._lock:
+                self._turns[loop] = self.clock()
+
+        turned()
+        return turned
+
+    def stuck(self) -> list[str]:
+        """Loops that have not turned for `health_timeout`."""
+        now = self.clock()
+        with self._lock:
+            return sorted(n for n, t in self._turns.items() if now - t >= self.health_timeout)
 
     def sync_node(self, node: Mapping[str, Any] | None) -> None:
         """Eligibility from a Node object (API JSON): not deleted, not about to be removed.
@@ -153,7 +174,7 @@ class ProxierHealth:
             pending, last = self._oldest_pending, self._last_updated
         if pending is not None and self.clock() - pending >= self.health_timeout:
             return False, last
-        return True, last
+        return not self.stuck(), last
 
     def is_healthy(self) -> bool:
         return self.status()[0]
@@ -226,6 +247,9 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     server_version = "nftproxy"
     protocol_version = "HTTP/1.1"
+    # A connection (and its thread) idle this long is closed: clients that keep
+    # connections open must not pile up threads.
+    timeout = 10
     quiet: ClassVar[bool] = True
 
     def answer(self) -> tuple[int, dict[str, Any]] | None:  # pragma: no cover - abstract
@@ -362,6 +386,23 @@ class HealthCheckServers:
                 else:
                     self.errors.pop(port, None)
                     log.info("serving healthCheckNodePort %d for %s", port, name)
+
+    def follow(self, proxier: Proxier) -> None:
+        """Keep one listener per healthCheckNodePort of `proxier`'s Services, updated after
+        every sync, failed ones too: the listeners follow the Services, not the kernel, so
+        a deleted Service's port closes even while syncs fail (and answers unhealthy)."""
+
+        def sync(_outcome: object) -> None:
+            me = proxier.node.node_name
+            self.sync(
+                health_check_ports(
+                    proxier.services(),
+                    lambda sid: local_ready_endpoints(proxier.slices_of(sid), me),
+                )
+            )
+
+        proxier.stats.listeners.append(sync)
+        proxier.stats.failure_listeners.append(sync)
 
     @property
     def ports(self) -> frozenset[int]:

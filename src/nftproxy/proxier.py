@@ -43,6 +43,10 @@ from nftproxy.ruleset.schema import RECORD, Atom, SetDef
 
 log = logging.getLogger("nftproxy.sync")
 
+# What a sync may fail with; it is then retried as a full sync, with backoff. KeepRefused:
+# the inputs are incomplete and the change would need a new generation (see applying).
+SYNC_ERRORS = (NftError, OSError, SkeletonMismatch, applying.KeepRefused)
+
 SliceKey = tuple[str, str]
 
 
@@ -69,6 +73,10 @@ class SyncStats:
     listeners: list[Callable[[SyncResult], None]] = field(default_factory=list)
     # Called when changes are queued for the next sync: (services changed, slices changed).
     queue_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+    # Called after each failed sync, with what failed.
+    failure_listeners: list[Callable[[Exception], None]] = field(default_factory=list)
+    # Called on every turn of the sync loop (at least every tick): it is not stuck.
+    tick_listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
 class SyncLimiter:
@@ -145,6 +153,7 @@ class Proxier:
         self._commits = 0  # commits of the sync under way
         self._repair_due = False
         self._repair_gap = 1.0
+        self._conflicts: set[str] = set()  # as last logged
         # The record our table holds, as far as we know (None: none).
         self._record: verifying.Record | None = None
         self._last_verify_at = float("-inf")
@@ -304,9 +313,10 @@ class Proxier:
             )
             before = self._generation()
             self._commits = 0
+            failed: Exception | None = None
             try:
                 result = self._full_sync() if need_full else self._partial_sync(dirty)
-            except (NftError, OSError, SkeletonMismatch) as exc:
+            except SYNC_ERRORS as exc:
                 # Whatever half happened, the next attempt starts from what the kernel says.
                 self._dirty |= dirty
                 self._need_full = True
@@ -316,9 +326,14 @@ class Proxier:
                 self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
                 self._retry_at = self.clock() + self._backoff
                 log.error("sync failed (retry in %.0fs): %s", self._backoff, exc)
-                raise
-            self._account_commits(before, compared=need_full)
-            self._write_record()
+                failed = exc
+            else:
+                self._account_commits(before, compared=need_full)
+                self._write_record()
+        if failed is not None:
+            for on_failure in self.stats.failure_listeners:
+                on_failure(failed)
+            raise failed
         self._backoff = 0.0
         result = SyncResult(
             result.mode, result.changes, time.perf_counter() - start, result.services
@@ -330,9 +345,20 @@ class Proxier:
             self.stats.full_syncs += 1
         else:
             self.stats.partial_syncs += 1
+        self._warn_conflicts()
         for listener in self.stats.listeners:
             listener(result)
         return result
+
+    def _warn_conflicts(self) -> None:
+        """Log addresses and ports several Services claim, once each time that changes."""
+        desired = self._desired
+        now = set(desired.conflict_warnings()) if desired is not None else set()
+        for warning in sorted(now - self._conflicts):
+            log.warning("%s", warning)
+        for gone in sorted(self._conflicts - now):
+            log.info("resolved: %s", gone.partition(" is claimed")[0])
+        self._conflicts = now
 
     # --- what the kernel holds ------------------------------------------------------------
 
@@ -565,6 +591,8 @@ class Proxier:
     def run(self, stop: threading.Event, *, tick: float = 0.5) -> None:
         """Loop until `stop` is set. Leaves the rules in place on exit."""
         while not stop.is_set():
+            for turned in self.stats.tick_listeners:
+                turned()
             # Cleared before looking at the state: an input arriving after this point sets
             # it again, so the wait below cannot sleep through it.
             self._wake.clear()
@@ -579,7 +607,7 @@ class Proxier:
                     continue
                 self.limiter.take(now)
                 # sync() logged the failure and scheduled the retry with backoff.
-                with contextlib.suppress(NftError, OSError, SkeletonMismatch):
+                with contextlib.suppress(*SYNC_ERRORS):
                     self.sync()
                 continue
             self._check_foreign_changes(now)

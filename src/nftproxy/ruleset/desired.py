@@ -341,6 +341,29 @@ class DesiredState:
                 out[k] = sorted(claims)
         return out
 
+    def conflict_warnings(self) -> list[str]:
+        """One line per address and port (or node port) that several Services claim with
+        different rules, naming them and the one that wins (the first by namespace/name).
+        Only the dispatch maps are named: the other sets of a contested frontend follow."""
+        dispatch = {
+            self.names(f"{kind}{f}"): kind for kind in ("frontends", "nodeports") for f in (4, 6)
+        }
+        out = []
+        for (set_name, key), owners in sorted(self.conflicts.items(), key=repr):
+            kind = dispatch.get(set_name)
+            if kind is None:
+                continue
+            if kind == "frontends":
+                vip, proto, port = key
+                what = f"[{vip}]:{port}/{proto}" if ":" in str(vip) else f"{vip}:{port}/{proto}"
+            else:
+                proto, port = key
+                what = f"node port {port}/{proto}"
+            who = ", ".join(f"{ns}/{name}" for ns, name in owners)
+            ns, name = owners[0]
+            out.append(f"{what} is claimed by several Services ({who}); {ns}/{name} wins")
+        return out
+
     def set_service(self, sid: ServiceName, fragment: Fragment | None) -> None:
         owner = (sid.namespace, sid.name)
         self._remove(owner)
