@@ -18,6 +18,7 @@ on failure or Ctrl-C) and runs each phase in a fresh Python process, as a daemon
            the endpoint map; the daemon's loop runs as in `nftproxy run`. Reported: from the
            foreign commit to the table holding the desired state again (polled every 5 ms),
            and how (an in-place repair, or a new generation when the damage is too big).
+  shrink   a fresh table, then every Service goes away: resident memory before and after.
 
 The synthetic cluster is bench/sync.py's: N ClusterIP+NodePort Services, E endpoints each.
 """
@@ -173,6 +174,26 @@ def phase_repair(netns: str, n: int, e: int) -> dict[str, Any]:
     return out
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def phase_shrink(netns: str, n: int, e: int) -> dict[str, Any]:
+    """A fresh table of N Services, then every Service goes away: resident memory before
+    and after (the daemon gives memory back when the cluster shrinks to under half)."""
+    nft(netns, "delete", "table", "inet", "nftproxy")
+    proxier = proxier_for(netns, n, e)
+    proxier.sync()
+    full = rss_mb()
+    proxier.replace_all({}, {})
+    proxier.sync()
+    return {"rss_full_mb": full, "rss_after_all_went_mb": rss_mb()}
+
+
 def phase_restart_after_foreign_commit(netns: str, n: int, e: int) -> dict[str, Any]:
     return phase_restart(netns, n, e, foreign_commit=True)
 
@@ -182,6 +203,7 @@ PHASES = {
     "restart": phase_restart,
     "restart-compare": phase_restart_after_foreign_commit,
     "repair": phase_repair,
+    "shrink": phase_shrink,
 }
 
 
@@ -222,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
             run: dict[str, Any] = {}
-            for phase in ("cold", "restart", "restart-compare", "repair"):
+            for phase in ("cold", "restart", "restart-compare", "repair", "shrink"):
                 run[phase] = run_phase(phase, netns, n, args.endpoints)
                 print(f"N={n} {phase}: {json.dumps(run[phase])}", flush=True)
             report["runs"][str(n)] = run

@@ -10,10 +10,21 @@ from __future__ import annotations
 import contextlib
 import operator
 import socket
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, Literal, NamedTuple, SupportsIndex, TypeVar, cast, overload
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    NamedTuple,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    overload,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -26,11 +37,20 @@ class SharedValues(Generic[K, V]):
     and zone names, port lists and endpoint facts across thousands of objects. Bounded
     because keys come from API input; a full table starts over."""
 
-    __slots__ = ("_limit", "_table")
+    __slots__ = ("__weakref__", "_limit", "_table")
+    _every: ClassVar[weakref.WeakSet[SharedValues[Any, Any]]] = weakref.WeakSet()
 
     def __init__(self, limit: int = 4096) -> None:
         self._table: dict[K, V] = {}
         self._limit = limit
+        SharedValues._every.add(self)
+
+    @classmethod
+    def clear_all(cls) -> None:
+        """Forget every shared value (they are only a saving: the next use makes one
+        again), so memory they pin can go back to the system."""
+        for table in list(cls._every):
+            table._table.clear()
 
     def get(self, key: K, make: Callable[[K], V]) -> V:
         """The shared value for `key`, made by `make(key)` the first time."""

@@ -1051,6 +1051,14 @@ class ElementWriter:
                 raise
             replies.extend(_parse_replies(data))
 
+    def forget_caches(self) -> None:
+        """Drop the encoder's cached protocols, ports and verdicts (they pin memory after
+        a large table went away; they come back as needed)."""
+        self._pool.submit(self._forget).result()
+
+    def _forget(self) -> None:
+        self._encoder = Encoder()
+
     def close(self) -> None:
         if self._sock.fileno() < 0:
             return

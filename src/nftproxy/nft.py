@@ -224,6 +224,11 @@ class LibNftables:
             weakref.finalize(self, self._writer.close)
         self._writer.write(ops, set_types, generation=generation)
 
+    def forget_caches(self) -> None:
+        """Let go of memory kept for speed (see ElementWriter.forget_caches)."""
+        if self._writer is not None:
+            self._writer.forget_caches()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
