@@ -589,6 +589,61 @@ def test_invalid_slice_fields_are_reported_by_path(
     assert str(err).startswith(f"EndpointSlice default/web-abc12: {field}: ")
 
 
+def ten_endpoints_with(bad: dict[int, str]) -> list[dict[str, Any]]:
+    return [{"addresses": [bad.get(i, f"10.0.0.{i + 1}")]} for i in range(10)]
+
+
+def test_a_bad_endpoint_is_reported_and_the_slice_keeps_its_good_endpoints() -> None:
+    reported: list[InvalidObject] = []
+    raw = from_builtins(slice_dict(ten_endpoints_with({3: "10.0.0.999"})), RawEndpointSlice)
+    result = to_slice(raw, report=reported.append)
+    assert not isinstance(result, Skip)
+    assert [e.ip for e in result.endpoints] == [f"10.0.0.{i + 1}" for i in range(10) if i != 3]
+    assert [str(e) for e in reported] == [
+        'EndpointSlice default/web-abc12: endpoints[3].addresses[0]: "10.0.0.999" is not a'
+        " valid IP address"
+    ]
+
+
+def test_each_endpoint_of_the_wrong_family_is_reported_separately() -> None:
+    reported: list[InvalidObject] = []
+    endpoints = ten_endpoints_with({0: "fd00::1", 9: "fd00::2"})
+    result = to_slice(
+        from_builtins(slice_dict(endpoints), RawEndpointSlice), report=reported.append
+    )
+    assert not isinstance(result, Skip)
+    assert len(result.endpoints) == 8
+    assert [(e.field, e.message) for e in reported] == [
+        ("endpoints[0].addresses[0]", '"fd00::1" is IPv6 but addressType is IPv4'),
+        ("endpoints[9].addresses[0]", '"fd00::2" is IPv6 but addressType is IPv4'),
+    ]
+
+
+def test_a_slice_without_one_usable_endpoint_is_rejected_whole() -> None:
+    reported: list[InvalidObject] = []
+    endpoints = [{"addresses": ["fd00::1"]}, {"addresses": []}, {"addresses": ["fd00::3"]}]
+    raw = from_builtins(slice_dict(endpoints), RawEndpointSlice)
+    with pytest.raises(InvalidObject) as info:
+        to_slice(raw, report=reported.append)
+    assert str(info.value) == (
+        "EndpointSlice default/web-abc12: endpoints[0].addresses[0]: "
+        '"fd00::1" is IPv6 but addressType is IPv4; none of the slice\'s 3 endpoints is usable'
+    )
+    assert reported == []
+
+
+def test_an_empty_slice_is_still_valid_when_endpoints_may_be_reported() -> None:
+    result = to_slice(from_builtins(slice_dict([]), RawEndpointSlice), report=print)
+    assert not isinstance(result, Skip)
+    assert result.endpoints == ()
+
+
+def test_without_a_report_callback_a_bad_endpoint_rejects_the_whole_slice() -> None:
+    err = slice_error(endpoints=ten_endpoints_with({3: "10.0.0.999"}))
+    assert err.field == "endpoints[3].addresses[0]"
+    assert "none of" not in err.message
+
+
 # --- Address canonicalisation ---------------------------------------------------------------
 
 

@@ -620,16 +620,33 @@ def _affinity_timeout(spec: RawServiceSpec) -> int | None:
 _ADDRESS_TYPES: Final[dict[str, Family]] = {"IPv4": 4, "IPv6": 6}
 
 
-def to_slice(raw: RawEndpointSlice) -> EndpointSlice | Skip:
-    """Validate one EndpointSlice; raise InvalidObject naming the first bad field."""
+def to_slice(
+    raw: RawEndpointSlice, *, report: Callable[[InvalidObject], None] | None = None
+) -> EndpointSlice | Skip:
+    """Validate one EndpointSlice; raise InvalidObject naming the first bad field.
+
+    With `report`, an endpoint that cannot be used (a bad address, one of the wrong family)
+    is left out of the slice and passed to `report`, so it does not take the slice's other
+    endpoints down with it. Without `report`, it rejects the whole slice.
+    """
     namespace, name = _identity("EndpointSlice", raw.metadata)
+    left_out: list[_Bad] = []
     try:
-        return _slice(raw, namespace, name)
+        result = _slice(raw, namespace, name, left_out)
     except _Bad as exc:
         raise InvalidObject("EndpointSlice", namespace, name, exc.field, exc.message) from None
+    if left_out:
+        if report is None:
+            bad = left_out[0]
+            raise InvalidObject("EndpointSlice", namespace, name, bad.field, bad.message)
+        for bad in left_out:
+            report(InvalidObject("EndpointSlice", namespace, name, bad.field, bad.message))
+    return result
 
 
-def _slice(raw: RawEndpointSlice, namespace: str, name: str) -> EndpointSlice | Skip:
+def _slice(
+    raw: RawEndpointSlice, namespace: str, name: str, left_out: list[_Bad]
+) -> EndpointSlice | Skip:
     if raw.address_type == "FQDN":
         return Skip("FQDN EndpointSlice has no IP addresses to proxy to")
     family = _ADDRESS_TYPES.get(raw.address_type)
@@ -639,7 +656,7 @@ def _slice(raw: RawEndpointSlice, namespace: str, name: str) -> EndpointSlice | 
     service_name = labels.get(SERVICE_NAME_LABEL) if labels else None
     if not service_name:
         return Skip(f"no {SERVICE_NAME_LABEL} label: not owned by a Service")
-    addresses, facts = _endpoints(raw.endpoints, family)
+    addresses, facts = _endpoints(raw.endpoints, family, left_out)
     return EndpointSlice.of_columns(
         namespace, name, service_name, family, _slice_ports(raw.ports), addresses, facts
     )
@@ -665,18 +682,33 @@ def _slice_ports(raw_ports: tuple[RawEndpointPort, ...] | None) -> tuple[SlicePo
 
 
 def _endpoints(
-    raw_endpoints: tuple[RawEndpoint, ...] | None, family: Family
+    raw_endpoints: tuple[RawEndpoint, ...] | None, family: Family, left_out: list[_Bad]
 ) -> tuple[tuple[str, ...], tuple[EndpointFacts, ...]]:
-    """The slice's endpoints as columns: addresses, and the facts of each."""
+    """The slice's usable endpoints as columns: addresses, and the facts of each."""
     if not raw_endpoints:
         return (), ()
     _absurd("endpoints", raw_endpoints, MAX_ENDPOINTS)
     addresses: list[str] = []
     facts: list[EndpointFacts] = []
     for i, raw in enumerate(raw_endpoints):
-        ip, its_facts = _endpoint(raw, i, family)
+        try:
+            ip, its_facts = _endpoint(raw, i, family)
+        except _Bad as exc:
+            left_out.append(exc)
+            continue
         addresses.append(ip)
         facts.append(its_facts)
+    if not addresses:
+        # Not one usable endpoint is a broken producer or a broken edit (a wrong addressType,
+        # a mangled file), not a scale-down, which the API spells as no endpoints at all.
+        # Rejecting the slice lets a manifest directory keep its last good endpoints ("a typo
+        # never tears down a working Service"); where there is no last good state (a first
+        # load, the API reflector) a rejected slice counts as absent, which sends traffic
+        # exactly where an empty slice would. So rejecting is never worse than emptying.
+        first = left_out[0]
+        count = len(raw_endpoints)
+        suffix = f"; none of the slice's {count} endpoints is usable" if count > 1 else ""
+        raise _Bad(first.field, first.message + suffix)
     return tuple(addresses), tuple(facts)
 
 
