@@ -1,8 +1,10 @@
 """The reflectors against a real kube-apiserver (see apiserver.py): list, watch, pagination,
-410 Gone and re-list, apiserver restarts, RBAC errors, and invalid objects."""
+410 Gone and re-list, apiserver restarts, RBAC errors, and invalid objects; canned responses
+only for input the apiserver refuses to store."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ from builders import service as model_service
 
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
 from nftproxy.kube.reflector import (
+    EndpointSliceResource,
     KubeWatcher,
     NodeInfo,
     ProxierSink,
@@ -428,3 +431,78 @@ def test_proxier_sink_waits_for_both_lists_then_forwards_each_kind() -> None:
         ("services", None, {web: svc_web}),
         ("slice", ("shop", "web-1"), None),
     ]
+
+
+# --- canned responses -------------------------------------------------------------------------
+#
+# The apiserver validates EndpointSlice addresses, so a slice with a bad endpoint cannot be
+# created through it; API servers without that validation, or objects stored before it, can
+# still send one. These tests serve such responses from a canned client instead.
+
+
+def slice_json(version: str, *ips: str) -> dict[str, Any]:
+    obj = endpoint_slice("web-1", "web", *ips)
+    obj["metadata"] |= {"namespace": "shop", "resourceVersion": version}
+    return obj
+
+
+class CannedWatch:
+    """A watch that sends its lines, then stays open until closed, like a quiet server."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.lines
+        self.closed.wait()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class CannedClient:
+    """Answers the first LIST with `listed` and the first WATCH with `events`."""
+
+    def __init__(self, listed: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        self.listed = listed
+        self.events = [json.dumps(e).encode() for e in events]
+
+    def get(self, path: str, params: Any = None, *, timeout: float | None = None) -> bytes:
+        return json.dumps({"metadata": {"resourceVersion": "10"}, "items": self.listed}).encode()
+
+    def watch(self, path: str, params: Any = None, *, idle_timeout: float = 0) -> CannedWatch:
+        events, self.events = self.events, []
+        return CannedWatch(events)
+
+
+def test_a_slice_with_bad_endpoints_keeps_its_good_ones_and_logs_each_bad_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listed = slice_json("7", "10.0.0.1", "10.0.0.999", "10.0.0.3")
+    modified = slice_json("11", "fd00::1", "10.0.0.4")
+    client = CannedClient([listed], [{"type": "MODIFIED", "object": modified}])
+    sink = RecordingSink()
+    reflector = Reflector(client, EndpointSliceResource(sink), **OPTIONS)  # type: ignore[arg-type]
+    reflector.start()
+    try:
+        assert reflector.synced.wait(15)
+        assert [e.ip for e in sink.slice_replaces[0][("shop", "web-1")].endpoints] == [
+            "10.0.0.1",
+            "10.0.0.3",
+        ]
+        wait_for("the watch event", lambda: bool(sink.updates))
+        assert [e.ip for e in sink.slices[("shop", "web-1")].endpoints] == ["10.0.0.4"]
+    finally:
+        reflector.stop()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(
+        'EndpointSlice shop/web-1: endpoints[1].addresses[0]: "10.0.0.999" is not a valid IP' in w
+        for w in warnings
+    ), warnings
+    assert any(
+        'EndpointSlice shop/web-1: endpoints[0].addresses[0]: "fd00::1" is IPv6' in w
+        for w in warnings
+    ), warnings
+    assert reflector.stats.invalid_parts == 2
+    assert reflector.stats.invalid_objects == 0

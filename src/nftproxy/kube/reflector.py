@@ -12,7 +12,8 @@ One thread per resource, in three layers:
    advance the resourceVersion, and no bytes for timeoutSeconds+30 s reconnects.
 
 Objects that this proxy skips or that fail validation are "not present" for the consumer;
-invalid ones are logged once per resourceVersion.
+invalid ones are logged once per resourceVersion, and so are the invalid parts left out of
+otherwise valid objects (an EndpointSlice's endpoint with a bad address).
 """
 
 from __future__ import annotations
@@ -222,8 +223,8 @@ class Resource(ABC, Generic[RawT, KeyT, ValT]):
     def key(self, namespace: str, name: str) -> KeyT: ...
 
     @abstractmethod
-    def convert(self, raw: RawT) -> ValT | Skip:
-        """Validate; raise InvalidObject when it cannot be used."""
+    def convert(self, raw: RawT, report: Callable[[InvalidObject], None]) -> ValT | Skip:
+        """Validate; raise InvalidObject when it cannot be used, `report` parts left out."""
 
     @abstractmethod
     def replace(self, values: dict[KeyT, ValT]) -> None: ...
@@ -261,7 +262,7 @@ class ServiceResource(Resource[RawService, ServiceName, Service]):
     def key(self, namespace: str, name: str) -> ServiceName:
         return ServiceName(namespace or "default", name)
 
-    def convert(self, raw: RawService) -> Service | Skip:
+    def convert(self, raw: RawService, report: Callable[[InvalidObject], None]) -> Service | Skip:
         return to_service(raw, service_proxy_name=self.service_proxy_name)
 
     def replace(self, values: dict[ServiceName, Service]) -> None:
@@ -294,8 +295,10 @@ class EndpointSliceResource(Resource[RawEndpointSlice, SliceKey, EndpointSlice])
     def key(self, namespace: str, name: str) -> SliceKey:
         return (namespace or "default", name)
 
-    def convert(self, raw: RawEndpointSlice) -> EndpointSlice | Skip:
-        return to_slice(raw)
+    def convert(
+        self, raw: RawEndpointSlice, report: Callable[[InvalidObject], None]
+    ) -> EndpointSlice | Skip:
+        return to_slice(raw, report=report)
 
     def replace(self, values: dict[SliceKey, EndpointSlice]) -> None:
         self.sink.replace_slices(values)
@@ -337,7 +340,7 @@ class NodeResource(Resource[RawNode, str, NodeInfo]):
     def key(self, namespace: str, name: str) -> str:
         return name
 
-    def convert(self, raw: RawNode) -> NodeInfo | Skip:
+    def convert(self, raw: RawNode, report: Callable[[InvalidObject], None]) -> NodeInfo | Skip:
         meta = raw.metadata or RawObjectMeta()
         addresses = (raw.status.addresses if raw.status else None) or ()
         return NodeInfo(
@@ -376,6 +379,7 @@ class ReflectorStats:
     events: dict[str, int] = field(default_factory=dict)  # by type, BOOKMARK and ERROR too
     decode_errors: int = 0  # objects or stream lines that could not be decoded
     invalid_objects: int = 0  # objects decoded but rejected by validation
+    invalid_parts: int = 0  # parts left out of otherwise valid objects (bad endpoints)
     failures: int = 0  # attempts that ended in an error (then backoff)
     last_error: str | None = None
     last_event_at: float = 0.0  # time.monotonic() of the last event of any type
@@ -604,11 +608,15 @@ class Reflector(Generic[RawT, KeyT, ValT]):
             log.warning("%s: ignoring an object without metadata.name", self.name)
             return None
         key = self.resource.key(meta.namespace, meta.name)
+        left_out: list[InvalidObject] = []
         try:
-            return key, self.resource.convert(raw)
+            value = self.resource.convert(raw, left_out.append)
         except InvalidObject as exc:
             self._invalid(exc, meta.resource_version, invalid, key)
             return key, None
+        if left_out:
+            self._partly_invalid(left_out, meta.resource_version, invalid, key)
+        return key, value
 
     def _invalid(
         self,
@@ -631,6 +639,16 @@ class Reflector(Generic[RawT, KeyT, ValT]):
             log.warning("ignoring invalid %s", exc)
         invalid[key] = version
         return key
+
+    def _partly_invalid(
+        self, left_out: list[InvalidObject], version: str, invalid: dict[KeyT, str], key: KeyT
+    ) -> None:
+        self.stats.invalid_parts += len(left_out)
+        # Logged once per resourceVersion, like invalid objects: `invalid` remembers it.
+        if self._invalid_logged.get(key) != version or not version:
+            for exc in left_out:
+                log.warning("ignoring invalid %s; the rest of it is used", exc)
+        invalid[key] = version
 
     # -- layer 3: one watch request
 
