@@ -781,6 +781,25 @@ def test_each_invalid_slice_field_is_reported_and_the_rest_of_the_file_loads(
     assert list(result.services) == [ServiceName("default", "web")]
 
 
+def test_a_bad_endpoint_is_reported_and_the_slice_keeps_the_others(tmp_path: Path) -> None:
+    addresses = [f"10.0.0.{i}" for i in range(1, 11)]
+    addresses[4] = "10.0.0.999"
+    endpoints = ", ".join(f"{{addresses: [{a}]}}" for a in addresses)
+    text = (
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        "metadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}\n"
+        f"addressType: IPv4\nendpoints: [{endpoints}]\n"
+    )
+    path = write(tmp_path / "slices.yaml", text)
+    result = load_paths([path])
+    assert only_error(result) == (
+        f'{path}: EndpointSlice ns/web-1: endpoints[4].addresses[0]: "10.0.0.999" is not a valid'
+        " IP address"
+    )
+    kept = [e.ip for e in result.slices["ns", "web-1"].endpoints]
+    assert kept == [a for a in addresses if a != "10.0.0.999"]
+
+
 def test_absurdly_large_slices_are_rejected(tmp_path: Path) -> None:
     endpoints = [{"addresses": [f"10.0.{i // 250}.{i % 250}"]} for i in range(1001)]
     bad = {

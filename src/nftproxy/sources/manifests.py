@@ -221,7 +221,7 @@ class _Loader:
         try:
             _check_api("EndpointSlice", api, _SLICE_API, obj)
             raw = from_builtins(obj, RawEndpointSlice)
-            converted = to_slice(raw)
+            converted = to_slice(raw, report=lambda bad: self._reject(bad, source))
         except InvalidObject as exc:
             self._reject(exc, source)
             if exc.name:
