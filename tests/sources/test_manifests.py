@@ -660,12 +660,47 @@ def test_later_files_in_sorted_order_replace_earlier_definitions(tmp_path: Path)
     assert [p.port for p in result.services[ServiceName("default", "web")].ports] == [8080]
 
 
-def test_a_later_invalid_definition_replaces_an_earlier_valid_one(tmp_path: Path) -> None:
+def test_a_later_invalid_definition_is_reported_and_the_earlier_valid_one_stays(
+    tmp_path: Path,
+) -> None:
     write(tmp_path / "1-first.yaml", a_service("web", port=80))
     write(tmp_path / "2-second.yaml", a_service("web", port=0))
     result = load_paths([tmp_path])
-    assert result.services == {}
+    assert [p.port for p in result.services[ServiceName("default", "web")].ports] == [80]
     assert "2-second.yaml: Service default/web: spec.ports[0].port" in only_error(result)
+
+
+def test_a_later_invalid_document_in_the_same_file_keeps_the_earlier_valid_slice(
+    tmp_path: Path,
+) -> None:
+    slice_yaml = (
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        "metadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}\n"
+        "addressType: IPv4\nendpoints: [{addresses: [ADDRESS]}]\n"
+    )
+    text = (
+        slice_yaml.replace("ADDRESS", "10.0.0.1")
+        + "---\n"
+        + slice_yaml.replace("ADDRESS", "'fd00::1'")
+    )
+    path = write(tmp_path / "slices.yaml", text)
+    result = load_paths([path])
+    assert [e.ip for e in result.slices["ns", "web-1"].endpoints] == ["10.0.0.1"]
+    assert only_error(result).startswith(f"{path}: EndpointSlice ns/web-1: endpoints[0]")
+
+
+def test_a_later_definition_for_another_proxy_still_replaces_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    labelled = a_service("web").replace(
+        "  namespace: default\n",
+        "  namespace: default\n  labels:\n    service.kubernetes.io/service-proxy-name: other\n",
+    )
+    write(tmp_path / "1-first.yaml", a_service("web"))
+    write(tmp_path / "2-second.yaml", labelled)
+    result = load_paths([tmp_path])
+    assert result.services == {}
+    assert result.errors == []
 
 
 def test_several_paths_are_loaded_in_the_order_given(tmp_path: Path) -> None:

@@ -43,7 +43,12 @@ _SLICE_GROUP: Final = "discovery.k8s.io/"
 
 @dataclass
 class Manifests:
-    """Everything read from a set of paths; later definitions of one object replace earlier."""
+    """Everything read from a set of paths.
+
+    A later valid definition of an object (same kind, namespace and name) replaces an earlier
+    one; a later invalid one is only reported, and the earlier valid one stays, as it does in
+    a watched directory.
+    """
 
     services: dict[ServiceName, Service] = field(default_factory=dict)
     # Keyed by (namespace, slice name): slice names are unique per namespace, not per Service.
@@ -207,8 +212,6 @@ class _Loader:
             converted = to_service(raw, service_proxy_name=self._proxy_name)
         except InvalidObject as exc:
             self._reject(exc, source)
-            if exc.name:
-                self.result.services.pop(ServiceName(exc.namespace, exc.name), None)
             return
         if isinstance(converted, Skip):
             sid = ServiceName(*_raw_identity(raw))
@@ -224,8 +227,6 @@ class _Loader:
             converted = to_slice(raw, report=lambda bad: self._reject(bad, source))
         except InvalidObject as exc:
             self._reject(exc, source)
-            if exc.name:
-                self.result.slices.pop((exc.namespace, exc.name), None)
             return
         if isinstance(converted, Skip):
             key = _raw_identity(raw)
