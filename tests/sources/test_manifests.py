@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nftproxy.model import Endpoint, Protocol, Service, ServiceName, ServicePort, SlicePort
-from nftproxy.sources.manifests import Manifests, load_paths
+from nftproxy.sources.manifests import Manifests, ReadLimits, load_paths
 
 # What `kubectl get svc,endpointslices -A -o yaml` prints, trimmed to a handful of objects
 # but keeping the noise (uid, managedFields, last-applied annotations, timestamps).
@@ -938,3 +942,91 @@ def test_garbage_collection_is_restored_after_loading(tmp_path: Path) -> None:
     assert gc.isenabled()
     load_paths([write(tmp_path / "a.yaml", "key: [unclosed\n")])
     assert gc.isenabled()
+
+
+# --- Files that are not what they seem --------------------------------------------------------
+
+# Loads in a child process, so that a regression that blocks (a FIFO) or reads without end
+# (/dev/zero) fails the test instead of hanging it or exhausting the machine's memory.
+LOAD_IN_CHILD = """\
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from nftproxy.sources.manifests import load_paths
+result = load_paths(sys.argv[1:])
+print(json.dumps({
+    "errors": [str(e) for e in result.errors],
+    "services": sorted(f"{s.namespace}/{s.name}" for s in result.services),
+}))
+"""
+
+
+def load_in_child(*paths: Path) -> dict[str, Any]:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_IN_CHILD, *map(str, paths)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"loading {[str(p) for p in paths]} did not finish within 60 s")
+    loaded: dict[str, Any] = json.loads(done.stdout)
+    return loaded
+
+
+def test_a_fifo_among_the_manifests_is_an_error_and_does_not_block(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    os.mkfifo(tmp_path / "x.yaml")
+    loaded = load_in_child(tmp_path)
+    assert loaded["errors"] == [
+        f"{tmp_path / 'x.yaml'}: is a FIFO (named pipe); only regular files are read"
+    ]
+    assert loaded["services"] == ["default/web"]
+
+
+def test_a_symlink_to_a_device_is_an_error_and_is_not_read(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    (tmp_path / "x.yaml").symlink_to("/dev/zero")
+    loaded = load_in_child(tmp_path, tmp_path / "x.yaml")
+    error = (
+        f"{tmp_path / 'x.yaml'}: is a character device (a symlink to /dev/zero); "
+        "only regular files are read"
+    )
+    assert loaded["errors"] == [error, error]
+    assert loaded["services"] == ["default/web"]
+
+
+def test_a_directory_named_like_a_manifest_is_searched_not_read(tmp_path: Path) -> None:
+    write(tmp_path / "dir.yaml" / "a.yaml", a_service())
+    result = load_paths([tmp_path])
+    assert result.errors == []
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_symlinked_files_are_read_like_a_mounted_config_map(tmp_path: Path) -> None:
+    # What the kubelet mounts for a ConfigMap: files are symlinks through ..data.
+    write(tmp_path / "..2024_05_03_08_00_00.123" / "web.yaml", a_service())
+    (tmp_path / "..data").symlink_to("..2024_05_03_08_00_00.123")
+    (tmp_path / "web.yaml").symlink_to("..data/web.yaml")
+    result = load_paths([tmp_path])
+    assert result.errors == []
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_a_file_larger_than_the_limit_is_an_error_naming_the_limit(tmp_path: Path) -> None:
+    small = write(tmp_path / "a.yaml", a_service("a"))
+    big = write(tmp_path / "b.yaml", a_service("b", ip="10.96.0.11") + "#" * 1000 + "\n")
+    limits = ReadLimits(max_file_bytes=small.stat().st_size)
+    result = load_paths([tmp_path], limits=limits)
+    assert only_error(result) == (
+        f"{big}: larger than the limit of {small.stat().st_size:,} bytes per file "
+        f"({big.stat().st_size:,} bytes)"
+    )
+    assert list(result.services) == [ServiceName("default", "a")]
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5])
+def test_read_limits_must_be_positive_integers(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_file_bytes must be a positive integer"):
+        ReadLimits(max_file_bytes=value)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,9 +30,18 @@ from nftproxy.kube.objects import (
 )
 from nftproxy.model import EndpointSlice, Service, ServiceName
 
-__all__ = ["MANIFEST_SUFFIXES", "Manifests", "load_paths", "manifest_files"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MANIFEST_SUFFIXES",
+    "Manifests",
+    "ReadLimits",
+    "load_paths",
+    "manifest_files",
+]
 
 MANIFEST_SUFFIXES: Final = frozenset({".yaml", ".yml", ".json"})
+
+_MiB: Final = 1 << 20
 
 # The C loader is ~10x faster on large kubectl dumps; pure Python is the portable fallback.
 _YAML_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -39,6 +49,23 @@ _YAML_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SERVICE_API: Final = "v1"
 _SLICE_API: Final = "discovery.k8s.io/v1"
 _SLICE_GROUP: Final = "discovery.k8s.io/"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """What reading one manifest file may cost at most; the module docstring says why."""
+
+    # Bytes read from one file, which is held in memory whole while it is decoded.
+    max_file_bytes: int = 256 * _MiB
+
+    def __post_init__(self) -> None:
+        for limit in fields(self):
+            value = getattr(self, limit.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ReadLimits.{limit.name} must be a positive integer: {value!r}")
+
+
+DEFAULT_LIMITS: Final = ReadLimits()
 
 
 @dataclass
@@ -61,14 +88,18 @@ class Manifests:
 
 
 def load_paths(
-    paths: Sequence[str | os.PathLike[str]], *, service_proxy_name: str | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    service_proxy_name: str | None = None,
+    limits: ReadLimits = DEFAULT_LIMITS,
 ) -> Manifests:
     """Load every Service and EndpointSlice under `paths` (files or directories).
 
-    Never raises for bad input: unreadable files, parse errors and invalid objects are
-    collected in `Manifests.errors` and everything else still loads.
+    Never raises for bad input: unreadable files, files that are no regular files, parse
+    errors, broken limits and invalid objects are collected in `Manifests.errors` and
+    everything else still loads.
     """
-    loader = _Loader(service_proxy_name)
+    loader = _Loader(service_proxy_name, limits)
     with _gc_paused():
         for path in paths:
             loader.load_path(Path(path))
@@ -109,6 +140,79 @@ def _file_error(source: str, where: str, message: str) -> InvalidObject:
     return InvalidObject("file", "", "", where, message, source=source)
 
 
+class _Unreadable(Exception):
+    """A file that cannot be read; the message says why."""
+
+
+_FILE_TYPES: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> _Unreadable:
+    kind = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+    try:
+        target = f" (a symlink to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return _Unreadable(f"is {kind}{target}; only regular files are read")
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The file's bytes; _Unreadable for anything but a regular file of at most `limit` bytes.
+
+    Opening never blocks (O_NONBLOCK: a FIFO without a writer) and only regular files are
+    read, so a FIFO or a symlink to /dev/zero cannot hang the reader or fill its memory.
+    Symlinks to regular files are followed: ConfigMap volumes consist of them.
+    """
+    try:
+        # Checked before opening too, since opening some devices has side effects.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unreadable(_os_error_text(path, exc)) from None
+    try:
+        # The opened file is what counts: the path may have been replaced since the stat.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        if st.st_size > limit:
+            raise _too_large(limit, st.st_size)
+        chunks: list[bytes] = []
+        size = 0
+        # One byte more than the file's size shows a file that grew after the fstat.
+        want = st.st_size + 1
+        while size <= limit:
+            chunk = os.read(fd, min(want, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            want = _MiB
+        if size > limit:
+            raise _too_large(limit, None)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError as exc:
+        raise _Unreadable(_os_error_text(path, exc)) from None
+    finally:
+        os.close(fd)
+
+
+def _too_large(limit: int, size: int | None) -> _Unreadable:
+    actual = f" ({size:,} bytes)" if size is not None else ""
+    return _Unreadable(f"larger than the limit of {limit:,} bytes per file{actual}")
+
+
+def _os_error_text(path: Path, exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 def _yaml_error(source: str, exc: yaml.YAMLError) -> InvalidObject:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
@@ -125,9 +229,10 @@ def _type_name(value: object) -> str:
 
 
 class _Loader:
-    def __init__(self, service_proxy_name: str | None) -> None:
+    def __init__(self, service_proxy_name: str | None, limits: ReadLimits) -> None:
         self.result = Manifests()
         self._proxy_name = service_proxy_name
+        self._limits = limits
 
     def load_path(self, path: Path) -> None:
         if path.is_dir():
@@ -142,9 +247,9 @@ class _Loader:
     def load_file(self, path: Path) -> None:
         source = str(path)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            self.result.errors.append(_file_error(source, "", exc.strerror or str(exc)))
+            data = _read_regular_file(path, self._limits.max_file_bytes)
+        except _Unreadable as exc:
+            self.result.errors.append(_file_error(source, "", str(exc)))
             return
         if path.suffix.lower() == ".json":
             try:
