@@ -1030,3 +1030,197 @@ def test_a_file_larger_than_the_limit_is_an_error_naming_the_limit(tmp_path: Pat
 def test_read_limits_must_be_positive_integers(value: Any) -> None:
     with pytest.raises(ValueError, match="max_file_bytes must be a positive integer"):
         ReadLimits(max_file_bytes=value)
+
+
+# --- YAML that would crash, freeze or exhaust the reader ---------------------------------------
+
+
+def a_list(*items: str) -> str:
+    return "apiVersion: v1\nkind: List\nitems:\n" + "".join(
+        "- " + item.strip().replace("\n", "\n  ") + "\n" for item in items
+    )
+
+
+def test_deep_block_nesting_is_an_error_for_its_file_and_other_files_load(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    deep = write(tmp_path / "x.yaml", "".join(" " * i + "a:\n" for i in range(1200)))
+    result = load_paths([tmp_path])
+    assert str(result.errors[0]) == (
+        f"{deep}: document 1, line 101, column 101: nested more than 100 levels deep "
+        "(the depth limit)"
+    )
+    assert all(e.source == str(deep) and e.kind == "file" for e in result.errors)
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+@pytest.mark.parametrize("depth", [1200, 10**6])
+def test_deep_flow_nesting_is_an_error_for_its_file_and_other_files_load(
+    tmp_path: Path, depth: int
+) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    deep = write(tmp_path / "x.yaml", "[" * depth + "]" * depth)
+    result = load_paths([tmp_path])
+    # libyaml may stop at its own nesting limit (1000) before this reader sees level 101.
+    assert result.errors
+    assert all(e.source == str(deep) and e.kind == "file" for e in result.errors)
+    assert "nest" in str(result.errors[0])
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_the_depth_limit_counts_the_depth_that_aliases_bring(tmp_path: Path) -> None:
+    text = "deep: &deep [[[[[1]]]]]\ndeeper: [[[[[*deep]]]]]\n" + "---\n" + a_service()
+    path = write(tmp_path / "a.yaml", text)
+    result = load_paths([path], limits=ReadLimits(max_depth=10))
+    assert only_error(result) == (
+        f"{path}: document 1, line 2, column 14: alias *deep nests more than 10 levels deep "
+        "(the depth limit)"
+    )
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def billion_laughs(levels: int = 7) -> str:
+    """A List whose items are aliases of Lists of aliases ...: 911 bytes, 10**7 Services."""
+    service = (
+        "{apiVersion: v1, kind: Service, metadata: {name: lol}, "
+        "spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}}"
+    )
+    lines = ["apiVersion: v1", "kind: List", f"lol0: &lol0 {service}"]
+    for i in range(1, levels):
+        aliases = ", ".join([f"*lol{i - 1}"] * 10)
+        lines.append(f"lol{i}: &lol{i} {{apiVersion: v1, kind: List, items: [{aliases}]}}")
+    lines.append("items: [" + ", ".join([f"*lol{levels - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_an_error_naming_the_file_and_other_files_load(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    bomb = write(tmp_path / "bomb.yaml", billion_laughs())
+    loaded = load_in_child(tmp_path)
+    size = bomb.stat().st_size
+    assert len(loaded["errors"]) == 1
+    assert loaded["errors"][0].startswith(f"{bomb}: document 1, line ")
+    assert loaded["errors"][0].endswith(
+        f": aliases would add more than 1,048,576 characters, the most allowed for a file of "
+        f"{size:,} bytes"
+    )
+    assert loaded["services"] == ["default/web"]
+
+
+def test_the_alias_allowance_grows_with_the_file_and_can_be_set(tmp_path: Path) -> None:
+    path = write(tmp_path / "bomb.yaml", billion_laughs(levels=3))
+    assert load_paths([path]).errors == []
+    assert "aliases would add more than 1,000 characters" in only_error(
+        load_paths([path], limits=ReadLimits(alias_allowance=1000))
+    )
+
+
+def test_anchors_aliases_and_merge_keys_of_hand_written_manifests_still_work(
+    tmp_path: Path,
+) -> None:
+    text = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: &meta {name: web, namespace: shop, labels: {app: web}}
+  spec: &spec
+    clusterIP: 10.96.0.10
+    ports: &ports
+    - {name: http, port: 80}
+    - {name: https, port: 443}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    <<: *meta
+    name: api
+  spec:
+    <<: *spec
+    clusterIP: 10.96.0.11
+- apiVersion: v1
+  kind: Service
+  metadata: {<<: [{name: db, namespace: other}, *meta]}
+  spec: {ports: *ports, clusterIP: 10.96.0.12}
+"""
+    result = load_paths([write(tmp_path / "shop.yaml", text)])
+    assert result.errors == []
+    assert set(result.services) == {
+        ServiceName("other", "db"),
+        ServiceName("shop", "api"),
+        ServiceName("shop", "web"),
+    }
+    api = result.services[ServiceName("shop", "api")]
+    assert api.cluster_ips == ("10.96.0.11",)
+    assert [p.port for p in api.ports] == [80, 443]
+
+
+def test_a_document_larger_than_the_limit_is_an_error_and_the_others_load(
+    tmp_path: Path,
+) -> None:
+    big = a_service("big", ip="10.96.0.11") + "".join(f"  # {i}\n" for i in range(100))
+    big = big.replace("  ports:", "  sessionAffinity: None\n" + " " * 2 + "ports:")
+    text = a_service("a") + "---\n" + big + "padding: " + "x" * 600 + "\n---\n"
+    text += a_service("c", ip="10.96.0.12")
+    path = write(tmp_path / "a.yaml", text)
+    result = load_paths([path], limits=ReadLimits(max_document_chars=500))
+    error = only_error(result)
+    assert error.startswith(f"{path}: document 2, line ")
+    assert error.endswith(": the document is larger than the limit of 500 characters per document")
+    assert set(result.services) == {ServiceName("default", "a"), ServiceName("default", "c")}
+
+
+def test_the_document_limit_counts_aliases_expanded(tmp_path: Path) -> None:
+    text = "a: &a [" + ", ".join(["xxxxxxxxxx"] * 20) + "]\nb: [*a, *a, *a, *a]\n"
+    path = write(tmp_path / "a.yaml", text)
+    error = only_error(load_paths([path], limits=ReadLimits(max_document_chars=1000)))
+    assert error.endswith(
+        ": the document is larger with its aliases expanded than the limit of 1,000 "
+        "characters per document"
+    )
+
+
+def test_a_bad_item_of_a_list_is_an_error_and_the_other_items_load(tmp_path: Path) -> None:
+    bad_date = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {day: 2024-13-45}"
+    text = a_list(a_service("a"), bad_date, a_service("c", ip="10.96.0.12"))
+    path = write(tmp_path / "list.yaml", text)
+    result = load_paths([path])
+    assert only_error(result) == (
+        f"{path}: document 1.items[1], line 17, column 15: cannot read '2024-13-45' as "
+        "timestamp: month must be in 1..12"
+    )
+    assert set(result.services) == {ServiceName("default", "a"), ServiceName("default", "c")}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("!!set {a, b}", "unsupported tag tag:yaml.org,2002:set"),
+        ("!Ref name", "unsupported tag !Ref"),
+        ("!!binary abc", "failed to decode base64 data: Incorrect padding"),
+        ("{[a]: 1}", "a mapping or a list is used as a mapping key"),
+        ("*nowhere", "alias *nowhere has no anchor &nowhere before it"),
+        ("&loop [*loop]", "alias *loop is inside the node it refers to"),
+        ("1" + ":59" * 20000, "a number of 60,001 characters"),
+        ("{<<: [1, 2]}", "<< merges a mapping or a list of mappings, not a list"),
+    ],
+)
+def test_yaml_that_cannot_be_json_data_rejects_only_its_list_item(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    bad = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{x: {value}}}"
+    path = write(tmp_path / "list.yaml", a_list(bad, a_service()))
+    result = load_paths([path])
+    error = only_error(result)
+    assert error.startswith(f"{path}: document 1.items[0], line ")
+    assert error.endswith(f": {message}")
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_a_bad_value_outside_a_list_rejects_its_document_only(tmp_path: Path) -> None:
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, x: !Ref y}\n---\n" + a_service()
+    path = write(tmp_path / "a.yaml", text)
+    result = load_paths([path])
+    assert only_error(result) == f"{path}: document 1, line 3, column 24: unsupported tag !Ref"
+    assert list(result.services) == [ServiceName("default", "web")]

@@ -2,6 +2,25 @@
 
 Lets nftproxy run from `kubectl get svc,endpointslices -A -o yaml` dumps or hand-written
 files (tests, benchmarks, static setups) through exactly the validation the watcher uses.
+
+Whoever can write to a manifest directory must not be able to crash, freeze or exhaust the
+proxy, so every problem is an error naming its file, and ReadLimits bound the cost of a file:
+
+- max_file_bytes (256 MiB): only regular files are read (a FIFO would block, a symlink to
+  /dev/zero never end), and at most this much of each, held in memory while it is decoded.
+- max_document_chars (256 Mi): the text of one YAML document, aliases expanded, checked as
+  it is built. It bounds the memory of the built document, the largest thing alive at once
+  (documents are built and converted one at a time): about 3 times its text for kubectl
+  output, up to 25 times for text of nothing but empty mappings. kubectl prints a whole
+  cluster as ONE `kind: List` document (30k Services with their slices are about 135 MB of
+  YAML), so by default it is as large as the file limit; lower it where documents are small.
+- max_depth (100): nesting of mappings and lists, checked before anything recursive sees the
+  data. A Deployment's managedFields inside a List reach 16 levels, deep CRD schemas several
+  dozen.
+- alias_allowance (1 MiB): what aliases may add to a file beyond its own size. Anchors and
+  merge keys in hand-written files fit; a billion-laughs bomb of a few hundred bytes does not.
+
+A YAML problem inside an item of a document's top-level `items` list rejects that item only.
 """
 
 from __future__ import annotations
@@ -57,6 +76,13 @@ class ReadLimits:
 
     # Bytes read from one file, which is held in memory whole while it is decoded.
     max_file_bytes: int = 256 * _MiB
+    # Characters of one YAML document (a JSON file is one), aliases expanded: bounds the
+    # memory of the document built from them.
+    max_document_chars: int = 256 * _MiB
+    # Levels of nested mappings and lists in a document, aliases expanded.
+    max_depth: int = 100
+    # Characters that aliases may add to a file beyond its own size, if that is smaller.
+    alias_allowance: int = 1 * _MiB
 
     def __post_init__(self) -> None:
         for limit in fields(self):
@@ -228,6 +254,408 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+# --- YAML: data built from libyaml's event stream -------------------------------------------
+#
+# PyYAML's composer (and libyaml's, behind CSafeLoader) recurses once per nesting level and
+# hands aliases on as shared nodes that whoever walks the result expands again and again. The
+# event stream is flat: building the data from it with an explicit stack checks depth, size
+# and alias expansion before any of it exists, and is about 2.5x faster than CSafeLoader's
+# load on kubectl dumps, because it builds no node graph on the way. Scalars resolve exactly
+# as SafeLoader resolves them (YAML 1.1: yes/no booleans, 0o12 and 1:30 numbers, timestamps).
+
+_MERGE: Final = object()  # a `<<` merge key, until its mapping is complete
+_REJECTED: Final = object()  # stands in for a List item that was rejected and reported
+_YAML_TAG: Final = "tag:yaml.org,2002:"
+_SCALAR_TAGS: Final = frozenset(
+    _YAML_TAG + kind for kind in ("str", "int", "float", "bool", "null", "binary", "timestamp")
+)
+# Explicit tags that change nothing; set, omap and local tags have no JSON equivalent.
+_MAPPING_TAGS: Final = frozenset({"!", _YAML_TAG + "map"})
+_SEQUENCE_TAGS: Final = frozenset({"!", _YAML_TAG + "seq"})
+# No real number is this long; int() of a long sexagesimal one (1:2:3:...) is quadratic.
+_MAX_NUMBER_CHARS: Final = 100
+# Plain scalars up to this long are resolved once per file: keys and values repeat.
+_CACHED_CHARS: Final = 64
+_CACHE_ENTRIES: Final = 50_000
+# Scalars between checks of the document's size (mappings and lists check as they close).
+_SIZE_CHECK_EVERY: Final = 1024
+
+
+class _Broken(Exception):
+    """A node that breaks a limit or cannot be built; `whole_document` if no part of it can
+    be kept (it is too large), else only the List item holding the node is rejected."""
+
+    def __init__(self, message: str, mark: Any, *, whole_document: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+        self.whole_document = whole_document
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    where: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchored:
+    """An open mapping or list with an anchor: what its alias will cost once it is closed."""
+
+    name: str
+    start: int  # character index where it starts
+    aliased: int  # characters aliases had added to the document when it started
+    outer_deepest: int  # the deepest level reached before it started
+
+
+class _Pairs(list[Any]):
+    """An open mapping: its keys and values in turn."""
+
+    __slots__ = ()
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_documents(
+    data: bytes, limits: ReadLimits
+) -> Iterator[tuple[int, object, list[_Problem]]]:
+    """(index from 1, document, problems) for each document of a YAML stream.
+
+    A document that cannot be used is _REJECTED and its problem given. A problem inside an
+    item of a document's top-level `items` list (a kubectl List) rejects only that item: it
+    becomes _REJECTED in the list. A syntax error raises yaml.YAMLError after the documents
+    before it, like kubectl apply.
+    """
+    loader = _YAML_LOADER(data)
+    try:
+        reader = _YamlReader(loader, limits, file_size=len(data))
+        yield from reader.documents()
+    finally:
+        loader.dispose()
+
+
+class _YamlReader:
+    def __init__(self, loader: Any, limits: ReadLimits, file_size: int) -> None:
+        self._loader = loader
+        self._limits = limits
+        self._file_size = file_size
+        self._alias_budget = max(limits.alias_allowance, file_size)
+        self._aliased = 0  # characters aliases added to the documents read so far
+        # A syntax error found inside a document: raised once the document's problems are out.
+        self._syntax_error: yaml.YAMLError | None = None
+        self._stopped = False  # reading stopped inside a document; see _skip
+        self._resolvers: dict[str, list[tuple[str, Any]]] = loader.yaml_implicit_resolvers
+        self._cache: dict[str, object] = {}
+
+    def documents(self) -> Iterator[tuple[int, object, list[_Problem]]]:
+        get_event = self._loader.get_event
+        get_event()  # StreamStartEvent
+        index = 0
+        while type(event := get_event()) is not yaml.StreamEndEvent:
+            index += 1
+            document, problems = self._document(event, index)
+            yield index, document, problems
+            if self._syntax_error is not None:
+                raise self._syntax_error
+            if self._stopped:
+                return
+
+    def _document(self, start: Any, index: int) -> tuple[object, list[_Problem]]:
+        # One loop over every event of the document: the locals are deliberate, as is the
+        # order of the branches (scalars are most events).
+        get_event = self._loader.get_event
+        cache = self._cache
+        ScalarEvent, AliasEvent = yaml.ScalarEvent, yaml.AliasEvent
+        MappingStartEvent, MappingEndEvent = yaml.MappingStartEvent, yaml.MappingEndEvent
+        SequenceStartEvent, SequenceEndEvent = yaml.SequenceStartEvent, yaml.SequenceEndEvent
+        Pairs = _Pairs
+        max_depth = self._limits.max_depth
+        max_chars = self._limits.max_document_chars
+        alias_budget = self._alias_budget - self._aliased
+        doc_start = start.start_mark.index
+        problems: list[_Problem] = []
+        anchors: dict[str, tuple[object, int, int]] = {}  # name: (value, height, expanded size)
+        merging: set[int] = set()  # ids of open mappings that have a `<<` key
+        holder: list[Any] = []  # receives the document's root node
+        top = holder  # the innermost open mapping (keys and values in turn) or list
+        stack: list[list[Any]] = []  # the enclosing ones; len(stack) is top's depth
+        opened: list[_Anchored | None] = []  # for each open mapping or list
+        items: list[Any] | None = None  # the top-level `items` list, while it is open
+        deepest = 0  # the deepest level reached, kept for the heights of anchored nodes
+        aliased = 0  # characters aliases added to this document
+        countdown = _SIZE_CHECK_EVERY
+        event = start
+        try:
+            while True:
+                try:
+                    while True:
+                        event = get_event()
+                        cls = type(event)
+                        if cls is ScalarEvent:
+                            if event.implicit[0]:  # plain and untagged: resolved
+                                text = event.value
+                                try:
+                                    value = cache[text]
+                                except KeyError:
+                                    value = self._plain(text, event.start_mark)
+                                if value is _MERGE:
+                                    # A merge key only where a mapping expects a key.
+                                    if type(top) is Pairs and not len(top) % 2:
+                                        merging.add(id(top))
+                                    else:
+                                        value = text
+                            elif event.tag is None:  # quoted
+                                value = event.value
+                            else:
+                                value = self._tagged(event)
+                            if event.anchor is not None:
+                                size = event.end_mark.index - event.start_mark.index
+                                anchors[event.anchor] = (value, 0, size)
+                            top.append(value)
+                            countdown -= 1
+                            if not countdown:
+                                countdown = _SIZE_CHECK_EVERY
+                                if event.end_mark.index - doc_start + aliased > max_chars:
+                                    raise self._too_large(event, aliased)
+                        elif cls is MappingStartEvent or cls is SequenceStartEvent:
+                            # Opened before any check, so that rejecting skips to its end.
+                            stack.append(top)
+                            depth = len(stack)
+                            if cls is MappingStartEvent:
+                                top = Pairs()
+                            elif (
+                                depth == 2
+                                and type(top) is Pairs
+                                and len(top) % 2
+                                and top[-1] == "items"
+                            ):
+                                top = items = []
+                            else:
+                                top = []
+                            if event.anchor is None:
+                                opened.append(None)
+                            else:
+                                opened.append(
+                                    _Anchored(
+                                        event.anchor, event.start_mark.index, aliased, deepest
+                                    )
+                                )
+                                deepest = depth
+                            if depth > deepest:
+                                deepest = depth
+                            if depth > max_depth:
+                                raise self._too_deep(event)
+                            tag = event.tag
+                            if tag is not None and tag not in (
+                                _MAPPING_TAGS if cls is MappingStartEvent else _SEQUENCE_TAGS
+                            ):
+                                raise _Broken(f"unsupported tag {tag}", event.start_mark)
+                        elif cls is MappingEndEvent or cls is SequenceEndEvent:
+                            # Closed before building, so that rejecting does not skip past it.
+                            content = top
+                            top = stack.pop()
+                            anchored = opened.pop()
+                            if content is items:
+                                items = None
+                            if cls is SequenceEndEvent:
+                                value = content
+                            elif merging and id(content) in merging:
+                                merging.discard(id(content))
+                                value = _merged(content, event.start_mark)
+                            else:
+                                pairs = iter(content)
+                                try:
+                                    value = dict(zip(pairs, pairs, strict=True))
+                                except TypeError:
+                                    raise _unhashable_key(event.start_mark) from None
+                            if anchored is not None:
+                                depth = len(stack) + 1
+                                expanded = (
+                                    event.end_mark.index
+                                    - anchored.start
+                                    + aliased
+                                    - anchored.aliased
+                                )
+                                anchors[anchored.name] = (value, deepest - depth + 1, expanded)
+                                deepest = max(deepest, anchored.outer_deepest)
+                            top.append(value)
+                            if event.end_mark.index - doc_start + aliased > max_chars:
+                                raise self._too_large(event, aliased)
+                        elif cls is AliasEvent:
+                            try:
+                                value, height, size = anchors[event.anchor]
+                            except KeyError:
+                                raise _unknown_alias(event, opened) from None
+                            if height:
+                                reach = len(stack) + height
+                                if reach > max_depth:
+                                    raise self._too_deep(event)
+                                deepest = max(deepest, reach)
+                            aliased += size
+                            if aliased > alias_budget:
+                                raise self._aliases_too_large(event)
+                            if event.end_mark.index - doc_start + aliased > max_chars:
+                                raise self._too_large(event, aliased)
+                            top.append(value)
+                        else:  # DocumentEndEvent
+                            break
+                    break
+                except _Broken as broken:
+                    in_item = items is not None and (
+                        (len(stack) > 2 and stack[2] is items)
+                        # Not when `items` itself was just opened: that is no item of it.
+                        or (top is items and cls is not SequenceStartEvent)
+                    )
+                    if broken.whole_document or not in_item:
+                        where = f"document {index}, {_at(broken.mark)}"
+                        problems.append(_Problem(where, broken.message))
+                        if self._skip(len(stack), 0, index, problems):
+                            get_event()  # DocumentEndEvent
+                        return _REJECTED, problems
+                    # Skip to the end of the item that holds the broken node, and go on.
+                    assert items is not None
+                    where = f"document {index}.items[{len(items)}], {_at(broken.mark)}"
+                    problems.append(_Problem(where, broken.message))
+                    if not self._skip(len(stack), 2, index, problems):
+                        return _REJECTED, problems
+                    top = items
+                    del stack[2:]
+                    del opened[2:]
+                    items.append(_REJECTED)
+        except yaml.YAMLError as exc:
+            # The stream is broken: no later event, so no end of this document either.
+            self._syntax_error = exc
+            return _REJECTED, problems
+        self._aliased += aliased
+        return (holder[0] if holder else None), problems
+
+    def _skip(self, depth: int, until: int, index: int, problems: list[_Problem]) -> bool:
+        """Read on until `depth` open mappings and lists are closed down to `until`.
+
+        What is skipped may be the deep part that broke the depth limit, so it may nest
+        deeper, but not without end: the scanner's cost per event grows with the depth (in
+        C and in pure Python). Past twice the limit, reading the file stops: False.
+        """
+        get_event = self._loader.get_event
+        ceiling = 2 * self._limits.max_depth
+        while depth > until:
+            event = get_event()
+            cls = type(event)
+            if cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+                depth += 1
+                if depth > ceiling:
+                    where = f"document {index}, {_at(event.start_mark)}"
+                    message = (
+                        f"nested more than {ceiling} levels deep; the rest of the file is not read"
+                    )
+                    problems.append(_Problem(where, message))
+                    self._stopped = True
+                    return False
+            elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+                depth -= 1
+        return True
+
+    def _plain(self, text: str, mark: Any) -> object:
+        for tag, pattern in self._resolvers.get(text[:1], ()):
+            if pattern.match(text):
+                value = self._construct(tag, text, mark, None)
+                break
+        else:
+            value = text
+        if len(text) <= _CACHED_CHARS:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[text] = value
+        return value
+
+    def _tagged(self, event: Any) -> object:
+        tag = event.tag
+        if tag == "!":  # the non-specific tag of a quoted scalar: a string
+            return event.value
+        if tag not in _SCALAR_TAGS:
+            raise _Broken(f"unsupported tag {tag}", event.start_mark)
+        return self._construct(tag, event.value, event.start_mark, event.style)
+
+    def _construct(self, tag: str, text: str, mark: Any, style: str | None) -> object:
+        kind = tag.removeprefix(_YAML_TAG)
+        if kind == "merge":
+            return _MERGE
+        if kind == "value":  # `=`, which SafeLoader only accepts as a key
+            return text
+        if kind in ("int", "float") and len(text) > _MAX_NUMBER_CHARS:
+            raise _Broken(f"a number of {len(text):,} characters", mark)
+        construct = self._loader.yaml_constructors.get(tag)
+        if construct is None:
+            raise _Broken(f"unsupported tag {tag}", mark)
+        try:
+            return construct(self._loader, yaml.ScalarNode(tag, text, mark, mark, style))
+        except yaml.YAMLError as exc:  # !!binary that is not base64
+            raise _Broken(getattr(exc, "problem", None) or str(exc), mark) from None
+        except Exception as exc:  # a timestamp like 2024-13-45, `!!int ""`: PyYAML's own
+            raise _Broken(f"cannot read {text[:40]!r} as {kind}: {exc}", mark) from None
+
+    def _too_deep(self, event: Any) -> _Broken:
+        what = f"alias *{event.anchor} nests" if isinstance(event, yaml.AliasEvent) else "nested"
+        return _Broken(
+            f"{what} more than {self._limits.max_depth} levels deep (the depth limit)",
+            event.start_mark,
+        )
+
+    def _aliases_too_large(self, event: Any) -> _Broken:
+        return _Broken(
+            f"aliases would add more than {self._alias_budget:,} characters, the most allowed "
+            f"for a file of {self._file_size:,} bytes",
+            event.start_mark,
+            whole_document=True,
+        )
+
+    def _too_large(self, event: Any, aliased: int) -> _Broken:
+        expanded = " with its aliases expanded" if aliased else ""
+        return _Broken(
+            f"the document is larger{expanded} than the limit of "
+            f"{self._limits.max_document_chars:,} characters per document",
+            event.start_mark,
+            whole_document=True,
+        )
+
+
+def _merged(content: list[Any], mark: Any) -> dict[Any, Any]:
+    """A mapping with `<<` keys, merged as the YAML merge key type says: its own keys win,
+    then those merged first (of a list of mappings, the earlier ones)."""
+    merged: dict[Any, Any] = {}
+    own: list[tuple[Any, Any]] = []
+    pairs = iter(content)
+    for key, value in zip(pairs, pairs, strict=True):
+        if key is not _MERGE:
+            own.append((key, value))
+            continue
+        sources = [value] if isinstance(value, dict) else value
+        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+            message = f"<< merges a mapping or a list of mappings, not {_type_name(value)}"
+            raise _Broken(message, mark)
+        for source in sources:
+            for merged_key, merged_value in source.items():
+                merged.setdefault(merged_key, merged_value)
+    try:
+        merged.update(own)
+    except TypeError:
+        raise _unhashable_key(mark) from None
+    return merged
+
+
+def _unhashable_key(mark: Any) -> _Broken:
+    return _Broken("a mapping or a list is used as a mapping key", mark)
+
+
+def _unknown_alias(event: Any, opened: list[_Anchored | None]) -> _Broken:
+    name = event.anchor
+    if any(a is not None and a.name == name for a in opened):
+        return _Broken(f"alias *{name} is inside the node it refers to", event.start_mark)
+    return _Broken(f"alias *{name} has no anchor &{name} before it", event.start_mark)
+
+
 class _Loader:
     def __init__(self, service_proxy_name: str | None, limits: ReadLimits) -> None:
         self.result = Manifests()
@@ -260,9 +688,11 @@ class _Loader:
             self._document(document, source, 1)
             return
         try:
-            # Documents stream: those before a syntax error still load, like kubectl apply.
-            for index, document in enumerate(yaml.load_all(data, Loader=_YAML_LOADER), 1):
-                self._document(document, source, index)
+            for index, document, problems in _yaml_documents(data, self._limits):
+                for problem in problems:
+                    self.result.errors.append(_file_error(source, problem.where, problem.message))
+                if document is not _REJECTED:
+                    self._document(document, source, index)
         except yaml.YAMLError as exc:
             self.result.errors.append(_yaml_error(source, exc))
 
@@ -308,7 +738,8 @@ class _Loader:
         # A plain `List` holds mixed kinds, so its apiVersion says nothing about the items.
         item_api = list_api if item_kind else ""
         for i, item in enumerate(items):
-            self._object(item, source, f"{where}.items[{i}]", item_kind, item_api)
+            if item is not _REJECTED:  # reported already
+                self._object(item, source, f"{where}.items[{i}]", item_kind, item_api)
 
     def _service(self, obj: dict[str, Any], api: str, source: str) -> None:
         try:
