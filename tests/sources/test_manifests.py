@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from nftproxy.model import Endpoint, Protocol, Service, ServiceName, ServicePort, SlicePort
 from nftproxy.sources.manifests import Manifests, ReadLimits, load_paths
@@ -528,8 +529,6 @@ def test_a_kubectl_dump_splits_dual_stack_endpoints_by_family(dump: Manifests) -
 
 
 def test_the_same_dump_as_json_gives_the_same_result(tmp_path: Path, dump: Manifests) -> None:
-    import yaml
-
     as_json = json.dumps(yaml.safe_load(KUBECTL_DUMP), default=str)
     result = load_paths([write(tmp_path / "cluster.json", as_json)])
     assert result.services == dump.services
@@ -1224,3 +1223,49 @@ def test_a_bad_value_outside_a_list_rejects_its_document_only(tmp_path: Path) ->
     result = load_paths([path])
     assert only_error(result) == f"{path}: document 1, line 3, column 24: unsupported tag !Ref"
     assert list(result.services) == [ServiceName("default", "web")]
+
+
+# --- JSON that would crash the reader ---------------------------------------------------------
+
+
+def a_service_json(**annotations: str) -> str:
+    obj = yaml.safe_load(a_service())
+    obj["metadata"]["annotations"] = annotations
+    return json.dumps(obj)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 1200 + "]" * 1200, "[" * 10**6 + "]" * 10**6, '{"a": ' * 200 + "1" + "}" * 200],
+)
+def test_deeply_nested_json_is_an_error_for_its_file_and_other_files_load(
+    tmp_path: Path, text: str
+) -> None:
+    write(tmp_path / "a.json", a_service_json())
+    deep = write(tmp_path / "x.json", text)
+    result = load_paths([tmp_path])
+    assert only_error(result) == f"{deep}: nested more than 100 levels deep (the depth limit)"
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+@pytest.mark.parametrize("text", ["[" * 10**6, "]" * 10**6 + "[" * 10**6, '{"a": ' * 10**5])
+def test_unbalanced_deep_json_is_an_error_for_its_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "x.json", text)
+    assert only_error(load_paths([path])).startswith(f"{path}: invalid JSON: ")
+
+
+def test_brackets_and_escapes_inside_json_strings_do_not_count_as_nesting(
+    tmp_path: Path,
+) -> None:
+    tricky = '\\"[' * 300 + "{" * 300
+    path = write(tmp_path / "a.json", a_service_json(note=tricky))
+    result = load_paths([path])
+    assert result.errors == []
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
+def test_json_larger_than_the_document_limit_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.json", a_service_json(note="x" * 1000))
+    assert only_error(load_paths([path], limits=ReadLimits(max_document_chars=1000))) == (
+        f"{path}: larger than the limit of 1,000 characters per document"
+    )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -252,6 +253,48 @@ def _type_name(value: object) -> str:
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
+
+
+# --- JSON: one document, its depth checked before msgspec sees it -------------------------------
+#
+# msgspec refuses to recurse past Python's recursion limit (RecursionError, even at a depth of
+# 10**6), but that allows some 900 levels wherever the call stack happens to stand. So brackets
+# are counted first, at C speed by bytes methods: about half the time of msgspec's decoding.
+
+# Translate `{}` to `[]` and delete everything but quotes and brackets.
+_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS: Final = bytes(range(256)).translate(None, b'"[]{}')
+_STRINGS: Final = re.compile(rb'"[^"]*"')
+
+
+def _json_document(data: bytes, limits: ReadLimits) -> object:
+    """The document of a JSON file; _Unreadable if it breaks a limit or is no JSON."""
+    if len(data) > limits.max_document_chars:
+        raise _Unreadable(
+            f"larger than the limit of {limits.max_document_chars:,} characters per document"
+        )
+    if _nested_deeper(data, limits.max_depth):
+        raise _Unreadable(f"nested more than {limits.max_depth} levels deep (the depth limit)")
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _Unreadable(f"invalid JSON: {exc}") from None
+    except RecursionError:  # unbalanced brackets, which the count does not judge
+        raise _Unreadable("invalid JSON: nested too deeply") from None
+
+
+def _nested_deeper(data: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` levels deep."""
+    # Brackets in strings do not count: drop escaped backslashes, then escaped quotes, then
+    # all but quotes and brackets, then the strings (most are "" by then).
+    text = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = _STRINGS.sub(b"", text.translate(_BRACKETS, _NOT_BRACKETS).replace(b'""', b""))
+    # Each pass removes the innermost pairs; a pair left after `limit` passes is deeper.
+    for _ in range(limit):
+        if not text:
+            return False
+        text = text.replace(b"[]", b"")
+    return b"[]" in text
 
 
 # --- YAML: data built from libyaml's event stream -------------------------------------------
@@ -681,9 +724,9 @@ class _Loader:
             return
         if path.suffix.lower() == ".json":
             try:
-                document = msgspec.json.decode(data)
-            except msgspec.DecodeError as exc:
-                self.result.errors.append(_file_error(source, "", f"invalid JSON: {exc}"))
+                document = _json_document(data, self._limits)
+            except _Unreadable as exc:
+                self.result.errors.append(_file_error(source, "", str(exc)))
                 return
             self._document(document, source, 1)
             return
