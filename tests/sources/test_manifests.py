@@ -1013,6 +1013,22 @@ def test_symlinked_files_are_read_like_a_mounted_config_map(tmp_path: Path) -> N
     assert list(result.services) == [ServiceName("default", "web")]
 
 
+def test_dangling_and_looping_symlinks_are_errors_and_the_other_files_load(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.yaml", a_service())
+    (tmp_path / "dangling.yaml").symlink_to("gone.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    result = load_paths([tmp_path, tmp_path / "dangling.yaml"])
+    assert [str(e) for e in result.errors] == [
+        f"{tmp_path / 'dangling.yaml'}: is a dangling symlink to gone.yaml",
+        f"{tmp_path / 'loop.yaml'}: is a symlink to loop.yaml, which loops",
+        f"{tmp_path / 'dangling.yaml'}: is a dangling symlink to gone.yaml",
+    ]
+    assert {e.kind for e in result.errors} == {"file"}
+    assert list(result.services) == [ServiceName("default", "web")]
+
+
 def test_a_file_larger_than_the_limit_is_an_error_naming_the_limit(tmp_path: Path) -> None:
     small = write(tmp_path / "a.yaml", a_service("a"))
     big = write(tmp_path / "b.yaml", a_service("b", ip="10.96.0.11") + "#" * 1000 + "\n")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
+
+import pytest
 
 from nftproxy.model import ServiceName
 from nftproxy.sources.watching import ManifestDirectory
@@ -91,3 +95,63 @@ def test_a_bad_new_file_is_skipped_without_affecting_the_others(tmp_path):
     services, _ = src.merged()
     assert list(services) == [WEB_SVC]
     assert src.errors == 1
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_dangling_symlink_is_reported_once_and_loads_once_it_points_somewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    other = WEB.replace("web", "api").replace("10.96.0.10", "10.96.0.11")
+    (tmp_path / "api.yaml").symlink_to("real/api.yaml")
+    src = ManifestDirectory([tmp_path])
+    assert src.scan() is True
+    assert src.scan() is False
+    assert errors_logged(caplog) == [
+        f"{tmp_path / 'api.yaml'}: is a dangling symlink to real/api.yaml (skipped)"
+    ]
+    assert src.errors == 1
+    assert list(src.merged()[0]) == [WEB_SVC]
+
+    (tmp_path / "real").mkdir()
+    write(tmp_path / "real" / "api.yaml", other.replace("PORT", "81").replace("ADDR", "10.244.1.3"))
+    assert src.scan() is True
+    assert set(src.merged()[0]) == {WEB_SVC, ServiceName("default", "api")}
+
+
+def test_a_symlink_loop_is_reported_as_a_file_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    (tmp_path / "a.yaml").symlink_to("b.yaml")
+    (tmp_path / "b.yaml").symlink_to("a.yaml")
+    src = ManifestDirectory([tmp_path])
+    src.scan()
+    assert errors_logged(caplog) == [
+        f"{tmp_path / 'a.yaml'}: is a symlink to b.yaml, which loops (skipped)",
+        f"{tmp_path / 'b.yaml'}: is a symlink to a.yaml, which loops (skipped)",
+    ]
+    assert list(src.merged()[0]) == [WEB_SVC]
+
+
+def test_a_fifo_in_a_watched_directory_is_an_error_and_does_not_block(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    src = ManifestDirectory([tmp_path])
+    scan = threading.Thread(target=src.scan, daemon=True)
+    scan.start()
+    scan.join(timeout=30)
+    if scan.is_alive():
+        # Release a reader blocked on the FIFO before failing.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("scanning a directory with a FIFO blocked")
+    assert list(src.merged()[0]) == [WEB_SVC]
+    assert errors_logged(caplog) == [
+        f"{fifo}: is a FIFO (named pipe); only regular files are read (skipped)"
+    ]

@@ -25,6 +25,7 @@ A YAML problem inside an item of a document's top-level `items` list rejects tha
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "MANIFEST_SUFFIXES",
     "Manifests",
     "ReadLimits",
+    "broken_symlink",
     "load_paths",
     "manifest_files",
 ]
@@ -163,6 +165,29 @@ def manifest_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
+def broken_symlink(path: Path) -> InvalidObject | None:
+    """The error for a symlink that cannot be followed (dangling or looping), else None."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        problem = _symlink_problem(path, exc)
+        if problem is not None:
+            return _file_error(str(path), "", problem)
+    return None
+
+
+def _symlink_problem(path: Path, exc: OSError) -> str | None:
+    if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None  # not a symlink (or gone)
+    if exc.errno == errno.ELOOP:
+        return f"is a symlink to {target}, which loops"
+    return f"is a dangling symlink to {target}"
+
+
 def _file_error(source: str, where: str, message: str) -> InvalidObject:
     return InvalidObject("file", "", "", where, message, source=source)
 
@@ -237,7 +262,7 @@ def _too_large(limit: int, size: int | None) -> _Unreadable:
 
 
 def _os_error_text(path: Path, exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    return _symlink_problem(path, exc) or exc.strerror or str(exc)
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> InvalidObject:
@@ -709,7 +734,7 @@ class _Loader:
         if path.is_dir():
             for file in manifest_files(path):
                 self.load_file(file)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             # An explicitly named file is read whatever its suffix or hidden status.
             self.load_file(path)
         else:

@@ -3,7 +3,8 @@
 Files are polled (mtime, size, inode), so editors that replace files and ConfigMap volumes
 that swap symlinks are both seen. Only changed files are parsed again. A file that fails to
 parse keeps its objects' last good state, and so does each object that became invalid:
-a typo never tears down a working Service.
+a typo never tears down a working Service. A symlink that cannot be followed (dangling or
+looping) is reported once, as a file error, until it changes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nftproxy.model import EndpointSlice, Service, ServiceName
-from nftproxy.sources.manifests import Manifests, load_paths, manifest_files
+from nftproxy.sources.manifests import Manifests, broken_symlink, load_paths, manifest_files
 
 log = logging.getLogger("nftproxy.manifests")
 
@@ -44,6 +45,7 @@ class ManifestDirectory:
         self.paths = [Path(p) for p in paths]
         self.service_proxy_name = service_proxy_name
         self._files: dict[Path, _FileState] = {}
+        self._broken: dict[Path, str] = {}  # symlinks that cannot be followed, as reported
         self.errors = 0
 
     def _current_files(self) -> list[Path]:
@@ -63,14 +65,31 @@ class ManifestDirectory:
             log.info("%s: removed", gone)
             del self._files[gone]
             changed = True
+        broken: dict[Path, str] = {}
         for path in present:
             sig = _signature(path)
             old = self._files.get(path)
-            if sig is None or (old is not None and old.signature == sig):
+            if sig is None:
+                self._report_broken_symlink(path, broken)
+                continue
+            if old is not None and old.signature == sig:
                 continue
             self._files[path] = self._reload(path, sig, old)
             changed = True
+        self._broken = broken
         return changed
+
+    def _report_broken_symlink(self, path: Path, broken: dict[Path, str]) -> None:
+        err = broken_symlink(path)
+        if err is None:
+            return  # gone since it was listed: the next scan sees it removed
+        text = str(err)
+        broken[path] = text
+        if self._broken.get(path) == text:
+            return  # reported by an earlier scan
+        self.errors += 1
+        kept = " (keeping this file's last good objects)" if path in self._files else " (skipped)"
+        log.error("%s%s", text, kept)
 
     def _reload(self, path: Path, sig: Signature, old: _FileState | None) -> _FileState:
         loaded: Manifests = load_paths([path], service_proxy_name=self.service_proxy_name)
