@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nftproxy.model import ServiceName
+from nftproxy.sources.manifests import ReadLimits
 from nftproxy.sources.watching import ManifestDirectory
 
 WEB = """apiVersion: v1
@@ -135,6 +136,17 @@ def test_a_symlink_loop_is_reported_as_a_file_error(
         f"{tmp_path / 'b.yaml'}: is a symlink to a.yaml, which loops (skipped)",
     ]
     assert list(src.merged()[0]) == [WEB_SVC]
+
+
+def test_read_limits_apply_to_a_watched_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    src = ManifestDirectory([tmp_path], limits=ReadLimits(max_file_bytes=100))
+    src.scan()
+    assert src.merged() == ({}, {})
+    (error,) = errors_logged(caplog)
+    assert error.startswith(f"{tmp_path / 'web.yaml'}: larger than the limit of 100 bytes")
 
 
 def test_a_fifo_in_a_watched_directory_is_an_error_and_does_not_block(

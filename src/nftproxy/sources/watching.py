@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nftproxy.model import EndpointSlice, Service, ServiceName
-from nftproxy.sources.manifests import Manifests, broken_symlink, load_paths, manifest_files
+from nftproxy.sources.manifests import (
+    DEFAULT_LIMITS,
+    Manifests,
+    ReadLimits,
+    broken_symlink,
+    load_paths,
+    manifest_files,
+)
 
 log = logging.getLogger("nftproxy.manifests")
 
@@ -40,10 +47,15 @@ def _signature(path: Path) -> Signature | None:
 
 class ManifestDirectory:
     def __init__(
-        self, paths: Sequence[str | os.PathLike[str]], *, service_proxy_name: str | None = None
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        service_proxy_name: str | None = None,
+        limits: ReadLimits = DEFAULT_LIMITS,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.service_proxy_name = service_proxy_name
+        self.limits = limits
         self._files: dict[Path, _FileState] = {}
         self._broken: dict[Path, str] = {}  # symlinks that cannot be followed, as reported
         self.errors = 0
@@ -92,7 +104,9 @@ class ManifestDirectory:
         log.error("%s%s", text, kept)
 
     def _reload(self, path: Path, sig: Signature, old: _FileState | None) -> _FileState:
-        loaded: Manifests = load_paths([path], service_proxy_name=self.service_proxy_name)
+        loaded: Manifests = load_paths(
+            [path], service_proxy_name=self.service_proxy_name, limits=self.limits
+        )
         state = _FileState(sig, dict(loaded.services), dict(loaded.slices))
         for err in loaded.errors:
             self.errors += 1
