@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nftproxy.model import Endpoint, Protocol, Service, ServiceName, ServicePort, SlicePort
 from nftproxy.sources.manifests import Manifests, ReadLimits, load_paths
@@ -1285,3 +1288,88 @@ def test_json_larger_than_the_document_limit_is_an_error(tmp_path: Path) -> None
     assert only_error(load_paths([path], limits=ReadLimits(max_document_chars=1000))) == (
         f"{path}: larger than the limit of 1,000 characters per document"
     )
+
+
+# --- Whatever a file holds --------------------------------------------------------------------
+
+YAML_PIECES = [
+    *("a", "kind", "items", "List", "Service", "EndpointSlice", "v1", "metadata", "name"),
+    *(": ", "- ", "\n", "  ", "[", "]", "{", "}", ", ", "'", '"', "#", "? ", "---\n", "...\n"),
+    *("&a ", "*a", "&b ", "*b", "<<: ", "!!str ", "!!set ", "!!binary ", "!x ", "|\n", ">\n"),
+    *("0x1F", "1:30", "2024-13-45", "~", "yes", "1e3", ".nan", "\t", "%YAML 1.1\n", "\xe9"),
+]
+
+# Objects shaped like what load_paths looks for, with values of any type in every field.
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+kube_objects = st.fixed_dictionaries(
+    {
+        "apiVersion": st.sampled_from(["v1", "discovery.k8s.io/v1", "", "v2"]) | values,
+        "kind": st.sampled_from(["Service", "EndpointSlice", "List", "ServiceList"]) | values,
+        "metadata": st.fixed_dictionaries(
+            {"name": st.sampled_from(["web", ""]) | values},
+            optional={
+                "namespace": values,
+                "labels": st.dictionaries(
+                    st.sampled_from(["kubernetes.io/service-name", "x"]), values
+                ),
+            },
+        )
+        | values,
+    },
+    optional={"spec": values, "items": st.lists(values, max_size=3), "endpoints": values},
+)
+file_contents = st.one_of(
+    st.binary(max_size=2000),
+    st.lists(st.sampled_from(YAML_PIECES), max_size=60).map("".join).map(str.encode),
+    st.tuples(st.sampled_from(["[", "{a: ", "- ", '{"a": ', "&a [*a, "]), st.integers(0, 3000)).map(
+        lambda piece_count: (piece_count[0] * piece_count[1]).encode()
+    ),
+    values.map(lambda v: json.dumps(v).encode()),
+    kube_objects.map(lambda o: yaml.safe_dump(o).encode()),
+    kube_objects.map(lambda o: json.dumps(o).encode()),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=file_contents, suffix=st.sampled_from([".yaml", ".json"]))
+def test_no_file_content_makes_loading_raise_or_lose_the_other_files(
+    content: bytes, suffix: str
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        good = write(Path(directory, "good.yaml"), a_service("good"))
+        any_file = Path(directory, "x" + suffix)
+        any_file.write_bytes(content)
+        result = load_paths([directory])
+    assert ServiceName("default", "good") in result.services
+    for error in result.errors:
+        assert error.source == str(any_file)
+        assert str(error).startswith(f"{any_file}: ")
+        # Every problem is one load_paths knows, not one its last-resort handler caught.
+        assert "could not be loaded" not in str(error)
+    assert good.name not in {e.source for e in result.errors}
+
+
+def test_an_unexpected_failure_costs_only_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nftproxy.sources import manifests
+
+    def fail(raw: Any, **kwargs: Any) -> Any:
+        if raw.metadata.name == "bad":
+            raise MemoryError("out of memory")
+        return to_service(raw, **kwargs)
+
+    to_service = manifests.to_service
+    monkeypatch.setattr(manifests, "to_service", fail)
+    bad = write(tmp_path / "a.yaml", a_service("bad"))
+    write(tmp_path / "b.yaml", a_service("good"))
+    result = load_paths([tmp_path])
+    assert only_error(result) == f"{bad}: could not be loaded: MemoryError: out of memory"
+    assert list(result.services) == [ServiceName("default", "good")]

@@ -731,17 +731,33 @@ class _Loader:
         self._limits = limits
 
     def load_path(self, path: Path) -> None:
-        if path.is_dir():
-            for file in manifest_files(path):
-                self.load_file(file)
-        elif path.exists() or path.is_symlink():
-            # An explicitly named file is read whatever its suffix or hidden status.
-            self.load_file(path)
-        else:
-            self.result.errors.append(_file_error(str(path), "", "no such file or directory"))
+        try:
+            if path.is_dir():
+                files = manifest_files(path)
+            elif path.exists() or path.is_symlink():
+                # An explicitly named file is read whatever its suffix or hidden status.
+                files = [path]
+            else:
+                files = []
+                self.result.errors.append(_file_error(str(path), "", "no such file or directory"))
+        except OSError as exc:  # is_dir() raises EACCES
+            self.result.errors.append(_file_error(str(path), "", _os_error_text(path, exc)))
+            return
+        for file in files:
+            self.load_file(file)
 
     def load_file(self, path: Path) -> None:
+        """Load one file; whatever goes wrong is an error naming it, never an exception."""
         source = str(path)
+        try:
+            self._load_file(path, source)
+        except Exception as exc:
+            # Not expected (every known problem is reported where it is found), but a bug, or
+            # memory running out, must cost this file only.
+            message = f"could not be loaded: {type(exc).__name__}: {str(exc)[:200]}"
+            self.result.errors.append(_file_error(source, "", message))
+
+    def _load_file(self, path: Path, source: str) -> None:
         try:
             data = _read_regular_file(path, self._limits.max_file_bytes)
         except _Unreadable as exc:
