@@ -459,6 +459,14 @@ def test_invalid_object_survives_pickling_with_its_source() -> None:
     assert str(copy) == str(err) == "f.yaml: Service ns/n: spec.type: bad"
 
 
+def test_huge_rejected_values_are_cut_short_in_the_message() -> None:
+    err = slice_error(endpoints=[{"addresses": ["1" * 10**6]}])
+    assert err.field == "endpoints[0].addresses[0]"
+    assert err.message.startswith('"1111')
+    assert err.message.endswith("... (1,000,028 characters)")
+    assert len(str(err)) < 1200
+
+
 def test_multi_line_messages_are_folded_onto_one_line() -> None:
     err = InvalidObject("file", "", "", "line 3", "mapping values\n  are not allowed")
     assert str(err) == "line 3: mapping values are not allowed"

@@ -51,6 +51,8 @@ MAX_ENDPOINTS: Final = 1000
 MAX_ADDRESSES: Final = 100
 DEFAULT_AFFINITY_TIMEOUT: Final = 10800
 MAX_AFFINITY_TIMEOUT: Final = 86400
+# Error messages quote the values they reject; a 100 MB "address" must not become a log line.
+MAX_MESSAGE_CHARS: Final = 1000
 
 
 # --- Raw API shapes -------------------------------------------------------------------------
@@ -197,6 +199,8 @@ class InvalidObject(ValueError):
         *,
         source: str | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters)"
         # Parser messages (YAML marks) span lines; logs and CLI output want one line each.
         message = " ".join(message.split())
         super().__init__(message)
