@@ -98,6 +98,20 @@ def test_a_bad_new_file_is_skipped_without_affecting_the_others(tmp_path):
     assert src.errors == 1
 
 
+def test_a_slice_that_gains_a_bad_endpoint_keeps_its_good_ones(tmp_path: Path) -> None:
+    write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    src = ManifestDirectory([tmp_path])
+    src.scan()
+    two = WEB.replace("PORT", "80").replace(
+        "[ADDR]}]", "[10.244.1.2]}, {addresses: [10.244.1.999]}]"
+    )
+    write(tmp_path / "web.yaml", two)
+    assert src.scan() is True
+    _, slices = src.merged()
+    assert [e.ip for e in slices[("default", "web-1")].endpoints] == ["10.244.1.2"]
+    assert src.errors == 1
+
+
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
