@@ -6,14 +6,15 @@ files (tests, benchmarks, static setups) through exactly the validation the watc
 Whoever can write to a manifest directory must not be able to crash, freeze or exhaust the
 proxy, so every problem is an error naming its file, and ReadLimits bound the cost of a file:
 
-- max_file_bytes (256 MiB): only regular files are read (a FIFO would block, a symlink to
+- max_file_bytes (512 MiB): only regular files are read (a FIFO would block, a symlink to
   /dev/zero never end), and at most this much of each, held in memory while it is decoded.
-- max_document_chars (256 Mi): the text of one YAML document, aliases expanded, checked as
-  it is built. It bounds the memory of the built document, the largest thing alive at once
-  (documents are built and converted one at a time): about 3 times its text for kubectl
-  output, up to 25 times for text of nothing but empty mappings. kubectl prints a whole
-  cluster as ONE `kind: List` document (30k Services with their slices are about 135 MB of
-  YAML), so by default it is as large as the file limit; lower it where documents are small.
+- max_document_chars (512 Mi): the text of one YAML document (a JSON file is one), aliases
+  expanded, checked as it is built. It bounds the memory of the built document, the largest
+  thing alive at once (documents are built and converted one at a time): about 3 times its
+  text for kubectl output, up to 25 times for text of nothing but empty mappings.
+  kubectl prints a whole cluster as ONE `kind: List` document: for 30k Services with ten
+  endpoints each, 160 MB of YAML or, indented by 4, 350 MB of JSON. So by default both limits
+  let that through; lower them where files are small or memory is tight.
 - max_depth (100): nesting of mappings and lists, checked before anything recursive sees the
   data. A Deployment's managedFields inside a List reach 16 levels, deep CRD schemas several
   dozen.
@@ -78,10 +79,10 @@ class ReadLimits:
     """What reading one manifest file may cost at most; the module docstring says why."""
 
     # Bytes read from one file, which is held in memory whole while it is decoded.
-    max_file_bytes: int = 256 * _MiB
+    max_file_bytes: int = 512 * _MiB
     # Characters of one YAML document (a JSON file is one), aliases expanded: bounds the
     # memory of the document built from them.
-    max_document_chars: int = 256 * _MiB
+    max_document_chars: int = 512 * _MiB
     # Levels of nested mappings and lists in a document, aliases expanded.
     max_depth: int = 100
     # Characters that aliases may add to a file beyond its own size, if that is smaller.
@@ -312,7 +313,7 @@ def _nested_deeper(data: bytes, limit: int) -> bool:
     """Whether JSON text nests arrays and objects more than `limit` levels deep."""
     # Brackets in strings do not count: drop escaped backslashes, then escaped quotes, then
     # all but quotes and brackets, then the strings (most are "" by then).
-    text = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
     text = _STRINGS.sub(b"", text.translate(_BRACKETS, _NOT_BRACKETS).replace(b'""', b""))
     # Each pass removes the innermost pairs; a pair left after `limit` passes is deeper.
     for _ in range(limit):
