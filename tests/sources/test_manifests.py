@@ -1356,7 +1356,7 @@ def test_no_file_content_makes_loading_raise_or_lose_the_other_files(
     assert good.name not in {e.source for e in result.errors}
 
 
-def test_an_unexpected_failure_costs_only_its_own_file(
+def test_an_unexpected_failure_costs_only_its_own_document(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nftproxy.sources import manifests
@@ -1368,8 +1368,14 @@ def test_an_unexpected_failure_costs_only_its_own_file(
 
     to_service = manifests.to_service
     monkeypatch.setattr(manifests, "to_service", fail)
-    bad = write(tmp_path / "a.yaml", a_service("bad"))
-    write(tmp_path / "b.yaml", a_service("good"))
+    text = a_service("bad") + "---\n" + a_service("good-1", ip="10.96.0.11")
+    bad = write(tmp_path / "a.yaml", text)
+    write(tmp_path / "b.yaml", a_service("good-2", ip="10.96.0.12"))
     result = load_paths([tmp_path])
-    assert only_error(result) == f"{bad}: could not be loaded: MemoryError: out of memory"
-    assert list(result.services) == [ServiceName("default", "good")]
+    assert only_error(result) == (
+        f"{bad}: document 1: could not be loaded: MemoryError: out of memory"
+    )
+    assert set(result.services) == {
+        ServiceName("default", "good-1"),
+        ServiceName("default", "good-2"),
+    }

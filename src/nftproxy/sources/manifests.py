@@ -66,7 +66,8 @@ MANIFEST_SUFFIXES: Final = frozenset({".yaml", ".yml", ".json"})
 
 _MiB: Final = 1 << 20
 
-# The C loader is ~10x faster on large kubectl dumps; pure Python is the portable fallback.
+# Only its parser is used (see the YAML section below): libyaml's is ~10x faster on large
+# kubectl dumps; pure Python is the portable fallback.
 _YAML_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _SERVICE_API: Final = "v1"
@@ -283,8 +284,8 @@ def _type_name(value: object) -> str:
 
 # --- JSON: one document, its depth checked before msgspec sees it -------------------------------
 #
-# msgspec refuses to recurse past Python's recursion limit (RecursionError, even at a depth of
-# 10**6), but that allows some 900 levels wherever the call stack happens to stand. So brackets
+# msgspec stops at Python's recursion limit (a RecursionError, even at a depth of 10**6), which
+# still lets some 900 levels through, depending on where the call stack stands. So brackets
 # are counted first, at C speed by bytes methods: about half the time of msgspec's decoding.
 
 # Translate `{}` to `[]` and delete everything but quotes and brackets.
@@ -777,7 +778,11 @@ class _Loader:
                 for problem in problems:
                     self.result.errors.append(_file_error(source, problem.where, problem.message))
                 if document is not _REJECTED:
-                    self._document(document, source, index)
+                    try:
+                        self._document(document, source, index)
+                    except Exception as exc:  # as in load_file, for this document only
+                        message = f"could not be loaded: {type(exc).__name__}: {str(exc)[:200]}"
+                        self.result.errors.append(_file_error(source, f"document {index}", message))
         except yaml.YAMLError as exc:
             self.result.errors.append(_yaml_error(source, exc))
 
