@@ -286,7 +286,8 @@ def _type_name(value: object) -> str:
 #
 # msgspec stops at Python's recursion limit (a RecursionError, even at a depth of 10**6), which
 # still lets some 900 levels through, depending on where the call stack stands. So brackets
-# are counted first, at C speed by bytes methods: about half the time of msgspec's decoding.
+# are counted first, at C speed by bytes methods, in about the time msgspec takes to decode
+# (0.9 s for kubectl's 350 MB JSON of 30k Services).
 
 # Translate `{}` to `[]` and delete everything but quotes and brackets.
 _BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
