@@ -251,3 +251,42 @@ def test_a_deleted_file_still_deletes_its_services(netns, tmp_path):
     out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
     assert out.returncode == 0, out.stderr
     assert "10.96.0.53" not in frontends(netns) and "10.96.0.10" in frontends(netns)
+
+
+def test_a_rejected_slice_keeps_its_services_endpoints_unless_pruned(netns, tmp_path):
+    directory = two_files(tmp_path)
+    assert nftproxy("apply", str(directory), *NODE, "--netns", netns).returncode == 0
+    web = directory / "web.yaml"
+    web.write_text(web.read_text().replace("addressType: IPv4", "addressType: IPv5"))
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 3, out.stderr
+    assert "EndpointSlice shop/web-1" in out.stderr and "addressType" in out.stderr
+    assert "10.96.0.10 . tcp . 80 : goto g1-pick4-tcp-1" in frontends(netns)
+    pruned = nftproxy("apply", str(directory), *NODE, "--netns", netns, "--prune")
+    assert pruned.returncode == 3
+    assert "10.96.0.10 . tcp . 80 : goto g1-reject" in frontends(netns)
+
+
+def test_a_bad_address_loses_only_its_endpoint(netns, tmp_path):
+    directory = two_files(tmp_path)
+    web = directory / "web.yaml"
+    web.write_text(
+        web.read_text().replace(
+            "endpoints: [{addresses: [10.244.1.5]}]",
+            "endpoints: [{addresses: [10.244.1.5]}, {addresses: [10.244.1.999]}]",
+        )
+    )
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 3, out.stderr
+    assert "endpoints[1].addresses[0]" in out.stderr and "10.244.1.999" in out.stderr
+    assert "10.96.0.10 . 80 . 0 : 10.244.1.5 . 8080" in nft_in(
+        netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp"
+    )
+
+
+def test_a_file_over_the_size_limit_is_an_error_naming_the_limit(tmp_path):
+    directory = two_files(tmp_path)
+    out = nftproxy("compile", str(directory), *NODE, "--max-file-size", "100")
+    assert out.returncode == 1 and out.stdout == ""
+    assert "dns.yaml" in out.stderr and "limit" in out.stderr
+    assert nftproxy("compile", str(directory), *NODE, "--max-file-size", "64K").returncode == 0

@@ -27,7 +27,7 @@ from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
-from nftproxy.sources.manifests import Manifests, load_paths
+from nftproxy.sources.manifests import DEFAULT_LIMITS, Manifests, ReadLimits, load_paths
 from nftproxy.sources.watching import ManifestDirectory
 
 EXIT_OK = 0
@@ -93,6 +93,41 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
     )
 
 
+def _size(text: str) -> int:
+    """A size in bytes: a whole number, optionally with K, M or G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "KI": 1 << 10, "M": 1 << 20, "MI": 1 << 20, "G": 1 << 30}
+    units["GI"] = 1 << 30
+    number = text.strip().upper().removesuffix("B")
+    unit = number.lstrip("0123456789")
+    digits = number[: len(number) - len(unit)]
+    if not digits or unit not in units or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 64K, 1G)")
+    return int(digits) * units[unit]
+
+
+def _limits(args: argparse.Namespace) -> ReadLimits:
+    return ReadLimits(max_file_bytes=args.max_file_size, max_document_chars=args.max_document_size)
+
+
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input limits")
+    g.add_argument(
+        "--max-file-size",
+        type=_size,
+        default=DEFAULT_LIMITS.max_file_bytes,
+        metavar="SIZE",
+        help="largest manifest file read (default 512M); a larger one is an error",
+    )
+    g.add_argument(
+        "--max-document-size",
+        type=_size,
+        default=DEFAULT_LIMITS.max_document_chars,
+        metavar="SIZE",
+        help="largest YAML document or JSON file, aliases expanded (default 512M): bounds "
+        "the memory one document takes while it is read",
+    )
+
+
 class InputError(Exception):
     """The inputs cannot be trusted to describe the cluster: nothing is compiled or
     applied (a path that does not exist, a file that cannot be read or parsed, nothing
@@ -100,7 +135,9 @@ class InputError(Exception):
 
 
 def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
-    manifests = load_paths(args.paths, service_proxy_name=node.service_proxy_name)
+    manifests = load_paths(
+        args.paths, service_proxy_name=node.service_proxy_name, limits=_limits(args)
+    )
     for err in manifests.errors:
         print(f"error: {err}", file=sys.stderr)
     if args.verbose:
@@ -108,23 +145,31 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
             print(f"skipped: {what}: {why}", file=sys.stderr)
         for kind, n in sorted(manifests.ignored.items()):
             print(f"ignored: {n} {kind} object(s)", file=sys.stderr)
+    # plan and apply (which know --prune) reassure that the table is untouched.
+    done = "nothing was changed" if hasattr(args, "prune") else "nothing was compiled"
     unreadable = [err for err in manifests.errors if err.kind == "file"]
     if unreadable:
         where = ", ".join(sorted({err.source or "?" for err in unreadable}))
-        raise InputError(f"cannot read {where}: nothing was changed")
+        raise InputError(f"cannot read {where}: {done}")
     described = manifests.services or manifests.slices or manifests.skipped or manifests.errors
     if not described and not getattr(args, "prune", False):
         prune = " (--prune applies an empty input)" if hasattr(args, "prune") else ""
-        raise InputError(
-            f"no Services or EndpointSlices in {', '.join(args.paths)}: nothing was changed{prune}"
-        )
+        raise InputError(f"no Services or EndpointSlices in {', '.join(args.paths)}: {done}{prune}")
     return manifests
 
 
-def build_ruleset(manifests: Manifests, node: NodeConfig, names: Names) -> Ruleset:
+def build_ruleset(
+    manifests: Manifests, node: NodeConfig, names: Names, *, keep: bool = False
+) -> Ruleset:
+    """The ruleset of the valid objects. With `keep`, Services one of whose slices was
+    rejected are left out, so that what the table holds for them stays (see applying.keeping)
+    rather than being rebuilt without those endpoints."""
     desired = DesiredState(node, names, track_changes=False)
+    services = manifests.services
+    if keep and manifests.incomplete:
+        services = {sid: s for sid, s in services.items() if sid not in manifests.incomplete}
     with bulk_build():
-        frags = compile_all(manifests.services, manifests.slices.values(), node, names)
+        frags = compile_all(services, manifests.slices.values(), node, names)
         for sid, frag in frags.items():
             desired.set_service(sid, frag)
     for warning in desired.conflict_warnings():
@@ -155,7 +200,7 @@ def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
     keep = bool(manifests.errors) and not args.prune
     try:
         plan = applying.make_plan(
-            lambda names: build_ruleset(manifests, node, names),
+            lambda names: build_ruleset(manifests, node, names, keep=keep),
             applying.read_applied(backend),
             chunk=args.chunk,
             force_generation=getattr(args, "full", False),
@@ -251,7 +296,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     try:
         if args.manifests:
-            source = ManifestDirectory(args.manifests, service_proxy_name=node.service_proxy_name)
+            source = ManifestDirectory(
+                args.manifests, service_proxy_name=node.service_proxy_name, limits=_limits(args)
+            )
             source.scan()
             proxier.replace_all(*source.merged())
             proxier.request_full_sync()
@@ -402,6 +449,7 @@ def parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-v", "--verbose", action="store_true", help="report skipped objects")
         _node_options(p)
+        _limit_options(p)
 
     def with_kernel(p: argparse.ArgumentParser, *, netns_required: bool = True) -> None:
         p.add_argument("--netns", required=netns_required, help="target network namespace")
@@ -469,6 +517,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve a watched directory (or file) of manifests instead of the Kubernetes API",
     )
+    _limit_options(p)
     p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, then in-cluster)")
     p.add_argument("--config", help="a KubeProxyConfiguration file (flags win over it)")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -42,6 +42,7 @@ import msgspec
 import yaml
 
 from nftproxy.kube.objects import (
+    SERVICE_NAME_LABEL,
     InvalidObject,
     RawEndpointSlice,
     RawService,
@@ -116,6 +117,9 @@ class Manifests:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Objects of other kinds, counted so a wrong file shows up without flooding the log.
     ignored: Counter[str] = field(default_factory=Counter)
+    # Services one of whose EndpointSlices was rejected whole: their endpoints are not
+    # known, so their rules should stay as they are rather than be rebuilt without them.
+    incomplete: set[ServiceName] = field(default_factory=set)
 
 
 def load_paths(
@@ -854,6 +858,9 @@ class _Loader:
             converted = to_slice(raw, report=lambda bad: self._reject(bad, source))
         except InvalidObject as exc:
             self._reject(exc, source)
+            owner = _service_of(obj)
+            if owner is not None:
+                self.result.incomplete.add(owner)
             return
         if isinstance(converted, Skip):
             key = _raw_identity(raw)
@@ -866,6 +873,18 @@ class _Loader:
     def _reject(self, exc: InvalidObject, source: str) -> None:
         exc.source = source
         self.result.errors.append(exc)
+
+
+def _service_of(obj: dict[str, Any]) -> ServiceName | None:
+    """The Service an EndpointSlice that failed validation belongs to, when its namespace
+    and label can still be read."""
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    namespace = (meta.get("namespace") if isinstance(meta, dict) else None) or "default"
+    if isinstance(service, str) and service and isinstance(namespace, str):
+        return ServiceName(namespace, service)
+    return None
 
 
 def _raw_identity(raw: RawService | RawEndpointSlice) -> tuple[str, str]:
