@@ -167,7 +167,8 @@ def build_ruleset(
     desired = DesiredState(node, names, track_changes=False)
     services = manifests.services
     if keep and manifests.incomplete:
-        services = {sid: s for sid, s in services.items() if sid not in manifests.incomplete}
+        unsure = set(manifests.incomplete.values())
+        services = {sid: s for sid, s in services.items() if sid not in unsure}
     with bulk_build():
         frags = compile_all(services, manifests.slices.values(), node, names)
         for sid, frag in frags.items():
@@ -299,7 +300,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             source = ManifestDirectory(
                 args.manifests, service_proxy_name=node.service_proxy_name, limits=_limits(args)
             )
+            missing = source.missing()
+            if missing:
+                # A typo must not start a daemon that deletes every Service it does not see.
+                names = ", ".join(map(str, missing))
+                raise InputError(f"--manifests {names}: no such file or directory")
             source.scan()
+            proxier.set_keep(source.incomplete)
             proxier.replace_all(*source.merged())
             proxier.request_full_sync()
             log.info("serving %s from %s", where, ", ".join(args.manifests))
@@ -307,6 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             scanned = proxy_health.watch("manifest scan")
             while not stop.wait(args.poll_interval):
                 if source.scan():
+                    proxier.set_keep(source.incomplete)
                     proxier.replace_all(*source.merged())
                 scanned()
         else:

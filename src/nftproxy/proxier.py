@@ -158,6 +158,7 @@ class Proxier:
         self._repair_gap = 1.0
         self._conflicts: set[str] = set()  # as last logged
         self._peak = 0  # Services and slices, most since memory was last given back
+        self.keep = False  # see set_keep
         # The record our table holds, as far as we know (None: none).
         self._record: verifying.Record | None = None
         self._last_verify_at = float("-inf")
@@ -222,6 +223,23 @@ class Proxier:
             self.node = node
             self._need_full = True
         self._queued(0, 0, force=True)
+
+    def set_keep(self, keep: bool) -> None:
+        """Whether the inputs are known to be incomplete (a manifest that does not parse):
+        full syncs and repairs then only add and replace, never delete, so that what the
+        unknown inputs describe stays as the table holds it (see applying.keeping). When
+        they are complete again, a full sync deletes what is left over."""
+        with self._lock:
+            if keep == self.keep:
+                return
+            self.keep = keep
+            if not keep:
+                self._need_full = True
+        if keep:
+            log.warning("some inputs are unreadable: nothing is deleted until they are fixed")
+        else:
+            log.info("every input reads again: a full sync deletes what they no longer hold")
+            self._wake.set()
 
     def services(self) -> list[Service]:
         with self._lock:
@@ -494,6 +512,8 @@ class Proxier:
         if too_big and structure is not None and structure.chains:
             top = max(applying.generations(structure), default=0)
             why = "too many changes for one transaction"
+            if self.keep:
+                raise applying.KeepRefused(f"the change needs a new generation ({why})")
             plan = applying.generation_plan(self._build, structure, top + 1, why)
         elif structure is None:
             # No cheap listing: read everything and apply only the difference.
@@ -505,7 +525,9 @@ class Proxier:
             # state set by set and only what differs changes (nothing, when nothing does). A
             # new generation is built beside the current one, and flipped to atomically,
             # when the skeleton differs or the difference is too big for one transaction.
-            plan = applying.make_plan(self._build, structure, compare=self._differences(structure))
+            plan = applying.make_plan(
+                self._build, structure, compare=self._differences(structure), keep=self.keep
+            )
         self._commits += applying.run_plan(self.backend, plan).transactions
         assert plan.desired is not None
         self._record = None if plan.mode == "generation" else self._read_record()
@@ -589,6 +611,8 @@ class Proxier:
                 tx, why = Transaction(), "" if matches else "the table differs"
             else:
                 tx, why = self._repair_tx(desired.ruleset, structure)
+                if self.keep:
+                    tx, _ = applying.keeping(tx)
             if why or tx.size() > applying.MAX_INCREMENTAL:
                 log.warning(
                     "the nftproxy table was changed by someone else: %s; full resync",

@@ -117,9 +117,10 @@ class Manifests:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Objects of other kinds, counted so a wrong file shows up without flooding the log.
     ignored: Counter[str] = field(default_factory=Counter)
-    # Services one of whose EndpointSlices was rejected whole: their endpoints are not
-    # known, so their rules should stay as they are rather than be rebuilt without them.
-    incomplete: set[ServiceName] = field(default_factory=set)
+    # EndpointSlices rejected whole, by (namespace, name), and the Service each belongs
+    # to: that Service's endpoints are not known, so its rules should stay as they are
+    # rather than be rebuilt without them.
+    incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
 
 
 def load_paths(
@@ -860,7 +861,7 @@ class _Loader:
             self._reject(exc, source)
             owner = _service_of(obj)
             if owner is not None:
-                self.result.incomplete.add(owner)
+                self.result.incomplete[exc.namespace, exc.name] = owner
             return
         if isinstance(converted, Skip):
             key = _raw_identity(raw)

@@ -35,6 +35,10 @@ class _FileState:
     signature: Signature
     services: dict[ServiceName, Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    # Never read whole: what it holds is not known (see ManifestDirectory.incomplete).
+    unknown: bool = False
+    # Its slices rejected without a last good state, and their Services.
+    incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
 
 
 def _signature(path: Path) -> Signature | None:
@@ -58,22 +62,53 @@ class ManifestDirectory:
         self.limits = limits
         self._files: dict[Path, _FileState] = {}
         self._broken: dict[Path, str] = {}  # symlinks that cannot be followed, as reported
+        self._missing: set[Path] = set()  # roots that are gone, as reported
         self.errors = 0
 
-    def _current_files(self) -> list[Path]:
+    def missing(self) -> list[Path]:
+        """The paths given that do not exist (now)."""
+        return [p for p in self.paths if not p.exists()]
+
+    def _current_files(self, roots: Iterable[Path]) -> list[Path]:
         out: list[Path] = []
-        for p in self.paths:
+        for p in roots:
             if p.is_dir():
                 out.extend(manifest_files(p))
-            elif p.exists():
+            elif p.exists() or p.is_symlink():
                 out.append(p)
         return out
 
+    def _note_missing_roots(self) -> set[Path]:
+        missing = set(self.missing())
+        for root in sorted(missing - self._missing):
+            self.errors += 1
+            log.error(
+                "%s: no such file or directory (keeping its last good objects until it is back)",
+                root,
+            )
+        for root in sorted(self._missing - missing):
+            log.info("%s: back", root)
+        self._missing = missing
+        return missing
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether some input is not known: a file never read whole (it has not parsed
+        since it appeared), or a slice rejected without a last good state. The rules of
+        what such inputs describe must not be deleted meanwhile (see Proxier.keep)."""
+        return any(state.unknown or state.incomplete for state in self._files.values())
+
     def scan(self) -> bool:
-        """Re-read what changed; True when the merged state may differ."""
+        """Re-read what changed; True when the merged state may differ.
+
+        A given path that vanished (a directory renamed away, a volume remounting) is an
+        input error, not a deletion: its files keep their last good objects until it is
+        back. A file deleted from a directory that is there deletes its objects."""
         changed = False
-        present = self._current_files()
-        for gone in self._files.keys() - set(present):
+        missing = self._note_missing_roots()
+        present = self._current_files(p for p in self.paths if p not in missing)
+        kept = {f for f in self._files if any(f == r or r in f.parents for r in missing)}
+        for gone in self._files.keys() - set(present) - kept:
             log.info("%s: removed", gone)
             del self._files[gone]
             changed = True
@@ -83,6 +118,9 @@ class ManifestDirectory:
             old = self._files.get(path)
             if sig is None:
                 self._report_broken_symlink(path, broken)
+                if old is None:
+                    self._files[path] = _FileState((0, 0, 0), unknown=True)
+                    changed = True
                 continue
             if old is not None and old.signature == sig:
                 continue
@@ -108,15 +146,20 @@ class ManifestDirectory:
             [path], service_proxy_name=self.service_proxy_name, limits=self.limits
         )
         state = _FileState(sig, dict(loaded.services), dict(loaded.slices))
+        state.incomplete = dict(loaded.incomplete)
         for err in loaded.errors:
             self.errors += 1
-            if old is None:
+            if old is None or old.unknown:
+                if err.kind == "file":
+                    # Never read whole: what it describes stays as the table holds it.
+                    state.unknown = True
                 log.error("%s (skipped)", err)
                 continue
             if err.kind == "file":
                 log.error("%s (keeping this file's last good objects)", err)
                 state.services = dict(old.services)
                 state.slices = dict(old.slices)
+                state.incomplete = dict(old.incomplete)
                 continue
             kept = False
             if err.kind == "Service":
@@ -128,6 +171,7 @@ class ManifestDirectory:
                 key = (err.namespace, err.name)
                 if key in old.slices and key not in state.slices:
                     state.slices[key] = old.slices[key]
+                    state.incomplete.pop(key, None)  # its last good endpoints are known
                     kept = True
             log.error("%s%s", err, " (keeping its last good state)" if kept else " (skipped)")
         log.info(
@@ -139,11 +183,17 @@ class ManifestDirectory:
         return state
 
     def merged(self) -> tuple[dict[ServiceName, Service], dict[tuple[str, str], EndpointSlice]]:
+        """Every Service and slice, later files winning; without the Services some of whose
+        slices are not known (so that their rules stay as the table holds them)."""
         services: dict[ServiceName, Service] = {}
         slices: dict[tuple[str, str], EndpointSlice] = {}
+        unsure: set[ServiceName] = set()
         for path in sorted(self._files):
             services.update(self._files[path].services)
             slices.update(self._files[path].slices)
+            unsure.update(self._files[path].incomplete.values())
+        for sid in unsure:
+            services.pop(sid, None)
         return services, slices
 
     def files(self) -> Iterable[Path]:
