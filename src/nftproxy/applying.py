@@ -347,16 +347,21 @@ def execute(backend: Backend, tx: Transaction, sets: Mapping[str, SetDef]) -> No
     backend.run(str(tx))
 
 
-def run_plan(backend: Backend, plan: Plan) -> ApplyResult:
-    """Run the plan's transactions in order. A failed build step removes the half-built
-    generation and re-raises; the previous generation keeps serving."""
+Run = Callable[[Transaction, Mapping[str, SetDef]], None]
+
+
+def run_plan(backend: Backend, plan: Plan, run: Run | None = None) -> ApplyResult:
+    """Run the plan's transactions in order (each by `run`, default `execute`). A failed
+    build step removes the half-built generation and re-raises; the previous generation
+    keeps serving."""
     start = time.perf_counter()
     flipped = False
+    commit = run or (lambda tx, sets: execute(backend, tx, sets))
     try:
         sets = plan.desired.sets if plan.desired is not None else {}
         for step in plan.transactions:
             tx = step.concrete()  # one chunk of a generation's elements exists at a time
-            execute(backend, tx, sets)
+            commit(tx, sets)
             if any(
                 isinstance(op, AddChain | AddRules) and op.chain.name in BASE_CHAINS
                 for op in tx.ops

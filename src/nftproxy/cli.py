@@ -295,6 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     proxier.clear_stale_udp = cleaner.clear_stale
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
+    threading.Thread(
+        target=proxier.watch_commits, args=(stop,), name="commits", daemon=True
+    ).start()
     try:
         if args.manifests:
             source = ManifestDirectory(

@@ -32,7 +32,7 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any, Final, Literal, TypeAlias
 
@@ -1078,9 +1078,12 @@ class ElementWriter:
 
 __all__ = [
     "Batch",
+    "CommitMonitor",
+    "Committed",
     "ElementType",
     "ElementWriter",
     "Encoder",
+    "Lost",
     "NetlinkError",
     "TableObjects",
     "decode_data",
@@ -1090,7 +1093,6 @@ __all__ = [
     "element_key",
     "element_type",
     "list_table_objects",
-    "query_elements",
 ]
 
 
@@ -1290,69 +1292,148 @@ def _decode(raw: bytes, kinds: Sequence[str]) -> tuple[Atom, ...]:
     return tuple(atoms)
 
 
-_ENOENT = errno_codes.ENOENT
+# --- watching commits ----------------------------------------------------------------------
+
+_NETLINK_ADD_MEMBERSHIP = 1
+_NFNLGRP_NFTABLES = 7
+_NFT_MSG_NEWGEN = 15
+_NFT_MSG_NEWSETELEM = 12
+_NFT_MSG_DELSETELEM = 14
+_NFT_MSG_DESTROYSETELEM = 30
+_NFTA_GEN_ID = 1
+_ELEMENT_MESSAGES = frozenset({_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM, _NFT_MSG_DESTROYSETELEM})
 
 
-def query_elements(
-    set_name: str, keys: Sequence[bytes], table: str = TABLE, *, per_request: int = 2048
-) -> list[bytes | None]:
-    """The kernel's element for each key (key-only NFTA_LIST_ELEM attributes, as
-    `Encoder.encode_op` makes for deletes), as a dump lists it, or None when absent.
+# Elements of one set recorded per transaction; past it, only the set's name is kept.
+MAX_NOTIFIED = 10_000
 
-    Lookups by key cost the kernel a hash lookup each, where a dump of a large hash set
-    restarts its walk for every 32 KiB it returns (quadratic: 300k elements take seconds).
-    The kernel answers element by element and stops at the first absent one; the keys
-    after it are asked again.
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One committed transaction that changed the watched table: the generation id it
+    led to, the sets whose elements it changed, whether it changed anything else (the
+    table, chains, rules, set definitions), and per set (unless it changed more than
+    MAX_NOTIFIED) the elements added (True) and deleted (False) in order, as listed (see
+    dump_elements)."""
+
+    generation: int
+    sets: frozenset[str]
+    other: bool
+    elements: Mapping[str, tuple[tuple[bool, bytes], ...]] = field(default_factory=dict)
+
+
+class Lost(OSError):
+    """The kernel dropped notifications (the socket's buffer was full): what changed in
+    the meantime is not known."""
+
+
+class CommitMonitor:
+    """nftables' change notifications (netlink group NFNLGRP_NFTABLES), reduced to the
+    transactions that touched one table. Like the other sockets here, it belongs to the
+    network namespace of the thread that made it and may be read from any thread.
+
+    Every notification names its table; a transaction ends with NFT_MSG_NEWGEN, which
+    carries the generation id it led to. Only the table name, the set name of element
+    changes and that id are read: microseconds a notification, and none is kept.
     """
-    sock = socket.socket(
-        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
-    )
-    out: list[bytes | None] = [None] * len(keys)
-    try:
-        sock.bind((0, 0))
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        ElementWriter._grow(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, DEFAULT_BUFFER)
-        sock.settimeout(10.0)
-        table_attr = _attr(NFTA_SET_ELEM_LIST_TABLE, _name(table))
-        set_attr = _attr(NFTA_SET_ELEM_LIST_SET, _name(set_name))
-        head = bytes((TABLE_FAMILIES[FAMILY], NFNETLINK_V0, 0, 0)) + table_attr + set_attr
-        # Where an answer's element starts: after the headers, table, set and list nest.
-        start = 16 + len(head) + 4
-        kind = (NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETSETELEM
-        i, seq = 0, 0
-        while i < len(keys):
-            batch = keys[i : i + per_request]
-            seq += 1
-            body = head + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(batch))
-            sock.send(
-                _NLMSGHDR.pack(16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-            )
-            got, err = 0, None
-            while err is None:
-                data = sock.recv(1 << 22)
-                pos = 0
-                while pos + 16 <= len(data):
-                    length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, pos)
-                    if length < 16:
-                        break
-                    if mseq == seq:
-                        if mtype == NLMSG_ERROR:
-                            err = -_U32_S.unpack_from(data, pos + 16)[0]
-                        elif got < len(batch):
-                            out[i + got] = data[pos + start : pos + length]
-                            got += 1
-                    pos += _align(length)
-            if err == 0:
-                i += len(batch)
-            elif err == _ENOENT:
-                i += got + 1  # keys[i + got] is absent; ask for the rest again
-            else:
-                raise OSError(err, f"nftables get element of {set_name}: {os.strerror(err)}")
-    except FileNotFoundError:
-        return [None] * len(keys)
-    finally:
-        sock.close()
-    return out
+
+    def __init__(self, table: str = TABLE, family: str = FAMILY, buffer: int = 8 << 20) -> None:
+        self._table = _name(table)
+        self._family = TABLE_FAMILIES[family]
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
+        )
+        try:
+            sock.bind((0, 0))
+            ElementWriter._grow(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer)
+            sock.setsockopt(SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._sets: set[str] = set()
+        self._elements: dict[str, list[tuple[bool, bytes]] | None] = {}
+        self._other = False
+        self._touched = False
+
+    def _forget(self) -> None:
+        self._sets, self._elements, self._other, self._touched = set(), {}, False, False
+
+    def read(self, timeout: float) -> list[Committed]:
+        """The transactions that touched the table among the notifications that arrive
+        within `timeout` seconds (at least the first one, then what is already there).
+        Raises Lost when the kernel had to drop notifications."""
+        out: list[Committed] = []
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(1 << 20)
+        except TimeoutError:
+            return out
+        except OSError as exc:
+            if exc.errno == errno_codes.ENOBUFS:
+                self._forget()
+                raise Lost(exc.errno, "nftables notifications were dropped") from None
+            raise
+        self._parse(data, out)
+        return out
+
+    def _parse(self, data: bytes, out: list[Committed]) -> None:
+        pos, end = 0, len(data)
+        table, family = self._table, self._family
+        while pos + 20 <= end:
+            length, kind = _NLMSGHDR.unpack_from(data, pos)[:2]
+            if length < 16:
+                break
+            if kind >> 8 == NFNL_SUBSYS_NFTABLES:
+                message = kind & 0xFF
+                if message == _NFT_MSG_NEWGEN:
+                    if self._touched:
+                        gen = _attribute(data, pos + 20, pos + length, _NFTA_GEN_ID)
+                        generation = _BE_U32.unpack(gen)[0] if gen is not None else -1
+                        elements = {n: tuple(e) for n, e in self._elements.items() if e is not None}
+                        out.append(
+                            Committed(generation, frozenset(self._sets), self._other, elements)
+                        )
+                    self._forget()
+                elif data[pos + 16] == family:
+                    name = _attribute(data, pos + 20, pos + length, 1)  # NFTA_*_TABLE
+                    if name is not None and name.rstrip(b"\0") + b"\0" == table:
+                        self._touched = True
+                        if message in _ELEMENT_MESSAGES:
+                            self._note_elements(data, pos, length, message == _NFT_MSG_NEWSETELEM)
+                        else:
+                            self._other = True
+            pos += _align(length)
+
+    def _note_elements(self, data: bytes, pos: int, length: int, added: bool) -> None:
+        found = _attribute(data, pos + 20, pos + length, NFTA_SET_ELEM_LIST_SET)
+        set_name = _text(found) if found is not None else ""
+        self._sets.add(set_name)
+        recorded = self._elements.setdefault(set_name, [])
+        if recorded is None:
+            return
+        nest = _attribute(data, pos + 20, pos + length, NFTA_SET_ELEM_LIST_ELEMENTS) or b""
+        at = 0
+        while at + 4 <= len(nest):
+            size = _HDR.unpack_from(nest, at)[0]
+            if size < 4:
+                break
+            recorded.append((added, nest[at : at + _align(size)]))
+            at += _align(size)
+        if len(recorded) > MAX_NOTIFIED:
+            self._elements[set_name] = None
+
+    def close(self) -> None:
+        self._sock.close()
 
 
-_U32_S = struct.Struct("=i")
+def _attribute(data: bytes, start: int, end: int, wanted: int) -> bytes | None:
+    pos = start
+    while pos + 4 <= end:
+        length, kind = _HDR.unpack_from(data, pos)
+        if length < 4:
+            return None
+        if kind & 0x3FFF == wanted:
+            return data[pos + 4 : pos + length]
+        pos += _align(length)
+    return None

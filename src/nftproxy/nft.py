@@ -17,7 +17,7 @@ import struct
 import subprocess
 import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from nftproxy.ruleset.schema import FAMILY, TABLE
@@ -137,6 +137,7 @@ class LibNftables:
         self._ctx: int = self._pool.submit(self._new_ctx).result()
         self._netns = netns
         self._writer: Any = None
+        self._dumpers: ThreadPoolExecutor | None = None
 
     def _new_ctx(self) -> int:
         ctx = self._lib.nft_ctx_new(0)
@@ -190,11 +191,26 @@ class LibNftables:
 
         return self._pool.submit(dump_elements, name).result()
 
-    def lookup_elements(self, name: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        """The elements of one set with these keys, as listed (see netlink.query_elements)."""
-        from nftproxy.netlink import query_elements
+    def monitor(self) -> Any:
+        """A netlink.CommitMonitor of our table in this backend's namespace."""
+        from nftproxy.netlink import CommitMonitor
 
-        return self._pool.submit(query_elements, name, keys).result()
+        return self._pool.submit(CommitMonitor).result()
+
+    def dump_sets(self, names: Sequence[str]) -> dict[str, Future[list[bytes] | None]]:
+        """Start listing these sets' elements (see set_elements), two at a time, in threads
+        of their own: a large dump is mostly the kernel's work, which the caller's can
+        overlap."""
+        from nftproxy.netlink import dump_elements
+
+        if self._dumpers is None:
+            self._dumpers = ThreadPoolExecutor(
+                max_workers=2,
+                thread_name_prefix="nftdump",
+                initializer=_setns,
+                initargs=(self._netns,),
+            )
+        return {name: self._dumpers.submit(dump_elements, name) for name in names}
 
     def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
         """`nft -j list set|map` of one set of our table; None when it does not exist."""
@@ -232,6 +248,8 @@ class LibNftables:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._dumpers is not None:
+            self._dumpers.shutdown()
 
         def free() -> None:
             self._lib.nft_ctx_free(self._ctx)

@@ -9,6 +9,7 @@ shows that someone else committed to the namespace, and then a full resync repai
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -24,6 +25,7 @@ from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
 from nftproxy.conntrack import Stale
 from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
+from nftproxy.netlink import MAX_NOTIFIED, Committed
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
@@ -42,7 +44,7 @@ from nftproxy.ruleset.diff import (
     diff,
     render_element,
 )
-from nftproxy.ruleset.schema import RECORD, Atom, SetDef
+from nftproxy.ruleset.schema import RECORD, Atom, SetDef, is_record
 
 log = logging.getLogger("nftproxy.sync")
 
@@ -155,7 +157,17 @@ class Proxier:
         self._kernel_generation: int | None = None
         self._commits = 0  # commits of the sync under way
         self._repair_due = False
-        self._repair_gap = 1.0
+        self._rebuild = False  # the next full sync builds a new generation at once
+        self._repair_gap = 0.5
+        # What the commit monitor saw (see watch_commits), and what it means: the sets
+        # someone else changed since the last repair (None: any of them may have).
+        self._monitoring = False
+        self._seen_lock = threading.Lock()
+        self._seen: list[Committed] = []
+        self._lost = False
+        self._foreign_sets: set[str] | None = set()
+        self._foreign_elements: dict[str, list[tuple[bool, bytes]]] = {}
+        self._own_generations: collections.deque[int] = collections.deque(maxlen=4096)
         self._conflicts: set[str] = set()  # as last logged
         self._peak = 0  # Services and slices, most since memory was last given back
         self.keep = False  # see set_keep
@@ -429,15 +441,28 @@ class Proxier:
         if before is None or after is None:
             self._kernel_generation = None
             return
-        if (after - before) & 0xFFFFFFFF != self._commits or (
+        moved = (after - before) & 0xFFFFFFFF != self._commits or (
             not compared and noted is not None and before != noted
-        ):
+        )
+        # The commit monitor tells foreign commits to our table apart from everyone else's:
+        # with it, a commit of someone else in between is no reason to compare.
+        if moved and not self._monitoring:
             self._repair_due = True
         self._kernel_generation = after
 
     def _commit(self, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
+        before = self._generation()
         applying.execute(self.backend, tx, sets)
         self._commits += 1
+        after = self._generation()
+        # One commit moves the generation id by one: then `after` is ours, and the
+        # monitor's notification of it is not someone else's. (If it moved by more, the
+        # commits in between are unknown, and reported as foreign: a comparison follows.)
+        if before is not None and after == (before + 1) & 0xFFFFFFFF:
+            self._own(after)
+
+    def _own(self, generation: int) -> None:
+        self._own_generations.append(generation)
 
     def _structure(self) -> AppliedState | None:
         """Names and rule counts of our table, without elements (cheap at any size), or
@@ -456,7 +481,22 @@ class Proxier:
             with_elements=False,
         )
 
-    def _differences(self, structure: AppliedState) -> applying.Compare:
+    def _prefetch(self, structure: AppliedState) -> verifying.Dumps | None:
+        """Start dumping the table's sets, so that the kernel lists them while the desired
+        state is built; not when the record says nobody committed since the last daemon
+        did (it is then likely to vouch for the table: see _differences)."""
+        lister = cast(verifying.Lister, self.backend)
+        now = self._generation()
+        for name in structure.sets:
+            if is_record(name):
+                found = verifying.read_record(lister, name)
+                if found is not None and found.generation == now:
+                    return None
+        return lister.dump_sets(verifying.dumped_sets(structure))
+
+    def _differences(
+        self, structure: AppliedState, dumps: verifying.Dumps | None = None
+    ) -> applying.Compare:
         lister = cast(verifying.Lister, self.backend)
 
         def compare(ruleset: Ruleset) -> Scope:
@@ -472,7 +512,7 @@ class Proxier:
                     # since: no need to read the table.
                     log.info("the table's record matches the desired state")
                     return Scope(sets=set(ruleset.sets), chains=set(ruleset.chains))
-            return verifying.differences(lister, ruleset, structure)
+            return verifying.differences(lister, ruleset, structure, dumps)
 
         return compare
 
@@ -506,12 +546,15 @@ class Proxier:
             return
         self._record = record
         self._kernel_generation = record.generation
+        self._own(record.generation)
 
     def _full_sync(self, *, too_big: bool = False) -> SyncResult:
         structure = self._structure()
-        if too_big and structure is not None and structure.chains:
+        # A repair found what only a new generation mends: no need to compare again.
+        rebuild, self._rebuild = self._rebuild, False
+        if (too_big or rebuild) and structure is not None and structure.chains:
             top = max(applying.generations(structure), default=0)
-            why = "too many changes for one transaction"
+            why = "too many changes for one transaction" if too_big else "our chains changed"
             if self.keep:
                 raise applying.KeepRefused(f"the change needs a new generation ({why})")
             plan = applying.generation_plan(self._build, structure, top + 1, why)
@@ -525,10 +568,11 @@ class Proxier:
             # state set by set and only what differs changes (nothing, when nothing does). A
             # new generation is built beside the current one, and flipped to atomically,
             # when the skeleton differs or the difference is too big for one transaction.
+            dumps = self._prefetch(structure)
             plan = applying.make_plan(
-                self._build, structure, compare=self._differences(structure), keep=self.keep
+                self._build, structure, compare=self._differences(structure, dumps), keep=self.keep
             )
-        self._commits += applying.run_plan(self.backend, plan).transactions
+        applying.run_plan(self.backend, plan, self._commit)
         assert plan.desired is not None
         self._record = None if plan.mode == "generation" else self._read_record()
         # What the kernel holds now is the plan's desired state: no need to read it back.
@@ -582,23 +626,105 @@ class Proxier:
         return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
 
     def kernel_changed_by_others(self) -> bool:
-        """True when someone else committed to this namespace's nftables since our last
-        transaction (the kernel's ruleset generation moved), or may have."""
+        """True when someone else changed our table, or may have. With the commit monitor
+        running, only transactions that touched our table count; without it, any commit
+        of anyone since our last one (the kernel's generation id moved)."""
         if self._repair_due:
             return True
+        if self._monitoring:
+            self._note_foreign_commits()
+            return (
+                self._foreign_sets is None
+                or bool(self._foreign_sets)
+                or bool(self._foreign_elements)
+            )
         if self._kernel_generation is None:
             return False
         now = self._generation()
         return now is not None and now != self._kernel_generation
 
-    def repair(self) -> SyncResult:
+    def _note_foreign_commits(self) -> None:
+        """Fold what the monitor saw into the sets to compare (None: all of them)."""
+        with self._seen_lock:
+            seen, self._seen = self._seen, []
+            lost, self._lost = self._lost, False
+        own = set(self._own_generations)
+        for committed in seen:
+            if committed.generation in own:
+                continue
+            if committed.other or self._foreign_sets is None:
+                self._foreign_sets = None
+                continue
+            for name in committed.sets:
+                changes = committed.elements.get(name)
+                known = self._foreign_elements.setdefault(name, [])
+                if changes is None or name in self._foreign_sets:
+                    self._foreign_sets.add(name)  # too many to follow: compare it whole
+                    del self._foreign_elements[name]
+                else:
+                    known.extend(changes)
+                    if len(known) > 5 * MAX_NOTIFIED:  # a long stream of them: list it
+                        self._foreign_sets.add(name)
+                        del self._foreign_elements[name]
+        if lost:
+            # Notifications were dropped (mostly: a burst of our own, a generation build).
+            # Anyone else's commit since our last one may have been among them.
+            now = self._generation()
+            if now is None or now != self._kernel_generation:
+                self._foreign_sets = None
+
+    def watch_commits(self, stop: threading.Event) -> bool:
+        """Follow nftables' change notifications until `stop` (in a thread of its own):
+        only transactions that touched our table, and were not ours, lead to a repair, and
+        only of the sets they touched. False when the backend cannot (the generation id
+        alone then tells, and every foreign commit anywhere costs a full comparison)."""
+        start = getattr(self.backend, "monitor", None)
+        if start is None:
+            return False
+        from nftproxy.netlink import Lost
+
+        try:
+            monitor = start()
+        except OSError as exc:
+            log.warning("cannot follow nftables notifications (%s): comparing on any commit", exc)
+            return False
+        self._monitoring = True
+        try:
+            while not stop.is_set():
+                try:
+                    seen = monitor.read(0.5)
+                except Lost:
+                    with self._seen_lock:
+                        self._lost = True
+                    self._wake.set()
+                    continue
+                if seen:
+                    with self._seen_lock:
+                        self._seen.extend(seen)
+                    self._wake.set()
+        except OSError as exc:
+            log.error("following nftables notifications failed (%s): comparing on commits", exc)
+        finally:
+            self._monitoring = False
+            monitor.close()
+        return True
+
+    def repair(self, *, everything: bool = False) -> SyncResult:
         """Compare the table with the desired state, element by element, and change what
-        differs. A difference no element change can mend (our chains' rules, the skeleton,
-        a missing table) schedules a full sync, which builds a new generation."""
+        differs: in the sets someone else changed (as far as the commit monitor knows),
+        else (or with `everything`) in all. A difference no element change can mend (our
+        chains' rules, the skeleton, a missing table) schedules a full sync, which builds a
+        new generation."""
         start = time.perf_counter()
         with self._lock:
             self._last_verify_at = self.clock()
             self._repair_due = False
+            only: set[str] | None = None
+            notified: dict[str, list[tuple[bool, bytes]]] = {}
+            if self._monitoring and not everything:
+                self._note_foreign_commits()
+                only, notified = self._foreign_sets, self._foreign_elements
+            self._foreign_sets, self._foreign_elements = set(), {}
             desired = self._desired
             if desired is None or self._need_full:
                 return SyncResult("noop", 0, 0.0, 0)
@@ -610,20 +736,20 @@ class Proxier:
                 matches = kernel is not None and kernel.matches(desired.ruleset)
                 tx, why = Transaction(), "" if matches else "the table differs"
             else:
-                tx, why = self._repair_tx(desired.ruleset, structure)
+                tx, why = self._repair_tx(desired.ruleset, structure, only, notified)
                 if self.keep:
                     tx, _ = applying.keeping(tx)
-            if why or tx.size() > applying.MAX_INCREMENTAL:
-                log.warning(
-                    "the nftproxy table was changed by someone else: %s; full resync",
-                    why or f"{tx.size()} changes",
-                )
+            if why:
+                log.warning("the nftproxy table was changed by someone else: %s; rebuilding", why)
                 self.stats.external_changes += 1
-                self._need_full = True
+                self._need_full = self._rebuild = True
                 self._wake.set()
                 return SyncResult("full", 0, time.perf_counter() - start, 0)
+            # Elements only: put back in place, in several commits if there are many (a
+            # flushed map), each leaving the table less broken than the one before.
             for part in tx.split():
-                self._commit(part, desired.ruleset.sets)
+                for chunk in part.chunked(applying.MAX_INCREMENTAL):
+                    self._commit(chunk, desired.ruleset.sets)
             self._account_commits(before, compared=True)
             self._write_record()
         if tx:
@@ -633,10 +759,26 @@ class Proxier:
             "incremental" if tx else "noop", tx.size(), time.perf_counter() - start, 0
         )
 
-    def _repair_tx(self, ruleset: Ruleset, structure: AppliedState) -> tuple[Transaction, str]:
+    def _repair_tx(
+        self,
+        ruleset: Ruleset,
+        structure: AppliedState,
+        only: set[str] | None,
+        notified: Mapping[str, list[tuple[bool, bytes]]],
+    ) -> tuple[Transaction, str]:
+        """The repair: sets in `only` (None: all) compared whole by listing them, the
+        elements others were seen to change (`notified`) compared key by key."""
         try:
             check_skeleton(ruleset, structure)
-            return diff(ruleset, structure, self._differences(structure)(ruleset)), ""
+            befores, whole = verifying.notified_differences(ruleset, notified)
+            if only is not None:
+                only = only | whole
+            lister = cast(verifying.Lister, self.backend)
+            scope = verifying.differences(lister, ruleset, structure, only=only)
+            for name, before in befores.items():
+                if only is not None and name not in only:
+                    scope.before.setdefault(name, {}).update(before)
+            return diff(ruleset, structure, scope), ""
         except SkeletonMismatch as exc:
             return Transaction(), str(exc)
 
@@ -666,21 +808,22 @@ class Proxier:
             self._wake.wait(timeout=tick)
 
     def _check_foreign_changes(self, now: float) -> None:
-        """Repair the table when someone else committed (the generation id says so: one
-        netlink round trip a tick), or every `verify_period`. A comparison costs about a
-        second at 30k Services, so under a stream of foreign commits (a busy CNI) it runs
-        at most once per four times its own duration, and at least a second apart."""
+        """Repair the table when someone else changed it (the commit monitor says so, or
+        without it the generation id: one netlink round trip a tick), and every
+        `verify_period`. A comparison of every set costs seconds at 30k Services, so under
+        a stream of foreign changes repairs run at most once per twice their duration,
+        and at least half a second apart."""
         since = now - self._last_verify_at
         periodic = self.verify_period > 0 and since >= self.verify_period
         if since < self._repair_gap or not (periodic or self.kernel_changed_by_others()):
             return
         started = time.perf_counter()
         try:
-            self.repair()
+            self.repair(everything=periodic)
         except (NftError, OSError) as exc:
             log.error("repairing the table failed: %s; full resync", exc)
             self.request_full_sync()
-        self._repair_gap = max(1.0, 4 * (time.perf_counter() - started))
+        self._repair_gap = max(0.5, 2 * (time.perf_counter() - started))
 
 
 def _trim_malloc() -> None:

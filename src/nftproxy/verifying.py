@@ -1,18 +1,19 @@
 """Does the kernel's table hold what we meant? Answered element by element, cheaply.
 
 The daemon keeps no copy of what it wrote. At start, after someone else committed to the
-namespace, and every `--verify-period`, it reads each set of its table by netlink and
-compares it with the desired state encoded the same way (`netlink.Encoder(as_dumped=True)`).
-What differs becomes a `Scope`, the same record of "what the kernel holds for these keys"
-that incremental syncs diff against, so `diff` turns it into the smallest repair; when
-nothing differs there is nothing to commit.
+namespace, and every `--verify-period`, it lists each set of its table by a netlink dump
+and compares it with the desired state encoded the same way
+(`netlink.Encoder(as_dumped=True)`). What differs becomes a `Scope`, the same record of
+"what the kernel holds for these keys" that incremental syncs diff against, so `diff`
+turns it into the smallest repair; when nothing differs there is nothing to commit.
 
-How a set is read depends on its size. A dump lists every element, so it also finds
-elements nobody meant, but the kernel restarts its walk of a hash set for every 32 KiB it
-returns: 300k elements take 1-2 s, 1M half a minute. Sets larger than `LOOKUP_ABOVE` (the
-endpoint maps of large clusters) are instead asked for each key of the desired state, a
-hash lookup each: elements with other keys are not seen there, and cannot be reached
-either (a packet only looks up buckets of the frontends the frontend maps lead to).
+A dump of a large hash set costs the kernel more than its size: it restarts its walk for
+every 32 KiB it returns (300k elements: 1-2 s, mostly in the kernel). So the sets are
+dumped two at a time beside the caller (`Lister.dump_sets`), and a restart starts the dumps
+before it builds its desired state. Asking the kernel for each key instead costs about
+16 µs an element whatever the size, slower up to ~300k elements, and blind to elements
+nobody meant.
+
 Interval sets (a few CIDRs) are listed through nft. Sets the kernel fills (session
 affinity's clients) and the record are not compared. Rules are compared by their number
 per chain (`TableObjects`); their content is not read back (see docs/ruleset.md).
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import itertools
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,23 +41,24 @@ from nftproxy.netlink import (
 )
 from nftproxy.ruleset.desired import MISSING, UNKNOWN, Missing, Ruleset, Scope, Unknown
 from nftproxy.ruleset.diff import AddElements, AppliedState, DeleteElements, applied_from_json
-from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef
+from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef, is_record
 
 __all__ = [
-    "LOOKUP_ABOVE",
     "RECORD_TYPE",
+    "Dumps",
     "Lister",
     "Record",
     "differences",
+    "dumped_sets",
+    "notified_differences",
     "read_record",
     "record_ops",
 ]
 
-# Sets with more elements than this are read by key lookups, smaller ones by a dump.
-LOOKUP_ABOVE = 50_000
-# Desired elements encoded at a time: bounds the memory of a comparison to one set's
-# listing plus one chunk.
+# Desired elements encoded at a time: bounds the memory of a comparison beyond the listings.
 _CHUNK = 10_000
+
+Dumps = Mapping[str, "Future[list[bytes] | None]"]
 
 
 class Lister(Protocol):
@@ -63,7 +66,7 @@ class Lister(Protocol):
 
     def set_elements(self, name: str) -> list[bytes] | None: ...
 
-    def lookup_elements(self, name: str, keys: Sequence[bytes]) -> list[bytes | None]: ...
+    def dump_sets(self, names: Sequence[str]) -> Dumps: ...
 
     def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None: ...
 
@@ -71,18 +74,42 @@ class Lister(Protocol):
 Before = dict[ElementKey, ElementValue | Missing | Unknown]
 
 
-def differences(kernel: Lister, desired: Ruleset, structure: AppliedState) -> Scope:
+def dumped_sets(structure: AppliedState) -> list[str]:
+    """The sets of the kernel's table worth dumping before a comparison: all but the
+    kernel's own (dynamic) and the record."""
+    return sorted(n for n in structure.sets if n not in structure.dynamic and not is_record(n))
+
+
+def differences(
+    kernel: Lister,
+    desired: Ruleset,
+    structure: AppliedState,
+    dumps: Dumps | None = None,
+    *,
+    only: Collection[str] | None = None,
+) -> Scope:
     """Every element whose presence or value differs between the kernel and `desired`,
     with what the kernel holds (MISSING, or UNKNOWN for another value or an element
     `desired` lacks), and every set and chain name of either side.
 
-    `structure` is the kernel's names and rule counts (`AppliedState` without elements).
+    `structure` is the kernel's names and rule counts (`AppliedState` without elements);
+    `dumps`, listings already under way (see Lister.dump_sets); `only`, the sets whose
+    elements to compare (default: all; those of the desired state missing from the kernel
+    always count).
     """
     scope = Scope(
         sets=set(desired.sets) | structure.sets,
         chains=set(desired.chains) | set(structure.chains),
     )
-    encoders = _Encoders()
+    compared = {
+        name: sdef
+        for name, sdef in desired.sets.items()
+        if sdef.compared and name in structure.sets and (only is None or name in only)
+    }
+    wanted = [n for n, sdef in compared.items() if element_type(sdef) is not None]
+    if dumps is None:
+        dumps = kernel.dump_sets(wanted)
+    encoder = Encoder(as_dumped=True)
     for name in sorted(desired.sets):
         sdef = desired.sets[name]
         if not sdef.compared:
@@ -91,41 +118,69 @@ def differences(kernel: Lister, desired: Ruleset, structure: AppliedState) -> Sc
         etype = element_type(sdef)
         if name not in structure.sets:
             before: Before = dict.fromkeys(want, MISSING)
+        elif name not in compared:
+            continue
         elif etype is None:
             before = _compare_atoms(want, _listed(kernel, sdef))
-        elif len(want) > LOOKUP_ABOVE:
-            before = _looked_up(kernel, name, want, etype, encoders)
         else:
-            before = _dumped(kernel, name, want, etype, encoders)
+            found = dumps.get(name)
+            listed = found.result() if found is not None else kernel.set_elements(name)
+            before = _compare_dumped(listed, want, etype, encoder)
         if before:
             scope.before[name] = before
     return scope
 
 
-class _Encoders:
-    def __init__(self) -> None:
-        self.dumped = Encoder(as_dumped=True)
-        self.request = Encoder()
+def notified_differences(
+    desired: Ruleset, notified: Mapping[str, Sequence[tuple[bool, bytes]]]
+) -> tuple[dict[str, Before], set[str]]:
+    """What the kernel holds for the keys someone else's transactions added (True) or
+    deleted (False), in order, as the commit monitor saw them, where that differs from
+    `desired`: the same answer as `differences` for those keys, at O(change) and without
+    a dump. Also the sets this cannot tell (interval sets): compare those whole."""
+    befores: dict[str, Before] = {}
+    whole: set[str] = set()
+    encoder = Encoder(as_dumped=True)
+    for name, changes in notified.items():
+        sdef = desired.sets.get(name)
+        if sdef is None or not sdef.compared:
+            continue
+        etype = element_type(sdef)
+        if etype is None:
+            whole.add(name)
+            continue
+        now: dict[bytes, bytes | None] = {}
+        for added, element in changes:
+            now[element_key(element, etype)] = element if added else None
+        want = desired.elements.get(name, {})
+        before: Before = {}
+        for raw, have in now.items():
+            key = decode_key(raw, etype)
+            value = want.get(key, MISSING)
+            if isinstance(value, Missing):
+                if have is not None:
+                    before[key] = UNKNOWN
+            elif have is None:
+                before[key] = MISSING
+            elif have != encoder.elements([(key, value)], etype)[0]:
+                before[key] = UNKNOWN
+        if before:
+            befores[name] = before
+    return befores, whole
 
-    def keys(self, chunk: list[tuple[ElementKey, ElementValue]], etype: ElementType) -> list[bytes]:
-        return self.request.encode_op(DeleteElements("", tuple([k for k, _ in chunk])), etype)[0]
 
-
-def _dumped(
-    kernel: Lister,
-    name: str,
+def _compare_dumped(
+    listed: list[bytes] | None,
     want: Mapping[ElementKey, ElementValue],
     etype: ElementType,
-    encoders: _Encoders,
+    encoder: Encoder,
 ) -> Before:
-    listed = kernel.set_elements(name)
     if listed is None:
         return dict.fromkeys(want, MISSING)
     unexpected = set(listed)
-    del listed
     missing: dict[bytes, ElementKey] = {}
     for chunk in _chunks(want.items()):
-        for element, (key, _) in zip(encoders.dumped.elements(chunk, etype), chunk, strict=True):
+        for element, (key, _) in zip(encoder.elements(chunk, etype), chunk, strict=True):
             if element in unexpected:
                 unexpected.discard(element)
             else:
@@ -136,25 +191,6 @@ def _dumped(
         mine = missing.get(raw)
         # Same key, other value: a replacement. A key we never meant: a deletion.
         before[mine if mine is not None else decode_key(raw, etype)] = UNKNOWN
-    return before
-
-
-def _looked_up(
-    kernel: Lister,
-    name: str,
-    want: Mapping[ElementKey, ElementValue],
-    etype: ElementType,
-    encoders: _Encoders,
-) -> Before:
-    before: Before = {}
-    for chunk in _chunks(want.items()):
-        found = kernel.lookup_elements(name, encoders.keys(chunk, etype))
-        wanted = encoders.dumped.elements(chunk, etype)
-        for (key, _), element, have in zip(chunk, wanted, found, strict=True):
-            if have is None:
-                before[key] = MISSING
-            elif have != element:
-                before[key] = UNKNOWN
     return before
 
 

@@ -315,6 +315,39 @@ class Transaction:
                 repoint.ops.append(op)
         return [tx for tx in (create, repoint, remove) if tx]
 
+    def chunked(self, limit: int) -> list[Transaction]:
+        """The same change as transactions of at most about `limit` elements each, to run
+        in order: for a repair too big for one commit (a flushed map), where each step
+        leaves the table less broken. A key deleted and added again stays in one commit;
+        new sets and chains come with the first, chains and sets that go with the last."""
+        if self.size() <= limit:
+            return [self]
+        slot: dict[tuple[str, ElementKey], int] = {}
+        for op in self.ops:
+            if isinstance(op, AddElements | DeleteElements):
+                keys = [k for k, _ in op.items] if isinstance(op, AddElements) else op.keys
+                for key in keys:
+                    slot.setdefault((op.set, key), len(slot) // limit)
+        parts = [Transaction() for _ in range(max(slot.values(), default=0) + 1)]
+        for op in self.ops:
+            if isinstance(op, AddElements):
+                cut: dict[int, list[tuple[ElementKey, ElementValue]]] = {}
+                for key, value in op.items:
+                    cut.setdefault(slot[op.set, key], []).append((key, value))
+                for i, items in cut.items():
+                    parts[i].ops.append(AddElements(op.set, tuple(items)))
+            elif isinstance(op, DeleteElements):
+                gone: dict[int, list[ElementKey]] = {}
+                for key in op.keys:
+                    gone.setdefault(slot[op.set, key], []).append(key)
+                for i, keys in gone.items():
+                    parts[i].ops.append(DeleteElements(op.set, tuple(keys), op.interval))
+            elif isinstance(op, FlushChain | DeleteChain | DeleteSet):
+                parts[-1].ops.append(op)
+            else:
+                parts[0].ops.append(op)
+        return parts
+
     def size(self) -> int:
         """Objects touched: elements count one each, a chain counts its rules."""
         total = 0
