@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kernel import nft_in
+from samples import frontends, two_files
 
 DATA = Path(__file__).parent / "data"
 CLUSTER = str(DATA / "cluster.yaml")
@@ -139,43 +140,6 @@ def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp
 
 # --- input mistakes never delete what is running --------------------------------------------
 
-WEB = """apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: PORT}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080}]
-endpoints: [{addresses: [ADDRESS]}]
-"""
-DNS = """apiVersion: v1
-kind: Service
-metadata: {name: dns, namespace: kube-system}
-spec: {clusterIP: 10.96.0.53, ports: [{name: dns, port: PORT, protocol: UDP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: dns-1, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}
-addressType: IPv4
-ports: [{name: dns, port: 53, protocol: UDP}]
-endpoints: [{addresses: [10.244.1.53]}]
-"""
-
-
-def two_files(tmp_path: Path, *, web_ip: str = "10.244.1.5", dns_port: str = "53") -> Path:
-    directory = tmp_path / "manifests"
-    directory.mkdir(exist_ok=True)
-    (directory / "web.yaml").write_text(WEB.replace("PORT", "80").replace("ADDRESS", web_ip))
-    (directory / "dns.yaml").write_text(DNS.replace("PORT", dns_port))
-    return directory
-
-
-def frontends(netns: str) -> str:
-    return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-frontends4")
-
 
 def generation_id(netns: str) -> int:
     from nftproxy.nft import open_backend
@@ -290,3 +254,13 @@ def test_a_file_over_the_size_limit_is_an_error_naming_the_limit(tmp_path):
     assert out.returncode == 1 and out.stdout == ""
     assert "dns.yaml" in out.stderr and "limit" in out.stderr
     assert nftproxy("compile", str(directory), *NODE, "--max-file-size", "64K").returncode == 0
+
+
+def test_a_document_without_a_kind_is_an_invalid_object_not_an_unreadable_file(netns, tmp_path):
+    directory = two_files(tmp_path)
+    (directory / "odd.yaml").write_text("metadata: {name: nameless}\n---\n- a list\n")
+    out = nftproxy("apply", str(directory), *NODE, "--netns", netns)
+    assert out.returncode == 3, out.stderr
+    assert "odd.yaml: document 1: kind is missing" in out.stderr
+    assert "odd.yaml: document 2: expected a mapping" in out.stderr
+    assert "10.96.0.53 . udp . 53" in frontends(netns)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from daemon import FEATURES, FEATURES_NODE, run_args
 from kernel import nft_in
+from samples import dns, frontends, two_files, web
 
 from nftproxy.nft import open_backend
 
@@ -73,41 +74,6 @@ def test_a_daemon_killed_and_restarted_over_every_feature_finds_its_table_in_syn
         assert plan(netns, manifests).startswith("# noop")
 
 
-WEB = """apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080}]
-endpoints: [{addresses: [ADDRESS]}]
-"""
-DNS = """apiVersion: v1
-kind: Service
-metadata: {name: dns, namespace: kube-system}
-spec: {clusterIP: 10.96.0.53, ports: [{name: dns, port: PORT, protocol: UDP}]}
-"""
-
-
-def manifests_dir(tmp_path: Path, *, web: str = "10.244.1.5", dns_port: int = 53) -> Path:
-    directory = tmp_path / "manifests"
-    directory.mkdir(exist_ok=True)
-    (directory / "web.yaml").write_text(WEB.replace("ADDRESS", web))
-    (directory / "dns.yaml").write_text(DNS.replace("PORT", str(dns_port)))
-    return directory
-
-
-def frontends(netns: str) -> str:
-    """The frontend map, or "" while there is none yet."""
-    try:
-        return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-frontends4")
-    except AssertionError:
-        return ""
-
-
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nftproxy", *args, *FEATURES_NODE],
@@ -118,7 +84,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_daemon_refuses_to_start_on_a_missing_manifest_path(netns, tmp_path, start_daemon):
-    directory = manifests_dir(tmp_path)
+    directory = two_files(tmp_path)
     assert cli("apply", str(directory), "--netns", netns).returncode == 0
     committed = open_backend(netns).generation()
     daemon = start_daemon(*run_args(netns, [tmp_path / "manifestz"]))
@@ -130,7 +96,7 @@ def test_the_daemon_refuses_to_start_on_a_missing_manifest_path(netns, tmp_path,
 def test_a_watched_directory_that_vanishes_keeps_every_service_until_it_is_back(
     netns, tmp_path, start_daemon
 ):
-    directory = manifests_dir(tmp_path)
+    directory = two_files(tmp_path)
     daemon = start_daemon(*run_args(netns, [directory]))
     daemon.wait_for("full sync: generation")
     kernel = open_backend(netns)
@@ -144,7 +110,7 @@ def test_a_watched_directory_that_vanishes_keeps_every_service_until_it_is_back(
     assert "10.96.0.53 . udp . 53" in frontends(netns) and "10.96.0.10" in frontends(netns)
     away.rename(directory)
     daemon.wait_for("manifests: back")
-    (directory / "dns.yaml").write_text(DNS.replace("PORT", "5353"))
+    (directory / "dns.yaml").write_text(dns(5353))
     daemon.wait_until(lambda: "10.96.0.53 . udp . 5353" in frontends(netns), "the change")
     assert "10.96.0.53 . udp . 53 " not in frontends(netns)
 
@@ -152,17 +118,17 @@ def test_a_watched_directory_that_vanishes_keeps_every_service_until_it_is_back(
 def test_a_file_unreadable_at_start_keeps_what_the_table_holds_for_it(
     netns, tmp_path, start_daemon
 ):
-    directory = manifests_dir(tmp_path)
+    directory = two_files(tmp_path)
     assert cli("apply", str(directory), "--netns", netns).returncode == 0
     (directory / "dns.yaml").write_text("kind: [\n")
-    (directory / "web.yaml").write_text(WEB.replace("ADDRESS", "10.244.1.6"))
+    (directory / "web.yaml").write_text(web("10.244.1.6"))
     daemon = start_daemon(*run_args(netns, [directory]))
     daemon.wait_for("nothing is deleted until they are fixed")
     endpoints = lambda: nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")  # noqa: E731
     daemon.wait_until(lambda: "10.244.1.6" in endpoints(), "web's new endpoint")
     # dns.yaml says nothing readable: what the table holds for it stays.
     assert "10.96.0.53 . udp . 53" in frontends(netns)
-    (directory / "dns.yaml").write_text(DNS.replace("PORT", "5353"))
+    (directory / "dns.yaml").write_text(dns(5353))
     daemon.wait_for("every input reads again")
     daemon.wait_until(lambda: "10.96.0.53 . udp . 5353" in frontends(netns), "dns fixed")
     daemon.wait_until(lambda: "udp . 53 " not in frontends(netns), "the old port deleted")
@@ -183,7 +149,7 @@ HOSTILE = {
 
 
 def test_hostile_files_neither_crash_nor_freeze_the_daemon(netns, tmp_path, start_daemon):
-    directory = manifests_dir(tmp_path)
+    directory = two_files(tmp_path)
     for name, text in HOSTILE.items():
         (directory / name).write_text(text)
     os.mkfifo(directory / "fifo.yaml")
@@ -196,7 +162,7 @@ def test_hostile_files_neither_crash_nor_freeze_the_daemon(netns, tmp_path, star
     for name in [*HOSTILE, "fifo.yaml", "zero.yaml", "dangling.yaml", "loop.yaml"]:
         assert f"{name}:" in log, f"{name} is not reported:\n{log}"
     # Still serving: a change to a good file is picked up.
-    (directory / "web.yaml").write_text(WEB.replace("ADDRESS", "10.244.1.7"))
+    (directory / "web.yaml").write_text(web("10.244.1.7"))
     daemon.wait_until(
         lambda: (
             "10.244.1.7" in nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")

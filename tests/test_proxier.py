@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -14,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from builders import NODE, build, endpoints, ep, port, service
+from daemon import run_args
 from kernel import nft_in
 
 from nftproxy import applying
@@ -313,55 +310,28 @@ def test_a_burst_below_one_is_refused():
 MANIFEST = Path(__file__).parent / "data" / "cluster.yaml"
 
 
-def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(netns, tmp_path):
+def test_the_daemon_follows_a_directory_and_leaves_rules_in_place_on_sigterm(
+    netns, tmp_path, start_daemon
+):
     (tmp_path / "cluster.yaml").write_text(MANIFEST.read_text())
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nftproxy",
-            "run",
-            "--manifests",
-            str(tmp_path),
-            "--netns",
-            netns,
-            "--node-ip",
-            "192.168.0.1",
-            "--min-sync-period",
-            "0.1",
-            "--poll-interval",
-            "0.1",
-            "--healthz-bind-address=",
-            "--metrics-bind-address=",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    daemon = start_daemon(*run_args(netns, [tmp_path], node=["--node-ip", "192.168.0.1"]))
+
+    def endpoints_now() -> str:
+        try:
+            return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
+        except AssertionError:
+            return ""
+
+    daemon.wait_until(lambda: "10.244.2.7" in endpoints_now(), "the first sync")
+    text = MANIFEST.read_text().replace("10.244.2.7", "10.244.2.99")
+    (tmp_path / "cluster.yaml").write_text(text)
+    (tmp_path / "broken.yaml").write_text("kind: [\n")
+    daemon.wait_until(
+        lambda: "10.244.2.99" in endpoints_now() and "10.244.2.7" not in endpoints_now(),
+        "the change",
     )
-    try:
-
-        def endpoints_now() -> str:
-            try:
-                return nft_in(netns, "list", "map", "inet", "nftproxy", "g1-endpoints4-tcp")
-            except AssertionError:
-                return ""
-
-        deadline = time.monotonic() + 15
-        while "10.244.2.7" not in endpoints_now() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "10.244.2.7" in endpoints_now()
-        text = MANIFEST.read_text().replace("10.244.2.7", "10.244.2.99")
-        (tmp_path / "cluster.yaml").write_text(text)
-        (tmp_path / "broken.yaml").write_text("kind: [\n")
-        deadline = time.monotonic() + 15
-        while "10.244.2.99" not in endpoints_now() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "10.244.2.99" in endpoints_now() and "10.244.2.7" not in endpoints_now()
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
-    assert "broken.yaml" in out and "SIGTERM" in out
+    assert daemon.stop() == 0, daemon.log
+    assert "broken.yaml" in daemon.log and "SIGTERM" in daemon.log
     assert "10.244.2.99" in endpoints_now()
 
 

@@ -17,7 +17,7 @@ from nftproxy.nft import open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.desired import MISSING, UNKNOWN
-from nftproxy.ruleset.diff import AppliedState, ChainSummary, diff
+from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.schema import RECORD
 
 pytestmark = pytest.mark.kernel
@@ -38,14 +38,9 @@ def applied(netns: str):
 
 
 def structure(backend) -> AppliedState:
-    found = backend.objects()
-    return AppliedState(
-        sets=set(found.sets),
-        maps=found.maps,
-        dynamic=found.dynamic,
-        chains={n: ChainSummary(r) for n, r in found.chains.items()},
-        with_elements=False,
-    )
+    found = verifying.structure(backend)
+    assert found is not None
+    return found
 
 
 def damage(netns: str) -> None:

@@ -165,10 +165,12 @@ class LibNftables:
         self._pool.submit(self._run, script, dry_run=True).result()
 
     def list_table(self) -> dict[str, Any] | None:
+        return self._listing(f"list table {FAMILY} {TABLE}")
+
+    def _listing(self, command: str) -> dict[str, Any] | None:
+        """A `list` command's JSON; None when what it lists does not exist."""
         try:
-            out = self._pool.submit(
-                self._run, f"list table {FAMILY} {TABLE}", json_out=True
-            ).result()
+            out = self._pool.submit(self._run, command, json_out=True).result()
         except NftError as exc:
             if exc.kind == "not-found":
                 return None
@@ -215,16 +217,7 @@ class LibNftables:
     def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
         """`nft -j list set|map` of one set of our table; None when it does not exist."""
         kind = "map" if is_map else "set"
-        try:
-            out = self._pool.submit(
-                self._run, f"list {kind} {FAMILY} {TABLE} {name}", json_out=True
-            ).result()
-        except NftError as exc:
-            if exc.kind == "not-found":
-                return None
-            raise
-        doc: dict[str, Any] = json.loads(out)
-        return doc
+        return self._listing(f"list {kind} {FAMILY} {TABLE} {name}")
 
     def write_elements(
         self, ops: Sequence[Any], set_types: Mapping[str, Any], *, generation: int | None = None

@@ -34,7 +34,6 @@ from nftproxy.ruleset.diff import (
     AddElements,
     AddSet,
     AppliedState,
-    ChainSummary,
     DeleteChain,
     DeleteElements,
     DeleteSet,
@@ -465,21 +464,7 @@ class Proxier:
         self._own_generations.append(generation)
 
     def _structure(self) -> AppliedState | None:
-        """Names and rule counts of our table, without elements (cheap at any size), or
-        None when the backend cannot list them that way."""
-        objects = getattr(self.backend, "objects", None)
-        if objects is None:
-            return None
-        found = objects()
-        if found is None:
-            return AppliedState(with_elements=False)
-        return AppliedState(
-            sets=set(found.sets),
-            maps=found.maps,
-            dynamic=found.dynamic,
-            chains={n: ChainSummary(r) for n, r in found.chains.items()},
-            with_elements=False,
-        )
+        return verifying.structure(self.backend)
 
     def _prefetch(self, structure: AppliedState) -> verifying.Dumps | None:
         """Start dumping the table's sets, so that the kernel lists them while the desired

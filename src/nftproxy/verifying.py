@@ -40,7 +40,13 @@ from nftproxy.netlink import (
     element_type,
 )
 from nftproxy.ruleset.desired import MISSING, UNKNOWN, Missing, Ruleset, Scope, Unknown
-from nftproxy.ruleset.diff import AddElements, AppliedState, DeleteElements, applied_from_json
+from nftproxy.ruleset.diff import (
+    AddElements,
+    AppliedState,
+    ChainSummary,
+    DeleteElements,
+    applied_from_json,
+)
 from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef, is_record
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "notified_differences",
     "read_record",
     "record_ops",
+    "structure",
 ]
 
 # Desired elements encoded at a time: bounds the memory of a comparison beyond the listings.
@@ -72,6 +79,25 @@ class Lister(Protocol):
 
 
 Before = dict[ElementKey, ElementValue | Missing | Unknown]
+
+
+def structure(kernel: object) -> AppliedState | None:
+    """Names and rule counts of our table, without elements (netlink dumps that carry no
+    elements: milliseconds at any size), or None when `kernel` cannot list them that way
+    (the nft binary backend)."""
+    objects = getattr(kernel, "objects", None)
+    if objects is None:
+        return None
+    found = objects()
+    if found is None:
+        return AppliedState(with_elements=False)
+    return AppliedState(
+        sets=set(found.sets),
+        maps=found.maps,
+        dynamic=found.dynamic,
+        chains={n: ChainSummary(r) for n, r in found.chains.items()},
+        with_elements=False,
+    )
 
 
 def dumped_sets(structure: AppliedState) -> list[str]:

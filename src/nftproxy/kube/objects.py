@@ -213,7 +213,7 @@ class InvalidObject(ValueError):
 
     def __str__(self) -> str:
         parts = [self.source] if self.source else []
-        if self.kind != "file":
+        if self.kind not in ("file", "document"):
             name = self.name or "<unnamed>"
             parts.append(
                 f"{self.kind} {self.namespace}/{name}" if self.namespace else f"{self.kind} {name}"

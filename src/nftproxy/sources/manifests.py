@@ -196,7 +196,14 @@ def _symlink_problem(path: Path, exc: OSError) -> str | None:
 
 
 def _file_error(source: str, where: str, message: str) -> InvalidObject:
+    """A file (or a document of it) that could not be read or parsed."""
     return InvalidObject("file", "", "", where, message, source=source)
+
+
+def _document_error(source: str, where: str, message: str) -> InvalidObject:
+    """A document that parsed but is no object this reader can name (no kind, not a
+    mapping): an invalid object whose identity is unknown."""
+    return InvalidObject("document", "", "", where, message, source=source)
 
 
 class _Unreadable(Exception):
@@ -801,16 +808,16 @@ class _Loader:
     ) -> None:
         if not isinstance(obj, dict):
             message = f"expected a mapping, got {_type_name(obj)}"
-            self.result.errors.append(_file_error(source, where, message))
+            self.result.errors.append(_document_error(source, where, message))
             return
         # Items of typed lists (ServiceList, ...) may omit kind and apiVersion.
         kind = obj.get("kind") or list_kind
         api = obj.get("apiVersion") or list_api
         if not isinstance(kind, str):
-            self.result.errors.append(_file_error(source, where, "kind is missing"))
+            self.result.errors.append(_document_error(source, where, "kind is missing"))
             return
         if not isinstance(api, str):
-            self.result.errors.append(_file_error(source, where, "apiVersion is not a string"))
+            self.result.errors.append(_document_error(source, where, "apiVersion is not a string"))
             return
         if kind.endswith("List") and "items" in obj:
             self._list(obj["items"], source, where, kind[: -len("List")] or None, api)
@@ -829,7 +836,7 @@ class _Loader:
             return
         if not isinstance(items, list):
             message = f"items: expected a list, got {_type_name(items)}"
-            self.result.errors.append(_file_error(source, where, message))
+            self.result.errors.append(_document_error(source, where, message))
             return
         # A plain `List` holds mixed kinds, so its apiVersion says nothing about the items.
         item_api = list_api if item_kind else ""

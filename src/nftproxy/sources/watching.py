@@ -150,12 +150,13 @@ class ManifestDirectory:
         for err in loaded.errors:
             self.errors += 1
             if old is None or old.unknown:
-                if err.kind == "file":
+                if err.kind in ("file", "document"):
                     # Never read whole: what it describes stays as the table holds it.
                     state.unknown = True
                 log.error("%s (skipped)", err)
                 continue
-            if err.kind == "file":
+            if err.kind in ("file", "document"):
+                # A document nobody can name may be the broken version of any object here.
                 log.error("%s (keeping this file's last good objects)", err)
                 state.services = dict(old.services)
                 state.slices = dict(old.slices)
