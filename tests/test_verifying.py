@@ -6,6 +6,7 @@ operator could make to the elements is found, and nothing is reported when nothi
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -194,6 +195,16 @@ def test_the_loop_repairs_what_others_change_and_ignores_other_tables(netns, mon
         nft_in(netns, "flush", "map", "inet", "nftproxy", "g1-nodeports4")
         wait_until(lambda: "tcp . 30080" in nodeports(netns), "the second repair")
         assert applying.read_applied(proxier.backend) == AppliedState.of(proxier.ruleset)
+        # A rule of ours replaced by another (the same number of rules): a new generation.
+        listing = nft_in(netns, "-a", "list", "chain", "inet", "nftproxy", "g1-services4")
+        handle = re.findall(r"# handle (\d+)", listing)[-1]
+        nft_in(netns, "-f", "-", stdin=(
+            f"delete rule inet nftproxy g1-services4 handle {handle}\n"
+            "add rule inet nftproxy g1-services4 counter\n"
+        ))  # fmt: skip
+        wait_until(lambda: "g2-services4" in nft_in(netns, "list", "chains"), "a new generation")
+        wait_until(lambda: proxier.stats.full_syncs >= 2, "the rebuild")
+        assert "g1-services4" not in nft_in(netns, "list", "chains")
     finally:
         stop.set()
         for t in threads:

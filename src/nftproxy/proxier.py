@@ -164,6 +164,7 @@ class Proxier:
         self._seen_lock = threading.Lock()
         self._seen: list[Committed] = []
         self._lost = False
+        self._foreign_structure = False
         self._foreign_sets: set[str] | None = set()
         self._foreign_elements: dict[str, list[tuple[bool, bytes]]] = {}
         self._own_generations: collections.deque[int] = collections.deque(maxlen=4096)
@@ -619,7 +620,8 @@ class Proxier:
         if self._monitoring:
             self._note_foreign_commits()
             return (
-                self._foreign_sets is None
+                self._foreign_structure
+                or self._foreign_sets is None
                 or bool(self._foreign_sets)
                 or bool(self._foreign_elements)
             )
@@ -637,6 +639,10 @@ class Proxier:
         for committed in seen:
             if committed.generation in own:
                 continue
+            if committed.other:
+                # Our chains, rules or set definitions: rules are not read back, so
+                # nothing but a new generation is sure to put them right.
+                self._foreign_structure = True
             if committed.other or self._foreign_sets is None:
                 self._foreign_sets = None
                 continue
@@ -709,6 +715,7 @@ class Proxier:
             if self._monitoring and not everything:
                 self._note_foreign_commits()
                 only, notified = self._foreign_sets, self._foreign_elements
+            structural, self._foreign_structure = self._foreign_structure, False
             self._foreign_sets, self._foreign_elements = set(), {}
             desired = self._desired
             if desired is None or self._need_full:
@@ -720,6 +727,8 @@ class Proxier:
                 kernel = applying.read_applied(self.backend)
                 matches = kernel is not None and kernel.matches(desired.ruleset)
                 tx, why = Transaction(), "" if matches else "the table differs"
+            elif structural:
+                tx, why = Transaction(), "someone else changed its chains, rules or sets"
             else:
                 tx, why = self._repair_tx(desired.ruleset, structure, only, notified)
                 if self.keep:
