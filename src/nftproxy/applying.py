@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nftproxy.nft import Backend
 from nftproxy.ruleset.compile import BASE_CHAINS, Names
@@ -322,29 +323,53 @@ class ApplyResult:
     seconds: float
 
 
-def execute(backend: Backend, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
+def execute(
+    backend: Backend,
+    tx: Transaction,
+    sets: Mapping[str, SetDef],
+    *,
+    generation: int | None = None,
+) -> bool:
     """Run one transaction: elements-only ones as a netlink batch when the backend can and
-    every set's shape is known, anything else as nft text. Either way, one transaction."""
-    write = getattr(backend, "write_elements", None)
-    if (
-        write is not None
-        and tx.ops
-        and all(isinstance(op, AddElements | DeleteElements) for op in tx.ops)
-    ):
-        from nftproxy.netlink import element_type
+    every set's shape is known, anything else as nft text. Either way, one transaction.
 
-        types = {}
-        for op in tx.ops:
-            assert isinstance(op, AddElements | DeleteElements)
-            sdef = sets.get(op.set)
-            etype = element_type(sdef) if sdef is not None else None
-            if etype is None:
-                break
-            types[op.set] = etype
-        else:
-            write(tx.ops, types)
-            return
-    backend.run(str(tx))
+    With `generation`, a netlink batch carries it and the kernel refuses the batch
+    (NetlinkError, errno ERESTART) unless that is its generation id; True when the batch
+    went that way, so that the generation id is now exactly one higher."""
+    write = getattr(backend, "write_elements", None)
+    types = _netlink_types(tx, sets) if write is not None else None
+    if write is None or types is None:
+        backend.run(str(tx))
+        return False
+    if generation is None:
+        write(tx.ops, types)
+        return False
+    write(tx.ops, types, generation=generation)
+    return True
+
+
+def by_netlink(backend: Backend, tx: Transaction, sets: Mapping[str, SetDef]) -> bool:
+    """Whether `execute` writes `tx` as a netlink batch (else as nft text)."""
+    return hasattr(backend, "write_elements") and _netlink_types(tx, sets) is not None
+
+
+def _netlink_types(tx: Transaction, sets: Mapping[str, SetDef]) -> dict[str, Any] | None:
+    """The element type of every set an elements-only transaction names, or None when
+    it is not one or some set's shape is not one the netlink writer knows."""
+    from nftproxy.netlink import element_type
+
+    if not tx.ops:
+        return None
+    types = {}
+    for op in tx.ops:
+        if not isinstance(op, AddElements | DeleteElements):
+            return None
+        sdef = sets.get(op.set)
+        etype = element_type(sdef) if sdef is not None else None
+        if etype is None:
+            return None
+        types[op.set] = etype
+    return types
 
 
 Run = Callable[[Transaction, Mapping[str, SetDef]], None]

@@ -193,11 +193,11 @@ class LibNftables:
 
         return self._pool.submit(dump_elements, name).result()
 
-    def monitor(self) -> Any:
+    def monitor(self, ours: Any = None) -> Any:
         """A netlink.CommitMonitor of our table in this backend's namespace."""
         from nftproxy.netlink import CommitMonitor
 
-        return self._pool.submit(CommitMonitor).result()
+        return self._pool.submit(lambda: CommitMonitor(ours=ours)).result()
 
     def dump_sets(self, names: Sequence[str]) -> dict[str, Future[list[bytes] | None]]:
         """Start listing these sets' elements (see set_elements), two at a time, in threads

@@ -13,19 +13,20 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
 from nftproxy.conntrack import Stale
 from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
-from nftproxy.netlink import MAX_NOTIFIED, Committed
+from nftproxy.netlink import MAX_NOTIFIED, Committed, NetlinkError
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
@@ -167,7 +168,12 @@ class Proxier:
         self._foreign_structure = False
         self._foreign_sets: set[str] | None = set()
         self._foreign_elements: dict[str, list[tuple[bool, bytes]]] = {}
-        self._own_generations: collections.deque[int] = collections.deque(maxlen=4096)
+        # The generation ids our commits led to (the last 4096), and the kernel's ids of
+        # the threads we commit from, learnt from those.
+        self._own_generations: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._own_pids: set[int] = set()
+        self._monitor: Any = None
+        self._monitor_paused = False
         self._conflicts: set[str] = set()  # as last logged
         self._peak = 0  # Services and slices, most since memory was last given back
         self.keep = False  # see set_keep
@@ -345,9 +351,10 @@ class Proxier:
                 or self._applied is None
                 or len(dirty) > max(1000, len(self._services) // 4)
             )
-            before = self._generation()
             self._commits = 0
             failed: Exception | None = None
+            if need_full:
+                self._pause_monitor()
             try:
                 result = self._full_sync() if need_full else self._partial_sync(dirty)
             except SYNC_ERRORS as exc:
@@ -362,8 +369,9 @@ class Proxier:
                 log.error("sync failed (retry in %.0fs): %s", self._backoff, exc)
                 failed = exc
             else:
-                self._account_commits(before, compared=need_full)
                 self._write_record()
+            finally:
+                self._resume_monitor()
         if failed is not None:
             for on_failure in self.stats.failure_listeners:
                 on_failure(failed)
@@ -431,38 +439,68 @@ class Proxier:
             return None
         return value
 
-    def _account_commits(self, before: int | None, *, compared: bool) -> None:
-        """Note the generation our commits led to. Each commit moves it by one: if it moved
-        by more since `before`, someone else committed meanwhile, and the table is compared
-        with what it should hold (see `repair`). So it is when it had moved before `before`,
-        unless what ran (`compared`: a full sync or a repair) read the table itself."""
-        after = self._generation()
-        noted = self._kernel_generation
-        if before is None or after is None:
-            self._kernel_generation = None
-            return
-        moved = (after - before) & 0xFFFFFFFF != self._commits or (
-            not compared and noted is not None and before != noted
-        )
-        # The commit monitor tells foreign commits to our table apart from everyone else's:
-        # with it, a commit of someone else in between is no reason to compare.
-        if moved and not self._monitoring:
-            self._repair_due = True
-        self._kernel_generation = after
-
     def _commit(self, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
-        before = self._generation()
-        applying.execute(self.backend, tx, sets)
+        """Run one transaction, knowing the generation id it leads to: a commit of ours
+        that the commit monitor must not take for someone else's.
+
+        Element batches carry the generation id our last commit led to, so the kernel
+        refuses them if anyone committed since, and each leaves it exactly one higher: no
+        need to read it (a read right after a commit that deleted elements waits for the
+        kernel's cleanup, 7-15 ms). Text commits (chains) read it before and after."""
+        gen = self._kernel_generation
+        if gen is None or not applying.by_netlink(self.backend, tx, sets):
+            gen = self._generation()
+            if gen != self._kernel_generation and self._kernel_generation is not None:
+                self._unaccounted()  # someone else committed since our last commit
+        try:
+            checked = applying.execute(self.backend, tx, sets, generation=gen)
+        except NetlinkError as exc:
+            if exc.errno != errno.ERESTART:
+                raise
+            # Someone else committed since our last commit: whether to our table, the
+            # monitor tells (without it, or while it is paused, the table is compared).
+            self._unaccounted()
+            gen = self._generation()
+            checked = applying.execute(self.backend, tx, sets, generation=gen)
         self._commits += 1
-        after = self._generation()
-        # One commit moves the generation id by one: then `after` is ours, and the
-        # monitor's notification of it is not someone else's. (If it moved by more, the
-        # commits in between are unknown, and reported as foreign: a comparison follows.)
-        if before is not None and after == (before + 1) & 0xFFFFFFFF:
+        after = (gen + 1) & 0xFFFFFFFF if checked and gen is not None else self._generation()
+        self._kernel_generation = after
+        if gen is not None and after == (gen + 1) & 0xFFFFFFFF:
             self._own(after)
+        else:
+            self._unaccounted()  # someone else committed too: which one was ours?
+
+    def _unaccounted(self) -> None:
+        """Someone else committed around a commit of ours. The commit monitor tells what
+        they touched; without it (or while it is paused) the table is compared."""
+        if not self._monitoring or self._monitor_paused:
+            self._repair_due = True
 
     def _own(self, generation: int) -> None:
-        self._own_generations.append(generation)
+        self._own_generations[generation] = None
+        if len(self._own_generations) > 4096:
+            self._own_generations.popitem(last=False)
+
+    def _ours(self, generation: int, pid: int) -> bool:
+        """For the commit monitor (its thread): a transaction we know as ours, by its
+        generation id or by the thread that committed it."""
+        return generation in self._own_generations or pid in self._own_pids
+
+    def _pause_monitor(self) -> None:
+        """No notifications during a full sync: its hundreds of thousands of elements
+        would cost the kernel and the monitor seconds. Someone else committing meanwhile
+        is noticed by the generation ids (see _commit), and the table is then compared."""
+        if self._monitor is not None:
+            self._monitor_paused = True
+            self._monitor.pause()
+
+    def _resume_monitor(self) -> None:
+        if self._monitor is not None and self._monitor_paused:
+            self._monitor.resume()
+            self._monitor_paused = False
+            now = self._generation()
+            if now is None or now != self._kernel_generation:
+                self._repair_due = True
 
     def _structure(self) -> AppliedState | None:
         return verifying.structure(self.backend)
@@ -535,6 +573,8 @@ class Proxier:
         self._own(record.generation)
 
     def _full_sync(self, *, too_big: bool = False) -> SyncResult:
+        # What anyone committed before now, this sync reads (or replaces) itself.
+        self._kernel_generation = self._generation()
         structure = self._structure()
         # A repair found what only a new generation mends: no need to compare again.
         rebuild, self._rebuild = self._rebuild, False
@@ -635,9 +675,11 @@ class Proxier:
         with self._seen_lock:
             seen, self._seen = self._seen, []
             lost, self._lost = self._lost, False
-        own = set(self._own_generations)
         for committed in seen:
-            if committed.generation in own:
+            if committed.generation in self._own_generations:
+                self._own_pids.add(committed.pid)  # a thread of ours commits
+                continue
+            if committed.pid in self._own_pids:
                 continue
             if committed.other:
                 # Our chains, rules or set definitions: rules are not read back, so
@@ -675,11 +717,12 @@ class Proxier:
         from nftproxy.netlink import Lost
 
         try:
-            monitor = start()
+            monitor = start(self._ours)
         except OSError as exc:
             log.warning("cannot follow nftables notifications (%s): comparing on any commit", exc)
             return False
         self._monitoring = True
+        self._monitor = monitor
         try:
             while not stop.is_set():
                 try:
@@ -697,6 +740,7 @@ class Proxier:
             log.error("following nftables notifications failed (%s): comparing on commits", exc)
         finally:
             self._monitoring = False
+            self._monitor = None
             monitor.close()
         return True
 
@@ -709,10 +753,11 @@ class Proxier:
         start = time.perf_counter()
         with self._lock:
             self._last_verify_at = self.clock()
-            self._repair_due = False
+            # Commits of others nobody could follow (no monitor, or it was paused).
+            unaccounted, self._repair_due = self._repair_due, False
             only: set[str] | None = None
             notified: dict[str, list[tuple[bool, bytes]]] = {}
-            if self._monitoring and not everything:
+            if self._monitoring and not everything and not unaccounted:
                 self._note_foreign_commits()
                 only, notified = self._foreign_sets, self._foreign_elements
             structural, self._foreign_structure = self._foreign_structure, False
@@ -720,8 +765,8 @@ class Proxier:
             desired = self._desired
             if desired is None or self._need_full:
                 return SyncResult("noop", 0, 0.0, 0)
-            before = self._generation()
             self._commits = 0
+            self._kernel_generation = self._generation()  # what the comparison sees
             structure = self._structure()
             if structure is None:
                 kernel = applying.read_applied(self.backend)
@@ -744,7 +789,6 @@ class Proxier:
             for part in tx.split():
                 for chunk in part.chunked(applying.MAX_INCREMENTAL):
                     self._commit(chunk, desired.ruleset.sets)
-            self._account_commits(before, compared=True)
             self._write_record()
         if tx:
             self.stats.external_changes += 1
