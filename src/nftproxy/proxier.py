@@ -2,9 +2,11 @@
 
 Sources (a manifest directory, the Kubernetes API) call `Proxier.replace_*`/`update_*`; the
 loop wakes, waits out the minimum interval so bursts batch into one sync, recompiles only the
-Services that changed, and applies the scoped diff. What the kernel holds is tracked in
-memory; it is re-read only on a failure, at start, or when the ruleset generation counter
-shows that someone else committed to the namespace, and then a full resync repairs it.
+Services that changed, and applies the scoped diff. What the kernel holds is not kept: a
+full sync (start, failure) compares the table with the desired state unless the table's
+record vouches for it, and changes only what differs (nftproxy.verifying); foreign changes,
+followed through nftables' notifications (`watch_commits`), are compared key by key and put
+back (`repair`). Which commits were ours is known from the generation ids they led to.
 """
 
 from __future__ import annotations
