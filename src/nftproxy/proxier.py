@@ -507,46 +507,51 @@ class Proxier:
     def _structure(self) -> AppliedState | None:
         return verifying.structure(self.backend)
 
-    def _prefetch(self, structure: AppliedState) -> verifying.Dumps | None:
+    def _found_record(self, structure: AppliedState) -> verifying.Record | None:
+        """The record the table holds (see verifying.Record), read once per full sync."""
+        names = [n for n in structure.sets if is_record(n)]
+        lister = cast(verifying.Lister, self.backend)
+        return verifying.read_record(lister, names[0]) if len(names) == 1 else None
+
+    def _prefetch(
+        self, structure: AppliedState, found: verifying.Record | None
+    ) -> verifying.Dumps | None:
         """Start dumping the table's sets, so that the kernel lists them while the desired
         state is built; not when the record says nobody committed since the last daemon
         did (it is then likely to vouch for the table: see _differences)."""
+        if found is not None and found.generation == self._generation():
+            return None
         lister = cast(verifying.Lister, self.backend)
-        now = self._generation()
-        for name in structure.sets:
-            if is_record(name):
-                found = verifying.read_record(lister, name)
-                if found is not None and found.generation == now:
-                    return None
         return lister.dump_sets(verifying.dumped_sets(structure))
 
     def _differences(
-        self, structure: AppliedState, dumps: verifying.Dumps | None = None
+        self,
+        structure: AppliedState,
+        found: verifying.Record | None = None,
+        dumps: verifying.Dumps | None = None,
     ) -> applying.Compare:
         lister = cast(verifying.Lister, self.backend)
 
         def compare(ruleset: Ruleset) -> Scope:
             desired = self._desired
-            if desired is not None and desired.ruleset is ruleset:
-                name = desired.names(RECORD)
-                found = verifying.read_record(lister, name) if name in structure.sets else None
-                if found is not None and (found.digest, found.generation) == (
-                    desired.digest,
-                    self._generation(),
-                ):
-                    # What the last daemon wrote is what we want, and nobody committed
-                    # since: no need to read the table.
-                    log.info("the table's record matches the desired state")
-                    return Scope(sets=set(ruleset.sets), chains=set(ruleset.chains))
+            if (
+                found is not None
+                and desired is not None
+                and desired.ruleset is ruleset
+                and desired.names(RECORD) in structure.sets
+                and (found.digest, found.generation) == (desired.digest, self._generation())
+            ):
+                # What the last daemon wrote is what we want, and nobody committed since
+                # (the generation id is read now, after the build): no need to read the table.
+                log.info("the table's record matches the desired state")
+                return Scope(sets=set(ruleset.sets), chains=set(ruleset.chains))
             return verifying.differences(lister, ruleset, structure, dumps)
 
         return compare
 
     def _read_record(self) -> verifying.Record | None:
-        desired, objects = self._desired, getattr(self.backend, "objects", None)
-        if desired is None or objects is None:
-            return None
-        return verifying.read_record(cast(verifying.Lister, self.backend), desired.names(RECORD))
+        structure = self._structure()
+        return None if structure is None else self._found_record(structure)
 
     def _write_record(self) -> None:
         """After commits of ours, record the digest of the desired state and the generation
@@ -557,12 +562,10 @@ class Proxier:
         # Only after commits of ours: a sync that found nothing to change commits nothing.
         if desired is None or gen is None or write is None or self._repair_due or not self._commits:
             return
-        name = desired.names(RECORD)
-        if name not in desired.ruleset.sets or self._record == verifying.Record(
-            desired.digest, gen
-        ):
+        name, digest = desired.names(RECORD), desired.digest
+        if name not in desired.ruleset.sets or self._record == verifying.Record(digest, gen):
             return
-        record = verifying.Record(desired.digest, (gen + 1) & 0xFFFFFFFF)
+        record = verifying.Record(digest, (gen + 1) & 0xFFFFFFFF)
         ops = verifying.record_ops(name, record, replace=self._record is not None)
         try:
             write(ops, {name: verifying.RECORD_TYPE}, generation=gen)
@@ -580,6 +583,7 @@ class Proxier:
         structure = self._structure()
         # A repair found what only a new generation mends: no need to compare again.
         rebuild, self._rebuild = self._rebuild, False
+        found: verifying.Record | None = None  # the table's record, when read
         if (too_big or rebuild) and structure is not None and structure.chains:
             top = max(applying.generations(structure), default=0)
             why = "too many changes for one transaction" if too_big else "our chains changed"
@@ -596,13 +600,13 @@ class Proxier:
             # state set by set and only what differs changes (nothing, when nothing does). A
             # new generation is built beside the current one, and flipped to atomically,
             # when the skeleton differs or the difference is too big for one transaction.
-            dumps = self._prefetch(structure)
-            plan = applying.make_plan(
-                self._build, structure, compare=self._differences(structure, dumps), keep=self.keep
-            )
+            found = self._found_record(structure)
+            compare = self._differences(structure, found, self._prefetch(structure, found))
+            plan = applying.make_plan(self._build, structure, compare=compare, keep=self.keep)
         applying.run_plan(self.backend, plan, self._commit)
         assert plan.desired is not None
-        self._record = None if plan.mode == "generation" else self._read_record()
+        # A new generation has an empty record set; else ours changed nothing in it.
+        self._record = None if plan.mode == "generation" else found
         # What the kernel holds now is the plan's desired state: no need to read it back.
         # Keep names and rule counts, not elements: partial syncs diff against the values
         # the desired state records before each change.
