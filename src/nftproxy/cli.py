@@ -95,14 +95,13 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
 
 def _size(text: str) -> int:
     """A size in bytes: a whole number, optionally with K, M or G (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "KI": 1 << 10, "M": 1 << 20, "MI": 1 << 20, "G": 1 << 30}
-    units["GI"] = 1 << 30
+    units = {"": 0, "K": 10, "KI": 10, "M": 20, "MI": 20, "G": 30, "GI": 30}
     number = text.strip().upper().removesuffix("B")
     unit = number.lstrip("0123456789")
     digits = number[: len(number) - len(unit)]
     if not digits or unit not in units or int(digits) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 64K, 1G)")
-    return int(digits) * units[unit]
+    return int(digits) << units[unit]
 
 
 def _limits(args: argparse.Namespace) -> ReadLimits:

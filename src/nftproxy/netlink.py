@@ -210,6 +210,7 @@ def _kinds(clause: str, typeof: bool) -> tuple[FieldKind, ...] | None:
     return tuple(kinds)
 
 
+@cache  # asked for every transaction a sync commits; SetDefs are frozen and few
 def element_type(setdef: SetDef) -> ElementType | None:
     """The encoding of `setdef`'s elements, or None when this module cannot write them
     (interval sets, sets with flags or timeouts, types it does not know)."""
