@@ -354,6 +354,10 @@ def test_traffic_keeps_flowing_while_the_daemon_restarts(cluster, tmp_path):
     def generations() -> set[int]:
         return generations_of(cluster, "node-1")
 
+    # Traffic flows from the flip to the new generation on; the old one goes a commit later.
+    while len(generations()) != 1:
+        assert time.monotonic() < deadline, f"generations left behind: {generations()}"
+        time.sleep(0.05)
     (before,) = generations()
     client = threading.Thread(target=load)
     client.start()
