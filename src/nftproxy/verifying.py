@@ -8,11 +8,11 @@ and compares it with the desired state encoded the same way
 turns it into the smallest repair; when nothing differs there is nothing to commit.
 
 A dump of a large hash set costs the kernel more than its size: it restarts its walk for
-every 32 KiB it returns (300k elements: 1-2 s, mostly in the kernel). So the sets are
-dumped two at a time beside the caller (`Lister.dump_sets`), and a restart starts the dumps
-before it builds its desired state. Asking the kernel for each key instead costs about
-16 µs an element whatever the size, slower up to ~300k elements, and blind to elements
-nobody meant.
+every 32 KiB it returns, so the cost grows quadratically (bench/restart.py, phase
+restart-compare, shows what it comes to). So the sets are dumped two at a time beside the
+caller (`Lister.dump_sets`), and a restart starts the dumps before it builds its desired
+state. Asking the kernel for each key instead allocates a reply per element, and is
+blind to elements nobody meant.
 
 Interval sets (a few CIDRs) are listed through nft. Sets the kernel fills (session
 affinity's clients) and the record are not compared. Rules are compared by their number
