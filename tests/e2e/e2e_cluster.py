@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig, node_config
@@ -45,20 +46,25 @@ class Cluster:
     def ext_ip(self) -> str:
         return self.lab.topology.ext.ip4
 
-    def config(self, node: str) -> NodeConfig:
+    def config(self, node: str, **options: Any) -> NodeConfig:
+        """The node's configuration; `options` are more node_config arguments."""
         n = self.lab.topology.node(node)
         return node_config(
             node_name=n.name,
             zone=ZONES[n.name],
             node_ips=list(n.ips),
             cluster_cidrs=list(self.lab.topology.cluster_cidrs),
+            **options,
         )
 
-    def apply(self, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> None:
+    def apply(
+        self, services: Iterable[Service], slices: Iterable[EndpointSlice], **options: Any
+    ) -> None:
+        """Program every node; `options` are node_config arguments (masquerade_all...)."""
         services = {s.id: s for s in services}
         slices = list(slices)
         for node in self.lab.topology.nodes:
-            cfg = self.config(node.name)
+            cfg = self.config(node.name, **options)
 
             def build(names, cfg=cfg):
                 desired = DesiredState(cfg, names, track_changes=False)

@@ -242,3 +242,25 @@ def test_node_ports_are_not_served_on_loopback():
     assert reached(
         send(rs, "192.168.0.1", 30080, src="192.168.0.1", from_node=True, node=node)
     ) == {"10.244.1.1:8080": 1}
+
+
+def test_masquerade_all_keeps_the_client_address_of_local_policy_external_traffic():
+    # upstream: kube-proxy's nftables mode adds masquerade-all to cluster IPs only.
+    node = node_config(
+        node_name="node-a",
+        node_ips=["192.168.0.1"],
+        cluster_cidrs=["10.244.0.0/16"],
+        masquerade_all=True,
+    )
+    svc = service(
+        ports=[port(80, node_port=30080)],
+        load_balancer_ips=("198.51.100.10",),
+        external_ips=("198.51.100.20",),
+        external_policy_local=True,
+    )
+    rs = build([svc], [endpoints("web", [ep("10.244.0.5")])], node=node)
+    for dst, dport in (("198.51.100.10", 80), ("198.51.100.20", 80), ("192.168.0.1", 30080)):
+        result = send(rs, dst, dport, src=OUTSIDE, node=node)
+        assert reached(result) == {"10.244.0.5:8080": 1}
+        assert not any(b.masquerade for b in result.branches), (dst, dport)
+    assert all(b.masquerade for b in send(rs, "10.96.0.10", node=node).branches)

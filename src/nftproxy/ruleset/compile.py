@@ -524,13 +524,13 @@ class _FragmentBuilder:
             # Service's load-balancer IP and port would keep that Service's firewall.)
             firewalls = self.frag.firewalls.setdefault(names(f"firewall-allow{f}"), {})
             firewalls[key] = self.firewall(vip, f)
+            # Local policy keeps the client address, even under masquerade-all: kube-proxy
+            # applies that to cluster IPs only.
             if ext_local:
                 if sel.cluster:
                     self.frag.add(
                         names(f"short-circuit{f}"), key, frontend(vip, sel.cluster, local=False)
                     )
-                if node.masquerade_all:
-                    self.frag.add(names(f"masq-frontends{f}"), key)
             else:
                 self.frag.add(names(f"masq-frontends{f}"), key)
 
@@ -548,8 +548,6 @@ class _FragmentBuilder:
                     self.frag.add(
                         names(f"np-short-circuit{f}"), key2, np_target(sel.cluster, local=False)
                     )
-                if node.masquerade_all:
-                    self.frag.add(names(f"masq-nodeports{f}"), key2)
             else:
                 self.frag.add(names(f"masq-nodeports{f}"), key2)
 
