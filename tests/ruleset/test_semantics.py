@@ -264,3 +264,22 @@ def test_masquerade_all_keeps_the_client_address_of_local_policy_external_traffi
         assert reached(result) == {"10.244.0.5:8080": 1}
         assert not any(b.masquerade for b in result.branches), (dst, dport)
     assert all(b.masquerade for b in send(rs, "10.96.0.10", node=node).branches)
+
+
+def test_source_ranges_holding_a_node_ip_also_admit_the_load_balancer_ips():
+    svc = service(
+        load_balancer_ips=("198.51.100.10", "198.51.100.11"),
+        load_balancer_source_ranges=("192.168.0.0/24", "203.0.113.0/25"),
+    )
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])])
+    for src in ("198.51.100.10", "198.51.100.11", "192.168.0.1", "203.0.113.7"):
+        result = send(rs, "198.51.100.10", src=src, from_node=src != "203.0.113.7")
+        assert reached(result) == {"10.244.1.1:8080": 1}, src
+    assert send(rs, "198.51.100.10", src="203.0.113.200").outcomes() == {"drop": 1}
+    # Without a node IP in the ranges, the load-balancer IPs are not sources either.
+    svc = service(
+        load_balancer_ips=("198.51.100.10",), load_balancer_source_ranges=("203.0.113.0/25",)
+    )
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])])
+    result = send(rs, "198.51.100.10", src="198.51.100.10", from_node=True)
+    assert result.outcomes() == {"drop": 1}

@@ -19,6 +19,7 @@ endpoint maps to `drop`, as kube-proxy does.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,11 @@ def _ip(family: Family) -> str:
 
 def _family_of(ip: str) -> Family:
     return 6 if ":" in ip else 4
+
+
+def _holds_any(cidrs: Iterable[str], addresses: Iterable[str]) -> bool:
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return any(ipaddress.ip_address(a) in n for a in addresses for n in nets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +483,12 @@ class _FragmentBuilder:
         allowed = self._allowed.get(f)
         if allowed is None:
             # Once per Service and family, whatever the number of ports and addresses.
-            ranges = (r for r in svc.load_balancer_source_ranges if _family_of(r) == f)
+            ranges = [r for r in svc.load_balancer_source_ranges if _family_of(r) == f]
+            if _holds_any(ranges, self.node.node_ips):
+                # As kube-proxy does: when the node may reach its load balancer, so may the
+                # load-balancer IPs themselves. A VIP that is also a local address makes the
+                # node's connection to it start from the VIP.
+                ranges += [ip for ip in svc.load_balancer_ips if _family_of(ip) == f]
             allowed = self._allowed[f] = interval_atoms(ranges)
         return allowed
 
