@@ -283,3 +283,12 @@ def test_source_ranges_holding_a_node_ip_also_admit_the_load_balancer_ips():
     rs = build([svc], [endpoints("web", [ep("10.244.1.1")])])
     result = send(rs, "198.51.100.10", src="198.51.100.10", from_node=True)
     assert result.outcomes() == {"drop": 1}
+
+
+def test_a_cluster_ip_port_or_protocol_the_service_lacks_is_rejected():
+    svc = service(ports=[port(80), port(53, name="dns", proto="udp")])
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])])
+    for dport, proto in ((81, "tcp"), (80, "udp"), (53, "tcp"), (80, "sctp")):
+        for src, from_node in ((POD, False), ("192.168.0.1", True), (OUTSIDE, False)):
+            result = send(rs, "10.96.0.10", dport, proto=proto, src=src, from_node=from_node)
+            assert result.outcomes() == {"reject": 1}, (dport, proto, src)

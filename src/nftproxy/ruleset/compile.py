@@ -271,6 +271,7 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
         sets.append(SetDef(names(f"firewall{f}"), frontend))
         sets.append(SetDef(names(f"firewall-allow{f}"), f"{frontend} . {a}", interval=True))
         sets.append(SetDef(names(f"hairpin{f}"), f"{a} . {a}"))
+        sets.append(SetDef(names(f"cluster-ips{f}"), a))
         if node.cluster_cidrs_of(f):
             sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
         if node.nodeport_cidrs_of(f):
@@ -328,6 +329,9 @@ def _services_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
             Vmap(fe, names(f"short-circuit{f}")),
         ),
         (Vmap(fe, names(f"frontends{f}")),),
+        # What the dispatch did not take, as kube-proxy's cluster-ips check does: a port or
+        # protocol a ClusterIP does not serve is refused.
+        (Lookup(Key(("daddr",), f), names(f"cluster-ips{f}")), goto(names("reject"))),
     ]
     if node.nodeport_cidrs_of(f):
         rules.append(
@@ -517,6 +521,7 @@ class _FragmentBuilder:
                 key,
                 frontend(vip, internal, local=svc.internal_policy_local),
             )
+            self.frag.add(names(f"cluster-ips{f}"), (vip,))
             if node.masquerade_all:
                 self.frag.add(names(f"masq-frontends{f}"), key)
             elif node.cluster_cidrs_of(f):
