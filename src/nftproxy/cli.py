@@ -64,6 +64,13 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         default=[],
         help="CIDRs of local addresses that accept NodePorts (default: all local addresses)",
     )
+    g.add_argument(
+        "--service-cidr",
+        action="append",
+        default=[],
+        help="Service ClusterIP range(s), repeatable: an address in them that no Service "
+        "holds is dropped",
+    )
     g.add_argument("--masquerade-all", action="store_true", help="SNAT all Service traffic")
     g.add_argument("--masquerade-bit", type=int, default=None, help="packet mark bit (default 14)")
     g.add_argument(
@@ -87,6 +94,7 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
         node_ips=args.node_ip or list(opts.node_ips or ()),
         cluster_cidrs=args.cluster_cidr or list(opts.cluster_cidrs or ()),
         nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or ()),
+        service_cidrs=args.service_cidr or list(opts.service_cidrs or ()),
         masquerade_all=args.masquerade_all or bool(opts.masquerade_all),
         masquerade_bit=14 if bit is None else bit,
         service_proxy_name=args.service_proxy_name,

@@ -113,3 +113,21 @@ def test_a_cluster_ip_port_the_service_lacks_is_refused_and_never_leaves_the_nod
     assert cluster.lab.connect("pod-1", "10.96.0.32", 80, in_process=True).endpoints() == {
         "pod-4": 1
     }
+
+
+def test_an_unallocated_service_address_is_dropped_not_sent_to_the_network(cluster):
+    s = svc("web", "10.96.0.33")
+    cluster.apply(
+        [s],
+        [slice_of("web", [endpoint(cluster.pod("pod-4"))])],
+        service_cidrs=["10.96.0.0/16"],
+    )
+    with capture_at_ext(cluster) as cap:
+        for who in ("pod-1", "node-1"):
+            result = cluster.lab.connect(who, "10.96.0.99", 80, timeout=0.5, in_process=True)
+            assert result.timeouts == 1, (who, result.summary())
+        assert "10.96.0.99" not in cap.destinations()
+    # Outside the service ranges the node routes as ever: to the outside client here.
+    with capture_at_ext(cluster) as cap:
+        cluster.lab.connect("pod-1", "10.97.0.99", 80, timeout=0.5, in_process=True)
+        assert "10.97.0.99" in cap.destinations()

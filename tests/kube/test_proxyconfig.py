@@ -281,3 +281,16 @@ def test_go_durations(text: str, seconds: float) -> None:
 def test_bad_go_durations(text: str) -> None:
     with pytest.raises(ProxyConfigError, match=r"^f: "):
         parse_duration("f", text)
+
+
+def test_service_cidrs_are_read_collapsed_and_a_bad_one_named() -> None:
+    opts = parse(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "serviceCIDRs: [10.96.0.0/16, 10.96.1.0/24, fd00:96::/112]\n"
+    )
+    assert opts.service_cidrs == ("10.96.0.0/16", "fd00:96::/112")
+    with pytest.raises(ProxyConfigError, match="serviceCIDRs: 'nope' is not a CIDR"):
+        parse(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+            "serviceCIDRs: [nope]\n"
+        )

@@ -292,3 +292,22 @@ def test_a_cluster_ip_port_or_protocol_the_service_lacks_is_rejected():
         for src, from_node in ((POD, False), ("192.168.0.1", True), (OUTSIDE, False)):
             result = send(rs, "10.96.0.10", dport, proto=proto, src=src, from_node=from_node)
             assert result.outcomes() == {"reject": 1}, (dport, proto, src)
+
+
+def test_an_unallocated_address_of_the_service_cidrs_is_dropped():
+    node = node_config(
+        node_name="node-a",
+        node_ips=["192.168.0.1", "fd00:192::1"],
+        cluster_cidrs=["10.244.0.0/16"],
+        service_cidrs=["10.96.0.0/16", "fd00:96::/112"],
+    )
+    rs = build([service()], [endpoints("web", [ep("10.244.1.1")])], node=node)
+    assert send(rs, "10.96.0.11", node=node).outcomes() == {"drop": 1}
+    assert send(rs, "fd00:96::11", src="fd00:244::5", node=node).outcomes() == {"drop": 1}
+    assert send(rs, "10.96.0.10", 81, node=node).outcomes() == {"reject": 1}
+    assert reached(send(rs, "10.96.0.10", node=node)) == {"10.244.1.1:8080": 1}
+    # Outside the ranges nothing is touched: the packet is routed as it is.
+    assert send(rs, "10.97.0.11", node=node).outcomes() == {}
+    # No range known: unallocated addresses pass untouched.
+    rs = build([service()], [endpoints("web", [ep("10.244.1.1")])])
+    assert send(rs, "10.96.0.11").outcomes() == {}

@@ -63,6 +63,7 @@ class ProxyOptions:
     metrics_bind_address: str | None = None
     cluster_cidrs: tuple[str, ...] | None = None
     nodeport_addresses: tuple[str, ...] | None = None
+    service_cidrs: tuple[str, ...] | None = None
     masquerade_all: bool | None = None
     masquerade_bit: int | None = None
     sync_period: float | None = None
@@ -198,6 +199,9 @@ SCHEMA: Schema = {
         "options": ANY,
     },
     "hostnameOverride": STR,
+    # nftproxy's own field (kube-proxy has none): ranges whose unallocated addresses are
+    # dropped, beside those of ServiceCIDR objects.
+    "serviceCIDRs": STRLIST,
     "bindAddress": STR,
     "healthzBindAddress": STR,
     "metricsBindAddress": STR,
@@ -416,6 +420,12 @@ def from_dict(doc: object) -> ProxyOptions:
             )
         try:
             out["nodeport_addresses"] = parse_networks("nodePortAddresses", v)
+        except ConfigError as exc:
+            raise ProxyConfigError(str(exc)) from None
+
+    if v := r.get("serviceCIDRs"):
+        try:
+            out["service_cidrs"] = parse_networks("serviceCIDRs", v)
         except ConfigError as exc:
             raise ProxyConfigError(str(exc)) from None
 

@@ -272,6 +272,9 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
         sets.append(SetDef(names(f"firewall-allow{f}"), f"{frontend} . {a}", interval=True))
         sets.append(SetDef(names(f"hairpin{f}"), f"{a} . {a}"))
         sets.append(SetDef(names(f"cluster-ips{f}"), a))
+        # Always there, empty when no range is known: ServiceCIDR objects come and go
+        # without changing the skeleton (a change is an element diff, not a rebuild).
+        sets.append(SetDef(names(f"service-cidrs{f}"), a, interval=True))
         if node.cluster_cidrs_of(f):
             sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
         if node.nodeport_cidrs_of(f):
@@ -296,6 +299,8 @@ def skeleton_elements(names: Names, node: NodeConfig) -> Fragment:
             frag.add(names(f"cluster-cidrs{f}"), (cidr,))
         for cidr in interval_atoms(node.nodeport_cidrs_of(f)):
             frag.add(names(f"nodeport-addresses{f}"), (cidr,))
+        for cidr in interval_atoms(node.service_cidrs_of(f)):
+            frag.add(names(f"service-cidrs{f}"), (cidr,))
     return frag
 
 
@@ -330,8 +335,10 @@ def _services_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
         ),
         (Vmap(fe, names(f"frontends{f}")),),
         # What the dispatch did not take, as kube-proxy's cluster-ips check does: a port or
-        # protocol a ClusterIP does not serve is refused.
+        # protocol a ClusterIP does not serve is refused, an address of the service ranges
+        # that no Service holds is dropped (neither may leave un-NATed for the network).
         (Lookup(Key(("daddr",), f), names(f"cluster-ips{f}")), goto(names("reject"))),
+        (Lookup(Key(("daddr",), f), names(f"service-cidrs{f}")), DROP),
     ]
     if node.nodeport_cidrs_of(f):
         rules.append(
