@@ -264,3 +264,21 @@ def test_a_document_without_a_kind_is_an_invalid_object_not_an_unreadable_file(n
     assert "odd.yaml: document 1: kind is missing" in out.stderr
     assert "odd.yaml: document 2: expected a mapping" in out.stderr
     assert "10.96.0.53 . udp . 53" in frontends(netns)
+
+
+def test_service_cidrs_from_objects_or_the_flag_drop_unallocated_addresses(tmp_path):
+    cidrs = tmp_path / "servicecidrs.yaml"
+    cidrs.write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\n"
+        "spec: {cidrs: [10.96.0.0/16]}\n"
+    )
+    to = ["--to", "10.96.0.77:80/tcp", "--json"]
+    for inputs in ([CLUSTER, str(cidrs)], [CLUSTER, "--service-cidr", "10.96.0.0/16"]):
+        out = nftproxy("explain", *inputs, *NODE, *to)
+        assert out.returncode == 0, out.stderr
+        assert [r["verdict"] for r in json.loads(out.stdout)["results"]] == ["drop"]
+    out = nftproxy("explain", CLUSTER, *NODE, *to)
+    assert json.loads(out.stdout)["results"] == []  # no range known: routed as it is
+    # A port the Service lacks is refused, range or not.
+    out = nftproxy("explain", CLUSTER, *NODE, "--to", "10.96.0.10:81/tcp", "--json")
+    assert [r["verdict"] for r in json.loads(out.stdout)["results"]] == ["reject"]

@@ -170,3 +170,37 @@ def test_hostile_files_neither_crash_nor_freeze_the_daemon(netns, tmp_path, star
         "a change after the hostile files",
     )
     assert daemon.stop(timeout=10) == 0
+
+
+def service_cidrs(netns: str) -> str:
+    return nft_in(netns, "list", "set", "inet", "nftproxy", "g1-service-cidrs4")
+
+
+SERVICE_CIDR = (
+    "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: {name}}}\n"
+    "spec: {{cidrs: [{cidrs}]}}\n"
+)
+
+
+def test_service_cidr_objects_and_the_flag_are_followed_without_a_rebuild(
+    netns, tmp_path, start_daemon
+):
+    directory = two_files(tmp_path)
+    daemon = start_daemon(*run_args(netns, [directory], "--service-cidr", "10.200.0.0/24"))
+    daemon.wait_for("full sync: generation")
+    daemon.wait_until(lambda: "10.200.0.0/24" in service_cidrs(netns), "the flag's range")
+    (directory / "cidrs.yaml").write_text(
+        SERVICE_CIDR.format(name="kubernetes", cidrs="10.96.0.0/16")
+    )
+    daemon.wait_until(lambda: "10.96.0.0/16" in service_cidrs(netns), "the object's range")
+    assert "10.200.0.0/24" in service_cidrs(netns)
+    # A broken edit keeps the object's last good range; removing the file removes it.
+    (directory / "cidrs.yaml").write_text(
+        SERVICE_CIDR.format(name="kubernetes", cidrs="10.96.0.0/99")
+    )
+    daemon.wait_for(r"ServiceCIDR kubernetes: spec\.cidrs\[0\]: .*\(keeping its last good state\)")
+    assert "10.96.0.0/16" in service_cidrs(netns)
+    (directory / "cidrs.yaml").unlink()
+    daemon.wait_until(lambda: "10.96.0.0/16" not in service_cidrs(netns), "the range to go")
+    assert "10.200.0.0/24" in service_cidrs(netns)
+    assert generations(netns) == {1}

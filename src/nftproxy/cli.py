@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nftproxy import applying, explain
-from nftproxy.config import ConfigError, NodeConfig, node_config
+from nftproxy.config import ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import Proxier
@@ -69,9 +69,14 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="Service ClusterIP range(s), repeatable: an address in them that no Service "
-        "holds is dropped",
+        "holds is dropped (added to the ranges of ServiceCIDR objects)",
     )
-    g.add_argument("--masquerade-all", action="store_true", help="SNAT all Service traffic")
+    g.add_argument(
+        "--masquerade-all",
+        action="store_true",
+        help="SNAT all traffic to ClusterIPs (Services with externalTrafficPolicy Local keep "
+        "the client address from outside, as in kube-proxy)",
+    )
     g.add_argument("--masquerade-bit", type=int, default=None, help="packet mark bit (default 14)")
     g.add_argument(
         "--service-proxy-name",
@@ -158,11 +163,29 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     if unreadable:
         where = ", ".join(sorted({err.source or "?" for err in unreadable}))
         raise InputError(f"cannot read {where}: {done}")
-    described = manifests.services or manifests.slices or manifests.skipped or manifests.errors
+    described = (
+        manifests.services
+        or manifests.slices
+        or manifests.service_cidrs
+        or manifests.skipped
+        or manifests.errors
+    )
     if not described and not getattr(args, "prune", False):
         prune = " (--prune applies an empty input)" if hasattr(args, "prune") else ""
         raise InputError(f"no Services or EndpointSlices in {', '.join(args.paths)}: {done}{prune}")
     return manifests
+
+
+def with_service_cidrs(
+    node: NodeConfig, flagged: Sequence[str], objects: Sequence[str]
+) -> NodeConfig:
+    """The node with the ranges of --service-cidr and of ServiceCIDR objects, together."""
+    cidrs = parse_networks("ServiceCIDR", [*flagged, *objects])
+    return node if cidrs == node.service_cidrs else dataclasses.replace(node, service_cidrs=cidrs)
+
+
+def _cidrs_of(manifests: Manifests) -> tuple[str, ...]:
+    return tuple(c for obj in manifests.service_cidrs.values() for c in obj.cidrs)
 
 
 def build_ruleset(
@@ -192,6 +215,7 @@ def _status(manifests: Manifests) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     node = _node(args)
     manifests = _load(args, node)
+    node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     plan = applying.generation_plan(
         lambda names: build_ruleset(manifests, node, names), None, 1, "full ruleset"
     )
@@ -204,6 +228,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
     node = _node(args)
     manifests = _load(args, node)
+    node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     backend = open_backend(args.netns, prefer=args.backend)
     keep = bool(manifests.errors) and not args.prune
     try:
@@ -315,17 +340,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # A typo must not start a daemon that deletes every Service it does not see.
                 names = ", ".join(map(str, missing))
                 raise InputError(f"--manifests {names}: no such file or directory")
+            flagged = node.service_cidrs
+
+            def load_all() -> None:
+                proxier.set_keep(source.incomplete)
+                proxier.set_node(with_service_cidrs(proxier.node, flagged, source.service_cidrs()))
+                proxier.replace_all(*source.merged())
+
             source.scan()
-            proxier.set_keep(source.incomplete)
-            proxier.replace_all(*source.merged())
+            load_all()
             proxier.request_full_sync()
             log.info("serving %s from %s", where, ", ".join(args.manifests))
             loop.start()
             scanned = proxy_health.watch("manifest scan")
             while not stop.wait(args.poll_interval):
                 if source.scan():
-                    proxier.set_keep(source.incomplete)
-                    proxier.replace_all(*source.merged())
+                    load_all()
                 scanned()
         else:
             watcher = _kube_watcher(args, opts, proxier, log)
@@ -370,6 +400,8 @@ def _kube_watcher(
         config = client.in_cluster()
     node = proxier.node
     flags_zone, flags_ips = args.zone, bool(args.node_ip)
+    # Both callbacks change the proxier's node facts, from their reflectors' threads.
+    changing = threading.Lock()
 
     def on_node(info: reflector.NodeInfo | None) -> None:
         # The Node's zone label and addresses fill in what flags did not say.
@@ -377,15 +409,25 @@ def _kube_watcher(
             return
         ips = node.node_ips if flags_ips else (*info.internal_ips, *info.external_ips)
         zone = flags_zone or info.zone or ""
-        if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
-            log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
-            proxier.set_node(dataclasses.replace(proxier.node, zone=zone, node_ips=tuple(ips)))
+        with changing:
+            if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
+                log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
+                new = dataclasses.replace(proxier.node, zone=zone, node_ips=tuple(ips))
+                proxier.set_node(new)
+
+    def on_service_cidrs(cidrs: tuple[str, ...]) -> None:
+        with changing:
+            new = with_service_cidrs(proxier.node, node.service_cidrs, cidrs)
+            if new != proxier.node:
+                log.info("service CIDRs: %s", ", ".join(new.service_cidrs) or "none")
+                proxier.set_node(new)
 
     return reflector.KubeWatcher(
         client.Client(config),
         reflector.ProxierSink(proxier),
         node_name=node.node_name or None,
         on_node=on_node,
+        on_service_cidrs=on_service_cidrs,
         service_proxy_name=node.service_proxy_name,
     )
 
@@ -440,6 +482,7 @@ def _default_source(args: argparse.Namespace, node: NodeConfig, dst: str) -> str
 def cmd_explain(args: argparse.Namespace) -> int:
     node = _node(args)
     manifests = _load(args, node)
+    node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     dst, port, proto = _parse_target(args.to)
     src = args.source or _default_source(args, node, dst)
     if ipaddress.ip_address(src).version != ipaddress.ip_address(dst).version:

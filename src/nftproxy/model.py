@@ -464,3 +464,12 @@ class Backend:
 
     ip: str
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """A range Services take their ClusterIPs from (networking.k8s.io/v1 ServiceCIDR):
+    an address in it that no Service holds is dropped, as kube-proxy does."""
+
+    name: str
+    cidrs: tuple[str, ...]

@@ -312,3 +312,115 @@ def test_the_daemon_relists_after_a_restart_into_compacted_history_and_applies_t
             out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert "listing again" in out, out  # the relist after 410, not only a reconnect
+
+
+def test_service_cidrs_come_from_the_api_including_the_default_one(netns, tmp_path):
+    from apiserver import SERVICE_CIDR
+
+    def ranges() -> str:
+        try:
+            return nft_in(netns, "list", "set", "inet", "nftproxy", "g1-service-cidrs4")
+        except AssertionError:
+            return ""
+
+    with start_control_plane(tmp_path / "cp") as cp:
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nftproxy",
+                "run",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--netns",
+                netns,
+                "--hostname-override",
+                "node-a",
+                "--min-sync-period",
+                "0.1",
+                "--healthz-bind-address=",
+                "--metrics-bind-address=",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # The API server makes a ServiceCIDR of its --service-cluster-ip-range itself.
+            eventually(lambda: SERVICE_CIDR in ranges(), "the default ServiceCIDR")
+            extra = {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "ServiceCIDR",
+                "metadata": {"name": "extra"},
+                "spec": {"cidrs": ["10.250.0.0/24"]},
+            }
+            path = "/apis/networking.k8s.io/v1/servicecidrs"
+            assert cp.request("POST", path, extra)[0] == 201
+            eventually(lambda: "10.250.0.0/24" in ranges(), "the added ServiceCIDR")
+            assert SERVICE_CIDR in ranges()
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "service CIDRs: " in out
+
+
+def test_a_role_without_service_cidrs_still_serves_services_and_says_why(netns, tmp_path):
+    """An operator who kept an older ClusterRole: ServiceCIDRs are taken as none (with a
+    warning naming them) rather than holding every Service back."""
+    import yaml
+
+    role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
+    role["rules"] = [r for r in role["rules"] if "servicecidrs" not in r["resources"]]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nftproxy-test-user"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nftproxy"}],
+    }
+    with start_control_plane(tmp_path / "cp") as cp:
+        assert cp.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", role)[0] == 201
+        path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+        assert cp.request("POST", path, binding)[0] == 201
+        status, svc = cp.request("POST", "/api/v1/namespaces/default/services", SERVICE)
+        assert status == 201
+        slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+        assert cp.request("POST", slices, slice_with("10.244.1.5"))[0] == 201
+        kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nftproxy",
+                "run",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--netns",
+                netns,
+                "--hostname-override",
+                "node-a",
+                "--min-sync-period",
+                "0.1",
+                "--healthz-bind-address=",
+                "--metrics-bind-address=",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            vip = svc["spec"]["clusterIP"]
+            eventually(
+                lambda: f"{vip} . 80 . 0 : 10.244.1.5 . 8080" in table(netns), "the endpoint"
+            )
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert 'cannot list resource "servicecidrs"' in out, out[-2000:]
+        assert "going on without" in out

@@ -116,6 +116,7 @@ def test_cluster_role_grants_exactly_what_the_proxy_needs() -> None:
         *(("", "services", v) for v in read),
         *(("", "nodes", v) for v in read),
         *(("discovery.k8s.io", "endpointslices", v) for v in read),
+        *(("networking.k8s.io", "servicecidrs", v) for v in read),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
     }

@@ -701,3 +701,40 @@ def test_objects_with_the_same_ports_share_one_port_tuple():
     assert other.ports != a.ports
     s1, s2 = endpoint_slice(), endpoint_slice(endpoints=[{"addresses": ["10.0.0.2"]}])
     assert s1.ports is s2.ports and s1 != s2
+
+
+# --- ServiceCIDR ----------------------------------------------------------------------------
+
+
+def test_a_service_cidr_gives_its_ranges_in_canonical_form() -> None:
+    from nftproxy.kube.objects import RawServiceCIDR, from_builtins, to_service_cidr
+
+    raw = from_builtins(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": ["10.96.0.0/12", "FD00:96:0::/112"]},
+        },
+        RawServiceCIDR,
+    )
+    got = to_service_cidr(raw)
+    assert (got.name, got.cidrs) == ("kubernetes", ("10.96.0.0/12", "fd00:96::/112"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"cidrs": ["10.96.0.0/33"]}, "spec.cidrs[0]", '"10.96.0.0/33" is not a valid CIDR'),
+        ({"cidrs": ["a", "b", "c"]}, "spec.cidrs", "at most 2"),
+    ],
+)
+def test_a_bad_service_cidr_is_named_with_its_field(spec: Any, field: str, message: str) -> None:
+    from nftproxy.kube.objects import RawServiceCIDR, from_builtins, to_service_cidr
+
+    raw = from_builtins({"metadata": {"name": "extra"}, "spec": spec}, RawServiceCIDR)
+    with pytest.raises(InvalidObject) as err:
+        to_service_cidr(raw)
+    assert (err.value.kind, err.value.name, err.value.field) == ("ServiceCIDR", "extra", field)
+    assert message in str(err.value)
+    assert str(err.value).startswith("ServiceCIDR extra: ")

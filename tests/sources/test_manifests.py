@@ -1380,3 +1380,39 @@ def test_an_unexpected_failure_costs_only_its_own_document(
         ServiceName("default", "good-1"),
         ServiceName("default", "good-2"),
     }
+
+
+def test_service_cidrs_load_from_a_list_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    (tmp_path / "cidrs.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "ServiceCIDR",
+                        "metadata": {"name": "kubernetes"},
+                        "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]},
+                    },
+                    {
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "ServiceCIDR",
+                        "metadata": {"name": "broken"},
+                        "spec": {"cidrs": ["10.97.0.0/99"]},
+                    },
+                    # Another group's kind of that name is not ours.
+                    {"apiVersion": "example.com/v1", "kind": "ServiceCIDR", "metadata": {}},
+                ],
+            }
+        )
+    )
+    got = load_paths([tmp_path])
+    assert list(got.service_cidrs) == ["kubernetes"]
+    assert got.service_cidrs["kubernetes"].cidrs == ("10.96.0.0/16", "fd00:96::/112")
+    (err,) = got.errors
+    assert str(err) == (
+        f"{tmp_path / 'cidrs.yaml'}: ServiceCIDR broken: spec.cidrs[0]: "
+        '"10.97.0.0/99" is not a valid CIDR'
+    )
+    assert got.ignored == {"ServiceCIDR": 1}

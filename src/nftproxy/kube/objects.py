@@ -21,6 +21,7 @@ from nftproxy.model import (
     Family,
     Protocol,
     Service,
+    ServiceCIDR,
     ServiceName,
     ServicePort,
     SharedValues,
@@ -35,11 +36,13 @@ __all__ = [
     "InvalidObject",
     "RawEndpointSlice",
     "RawService",
+    "RawServiceCIDR",
     "Skip",
     "canonical_ip",
     "decode_json",
     "from_builtins",
     "to_service",
+    "to_service_cidr",
     "to_slice",
 ]
 
@@ -122,6 +125,17 @@ class RawLoadBalancerStatus(_Raw):
 
 class RawServiceStatus(_Raw):
     load_balancer: RawLoadBalancerStatus | None = None
+
+
+class RawServiceCIDRSpec(_Raw):
+    cidrs: tuple[str, ...] | None = None
+
+
+class RawServiceCIDR(_Raw):
+    api_version: str = ""
+    kind: str = ""
+    metadata: RawObjectMeta | None = None
+    spec: RawServiceCIDRSpec | None = None
 
 
 class RawService(_Raw):
@@ -252,8 +266,12 @@ class _Bad(Exception):
 
 # --- Decoding entry points ------------------------------------------------------------------
 
-_T = TypeVar("_T", RawService, RawEndpointSlice)
-_KIND_OF: Final[dict[type[Any], str]] = {RawService: "Service", RawEndpointSlice: "EndpointSlice"}
+_T = TypeVar("_T", RawService, RawEndpointSlice, RawServiceCIDR)
+_KIND_OF: Final[dict[type[Any], str]] = {
+    RawService: "Service",
+    RawEndpointSlice: "EndpointSlice",
+    RawServiceCIDR: "ServiceCIDR",
+}
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?) - at `\$\.?(?P<path>.*)`$", re.DOTALL)
 
 
@@ -281,6 +299,8 @@ def decode_json(data: bytes | str, cls: type[_T]) -> _T:
 
 def _decode_error(cls: type[Any], exc: msgspec.ValidationError, data: object) -> InvalidObject:
     namespace, name = _loose_identity(data)
+    if cls is RawServiceCIDR:
+        namespace = ""  # cluster-scoped
     text = str(exc)
     match = _MSGSPEC_PATH.match(text)
     field, message = (match["path"], match["message"]) if match else ("", text)
@@ -781,3 +801,30 @@ def _shared(value: _Value) -> _Value:
 
 def _name_set(items: tuple[RawForZone, ...] | tuple[RawForNode, ...]) -> frozenset[str]:
     return _NAME_SETS.get(tuple([item.name for item in items]), frozenset)
+
+
+# --- ServiceCIDR ----------------------------------------------------------------------------
+
+# The API allows one range per family.
+MAX_SERVICE_CIDRS: Final = 2
+
+
+def to_service_cidr(raw: RawServiceCIDR) -> ServiceCIDR:
+    """A validated ServiceCIDR (cluster-scoped: no namespace)."""
+    name = raw.metadata.name if raw.metadata else ""
+    if not name:
+        raise InvalidObject("ServiceCIDR", "", "", "metadata.name", "is required")
+    texts = (raw.spec.cidrs if raw.spec else None) or ()
+    cidrs: dict[str, None] = {}
+    try:
+        if len(texts) > MAX_SERVICE_CIDRS:
+            raise _Bad("spec.cidrs", f"{len(texts)} ranges; at most 2, one per family")
+        for i, text in enumerate(texts):
+            try:
+                network = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise _Bad(f"spec.cidrs[{i}]", f'"{text}" is not a valid CIDR') from None
+            cidrs[str(network)] = None
+    except _Bad as exc:
+        raise InvalidObject("ServiceCIDR", "", name, exc.field, exc.message) from None
+    return ServiceCIDR(name, tuple(cidrs))

@@ -36,12 +36,14 @@ from nftproxy.kube.objects import (
     RawEndpointSlice,
     RawObjectMeta,
     RawService,
+    RawServiceCIDR,
     Skip,
     decode_json,
     to_service,
+    to_service_cidr,
     to_slice,
 )
-from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
 
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier
@@ -204,6 +206,9 @@ class Resource(ABC, Generic[RawT, KeyT, ValT]):
     plural: str  # "services"
     path: str  # the cluster-wide collection
     raw_type: type[RawT]
+    # Not every API server serves it (or lets us read it): then it is taken as empty, and
+    # looked for again now and then, instead of holding everything else back.
+    optional: bool = False
 
     def params(self) -> dict[str, str]:
         """Selectors applied to both LIST and WATCH."""
@@ -364,6 +369,52 @@ class NodeResource(Resource[RawNode, str, NodeInfo]):
             self._tell(value)
 
 
+class ServiceCIDRResource(Resource[RawServiceCIDR, str, ServiceCIDR]):
+    """Every ServiceCIDR; `on_change` gets all their ranges whenever they change."""
+
+    kind = "ServiceCIDR"
+    plural = "servicecidrs"
+    path = "/apis/networking.k8s.io/v1/servicecidrs"
+    raw_type = RawServiceCIDR
+    optional = True
+
+    def __init__(self, on_change: Callable[[tuple[str, ...]], None]) -> None:
+        self.on_change = on_change
+        self._objects: dict[str, ServiceCIDR] = {}
+        self._last: tuple[str, ...] | None = None
+
+    def decode(self, data: bytes) -> RawServiceCIDR:
+        return decode_json(data, RawServiceCIDR)
+
+    def meta(self, raw: RawServiceCIDR) -> RawObjectMeta | None:
+        return raw.metadata
+
+    def key(self, namespace: str, name: str) -> str:
+        return name
+
+    def convert(
+        self, raw: RawServiceCIDR, report: Callable[[InvalidObject], None]
+    ) -> ServiceCIDR | Skip:
+        return to_service_cidr(raw)
+
+    def _tell(self) -> None:
+        cidrs = tuple(sorted({c for obj in self._objects.values() for c in obj.cidrs}))
+        if cidrs != self._last:
+            self._last = cidrs
+            self.on_change(cidrs)
+
+    def replace(self, values: dict[str, ServiceCIDR]) -> None:
+        self._objects = dict(values)
+        self._tell()
+
+    def update(self, key: str, value: ServiceCIDR | None) -> None:
+        if value is None:
+            self._objects.pop(key, None)
+        else:
+            self._objects[key] = value
+        self._tell()
+
+
 # --- the reflector ----------------------------------------------------------------------------
 
 
@@ -479,11 +530,13 @@ class Reflector(Generic[RawT, KeyT, ValT]):
             except _Stopped:
                 break
             except Forbidden as exc:
-                self._failed(exc, logging.ERROR)
+                if not self._unavailable(exc):
+                    self._failed(exc, logging.ERROR)
             except (Gone, Unavailable) as exc:
                 self._failed(exc, logging.WARNING)
             except ApiError as exc:
-                self._failed(exc, logging.ERROR)
+                if not (exc.status == 404 and self._unavailable(exc)):
+                    self._failed(exc, logging.ERROR)
             except Exception as exc:
                 # A bug (ours or the consumer's): the picture may be incomplete, list again.
                 log.exception("%s: unexpected error; will list again", self.name)
@@ -497,6 +550,20 @@ class Reflector(Generic[RawT, KeyT, ValT]):
             log.info("%s: retrying in %.1fs", self.name, pause)
             self._stop.wait(pause)
             delay = min(delay * 2, self.backoff_max)
+
+    def _unavailable(self, exc: ApiError) -> bool:
+        """An optional resource the server does not serve or let us read: empty for now.
+        Whether it was handled so."""
+        if not self.resource.optional:
+            return False
+        self.last_error = exc
+        if not self.synced.is_set():
+            log.warning("%s: %s; going on without, and trying again later", self.name, exc)
+            self.resource.replace({})
+            self.synced.set()
+        # Asked again at the longest backoff: a cheap request, a rare change.
+        self._succeeded = False
+        return True
 
     def _failed(self, exc: Exception, level: int | None) -> None:
         self.last_error = exc
@@ -775,6 +842,7 @@ class KubeWatcher:
         *,
         node_name: str | None = None,
         on_node: Callable[[NodeInfo | None], None] | None = None,
+        on_service_cidrs: Callable[[tuple[str, ...]], None] | None = None,
         service_proxy_name: str | None = None,
         **options: Any,
     ) -> None:
@@ -783,12 +851,18 @@ class KubeWatcher:
         self.node: Reflector[RawNode, str, NodeInfo] | None = None
         if node_name and on_node is not None:
             self.node = Reflector(client, NodeResource(node_name, on_node), **options)
+        self.service_cidrs: Reflector[RawServiceCIDR, str, ServiceCIDR] | None = None
+        if on_service_cidrs is not None:
+            resource = ServiceCIDRResource(on_service_cidrs)
+            self.service_cidrs = Reflector(client, resource, **options)
 
     @property
     def reflectors(self) -> list[Reflector[Any, Any, Any]]:
         found: list[Reflector[Any, Any, Any]] = [self.services, self.slices]
         if self.node is not None:
             found.append(self.node)
+        if self.service_cidrs is not None:
+            found.append(self.service_cidrs)
         return found
 
     def start(self) -> None:

@@ -46,12 +46,14 @@ from nftproxy.kube.objects import (
     InvalidObject,
     RawEndpointSlice,
     RawService,
+    RawServiceCIDR,
     Skip,
     from_builtins,
     to_service,
+    to_service_cidr,
     to_slice,
 )
-from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -74,6 +76,8 @@ _YAML_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SERVICE_API: Final = "v1"
 _SLICE_API: Final = "discovery.k8s.io/v1"
 _SLICE_GROUP: Final = "discovery.k8s.io/"
+_SERVICE_CIDR_API: Final = "networking.k8s.io/v1"
+_NETWORKING_GROUP: Final = "networking.k8s.io/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,8 @@ class Manifests:
     services: dict[ServiceName, Service] = field(default_factory=dict)
     # Keyed by (namespace, slice name): slice names are unique per namespace, not per Service.
     slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    # Cluster-scoped, by name.
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
     errors: list[InvalidObject] = field(default_factory=list)
     # (object description, reason) for valid objects this proxy does not program.
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -825,6 +831,8 @@ class _Loader:
             self._service(obj, api, source)
         elif kind == "EndpointSlice" and (not api or api.startswith(_SLICE_GROUP)):
             self._slice(obj, api, source)
+        elif kind == "ServiceCIDR" and (not api or api.startswith(_NETWORKING_GROUP)):
+            self._service_cidr(obj, api, source)
         else:
             # Same-named kinds of other API groups (e.g. Knative's Service) are not ours.
             self.result.ignored[kind] += 1
@@ -878,6 +886,17 @@ class _Loader:
         else:
             self.result.slices[converted.namespace, converted.name] = converted
 
+    def _service_cidr(self, obj: dict[str, Any], api: str, source: str) -> None:
+        try:
+            # v1beta1 has the same shape; clusters upgraded from 1.31 may still print it.
+            if api != "networking.k8s.io/v1beta1":
+                _check_api("ServiceCIDR", api, _SERVICE_CIDR_API, obj, namespaced=False)
+            converted = to_service_cidr(from_builtins(obj, RawServiceCIDR))
+        except InvalidObject as exc:
+            self._reject(exc, source)
+            return
+        self.result.service_cidrs[converted.name] = converted
+
     def _reject(self, exc: InvalidObject, source: str) -> None:
         exc.source = source
         self.result.errors.append(exc)
@@ -901,12 +920,15 @@ def _raw_identity(raw: RawService | RawEndpointSlice) -> tuple[str, str]:
     return (meta.namespace or "default", meta.name) if meta else ("default", "")
 
 
-def _check_api(kind: str, api: str, supported: str, obj: dict[str, Any]) -> None:
+def _check_api(
+    kind: str, api: str, supported: str, obj: dict[str, Any], *, namespaced: bool = True
+) -> None:
     if api in ("", supported):
         return
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
-    namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+    namespace = (meta.get("namespace") or "default") if namespaced else ""
+    name = meta.get("name") or ""
     raise InvalidObject(
         kind,
         namespace if isinstance(namespace, str) else "",

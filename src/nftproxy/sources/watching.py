@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
 from nftproxy.sources.manifests import (
     DEFAULT_LIMITS,
     Manifests,
@@ -35,6 +35,7 @@ class _FileState:
     signature: Signature
     services: dict[ServiceName, Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
     # Never read whole: what it holds is not known (see ManifestDirectory.incomplete).
     unknown: bool = False
     # Its slices rejected without a last good state, and their Services.
@@ -145,7 +146,9 @@ class ManifestDirectory:
         loaded: Manifests = load_paths(
             [path], service_proxy_name=self.service_proxy_name, limits=self.limits
         )
-        state = _FileState(sig, dict(loaded.services), dict(loaded.slices))
+        state = _FileState(
+            sig, dict(loaded.services), dict(loaded.slices), dict(loaded.service_cidrs)
+        )
         state.incomplete = dict(loaded.incomplete)
         for err in loaded.errors:
             self.errors += 1
@@ -160,6 +163,7 @@ class ManifestDirectory:
                 log.error("%s (keeping this file's last good objects)", err)
                 state.services = dict(old.services)
                 state.slices = dict(old.slices)
+                state.service_cidrs = dict(old.service_cidrs)
                 state.incomplete = dict(old.incomplete)
                 continue
             kept = False
@@ -174,12 +178,21 @@ class ManifestDirectory:
                     state.slices[key] = old.slices[key]
                     state.incomplete.pop(key, None)  # its last good endpoints are known
                     kept = True
+            elif (
+                err.kind == "ServiceCIDR"
+                and err.name in old.service_cidrs
+                and err.name not in state.service_cidrs
+            ):
+                state.service_cidrs[err.name] = old.service_cidrs[err.name]
+                kept = True
             log.error("%s%s", err, " (keeping its last good state)" if kept else " (skipped)")
+        cidrs = f", {len(state.service_cidrs)} ServiceCIDR(s)" if state.service_cidrs else ""
         log.info(
-            "%s: %d service(s), %d endpoint slice(s)",
+            "%s: %d service(s), %d endpoint slice(s)%s",
             path,
             len(state.services),
             len(state.slices),
+            cidrs,
         )
         return state
 
@@ -196,6 +209,13 @@ class ManifestDirectory:
         for sid in unsure:
             services.pop(sid, None)
         return services, slices
+
+    def service_cidrs(self) -> tuple[str, ...]:
+        """The ranges of every ServiceCIDR object, later files winning per object."""
+        objects: dict[str, ServiceCIDR] = {}
+        for path in sorted(self._files):
+            objects.update(self._files[path].service_cidrs)
+        return tuple(cidr for obj in objects.values() for cidr in obj.cidrs)
 
     def files(self) -> Iterable[Path]:
         return sorted(self._files)
