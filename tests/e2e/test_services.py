@@ -436,3 +436,33 @@ def test_a_udp_client_moves_on_when_its_endpoint_is_removed(cluster):
     finally:
         client.close()
         cleaner.close()
+
+
+def test_addresses_written_with_leading_zeros_are_read_as_decimal(cluster):
+    """A Service and EndpointSlice stored with leading zeros (Kubernetes still accepts them)
+    work as kube-proxy reads them: 010 is ten, not octal eight."""
+    from nftproxy.kube import objects
+
+    pod = cluster.pod("pod-4")
+    zeros = ".".join(f"{int(part):03d}" for part in pod.ip4.split("."))  # 010.244.002.010
+    meta = {"name": "zeros", "namespace": "default"}
+    s = objects.to_service(
+        objects.from_builtins(
+            {"metadata": meta, "spec": {"clusterIP": "10.096.000.077", "ports": [{"port": 80}]}},
+            objects.RawService,
+        )
+    )
+    sl = objects.to_slice(
+        objects.from_builtins(
+            {
+                "metadata": {**meta, "labels": {"kubernetes.io/service-name": "zeros"}},
+                "addressType": "IPv4",
+                "ports": [{"port": HTTP}],
+                "endpoints": [{"addresses": [zeros], "nodeName": pod.node}],
+            },
+            objects.RawEndpointSlice,
+        )
+    )
+    cluster.apply([s], [sl])
+    result = cluster.lab.connect("pod-1", "10.96.0.77", 80, count=3, in_process=True)
+    assert result.endpoints() == {"pod-4": 3}, result.summary()
