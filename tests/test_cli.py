@@ -282,3 +282,19 @@ def test_service_cidrs_from_objects_or_the_flag_drop_unallocated_addresses(tmp_p
     # A port the Service lacks is refused, range or not.
     out = nftproxy("explain", CLUSTER, *NODE, "--to", "10.96.0.10:81/tcp", "--json")
     assert [r["verdict"] for r in json.loads(out.stdout)["results"]] == ["reject"]
+
+
+def test_explain_reads_addresses_with_leading_zeros_as_kube_proxy_flags_do():
+    # Decimal whatever the zeros: 010.244.003.003 is 10.244.3.3, not octal 8.244.3.3.
+    out = nftproxy(
+        "explain",
+        CLUSTER,
+        *("--node-name", "node-a", "--node-ip", "192.168.000.001"),
+        *("--cluster-cidr", "010.244.0.0/16", "--to", "10.096.000.010:80/tcp"),
+        *("--from", "010.244.003.003"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("tcp 10.244.3.3 -> 10.96.0.10:80")
+    assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
+    bad = nftproxy("explain", CLUSTER, "--to", "10.96.0.10:80", "--from", "10.244.3.256")
+    assert bad.returncode == 1 and "--from: '10.244.3.256' is not an IP address" in bad.stderr

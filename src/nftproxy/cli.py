@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from nftproxy import applying, explain
+from nftproxy import addresses, applying, explain
 from nftproxy.config import ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.nft import NftError, open_backend
@@ -458,13 +458,20 @@ def _parse_target(text: str) -> tuple[str, int, str]:
         raise ConfigError(f"--to: {text!r} needs a port (IP:PORT/PROTO)")
     host = host.strip("[]")
     try:
-        ip = str(ipaddress.ip_address(host))
+        ip = str(addresses.ip_address(host))  # leading zeros too, as kube-proxy's flags
         port_no = int(port)
     except ValueError:
         raise ConfigError(f"--to: {text!r} is not IP:PORT") from None
     if not 1 <= port_no <= 65535:
         raise ConfigError(f"--to: port {port_no} is out of range 1-65535")
     return ip, port_no, proto
+
+
+def _parse_source(text: str) -> str:
+    try:
+        return str(addresses.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"--from: {text!r} is not an IP address") from None
 
 
 def _default_source(args: argparse.Namespace, node: NodeConfig, dst: str) -> str:
@@ -484,7 +491,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     manifests = _load(args, node)
     node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     dst, port, proto = _parse_target(args.to)
-    src = args.source or _default_source(args, node, dst)
+    src = _parse_source(args.source) if args.source else _default_source(args, node, dst)
     if ipaddress.ip_address(src).version != ipaddress.ip_address(dst).version:
         raise ConfigError("--from and --to must be of the same address family")
     ruleset = build_ruleset(manifests, node, Names())

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from nftproxy import addresses
 from nftproxy.model import Family
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,7 +32,8 @@ def _of_family(cidrs: tuple[str, ...], family: Family) -> tuple[str, ...]:
 
 
 def parse_networks(option: str, values: Iterable[str]) -> tuple[str, ...]:
-    """Canonical, collapsed CIDRs: nftables rejects overlapping intervals in one set."""
+    """Canonical, collapsed CIDRs: nftables rejects overlapping intervals in one set.
+    Leading zeros are accepted, as kube-proxy's flags accept them (`nftproxy.addresses`)."""
     nets: list[IPNetwork] = []
     for raw in values:
         for part in raw.split(","):
@@ -39,7 +41,7 @@ def parse_networks(option: str, values: Iterable[str]) -> tuple[str, ...]:
             if not part:
                 continue
             try:
-                nets.append(ipaddress.ip_network(part, strict=False))
+                nets.append(addresses.ip_network(part, strict=False))
             except ValueError as exc:
                 raise ConfigError(f"{option}: {part!r} is not a CIDR ({exc})") from None
     v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
@@ -48,6 +50,7 @@ def parse_networks(option: str, values: Iterable[str]) -> tuple[str, ...]:
 
 
 def parse_addresses(option: str, values: Iterable[str]) -> tuple[str, ...]:
+    """Canonical addresses, in order and once each; leading zeros accepted as above."""
     out: list[str] = []
     for raw in values:
         for part in raw.split(","):
@@ -55,7 +58,7 @@ def parse_addresses(option: str, values: Iterable[str]) -> tuple[str, ...]:
             if not part:
                 continue
             try:
-                addr = ipaddress.ip_address(part)
+                addr = addresses.ip_address(part)
             except ValueError:
                 raise ConfigError(f"{option}: {part!r} is not an IP address") from None
             if str(addr) not in out:

@@ -230,6 +230,8 @@ def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
                 e["nodeName"] = node.name
             assert cp.request("POST", path, body)[0] == 201
 
+            # 30 connections miss one of 2 endpoints with probability 2 * (1/2)^30 = 1.9e-9,
+            # and `eventually` asks again before failing.
             def reached() -> set[str]:
                 r = lab.connect("ext", node.ip4, 30080, count=30, timeout=1.0, in_process=True)
                 return set(r.endpoints())

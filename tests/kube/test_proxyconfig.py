@@ -294,3 +294,16 @@ def test_service_cidrs_are_read_collapsed_and_a_bad_one_named() -> None:
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
             "serviceCIDRs: [nope]\n"
         )
+
+
+def test_addresses_with_leading_zeros_are_read_as_decimal_like_kube_proxy() -> None:
+    opts = from_dict(
+        {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "bindAddress": "010.000.000.007",
+            "clusterCIDR": "010.244.0.0/16",
+        }
+    )
+    assert opts.node_ips == ("10.0.0.7",)
+    assert opts.cluster_cidrs == ("10.244.0.0/16",)

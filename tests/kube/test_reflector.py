@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from apiserver import ControlPlane, start_control_plane
 from builders import service as model_service
@@ -22,7 +23,9 @@ from nftproxy.kube.reflector import (
     EndpointSliceResource,
     KubeWatcher,
     NodeInfo,
+    NodeResource,
     ProxierSink,
+    RawNode,
     Reflector,
     ServiceResource,
 )
@@ -389,6 +392,21 @@ def test_node_and_proxier_sink(
     wait_for("the zone change", lambda: seen[-1] is not None and seen[-1].zone == "zone-b")
     ok(cp, "DELETE", f"/api/v1/nodes/{node_name}")
     wait_for("the node deletion", lambda: seen[-1] is None)
+
+
+def test_node_addresses_are_read_as_kube_proxy_reads_them() -> None:
+    # Leading zeros are decimal (ParseIPSloppy); what does not parse is skipped.
+    listed = [
+        {"type": "InternalIP", "address": "010.000.000.007"},
+        {"type": "InternalIP", "address": "not-an-ip"},
+        {"type": "ExternalIP", "address": "2001:DB8::0007"},
+        {"type": "Hostname", "address": "node-a"},
+    ]
+    raw = msgspec.convert(
+        {"metadata": {"name": "node-a"}, "status": {"addresses": listed}}, RawNode
+    )
+    info = NodeResource("node-a", lambda _: None).convert(raw, lambda _: None)
+    assert info == NodeInfo("node-a", None, ("10.0.0.7",), ("2001:db8::7",))
 
 
 class FakeProxier:

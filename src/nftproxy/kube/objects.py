@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar, cast
 
 import msgspec
 
+from nftproxy import addresses
 from nftproxy.model import (
     EndpointFacts,
     EndpointSlice,
@@ -391,11 +392,13 @@ _FAST_IPV6: Final = _ntop_matches_ipaddress()
 
 
 def canonical_ip(text: str) -> tuple[str, Family]:
-    """Return (`str(ipaddress.ip_address(text))`, family), rejecting IPv4-mapped and scoped.
+    """Return (`str(addresses.ip_address(text))`, family), rejecting IPv4-mapped and scoped.
+    Leading zeros are accepted as Kubernetes accepts them: `10.180.00.001` is 10.180.0.1.
 
     `ipaddress` costs several microseconds per address, which dominates 100k-endpoint loads.
     Text that inet_pton/inet_ntop round-trips unchanged is already canonical, so it skips
-    `ipaddress`; everything else (errors, odd spellings) takes the exact slow path.
+    `ipaddress`; everything else (errors, odd spellings, leading zeros, which inet_pton
+    rejects) takes the exact slow path.
     """
     try:
         if ":" not in text:
@@ -412,7 +415,7 @@ def canonical_ip(text: str) -> tuple[str, Family]:
 
 def _canonical_ip_slow(text: str) -> tuple[str, Family]:
     try:
-        addr = ipaddress.ip_address(text)
+        addr = addresses.ip_address(text)
     except ValueError:
         raise ValueError(f'"{text}" is not a valid IP address') from None
     if isinstance(addr, ipaddress.IPv4Address):
@@ -579,7 +582,7 @@ def _source_ranges(texts: tuple[str, ...] | None) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for i, text in enumerate(texts):
         try:
-            network = ipaddress.ip_network(text.strip(), strict=False)
+            network = addresses.ip_network(text.strip(), strict=False)
         except ValueError:
             raise _Bad(f"{field}[{i}]", f'"{text}" is not a valid CIDR') from None
         out[str(network)] = None
@@ -821,7 +824,7 @@ def to_service_cidr(raw: RawServiceCIDR) -> ServiceCIDR:
             raise _Bad("spec.cidrs", f"{len(texts)} ranges; at most 2, one per family")
         for i, text in enumerate(texts):
             try:
-                network = ipaddress.ip_network(text.strip(), strict=False)
+                network = addresses.ip_network(text.strip(), strict=False)
             except ValueError:
                 raise _Bad(f"spec.cidrs[{i}]", f'"{text}" is not a valid CIDR') from None
             cidrs[str(network)] = None

@@ -31,7 +31,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from nftproxy import addresses
 from nftproxy.config import ConfigError, parse_networks
 from nftproxy.health import BindAddressError, split_host_port
 
@@ -376,7 +376,7 @@ def from_dict(doc: object) -> ProxyOptions:
         out["hostname_override"] = v.strip().lower()
     if (v := r.get("bindAddress")) and v.strip():
         try:
-            addr = ipaddress.ip_address(v.strip())
+            addr = addresses.ip_address(v.strip())  # leading zeros too, as kube-proxy
         except ValueError:
             raise ProxyConfigError(f"bindAddress: {v!r} is not an IP address") from None
         if not addr.is_unspecified:

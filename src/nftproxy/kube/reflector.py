@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
+from nftproxy import addresses
 from nftproxy.kube.client import ApiError, Client, Forbidden, Gone, Unavailable
 from nftproxy.kube.objects import (
     PROXY_NAME_LABEL,
@@ -322,6 +323,19 @@ class NodeInfo:
     external_ips: tuple[str, ...] = ()
 
 
+def _node_ips(listed: tuple[RawNodeAddress, ...], kind: str) -> tuple[str, ...]:
+    """The Node's addresses of one type in standard form (leading zeros accepted, as
+    kube-proxy's ParseIPSloppy does); like kube-proxy, it skips what does not parse."""
+    out: list[str] = []
+    for entry in listed:
+        if entry.type == kind:
+            try:
+                out.append(str(addresses.ip_address(entry.address)))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
 class NodeResource(Resource[RawNode, str, NodeInfo]):
     """This node only; `on_change` gets its NodeInfo (None: not found) whenever it changes."""
 
@@ -347,12 +361,12 @@ class NodeResource(Resource[RawNode, str, NodeInfo]):
 
     def convert(self, raw: RawNode, report: Callable[[InvalidObject], None]) -> NodeInfo | Skip:
         meta = raw.metadata or RawObjectMeta()
-        addresses = (raw.status.addresses if raw.status else None) or ()
+        listed = (raw.status.addresses if raw.status else None) or ()
         return NodeInfo(
             name=meta.name,
             zone=(meta.labels or {}).get(ZONE_LABEL) or None,
-            internal_ips=tuple(a.address for a in addresses if a.type == "InternalIP"),
-            external_ips=tuple(a.address for a in addresses if a.type == "ExternalIP"),
+            internal_ips=_node_ips(listed, "InternalIP"),
+            external_ips=_node_ips(listed, "ExternalIP"),
         )
 
     def _tell(self, info: NodeInfo | None) -> None:
