@@ -298,3 +298,14 @@ def test_explain_reads_addresses_with_leading_zeros_as_kube_proxy_flags_do():
     assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
     bad = nftproxy("explain", CLUSTER, "--to", "10.96.0.10:80", "--from", "10.244.3.256")
     assert bad.returncode == 1 and "--from: '10.244.3.256' is not an IP address" in bad.stderr
+
+
+def test_explain_says_what_a_refused_or_dropped_packet_meets_and_why():
+    out = nftproxy("explain", CLUSTER, *NODE, "--to", "10.96.0.10:81/tcp")
+    assert "reject refused at once (TCP reset / ICMP port unreachable)" in out.stdout
+    assert "via nat-prerouting -> services4 -> @cluster-ips4 -> reject" in out.stdout
+    out = nftproxy(
+        "explain", CLUSTER, *NODE, "--service-cidr", "10.96.0.0/16", "--to", "10.96.9.9:80"
+    )
+    assert "drop   dropped: no answer" in out.stdout
+    assert "via nat-prerouting -> services4 -> @service-cidrs4" in out.stdout

@@ -124,7 +124,7 @@ class Explanation:
         results = doc["results"]
         assert isinstance(results, list)
         for r in results:
-            what = r["endpoint"] or r["verdict"]
+            what = r["endpoint"] or _OUTCOMES.get(str(r["verdict"]), "")
             masq = ", masqueraded" if r["masquerade"] else ""
             lines.append(f"  {r['probability']:7.2%}  {r['verdict']:6} {what}{masq}")
             lines.append(f"           via {' -> '.join(r['path'])}")
@@ -159,6 +159,14 @@ class _End:
     state: _State
     kind: Literal["next", "return", "dnat", "reject", "drop", "accept"]
     backend: Backend | None = None
+
+
+# What a user sees of each verdict that is no DNAT.
+_OUTCOMES = {
+    "reject": "refused at once (TCP reset / ICMP port unreachable)",
+    "drop": "dropped: no answer",
+    "accept": "left as it is",
+}
 
 
 class _Evaluator:
@@ -223,6 +231,7 @@ class _Evaluator:
     def rule(self, rule: Rule, st: _State) -> list[_End] | None:
         """None: the rule did not match (evaluation goes on with the next rule)."""
         mark = st.mark
+        matched: list[str] = []  # sets the packet was found in: why a verdict applies
         for part in rule:
             match part:
                 case NfProto(family=f):
@@ -248,6 +257,8 @@ class _Evaluator:
                 case Lookup(key=k, set=s, negate=neg):
                     if self.member(s, self.key(k)) == neg:
                         return None
+                    if not neg:
+                        matched.append(f"@{_short(s)}")
                 case SetMarkBits(mask=m):
                     mark |= m
                 case ClearMarkBits(mask=m):
@@ -293,7 +304,7 @@ class _Evaluator:
                 case Masquerade():
                     return None
                 case Verdict():
-                    return self.verdict(part, _State(st.prob, mark, st.path))
+                    return self.verdict(part, _State(st.prob, mark, (*st.path, *matched)))
         # Matched, with only non-terminal statements (a mark): carry on with the next rule.
         return [_End(_State(st.prob, mark, st.path), "next")]
 
