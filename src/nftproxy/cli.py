@@ -50,7 +50,12 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node-name", "--hostname-override", default="", help="this node's name")
     g.add_argument("--zone", default="", help="this node's topology zone (for hints)")
     g.add_argument(
-        "--node-ip", action="append", default=[], help="this node's address(es), repeatable"
+        "--node-ip",
+        action="append",
+        default=[],
+        help="this node's address(es), repeatable; compile, plan, apply and explain take "
+        "them as its own addresses (for --nodeport-addresses), `run` adds them to those of "
+        "its network namespace's interfaces",
     )
     g.add_argument(
         "--cluster-cidr",
@@ -62,7 +67,9 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         "--nodeport-addresses",
         action="append",
         default=[],
-        help="CIDRs of local addresses that accept NodePorts (default: all local addresses)",
+        help="CIDRs (or 'primary': the node's first IP of each family) selecting which of "
+        "this node's own addresses accept NodePorts; never loopback, never an address "
+        "routed through the node (default: every local address)",
     )
     g.add_argument("--masquerade-all", action="store_true", help="SNAT all Service traffic")
     g.add_argument("--masquerade-bit", type=int, default=None, help="packet mark bit (default 14)")
@@ -91,6 +98,15 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
         masquerade_bit=14 if bit is None else bit,
         service_proxy_name=args.service_proxy_name,
     )
+
+
+def _offline_node(args: argparse.Namespace) -> NodeConfig:
+    """The node of compile, plan, apply and explain: its own addresses are the --node-ip
+    ones, so say when --nodeport-addresses selects none of them."""
+    node = _node(args)
+    for warning in node.nodeport_warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return node
 
 
 def _size(text: str) -> int:
@@ -182,7 +198,7 @@ def _status(manifests: Manifests) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     plan = applying.generation_plan(
         lambda names: build_ruleset(manifests, node, names), None, 1, "full ruleset"
@@ -194,7 +210,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     backend = open_backend(args.netns, prefer=args.backend)
     keep = bool(manifests.errors) and not args.prune
@@ -430,7 +446,7 @@ def _default_source(args: argparse.Namespace, node: NodeConfig, dst: str) -> str
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     dst, port, proto = _parse_target(args.to)
     src = args.source or _default_source(args, node, dst)
