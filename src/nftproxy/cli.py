@@ -8,7 +8,6 @@ all others were processed, and what the table held for the rejected ones stays.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import json
 import logging
@@ -387,7 +386,7 @@ def _kube_watcher(
         zone = flags_zone or info.zone or ""
         if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
             log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
-            proxier.set_node(dataclasses.replace(proxier.node, zone=zone, node_ips=tuple(ips)))
+            proxier.update_node(zone=zone, node_ips=tuple(ips))
 
     return reflector.KubeWatcher(
         client.Client(config),
