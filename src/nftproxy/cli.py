@@ -307,6 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cleaner = conntrack.ConntrackCleaner(args.netns)
     proxier.clear_stale_udp = cleaner.clear_stale
+    interfaces = _follow_addresses(args.netns, proxier, stop, log)
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     threading.Thread(
@@ -352,9 +353,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.join(timeout=30)
         check_servers.close()
         cleaner.close()
+        if interfaces is not None:
+            interfaces.close()
         for server in servers:
             server.close()
     return EXIT_OK
+
+
+def _follow_addresses(
+    netns: str | None, proxier: Proxier, stop: threading.Event, log: logging.Logger
+) -> Any:
+    """With --nodeport-addresses, NodePorts are served on the node's own addresses in
+    them: those of the interfaces of the namespace it programs, read now, again when the
+    kernel says they changed (in a thread of its own) and before each full sync or
+    periodic comparison, plus the configured node IPs."""
+    from nftproxy import addresses
+
+    if not proxier.node.nodeport_addresses:
+        return None  # every local address: `fib daddr type local` needs no list
+    interfaces = addresses.InterfaceAddresses(netns)
+    configured = proxier.node.node_ips
+    lock = threading.Lock()
+    served: list[tuple[str, ...]] = []
+
+    def refresh() -> None:
+        with lock:  # the watching thread and the sync loop's
+            found = {ipaddress.ip_address(a) for a in (*interfaces.read(), *configured)}
+            ips = tuple(str(a) for a in sorted(found, key=lambda a: (a.version, a.packed)))
+            if ips == proxier.node.interface_ips:
+                return
+            proxier.update_node(interface_ips=ips)
+            node = proxier.node
+            now = [node.nodeport_ips_of(f) for f in node.families]
+            if now != served:
+                served[:] = now
+                listed = ", ".join(a for each in now for a in each) or "none"
+                log.info("NodePorts are served on this node's addresses: %s", listed)
+                for warning in node.nodeport_warnings():
+                    log.warning("%s", warning)
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                if interfaces.wait(0.5):
+                    refresh()
+            except OSError as exc:
+                if stop.is_set():
+                    return
+                log.warning("following the node's addresses: %s; read at each full sync", exc)
+                return
+
+    refresh()
+    proxier.refresh_node = refresh
+    threading.Thread(target=watch, name="addresses", daemon=True).start()
+    return interfaces
 
 
 def _choose(flag: str | None, config: str | None, default: str) -> str:
