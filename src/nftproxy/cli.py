@@ -367,11 +367,11 @@ def _follow_addresses(
     them: those of the interfaces of the namespace it programs, read now, again when the
     kernel says they changed (in a thread of its own) and before each full sync or
     periodic comparison, plus the configured node IPs."""
-    from nftproxy import addresses
+    from nftproxy import interfaces as node_interfaces
 
     if not proxier.node.nodeport_addresses:
         return None  # every local address: `fib daddr type local` needs no list
-    interfaces = addresses.InterfaceAddresses(netns)
+    interfaces = node_interfaces.InterfaceAddresses(netns)
     configured = proxier.node.node_ips
     lock = threading.Lock()
     served: list[tuple[str, ...]] = []

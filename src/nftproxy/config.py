@@ -3,7 +3,7 @@
 Kept apart from the API objects so the compiler stays a pure function of (cluster, node).
 Reading `KubeProxyConfiguration` files belongs to the daemon; this module only validates values.
 Which of the node's addresses accept NodePorts is decided here too (`nodeport_ips_of`); reading
-the addresses of the node's interfaces belongs to the daemon (nftproxy.addresses).
+the addresses of the node's interfaces belongs to the daemon (nftproxy.interfaces).
 """
 
 from __future__ import annotations

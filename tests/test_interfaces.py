@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kernel import ip
 
-from nftproxy.addresses import InterfaceAddresses
+from nftproxy.interfaces import InterfaceAddresses
 
 pytestmark = pytest.mark.kernel
 
