@@ -343,11 +343,12 @@ def plan_state(backend, node: NodeConfig, svcs, slices) -> applying.Plan:
     )
 
 
-def test_every_kind_of_interval_reads_back_exactly_as_compiled(netns):
+def test_every_kind_of_interval_reads_back_exactly_as_compiled(make_netns):
     node = node_with(
-        nodeport=("192.168.0.2/32", "fd00:192::2/128", "10.0.0.0/24", "10.0.1.0/25"),
+        nodeport=("192.168.0.0/24", "fd00:192::/64"),
         cluster=("10.244.0.0/16", "10.244.1.0/24", "0.0.0.0/0", "::ffff:0:0/96", "fd00::/64"),
     )
+    cidrs = node_with(cluster=("192.168.0.2/32", "fd00:192::2/128", "10.0.0.0/24", "10.0.1.0/25"))
     svcs = [
         lb_service("a", "198.51.100.1", "203.0.113.7/32", "2001:db8::7/128", v6="1"),
         lb_service("b", "198.51.100.2", "10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8"),
@@ -355,15 +356,21 @@ def test_every_kind_of_interval_reads_back_exactly_as_compiled(netns):
         lb_service("d", "198.51.100.4", "0.0.0.0/0", "::ffff:0:0/96", "::102:304/128", v6="4"),
         lb_service("e", "198.51.100.5", "2001:db8::/32"),  # no IPv4 range: all IPv4 dropped
     ]
-    backend = open_backend(netns)
-    apply_state(backend, node, svcs, [])
+    backend = open_backend(make_netns())
+    apply_state(backend, cidrs, [], [])
     kernel = applying.read_applied(backend)
-    assert kernel == AppliedState.of(build(svcs, [], node=node))
-    assert set(kernel.elements["g1-nodeport-addresses4"]) == {
+    assert kernel == AppliedState.of(build([], [], node=cidrs))
+    assert set(kernel.elements["g1-cluster-cidrs4"]) == {
         ("192.168.0.2",),
         ("10.0.0.0/24",),
         ("10.0.1.0/25",),
     }
+    backend = open_backend(make_netns())
+    apply_state(backend, node, svcs, [])
+    kernel = applying.read_applied(backend)
+    assert kernel == AppliedState.of(build(svcs, [], node=node))
+    assert set(kernel.elements["g1-nodeport-ips4"]) == {("192.168.0.1",)}
+    assert set(kernel.elements["g1-nodeport-ips6"]) == {("fd00:192::1",)}
     assert set(kernel.elements["g1-cluster-cidrs6"]) == {("::ffff:0.0.0.0/96",), ("fd00::/64",)}
     allow4 = kernel.elements["g1-firewall-allow4"]
     assert ("198.51.100.1", "tcp", 80, "203.0.113.7") in allow4
@@ -374,15 +381,15 @@ def test_every_kind_of_interval_reads_back_exactly_as_compiled(netns):
 
 def test_a_host_prefix_survives_any_number_of_applies(netns):
     """The reported bug: a /32 listed back as the bare address looked like a change, and the
-    second apply deleted it (no NodePort served, all load-balancer traffic dropped)."""
-    node = node_with(nodeport=("192.168.0.2/32", "fd00:192::2/128"))
+    second apply deleted it (all load-balancer traffic dropped)."""
+    node = node_with(cluster=("192.168.0.2/32", "fd00:192::2/128"))
     svcs = [lb_service("web", "198.51.100.10", "203.0.113.7/32", node_port=30080)]
     slices = [endpoints("web", [ep("10.244.1.1")])]
     backend = open_backend(netns)
     for _ in range(3):
         apply_state(backend, node, svcs, slices)
         assert plan_state(backend, node, svcs, slices).mode == "noop"
-    listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-nodeport-addresses4")
+    listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-cluster-cidrs4")
     assert "elements = { 192.168.0.2 }" in listed
     listed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
     assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in listed
@@ -394,16 +401,16 @@ def test_a_host_prefix_survives_any_number_of_applies(netns):
         [("192.168.0.2/32",), ("192.168.0.0/23",), ("192.168.0.2/32",), ("0.0.0.0/0",)],
         [("10.0.0.0/8",), ("10.0.0.0/16",), ("10.0.0.0/8",), ("10.1.0.0/16", "10.2.0.0/16")],
     ],
-    ids=["node-port-addresses", "source-ranges"],
+    ids=["cluster-cidrs", "source-ranges"],
 )
 def test_an_interval_replaced_by_an_overlapping_one_is_swapped_in_one_transaction(netns, history):
-    nodeport = history[0][0].startswith("192.168")
+    node_cidrs = history[0][0].startswith("192.168")
     slices = [endpoints("web", [ep("10.244.1.1")])]
     backend = open_backend(netns)
 
     def state(cidrs):
-        if nodeport:
-            return node_with(nodeport=cidrs), [lb_service("web", "198.51.100.10", node_port=30080)]
+        if node_cidrs:
+            return node_with(cluster=cidrs), [lb_service("web", "198.51.100.10", node_port=30080)]
         return node_with(), [lb_service("web", "198.51.100.10", *cidrs, node_port=30080)]
 
     apply_state(backend, *state(history[0]), slices)

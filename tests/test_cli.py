@@ -111,10 +111,23 @@ def test_bad_node_options_name_the_option(args):
     assert args[0].lstrip("-") in out.stderr
 
 
+def test_nodeport_addresses_that_select_no_node_ip_are_a_warning_naming_both_options():
+    out = nftproxy("compile", CLUSTER, *NODE, "--nodeport-addresses", "172.16.0.0/24")
+    assert out.returncode == 0, out.stderr
+    assert (
+        "warning: --nodeport-addresses 172.16.0.0/24: this node has no IPv4 address" in out.stderr
+    )
+    assert "(--node-ip 192.168.0.1): no NodePort is served over IPv4" in out.stderr
+    served = nftproxy("compile", CLUSTER, *NODE, "--nodeport-addresses", "192.168.0.0/16")
+    assert served.returncode == 0 and "warning" not in served.stderr, served.stderr
+    assert "add element inet nftproxy g1-nodeport-ips4 { 192.168.0.1 }" in served.stdout
+
+
 def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp_path):
     """The reported bug: the kernel lists 192.168.0.2/32 back as 192.168.0.2, so `plan`
-    re-added one and deleted the other, and a second `apply` emptied the set: every
-    NodePort (or, for a source range, all load-balancer traffic) refused."""
+    re-added one and deleted the other, and a second `apply` emptied the set: all
+    ClusterIP traffic from there seen as outside (or, for a source range, all load-balancer
+    traffic) refused."""
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(
         Path(CLUSTER)
@@ -124,15 +137,15 @@ def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp
             "    type: LoadBalancer\n    loadBalancerSourceRanges: [203.0.113.7/32]\n",
         )
     )
-    args = [str(cluster), *NODE, "--nodeport-addresses", "192.168.0.2/32", "--netns", netns]
+    args = [str(cluster), *NODE, "--cluster-cidr", "192.168.0.2/32", "--netns", netns]
     for _ in range(2):
         applied = nftproxy("apply", *args)
         assert applied.returncode == 0, applied.stderr
     plan = nftproxy("plan", *args)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("# noop")
-    addresses = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-nodeport-addresses4")
-    assert "elements = { 192.168.0.2 }" in addresses
+    addresses = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-cluster-cidrs4")
+    assert "192.168.0.2" in addresses and "10.244.0.0/16" in addresses
     allowed = nft_in(netns, "list", "set", "inet", "nftproxy", "g1-firewall-allow4")
     assert "198.51.100.10 . tcp . 80 . 203.0.113.7" in allowed
     assert "198.51.100.10 . tcp . 443 . 203.0.113.7" in allowed

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from daemon import FEATURES, FEATURES_NODE, run_args
-from kernel import nft_in
+from kernel import nft_in, require_kernel
 from samples import dns, frontends, two_files, web
 
+from nftproxy.lab import Lab, default_topology
 from nftproxy.nft import open_backend
 
 pytestmark = pytest.mark.kernel
@@ -204,3 +205,52 @@ def test_service_cidr_objects_and_the_flag_are_followed_without_a_rebuild(
     daemon.wait_until(lambda: "10.96.0.0/16" not in service_cidrs(netns), "the range to go")
     assert "10.200.0.0/24" in service_cidrs(netns)
     assert generations(netns) == {1}
+
+
+def test_node_ports_follow_an_address_added_to_the_nodes_namespace(tmp_path, start_daemon):
+    """With --nodeport-addresses the daemon serves NodePorts on the addresses its namespace
+    has in them: one added while it runs answers once it noticed (rtnetlink), by a change of
+    that one element, and stops being served when it goes."""
+    require_kernel()
+    with Lab.create(default_topology(nodes=1, pods_per_node=1)) as lab:
+        lab.start_echo_all(tcp=(8080,), udp=())
+        (pod,) = lab.topology.pods
+        node = lab.topology.nodes[0]
+        ns = lab.ns(node)
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        (manifests / "web.yaml").write_text(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n"
+            "spec: {type: NodePort, clusterIP: 10.96.0.10, "
+            "ports: [{name: http, port: 80, nodePort: 30080}]}\n---\n"
+            + web(pod.ip4).split("---\n", 1)[1].replace("namespace: shop", "namespace: default")
+        )
+        added = "192.168.77.50"  # on the node's link, not yet the node's
+        daemon = start_daemon(
+            *run_args(
+                ns,
+                [manifests],
+                "--nodeport-addresses",
+                f"{added}/32",
+                node=["--node-name", node.name, "--cluster-cidr", "10.244.0.0/16"],
+            )
+        )
+        daemon.wait_for(r"full sync: generation")
+
+        def answers() -> bool:
+            result = lab.connect("ext", added, 30080, timeout=0.5, in_process=True)
+            return result.endpoints() == {pod.name: 1}
+
+        lab.exec(node, ["ip", "addr", "add", f"{added}/24", "dev", "eth0"])
+        daemon.wait_until(answers, f"a NodePort on {added}")
+        log = daemon.log
+        assert f"--nodeport-addresses {added}/32: this node has no IPv4 address there" in log
+        assert f"NodePorts are served on this node's addresses: {added}" in log
+        assert f"{added}" in nft_in(ns, "list", "set", "inet", "nftproxy", "g1-nodeport-ips4")
+        # One element changed: no second full sync, no new generation.
+        assert daemon.log.count("full sync") == 1 and generations(ns) == {1}
+        lab.exec(node, ["ip", "addr", "del", f"{added}/24", "dev", "eth0"])
+        daemon.wait_until(
+            lambda: added not in nft_in(ns, "list", "set", "inet", "nftproxy", "g1-nodeport-ips4"),
+            f"{added} no longer served",
+        )

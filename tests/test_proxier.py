@@ -43,6 +43,25 @@ def test_a_slice_update_becomes_a_small_partial_sync_equal_to_a_fresh_build(netn
     assert proxier.stats.partial_syncs == 1 and proxier.stats.full_syncs == 1
 
 
+def test_new_node_addresses_sync_only_the_node_port_addresses(netns):
+    node = dataclasses.replace(NODE, nodeport_addresses=("192.168.0.0/16",))
+    backend = open_backend(netns)
+    proxier = Proxier(backend, node)
+    slices = slices_of("10.244.1.1")
+    proxier.replace_all({WEB.id: WEB}, slices)
+    assert proxier.sync().mode == "generation"
+    proxier.update_node(interface_ips=("127.0.0.1", "192.168.0.1", "192.168.5.5", "10.0.0.1"))
+    second = proxier.sync()
+    assert (second.mode, second.changes) == ("incremental", 1)
+    expected = build([WEB], slices.values(), node=proxier.node, names=Names("g1-"))
+    assert applying.read_applied(backend) == AppliedState.of(expected)
+    assert set(expected.elements["g1-nodeport-ips4"]) == {("192.168.0.1",), ("192.168.5.5",)}
+    # The zone changes what Services compile to: everything again.
+    proxier.update_node(zone="zone-9")
+    assert proxier.sync().mode != "incremental"
+    assert proxier.stats.full_syncs == 2 and proxier.stats.partial_syncs == 1
+
+
 def test_source_ranges_changed_to_overlapping_ones_sync_incrementally_and_verify(netns):
     """Partial syncs diff against the desired state's own record, never the kernel's
     listing: an overlapping replacement must still go in one commit the kernel accepts,

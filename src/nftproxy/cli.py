@@ -50,7 +50,12 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node-name", "--hostname-override", default="", help="this node's name")
     g.add_argument("--zone", default="", help="this node's topology zone (for hints)")
     g.add_argument(
-        "--node-ip", action="append", default=[], help="this node's address(es), repeatable"
+        "--node-ip",
+        action="append",
+        default=[],
+        help="this node's address(es), repeatable; compile, plan, apply and explain take "
+        "them as its own addresses (for --nodeport-addresses), `run` adds them to those of "
+        "its network namespace's interfaces",
     )
     g.add_argument(
         "--cluster-cidr",
@@ -62,7 +67,9 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         "--nodeport-addresses",
         action="append",
         default=[],
-        help="CIDRs of local addresses that accept NodePorts (default: all local addresses)",
+        help="CIDRs (or 'primary': the node's first IP of each family) selecting which of "
+        "this node's own addresses accept NodePorts; never loopback, never an address "
+        "routed through the node (default: every local address)",
     )
     g.add_argument(
         "--service-cidr",
@@ -104,6 +111,15 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
         masquerade_bit=14 if bit is None else bit,
         service_proxy_name=args.service_proxy_name,
     )
+
+
+def _offline_node(args: argparse.Namespace) -> NodeConfig:
+    """The node of compile, plan, apply and explain: its own addresses are the --node-ip
+    ones, so say when --nodeport-addresses selects none of them."""
+    node = _node(args)
+    for warning in node.nodeport_warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return node
 
 
 def _size(text: str) -> int:
@@ -176,11 +192,15 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     return manifests
 
 
+def service_cidr_union(flagged: Sequence[str], objects: Sequence[str]) -> tuple[str, ...]:
+    """The ranges of --service-cidr and of ServiceCIDR objects, together and collapsed."""
+    return parse_networks("ServiceCIDR", [*flagged, *objects])
+
+
 def with_service_cidrs(
     node: NodeConfig, flagged: Sequence[str], objects: Sequence[str]
 ) -> NodeConfig:
-    """The node with the ranges of --service-cidr and of ServiceCIDR objects, together."""
-    cidrs = parse_networks("ServiceCIDR", [*flagged, *objects])
+    cidrs = service_cidr_union(flagged, objects)
     return node if cidrs == node.service_cidrs else dataclasses.replace(node, service_cidrs=cidrs)
 
 
@@ -213,7 +233,7 @@ def _status(manifests: Manifests) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     plan = applying.generation_plan(
@@ -226,7 +246,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     backend = open_backend(args.netns, prefer=args.backend)
@@ -325,6 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cleaner = conntrack.ConntrackCleaner(args.netns)
     proxier.clear_stale_udp = cleaner.clear_stale
+    interfaces = _follow_addresses(args.netns, proxier, stop, log)
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     threading.Thread(
@@ -344,7 +365,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             def load_all() -> None:
                 proxier.set_keep(source.incomplete)
-                proxier.set_node(with_service_cidrs(proxier.node, flagged, source.service_cidrs()))
+                ranges = service_cidr_union(flagged, source.service_cidrs())
+                if ranges != proxier.node.service_cidrs:
+                    proxier.update_node(service_cidrs=ranges)
                 proxier.replace_all(*source.merged())
 
             source.scan()
@@ -375,9 +398,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.join(timeout=30)
         check_servers.close()
         cleaner.close()
+        if interfaces is not None:
+            interfaces.close()
         for server in servers:
             server.close()
     return EXIT_OK
+
+
+def _follow_addresses(
+    netns: str | None, proxier: Proxier, stop: threading.Event, log: logging.Logger
+) -> Any:
+    """With --nodeport-addresses, NodePorts are served on the node's own addresses in
+    them: those of the interfaces of the namespace it programs, read now, again when the
+    kernel says they changed (in a thread of its own) and before each full sync or
+    periodic comparison, plus the configured node IPs."""
+    from nftproxy import interfaces as node_interfaces
+
+    if not proxier.node.nodeport_addresses:
+        return None  # every local address: `fib daddr type local` needs no list
+    interfaces = node_interfaces.InterfaceAddresses(netns)
+    configured = proxier.node.node_ips
+    lock = threading.Lock()
+    served: list[tuple[str, ...]] = []
+
+    def refresh() -> None:
+        with lock:  # the watching thread and the sync loop's
+            found = {ipaddress.ip_address(a) for a in (*interfaces.read(), *configured)}
+            ips = tuple(str(a) for a in sorted(found, key=lambda a: (a.version, a.packed)))
+            if ips == proxier.node.interface_ips:
+                return
+            proxier.update_node(interface_ips=ips)
+            node = proxier.node
+            now = [node.nodeport_ips_of(f) for f in node.families]
+            if now != served:
+                served[:] = now
+                listed = ", ".join(a for each in now for a in each) or "none"
+                log.info("NodePorts are served on this node's addresses: %s", listed)
+                for warning in node.nodeport_warnings():
+                    log.warning("%s", warning)
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                if interfaces.wait(0.5):
+                    refresh()
+            except OSError as exc:
+                if stop.is_set():
+                    return
+                log.warning("following the node's addresses: %s; read at each full sync", exc)
+                return
+
+    refresh()
+    proxier.refresh_node = refresh
+    threading.Thread(target=watch, name="addresses", daemon=True).start()
+    return interfaces
 
 
 def _choose(flag: str | None, config: str | None, default: str) -> str:
@@ -400,8 +474,6 @@ def _kube_watcher(
         config = client.in_cluster()
     node = proxier.node
     flags_zone, flags_ips = args.zone, bool(args.node_ip)
-    # Both callbacks change the proxier's node facts, from their reflectors' threads.
-    changing = threading.Lock()
 
     def on_node(info: reflector.NodeInfo | None) -> None:
         # The Node's zone label and addresses fill in what flags did not say.
@@ -409,18 +481,15 @@ def _kube_watcher(
             return
         ips = node.node_ips if flags_ips else (*info.internal_ips, *info.external_ips)
         zone = flags_zone or info.zone or ""
-        with changing:
-            if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
-                log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
-                new = dataclasses.replace(proxier.node, zone=zone, node_ips=tuple(ips))
-                proxier.set_node(new)
+        if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
+            log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
+            proxier.update_node(zone=zone, node_ips=tuple(ips))
 
     def on_service_cidrs(cidrs: tuple[str, ...]) -> None:
-        with changing:
-            new = with_service_cidrs(proxier.node, node.service_cidrs, cidrs)
-            if new != proxier.node:
-                log.info("service CIDRs: %s", ", ".join(new.service_cidrs) or "none")
-                proxier.set_node(new)
+        ranges = service_cidr_union(node.service_cidrs, cidrs)
+        if ranges != proxier.node.service_cidrs:
+            log.info("service CIDRs: %s", ", ".join(ranges) or "none")
+            proxier.update_node(service_cidrs=ranges)
 
     return reflector.KubeWatcher(
         client.Client(config),
@@ -487,7 +556,7 @@ def _default_source(args: argparse.Namespace, node: NodeConfig, dst: str) -> str
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    node = _node(args)
+    node = _offline_node(args)
     manifests = _load(args, node)
     node = with_service_cidrs(node, node.service_cidrs, _cidrs_of(manifests))
     dst, port, proto = _parse_target(args.to)

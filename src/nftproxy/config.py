@@ -2,12 +2,15 @@
 
 Kept apart from the API objects so the compiler stays a pure function of (cluster, node).
 Reading `KubeProxyConfiguration` files belongs to the daemon; this module only validates values.
+Which of the node's addresses accept NodePorts is decided here too (`nodeport_ips_of`); reading
+the addresses of the node's interfaces belongs to the daemon (nftproxy.interfaces).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -15,6 +18,9 @@ from nftproxy import addresses
 from nftproxy.model import Family
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# kube-proxy's special --nodeport-addresses value: the node's primary address of each family.
+PRIMARY = "primary"
 
 
 class ConfigError(ValueError):
@@ -49,6 +55,59 @@ def parse_networks(option: str, values: Iterable[str]) -> tuple[str, ...]:
     return tuple(str(n) for n in [*v4, *v6])
 
 
+def parse_nodeport_addresses(option: str, values: Iterable[str]) -> tuple[str, ...]:
+    """CIDRs, or `primary` on its own (as kube-proxy accepts it)."""
+    parts = [p.strip() for raw in values for p in raw.split(",") if p.strip()]
+    if PRIMARY in parts:
+        if len(parts) > 1:
+            raise ConfigError(f"{option}: {PRIMARY!r} cannot be combined with CIDRs")
+        return (PRIMARY,)
+    return parse_networks(option, parts)
+
+
+# Bounded: the daemon's interface addresses change over its life (each change is a key).
+@functools.lru_cache(maxsize=64)
+def _nodeport_networks(
+    addresses: tuple[str, ...], node_ips: tuple[str, ...], family: Family
+) -> tuple[IPNetwork, ...] | None:
+    """The networks that select this family's NodePort addresses; None when every local
+    address accepts them: no CIDR of this family was given, or one holding all (kube-proxy
+    then matches all addresses of that family too)."""
+    if addresses == (PRIMARY,):
+        first = next((a for a in node_ips if ipaddress.ip_address(a).version == family), None)
+        # A loopback node IP is no primary address (kube-proxy falls back to it when the
+        # node has none).
+        if first is None or ipaddress.ip_address(first).is_loopback:
+            nets: tuple[IPNetwork, ...] = ()
+        else:
+            nets = (ipaddress.ip_network(first),)
+    else:
+        nets = tuple(n for n in map(ipaddress.ip_network, addresses) if _family(n) == family)
+    if not nets or any(n.prefixlen == 0 for n in nets):
+        return None
+    return nets
+
+
+@functools.lru_cache(maxsize=64)
+def _nodeport_ips(
+    addresses: tuple[str, ...],
+    node_ips: tuple[str, ...],
+    candidates: tuple[str, ...],
+    family: Family,
+) -> tuple[str, ...]:
+    nets = _nodeport_networks(addresses, node_ips, family) or ()
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in candidates:
+        addr = ipaddress.ip_address(text)
+        # Never loopback: a packet DNATed from 127.0.0.1 is dropped as martian on its way
+        # to the pod, so kube-proxy's nftables mode does not serve NodePorts there either.
+        if addr.version == family and not addr.is_loopback and any(addr in n for n in nets):
+            found.add(addr)
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    # Spelled as nft lists them (inet_ntop), so that a comparison finds no difference.
+    return tuple(socket.inet_ntop(af, a.packed) for a in sorted(found))
+
+
 def parse_addresses(option: str, values: Iterable[str]) -> tuple[str, ...]:
     """Canonical addresses, in order and once each; leading zeros accepted as above."""
     out: list[str] = []
@@ -73,8 +132,13 @@ class NodeConfig:
     node_ips: tuple[str, ...] = ()
     # Pod network(s); traffic to ClusterIPs from outside them is masqueraded.
     cluster_cidrs: tuple[str, ...] = ()
-    # CIDRs whose local addresses accept NodePorts; empty means every local address.
+    # CIDRs that select which of this node's addresses accept NodePorts, or ("primary",):
+    # its first node IP of each family. A family without any accepts them on every local
+    # address (see nodeport_ips_of).
     nodeport_addresses: tuple[str, ...] = ()
+    # The addresses of this node's interfaces, as the daemon reads them (with --node-ip's);
+    # None: not known, the node IPs stand for them (compile, plan, apply, explain).
+    interface_ips: tuple[str, ...] | None = None
     # Service ClusterIP ranges (flags and ServiceCIDR objects): an address in them that no
     # Service holds is dropped, as kube-proxy does.
     service_cidrs: tuple[str, ...] = ()
@@ -94,8 +158,40 @@ class NodeConfig:
     def cluster_cidrs_of(self, family: Family) -> tuple[str, ...]:
         return _of_family(self.cluster_cidrs, family)
 
-    def nodeport_cidrs_of(self, family: Family) -> tuple[str, ...]:
-        return _of_family(self.nodeport_addresses, family)
+    def nodeport_match_all(self, family: Family) -> bool:
+        """Whether every local address of this family accepts NodePorts (but loopback)."""
+        return _nodeport_networks(self.nodeport_addresses, self.node_ips, family) is None
+
+    def nodeport_ips_of(self, family: Family) -> tuple[str, ...]:
+        """This node's own addresses of this family that accept NodePorts, when not every
+        local one does: those in the nodeport addresses' CIDRs, never loopback. An address
+        only routed through the node is never one, whatever CIDR holds it."""
+        if self.nodeport_match_all(family):
+            return ()
+        candidates = self.node_ips if self.interface_ips is None else self.interface_ips
+        return _nodeport_ips(self.nodeport_addresses, self.node_ips, candidates, family)
+
+    def nodeport_warnings(self) -> list[str]:
+        """One line per family in which nodeport addresses are given but none of the node's
+        addresses is among them: no NodePort would be served there."""
+        out = []
+        for f in self.families:
+            if self.nodeport_match_all(f) or self.nodeport_ips_of(f):
+                continue
+            given = ", ".join(self.nodeport_addresses)
+            if self.interface_ips is None:
+                known = [a for a in self.node_ips if ipaddress.ip_address(a).version == f]
+                have = f"--node-ip {', '.join(known)}" if known else "no --node-ip"
+                hint = "; give the node's addresses with --node-ip"
+            else:
+                known = [a for a in self.interface_ips if ipaddress.ip_address(a).version == f]
+                have = f"its addresses {', '.join(known)}" if known else "no address"
+                hint = ""
+            out.append(
+                f"--nodeport-addresses {given}: this node has no IPv{f} address there "
+                f"({have}): no NodePort is served over IPv{f}{hint}"
+            )
+        return out
 
     def service_cidrs_of(self, family: Family) -> tuple[str, ...]:
         return _of_family(self.service_cidrs, family)
@@ -119,7 +215,7 @@ def node_config(
         zone=zone,
         node_ips=parse_addresses("node-ip", node_ips),
         cluster_cidrs=parse_networks("cluster-cidr", cluster_cidrs),
-        nodeport_addresses=parse_networks("nodeport-addresses", nodeport_addresses),
+        nodeport_addresses=parse_nodeport_addresses("nodeport-addresses", nodeport_addresses),
         service_cidrs=parse_networks("service-cidr", service_cidrs),
         masquerade_all=masquerade_all,
         masquerade_bit=masquerade_bit,

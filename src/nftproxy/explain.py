@@ -174,7 +174,9 @@ class _Evaluator:
         self.rs = ruleset
         self.node = node
         self.pkt = pkt
-        self.local = {str(ipaddress.ip_address(a)) for a in node.node_ips}
+        # `fib daddr type local`: the node's addresses, as far as its config knows them.
+        known = (*node.node_ips, *(node.interface_ips or ()))
+        self.local = {str(ipaddress.ip_address(a)) for a in known}
 
     # --- packet fields ------------------------------------------------------------------
 

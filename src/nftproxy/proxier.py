@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from nftproxy import applying, verifying
@@ -186,6 +186,11 @@ class Proxier:
         self._retry_at = float("-inf")
         # Set by the daemon to remove conntrack entries of UDP endpoints that went away.
         self.clear_stale_udp: Callable[[list[Stale]], object] | None = None
+        # Set by the daemon to read the node's addresses again (it calls update_node when
+        # they changed); the loop calls it before each full sync and periodic comparison.
+        self.refresh_node: Callable[[], object] | None = None
+        # The desired state took new node addresses in place (see set_node): sync them.
+        self._node_changed = False
 
     # --- inputs (any thread) --------------------------------------------------------------
 
@@ -236,13 +241,29 @@ class Proxier:
         self._queued(0, changed)
 
     def set_node(self, node: NodeConfig) -> None:
-        """New node facts (zone, addresses): everything is recompiled in a full sync."""
+        """New node facts. When only its addresses changed, and with them at most which
+        ones accept NodePorts, the next sync changes just those elements; anything else
+        (zone, options) recompiles everything in a full sync."""
         with self._lock:
-            if node == self.node:
-                return
-            self.node = node
-            self._need_full = True
+            self._set_node(node)
         self._queued(0, 0, force=True)
+
+    def update_node(self, **changes: Any) -> None:
+        """`set_node` with these fields of the current node changed (one read-modify-write:
+        the Node object and the interface addresses are followed by different threads)."""
+        with self._lock:
+            self._set_node(replace(self.node, **changes))
+        self._queued(0, 0, force=True)
+
+    def _set_node(self, node: NodeConfig) -> None:
+        if node == self.node:
+            return
+        self.node = node
+        desired = self._desired
+        if desired is not None and not self._need_full and desired.set_node(node):
+            self._node_changed = True
+        else:
+            self._need_full = True
 
     def set_keep(self, keep: bool) -> None:
         """Whether the inputs are known to be incomplete (a manifest that does not parse):
@@ -345,6 +366,7 @@ class Proxier:
         start = time.perf_counter()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+            self._node_changed = False
             # When most Services changed (a first list, a re-list after a long outage) one
             # generation build is cheaper than recompiling each into the old state.
             need_full = (
@@ -836,7 +858,7 @@ class Proxier:
             # it again, so the wait below cannot sleep through it.
             self._wake.clear()
             now = self.clock()
-            due = self._need_full or bool(self._dirty)
+            due = self._need_full or bool(self._dirty) or self._node_changed
             if due:
                 # Wait out the backoff after a failure, or the sync rate limit; inputs
                 # arriving meanwhile are batched into the sync that follows.
@@ -845,6 +867,8 @@ class Proxier:
                     stop.wait(min(ready_at - now, tick))
                     continue
                 self.limiter.take(now)
+                if self._need_full:
+                    self._refresh_node()
                 # sync() logged the failure and scheduled the retry with backoff.
                 with contextlib.suppress(*SYNC_ERRORS):
                     self.sync()
@@ -862,6 +886,8 @@ class Proxier:
         periodic = self.verify_period > 0 and since >= self.verify_period
         if since < self._repair_gap or not (periodic or self.kernel_changed_by_others()):
             return
+        if periodic:
+            self._refresh_node()
         started = time.perf_counter()
         try:
             self.repair(everything=periodic)
@@ -869,6 +895,16 @@ class Proxier:
             log.error("repairing the table failed: %s; full resync", exc)
             self.request_full_sync()
         self._repair_gap = max(0.5, 2 * (time.perf_counter() - started))
+
+    def _refresh_node(self) -> None:
+        """Have the daemon read the node's addresses again (no notification is lost for
+        long: a full sync or a periodic comparison reads them anyway)."""
+        refresh = self.refresh_node
+        if refresh is not None:
+            try:
+                refresh()
+            except OSError as exc:
+                log.warning("could not read the node's addresses: %s", exc)
 
 
 def _trim_malloc() -> None:

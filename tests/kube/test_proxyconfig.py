@@ -196,6 +196,11 @@ def test_flags_win_over_the_file() -> None:
 HEAD = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 
 
+def test_node_port_addresses_primary_is_kept_for_the_node_to_resolve() -> None:
+    opts = parse(HEAD + "nodePortAddresses: [primary]\n")
+    assert opts.nodeport_addresses == ("primary",) and opts.warnings == ()
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -216,7 +221,10 @@ HEAD = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfigurati
             "nodePortAddresses: 10.0.0.0/8\n",
             "nodePortAddresses: expected a list of strings, got a string",
         ),
-        ("nodePortAddresses: [primary]\n", "nodePortAddresses: 'primary' is not supported"),
+        (
+            "nodePortAddresses: [primary, 10.0.0.0/8]\n",
+            "nodePortAddresses: 'primary' cannot be combined with CIDRs",
+        ),
         ("nodePortAddresses: [10.0.0.300/8]\n", "nodePortAddresses: '10.0.0.300/8' is not a CIDR"),
         ("clusterCIDR: 10.244.0.0/33\n", "clusterCIDR: '10.244.0.0/33' is not a CIDR"),
         ("healthzBindAddress: nowhere:1\n", "healthzBindAddress: 'nowhere' is not an IP address"),

@@ -4,13 +4,15 @@ Services, and the change scope an incremental diff reads. Checked against a fake
 
 from __future__ import annotations
 
-from builders import NODE, OUTSIDE, build, endpoints, ep, reached, send, service
+import dataclasses
+
+from builders import NODE, OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 from nftproxy.applying import generation_plan
 from nftproxy.model import EndpointSlice, Service
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import Blocks, DesiredState
-from nftproxy.ruleset.diff import AppliedState, diff
+from nftproxy.ruleset.diff import AddElements, AppliedState, DeleteElements, diff
 from nftproxy.ruleset.memory import MemoryTable
 
 LB = "198.51.100.1"
@@ -172,3 +174,48 @@ def test_a_winner_without_source_ranges_is_not_filtered_by_the_losers_firewall()
     assert send(state.desired.ruleset, LB, src=OUTSIDE).outcomes() == {"drop": 1}
     state.apply([lb("b", 2, "203.0.113.0/24")], slices[1:])
     assert reached(send(state.desired.ruleset, LB, src=OUTSIDE)) == {"10.244.2.2:8080": 1}
+
+
+def test_new_node_addresses_change_only_the_node_port_addresses_in_place():
+    node = dataclasses.replace(NODE, nodeport_addresses=("192.168.0.0/16",))
+    svc = service(ports=[port(80, node_port=30080)])
+    slices = [endpoints("web", [ep("10.244.1.1")])]
+    names = Names()
+    desired = DesiredState(node, names)
+    for sid, frag in compile_all({svc.id: svc}, slices, node, names).items():
+        desired.set_service(sid, frag)
+    before = AppliedState.of(desired.ruleset)
+    desired.take_changes()
+    moved = dataclasses.replace(node, interface_ips=("192.168.0.1", "192.168.9.9", "10.0.0.1"))
+    assert desired.set_node(moved)
+    tx = diff(desired.ruleset, before, desired.take_changes())
+    assert [(type(op), op.set) for op in tx.ops] == [(AddElements, "g1-nodeport-ips4")]
+    fresh = DesiredState(moved, names)
+    for sid, frag in compile_all({svc.id: svc}, slices, moved, names).items():
+        fresh.set_service(sid, frag)
+    assert AppliedState.of(desired.ruleset) == AppliedState.of(fresh.ruleset)
+    assert desired.digest == fresh.digest
+    gone = dataclasses.replace(moved, interface_ips=("192.168.9.9",))
+    assert desired.set_node(gone)
+    tx = diff(desired.ruleset, AppliedState.of(fresh.ruleset), desired.take_changes())
+    assert [(type(op), op.set) for op in tx.ops] == [(DeleteElements, "g1-nodeport-ips4")]
+    # Anything else compiles Services or the skeleton differently: not in place.
+    assert not desired.set_node(dataclasses.replace(gone, zone="zone-9"))
+    assert not desired.set_node(dataclasses.replace(gone, nodeport_addresses=()))
+
+
+def test_service_cidrs_change_in_place_but_node_ips_recompile_the_services():
+    svc = service(load_balancer_ips=(LB,), load_balancer_source_ranges=("192.168.0.0/24",))
+    slices = [endpoints("web", [ep("10.244.1.1")])]
+    names = Names()
+    desired = DesiredState(NODE, names)
+    for sid, frag in compile_all({svc.id: svc}, slices, NODE, names).items():
+        desired.set_service(sid, frag)
+    before = AppliedState.of(desired.ruleset)
+    desired.take_changes()
+    ranged = dataclasses.replace(NODE, service_cidrs=("10.96.0.0/16",))
+    assert desired.set_node(ranged)
+    tx = diff(desired.ruleset, before, desired.take_changes())
+    assert [(type(op), op.set) for op in tx.ops] == [(AddElements, "g1-service-cidrs4")]
+    # The node IPs decide whether the load-balancer IPs are sources of its firewall.
+    assert not desired.set_node(dataclasses.replace(ranged, node_ips=("10.1.1.1",)))

@@ -87,6 +87,10 @@ def nodeport_node(*cidrs: str) -> NodeConfig:
     return NodeConfig(node_name="node-a", node_ips=("192.168.0.2",), nodeport_addresses=cidrs)
 
 
+def cluster_node(*cidrs: str) -> NodeConfig:
+    return NodeConfig(node_name="node-a", node_ips=("192.168.0.2",), cluster_cidrs=cidrs)
+
+
 def lb_service(*ranges: str, name: str = "web"):
     return service(
         name,
@@ -100,8 +104,8 @@ WEB_SLICE = endpoints("web", [ep("10.244.1.1")])
 
 
 def test_a_host_prefix_is_written_as_the_kernel_lists_it():
-    rs = build([lb_service("203.0.113.7/32")], [WEB_SLICE], node=nodeport_node("192.168.0.2/32"))
-    assert set(rs.elements["g1-nodeport-addresses4"]) == {("192.168.0.2",)}
+    rs = build([lb_service("203.0.113.7/32")], [WEB_SLICE], node=cluster_node("192.168.0.2/32"))
+    assert set(rs.elements["g1-cluster-cidrs4"]) == {("192.168.0.2",)}
     assert set(rs.elements["g1-firewall-allow4"]) == {(LB, "tcp", 80, "203.0.113.7")}
 
 
@@ -127,17 +131,17 @@ def the_plan(before, after) -> list[Transaction]:
         (("192.168.0.2/32",), ("0.0.0.0/0",)),
     ],
 )
-def test_a_node_port_address_replaced_by_an_overlapping_one_is_swapped_in_one_transaction(old, new):
-    before = build([lb_service()], [WEB_SLICE], node=nodeport_node(*old))
-    after = build([lb_service()], [WEB_SLICE], node=nodeport_node(*new))
+def test_a_node_cidr_replaced_by_an_overlapping_one_is_swapped_in_one_transaction(old, new):
+    before = build([lb_service()], [WEB_SLICE], node=cluster_node(*old))
+    after = build([lb_service()], [WEB_SLICE], node=cluster_node(*new))
     (tx,) = the_plan(before, after)
     assert [type(op) for op in tx.ops] == [DeleteElements, AddElements]
     assert str(tx).index("delete element") < str(tx).index("add element")
 
 
 def test_two_adjacent_cidrs_and_the_prefix_they_make_are_the_same_table():
-    before = build([], [], node=nodeport_node("192.168.0.0/24", "192.168.1.0/24"))
-    after = build([], [], node=nodeport_node("192.168.0.0/23"))
+    before = build([], [], node=cluster_node("192.168.0.0/24", "192.168.1.0/24"))
+    after = build([], [], node=cluster_node("192.168.0.0/23"))
     assert the_plan(before, after) == []
 
 

@@ -88,6 +88,56 @@ def test_nodeport_addresses_limit_which_local_addresses_accept_node_ports():
     assert reached(send(rs, "192.168.0.1", 30080, src=OUTSIDE, node=node)) == {}
 
 
+def test_nodeport_addresses_are_the_nodes_own_not_hosts_routed_through_it_in_the_cidr():
+    """kube-proxy's nodeport-ips: the node's addresses within the CIDRs. A packet to another
+    host of the CIDR, forwarded by this node, must pass untouched."""
+    node = node_config(
+        node_name="node-a",
+        node_ips=["192.168.0.1", "fd00:192::1"],
+        cluster_cidrs=["10.244.0.0/16", "fd00:244::/64"],
+        nodeport_addresses=["192.168.0.0/24", "fd00:192::/64"],
+    )
+    svc = service(ports=[port(80, node_port=30080)], cluster_ips=("10.96.0.10", "fd00:96::10"))
+    slices = [
+        endpoints("web", [ep("10.244.1.1")]),
+        endpoints("web", [ep("fd00:244::1")], family=6),
+    ]
+    rs = build([svc], slices, node=node)
+    for own, other, pod in (
+        ("192.168.0.1", "192.168.0.7", "10.244.1.1"),
+        ("fd00:192::1", "fd00:192::7", "fd00:244::1"),
+    ):
+        outside = OUTSIDE if ":" not in own else "2001:db8::7"
+        assert reached(send(rs, own, 30080, src=outside, node=node)) == {f"{pod}:8080": 1}
+        routed = send(rs, other, 30080, src=outside, node=node)
+        assert routed.branches == [], routed
+        from_pod = send(rs, other, 30080, src=POD if ":" not in own else "fd00:244::50", node=node)
+        assert from_pod.branches == [], from_pod
+
+
+def test_nodeport_addresses_primary_selects_the_first_node_ip_of_each_family():
+    node = node_config(
+        node_name="node-a", node_ips=["192.168.0.1", "172.16.0.1"], nodeport_addresses=["primary"]
+    )
+    svc = service(ports=[port(80, node_port=30080)])
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])], node=node)
+    assert reached(send(rs, "192.168.0.1", 30080, src=OUTSIDE, node=node)) == {"10.244.1.1:8080": 1}
+    assert send(rs, "172.16.0.1", 30080, src=OUTSIDE, node=node).branches == []
+
+
+def test_nodeport_addresses_never_include_loopback():
+    node = node_config(
+        node_name="node-a",
+        node_ips=["192.168.0.1", "127.0.0.1"],
+        nodeport_addresses=["127.0.0.0/8", "192.168.0.0/24"],
+    )
+    svc = service(ports=[port(80, node_port=30080)])
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])], node=node)
+    assert send(rs, "127.0.0.1", 30080, src="127.0.0.1", from_node=True, node=node).branches == []
+    from_node = send(rs, "192.168.0.1", 30080, src="192.168.0.1", from_node=True, node=node)
+    assert reached(from_node) == {"10.244.1.1:8080": 1}
+
+
 def test_load_balancer_ingress_and_external_ips_reach_endpoints_masqueraded():
     svc = service(load_balancer_ips=("198.51.100.10",), external_ips=("198.51.100.20",))
     rs = build([svc], [endpoints("web", [ep("10.244.1.1")])])

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from nftproxy import addresses
-from nftproxy.config import ConfigError, parse_networks
+from nftproxy.config import ConfigError, parse_networks, parse_nodeport_addresses
 from nftproxy.health import BindAddressError, split_host_port
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
@@ -414,12 +414,8 @@ def from_dict(doc: object) -> ProxyOptions:
         except ConfigError as exc:
             raise ProxyConfigError(str(exc)) from None
     if v := r.get("nodePortAddresses"):
-        if "primary" in v:
-            raise ProxyConfigError(
-                "nodePortAddresses: 'primary' is not supported; list the node's CIDRs"
-            )
         try:
-            out["nodeport_addresses"] = parse_networks("nodePortAddresses", v)
+            out["nodeport_addresses"] = parse_nodeport_addresses("nodePortAddresses", v)
         except ConfigError as exc:
             raise ProxyConfigError(str(exc)) from None
 

@@ -277,8 +277,11 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
         sets.append(SetDef(names(f"service-cidrs{f}"), a, interval=True))
         if node.cluster_cidrs_of(f):
             sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
-        if node.nodeport_cidrs_of(f):
-            sets.append(SetDef(names(f"nodeport-addresses{f}"), a, interval=True))
+        if not node.nodeport_match_all(f):
+            # This node's own addresses that accept NodePorts (kube-proxy's nodeport-ips):
+            # addresses, never the CIDRs, or traffic routed through the node to another
+            # host in them would be taken for a NodePort.
+            sets.append(SetDef(names(f"nodeport-ips{f}"), a))
     sets.append(
         SetDef(
             names(RECORD),
@@ -297,8 +300,8 @@ def skeleton_elements(names: Names, node: NodeConfig) -> Fragment:
         # Interval sets: elements in the form the kernel lists them (see interval_atoms).
         for cidr in interval_atoms(node.cluster_cidrs_of(f)):
             frag.add(names(f"cluster-cidrs{f}"), (cidr,))
-        for cidr in interval_atoms(node.nodeport_cidrs_of(f)):
-            frag.add(names(f"nodeport-addresses{f}"), (cidr,))
+        for addr in node.nodeport_ips_of(f):
+            frag.add(names(f"nodeport-ips{f}"), (addr,))
         for cidr in interval_atoms(node.service_cidrs_of(f)):
             frag.add(names(f"service-cidrs{f}"), (cidr,))
     return frag
@@ -340,12 +343,9 @@ def _services_chain(names: Names, node: NodeConfig, f: Family) -> Chain:
         (Lookup(Key(("daddr",), f), names(f"cluster-ips{f}")), goto(names("reject"))),
         (Lookup(Key(("daddr",), f), names(f"service-cidrs{f}")), DROP),
     ]
-    if node.nodeport_cidrs_of(f):
+    if not node.nodeport_match_all(f):
         rules.append(
-            (
-                Lookup(Key(("daddr",), f), names(f"nodeport-addresses{f}")),
-                goto(names(f"nodeports{f}")),
-            )
+            (Lookup(Key(("daddr",), f), names(f"nodeport-ips{f}")), goto(names(f"nodeports{f}")))
         )
     else:
         # kube-proxy's nftables mode does not serve NodePorts on loopback either: a DNATed

@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import ItemsView, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nftproxy.config import NodeConfig
@@ -363,6 +363,28 @@ class DesiredState:
             ns, name = owners[0]
             out.append(f"{what} is claimed by several Services ({who}); {ns}/{name} wins")
         return out
+
+    def set_node(self, node: NodeConfig) -> bool:
+        """Take new node facts in place when they change nothing but the skeleton's
+        elements: the addresses of the node's interfaces (which select the NodePort
+        addresses) and the service CIDRs; no Service compiles differently for them. The
+        change log then holds those elements' change. False, and nothing changed, when
+        anything else differs: build a new state. (The node IPs are not among them: a
+        load-balancer firewall admits its own IPs when its ranges hold a node IP.)"""
+        same = replace(
+            node, interface_ips=self.node.interface_ips, service_cidrs=self.node.service_cidrs
+        )
+        if same != self.node:
+            return False
+        names = self.names
+        if skeleton_sets(names, node) != skeleton_sets(names, self.node) or skeleton_chains(
+            names, node
+        ) != skeleton_chains(names, self.node):
+            return False  # a set appears or goes (`primary` follows the node IPs)
+        self._remove(_SKELETON)
+        self.node = node
+        self._put(_SKELETON, skeleton_elements(names, node))
+        return True
 
     def set_service(self, sid: ServiceName, fragment: Fragment | None) -> None:
         owner = (sid.namespace, sid.name)
