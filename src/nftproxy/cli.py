@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nftproxy import addresses, applying, explain
-from nftproxy.config import ConfigError, NodeConfig, node_config, parse_networks
+from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import Proxier
@@ -69,7 +69,9 @@ def _node_options(p: argparse.ArgumentParser) -> None:
         default=[],
         help="CIDRs (or 'primary': the node's first IP of each family) selecting which of "
         "this node's own addresses accept NodePorts; never loopback, never an address "
-        "routed through the node (default: every local address)",
+        "routed through the node (default, as in kube-proxy's nftables mode: 'primary'; "
+        "every local address when the node's IPs are not known; '0.0.0.0/0,::/0': every "
+        "local address)",
     )
     g.add_argument(
         "--service-cidr",
@@ -105,7 +107,8 @@ def _node(args: argparse.Namespace, opts: ProxyOptions | None = None) -> NodeCon
         zone=args.zone,
         node_ips=args.node_ip or list(opts.node_ips or ()),
         cluster_cidrs=args.cluster_cidr or list(opts.cluster_cidrs or ()),
-        nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or ()),
+        # kube-proxy's nftables mode defaults to the node's primary IPs.
+        nodeport_addresses=args.nodeport_addresses or list(opts.nodeport_addresses or [PRIMARY]),
         service_cidrs=args.service_cidr or list(opts.service_cidrs or ()),
         masquerade_all=args.masquerade_all or bool(opts.masquerade_all),
         masquerade_bit=14 if bit is None else bit,
