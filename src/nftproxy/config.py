@@ -72,6 +72,8 @@ class NodeConfig:
     cluster_cidrs: tuple[str, ...] = ()
     # CIDRs whose local addresses accept NodePorts; empty means every local address.
     nodeport_addresses: tuple[str, ...] = ()
+    # The ranges Service cluster IPs are allocated from (--service-cidr, ServiceCIDR objects).
+    service_cidrs: tuple[str, ...] = ()
     masquerade_all: bool = False
     masquerade_bit: int = 14
     service_proxy_name: str | None = None
@@ -91,6 +93,9 @@ class NodeConfig:
     def nodeport_cidrs_of(self, family: Family) -> tuple[str, ...]:
         return _of_family(self.nodeport_addresses, family)
 
+    def service_cidrs_of(self, family: Family) -> tuple[str, ...]:
+        return _of_family(self.service_cidrs, family)
+
 
 def node_config(
     *,
@@ -99,6 +104,7 @@ def node_config(
     node_ips: Iterable[str] = (),
     cluster_cidrs: Iterable[str] = (),
     nodeport_addresses: Iterable[str] = (),
+    service_cidrs: Iterable[str] = (),
     masquerade_all: bool = False,
     masquerade_bit: int = 14,
     service_proxy_name: str | None = None,
@@ -110,6 +116,7 @@ def node_config(
         node_ips=parse_addresses("node-ip", node_ips),
         cluster_cidrs=parse_networks("cluster-cidr", cluster_cidrs),
         nodeport_addresses=parse_networks("nodeport-addresses", nodeport_addresses),
+        service_cidrs=parse_networks("service-cidr", service_cidrs),
         masquerade_all=masquerade_all,
         masquerade_bit=masquerade_bit,
         service_proxy_name=service_proxy_name,
