@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nftproxy.lab import Lab, LabError, Pod, Started, Topology, default_topology
+from nftproxy.lab import External, Lab, LabError, Node, Pod, Started, Topology, default_topology
 
 pytestmark = pytest.mark.kernel
 
@@ -244,3 +244,35 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
     while not gone(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(int(pid))
+
+
+def test_extra_addresses_the_router_and_ports_in_greetings() -> None:
+    require_root()
+    node = Node(
+        "n", 1, "192.168.0.10", "2001:db8::10", "10.0.0.0/8", "fd00:10::/32",
+        extra_ips=("192.168.0.2", "192.168.1.2", "2001:db8:1::2"),
+    )  # fmt: skip
+    topo = Topology(
+        nodes=(node,),
+        pods=(Pod("p", "n", "10.0.0.2", "fd00:10::2"),),
+        ext=External(ip4="192.168.0.100", ip6="2001:db8::100", extra_ips=("203.0.113.2",)),
+        link4="192.168.0.0/24",
+        link6="2001:db8::/64",
+        service_cidrs=("172.30.0.0/16",),
+        loadbalancer_cidrs=("1.2.3.4/32",),
+        ext_router=True,
+    )
+    with Lab.create(topo) as lab:
+        lab.start_echo("n", tcp=[8081], udp=[8081], show_port=True, max_seconds=60)
+        # The outside reaches the node's extra addresses, on the link and off it, and
+        # sends from its own.
+        for dst, src in (("192.168.0.2", "203.0.113.2"), ("192.168.1.2", "203.0.113.2")):
+            for proto in ("tcp", "udp"):
+                result = lab.connect("ext", dst, 8081, proto, source=src, in_process=True)
+                assert result.replies == {f"n:8081 {src}": 1}, result.summary()
+        result = lab.connect("ext", "2001:db8:1::2", 8081, in_process=True)
+        assert result.replies == {"n:8081 2001:db8::100": 1}, result.summary()
+        # A packet for a Service address that the node does not handle goes out to the
+        # router and back until its TTL runs out: the pod gets an error, not silence.
+        result = lab.connect("p", "172.30.0.50", 80, timeout=5.0, in_process=True)
+        assert (result.other, result.errors) == (1, {"EHOSTUNREACH": 1}), result.summary()

@@ -6,7 +6,15 @@ from collections import Counter
 
 import pytest
 
-from nftproxy.lab import Node, Pod, Result, Topology, TopologyError, default_topology
+from nftproxy.lab import (
+    External,
+    Node,
+    Pod,
+    Result,
+    Topology,
+    TopologyError,
+    default_topology,
+)
 from nftproxy.lab.client import format_target, parse_target
 from nftproxy.lab.echo import peer_ip
 from nftproxy.lab.netns import pod_veth, uplink_peer
@@ -117,3 +125,22 @@ def test_result_round_trips_through_json() -> None:
     assert again.endpoints() == {"pod-1": 3, "pod-3": 1}
     assert again.sources() == {"10.244.1.10", "192.168.77.11"}
     assert (again.ok, again.failures, again.attempts) == (4, 4, 8)
+
+
+def test_extra_addresses_are_canonical_and_each_has_one_owner() -> None:
+    node = Node(
+        "n", 1, "192.168.0.10", "2001:db8::10", "10.0.0.0/8", "fd00:10::/32",
+        extra_ips=("192.168.1.2", "2001:DB8:1::0002"),
+    )  # fmt: skip
+    assert node.extra_ips == ("192.168.1.2", "2001:db8:1::2")
+    ext = External(ip4="192.168.0.100", ip6="2001:db8::100", extra_ips=("203.0.113.2",))
+    topo = Topology(
+        nodes=(node,), ext=ext, link4="192.168.0.0/24", link6="2001:db8::/64",
+        loadbalancer_cidrs=("1.2.3.4/32", "5.6.7.8/32", "9.10.11.12/32"),
+    )  # fmt: skip
+    assert not topo.ext_router
+    with pytest.raises(TopologyError, match=r"both have address 192\.168\.1\.2"):
+        clash = External(ip4=ext.ip4, ip6=ext.ip6, extra_ips=("192.168.1.2",))
+        Topology(nodes=(node,), ext=clash, link4=topo.link4, link6=topo.link6)
+    with pytest.raises(TopologyError, match="node m extra_ips"):
+        Node("m", 2, "192.168.0.11", "2001:db8::11", "10.1.0.0/16", "fd00:11::/32", ("x",))

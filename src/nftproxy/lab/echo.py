@@ -1,7 +1,7 @@
 """A tiny server for lab pods, run inside a namespace:
 
     python -m nftproxy.lab.echo --name NAME [--tcp PORT[,PORT]] [--udp PORT[,PORT]]
-        [--echo-tcp PORT[,PORT]] [--max-seconds N]
+        [--echo-tcp PORT[,PORT]] [--show-port] [--max-seconds N]
 
 --tcp:      on each connection write "NAME SOURCE_IP\\n" and close.
 --echo-tcp: write the same greeting, then echo every line back until the client closes
@@ -9,7 +9,9 @@
 --udp:      answer each datagram with "NAME SOURCE_IP\\n", from the address it was sent to.
 
 SOURCE_IP is the peer address the server saw (IPv4-mapped IPv6 shown as IPv4), so a test
-can tell whether the client was masqueraded. Every port listens on IPv4 and IPv6 (IPv6
+can tell whether the client was masqueraded. With --show-port, NAME is followed by
+":PORT", the port the client reached (after any DNAT), to tell a Service's target ports
+apart. Every port listens on IPv4 and IPv6 (IPv6
 is skipped with a note when the namespace has none). The server prints "ready" once all
 ports listen and exits after --max-seconds (default 600), on SIGTERM or SIGINT.
 """
@@ -90,16 +92,20 @@ def _bind_all(kind: socket.SocketKind, port: int) -> list[socket.socket]:
 
 
 class Server:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, show_port: bool = False) -> None:
         self.name = name
         self.greeting_prefix = name.encode()
+        self.show_port = show_port
 
-    def greeting(self, peer: tuple[object, ...] | str) -> bytes:
-        return self.greeting_prefix + b" " + peer_ip(peer).encode() + b"\n"
+    def greeting(self, peer: tuple[object, ...] | str, local: object = None) -> bytes:
+        name = self.greeting_prefix
+        if self.show_port and isinstance(local, tuple):
+            name += b":%d" % local[1]
+        return name + b" " + peer_ip(peer).encode() + b"\n"
 
     async def hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(self.greeting(writer.get_extra_info("peername")))
+            writer.write(self.greeting(*self._ends(writer)))
             await writer.drain()
         except OSError:
             pass
@@ -110,7 +116,7 @@ class Server:
 
     async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(self.greeting(writer.get_extra_info("peername")))
+            writer.write(self.greeting(*self._ends(writer)))
             await writer.drain()
             while line := await reader.readline():
                 writer.write(line)
@@ -122,6 +128,10 @@ class Server:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    @staticmethod
+    def _ends(writer: asyncio.StreamWriter) -> tuple[tuple[object, ...], object]:
+        return writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+
     def udp_readable(self, sock: socket.socket) -> None:
         """Answer every queued datagram from the address it was sent to."""
         for _ in range(256):  # bounded: let TCP have a turn under a flood
@@ -131,7 +141,7 @@ class Server:
                 return
             except OSError:
                 continue  # e.g. a queued ICMP error for an earlier reply
-            reply = self.greeting(peer)
+            reply = self.greeting(peer, sock.getsockname())
             cmsgs = []
             for level, kind, data in ancdata:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
@@ -154,9 +164,10 @@ async def serve(
     echo_tcp: Sequence[int] = (),
     max_seconds: float = 600.0,
     on_ready: Callable[[], None] | None = None,
+    show_port: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
-    server = Server(name)
+    server = Server(name, show_port)
     servers: list[asyncio.Server] = []
     udp_socks: list[socket.socket] = []
     stop = asyncio.Event()
@@ -194,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tcp", type=_ports, default=[], help="greet-and-close TCP ports")
     p.add_argument("--udp", type=_ports, default=[], help="UDP ports")
     p.add_argument("--echo-tcp", type=_ports, default=[], help="greet-then-echo TCP ports")
+    p.add_argument(
+        "--show-port", action="store_true", help="greet with NAME:PORT, the port reached"
+    )
     p.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long")
     args = p.parse_args(argv)
     if " " in args.name or "\n" in args.name or not args.name:
@@ -207,7 +221,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ready", flush=True)
 
     try:
-        asyncio.run(serve(args.name, args.tcp, args.udp, args.echo_tcp, args.max_seconds, ready))
+        asyncio.run(
+            serve(
+                args.name,
+                args.tcp,
+                args.udp,
+                args.echo_tcp,
+                args.max_seconds,
+                ready,
+                show_port=args.show_port,
+            )
+        )
     except OSError as exc:
         print(f"echo: {exc}", file=sys.stderr)
         return 1

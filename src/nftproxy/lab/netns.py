@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import ctypes
 import hashlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -494,19 +495,36 @@ class Lab:
         self._ip(ns, "link", "set", "lo", "up")
         self._sysctl(ns, sysctls)
 
-    def _uplink(self, ns: str, name: str, ip4: str, ip6: str) -> None:
+    def _uplink(
+        self, ns: str, name: str, ip4: str, ip6: str, extra_ips: Sequence[str] = ()
+    ) -> None:
         net = self.ns("net")
         peer = uplink_peer(name)
         if not self._has_link(ns, UPLINK):
             self._ip(ns, "link", "add", UPLINK, "type", "veth", "peer", "name", peer, "netns", net)
         self._ip(net, "link", "set", peer, "master", BRIDGE, "up")
-        self._ip(ns, "addr", "replace", f"{ip4}/{self._plen(4)}", "dev", UPLINK)
-        self._ip(ns, "-6", "addr", "replace", f"{ip6}/{self._plen(6)}", "dev", UPLINK, "nodad")
+        # ip4 and ip6 go first: they are what the kernel picks to masquerade to.
+        for addr in (ip4, ip6, *extra_ips):
+            if ":" in addr:
+                self._ip(ns, "-6", "addr", "replace", self._on_link(addr), "dev", UPLINK, "nodad")
+            else:
+                self._ip(ns, "addr", "replace", self._on_link(addr), "dev", UPLINK)
         self._ip(ns, "link", "set", UPLINK, "up")
 
     def _plen(self, family: int) -> str:
         link = self.topology.link4 if family == 4 else self.topology.link6
         return link.rsplit("/", 1)[1]
+
+    def _in_link(self, addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        link = self.topology.link4 if ip.version == 4 else self.topology.link6
+        return ip in ipaddress.ip_network(link)
+
+    def _on_link(self, addr: str) -> str:
+        """The address with the link's prefix length, or as a host address off the link."""
+        if self._in_link(addr):
+            return f"{addr}/{self._plen(ipaddress.ip_address(addr).version)}"
+        return f"{addr}/{ipaddress.ip_address(addr).max_prefixlen}"
 
     def ensure(self) -> None:
         """Build whatever of the topology is missing; safe to run again."""
@@ -522,13 +540,13 @@ class Lab:
         self._ip(net, "link", "set", BRIDGE, "up")
 
         ext = self.ns(topo.ext)
-        self._add_netns(ext, COMMON_SYSCTLS)
-        self._uplink(ext, topo.ext.name, topo.ext.ip4, topo.ext.ip6)
+        self._add_netns(ext, (*COMMON_SYSCTLS, *(NODE_SYSCTLS if topo.ext_router else ())))
+        self._uplink(ext, topo.ext.name, topo.ext.ip4, topo.ext.ip6, topo.ext.extra_ips)
 
         for node in topo.nodes:
             ns = self.ns(node)
             self._add_netns(ns, (*COMMON_SYSCTLS, *NODE_SYSCTLS))
-            self._uplink(ns, node.name, node.ip4, node.ip6)
+            self._uplink(ns, node.name, node.ip4, node.ip6, node.extra_ips)
             for other in topo.nodes:
                 if other.name != node.name:
                     self._ip(ns, "route", "replace", other.pod_cidr4, "via", other.ip4)
@@ -539,11 +557,16 @@ class Lab:
 
         # Like an upstream router: Service and LoadBalancer ranges go to the first node.
         gateway = topo.nodes[0]
-        for cidr in (*topo.service_cidrs, *topo.loadbalancer_cidrs):
+        routes = [(cidr, gateway) for cidr in (*topo.service_cidrs, *topo.loadbalancer_cidrs)]
+        for node in topo.nodes:
+            routes += [(ip, node) for ip in node.extra_ips if not self._in_link(ip)]
+            if topo.ext_router:
+                routes += [(node.pod_cidr4, node), (node.pod_cidr6, node)]
+        for cidr, via in routes:
             if ":" in cidr:
-                self._ip(ext, "-6", "route", "replace", cidr, "via", gateway.ip6)
+                self._ip(ext, "-6", "route", "replace", cidr, "via", via.ip6)
             else:
-                self._ip(ext, "route", "replace", cidr, "via", gateway.ip4)
+                self._ip(ext, "route", "replace", cidr, "via", via.ip4)
 
         for pod in topo.pods:
             self._build_pod(pod)
@@ -624,14 +647,17 @@ class Lab:
         name: str | None = None,
         max_seconds: float = 600.0,
         ready_timeout: float = 10.0,
+        show_port: bool = False,
     ) -> Started:
-        """Start `nftproxy.lab.echo` (answering with `name`, default the pod's name) and
-        wait until it listens."""
+        """Start `nftproxy.lab.echo` (answering with `name`, default the pod's name, and
+        with `show_port` ":PORT" after it) and wait until it listens."""
         label = name or (who if isinstance(who, str) else who.name)
         argv = [sys.executable, "-m", "nftproxy.lab.echo", "--name", label]
         for flag, ports in (("--tcp", tcp), ("--udp", udp), ("--echo-tcp", echo_tcp)):
             if ports:
                 argv += [flag, ",".join(str(p) for p in ports)]
+        if show_port:
+            argv.append("--show-port")
         argv += ["--max-seconds", str(max_seconds)]
         started = self.spawn(who, argv, log_name=f"echo-{label}")
         deadline = time.monotonic() + ready_timeout

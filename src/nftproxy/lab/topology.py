@@ -9,6 +9,10 @@ Node `i` (1-based) has link addresses 192.168.77.<10+i> and fd00:77::<10+i>, pod
 10.244.<i>.0/24 and fd00:244:<i>::/64; its pods get host numbers 10, 11, ... in both
 (the IPv6 host number is written with the same digits: 10.244.1.12 pairs with
 fd00:244:1::12). The external client is 192.168.77.100 and fd00:77::100.
+
+Other layouts are built from the same parts: nodes and the external client may have more
+addresses (`extra_ips`), and the external client may act as the cluster's router
+(`Topology.ext_router`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,17 @@ def _net(kind: str, text: str, version: int) -> str:
     return str(net)
 
 
+def _addrs(kind: str, texts: tuple[str, ...]) -> tuple[str, ...]:
+    """Addresses of either family, canonical."""
+    out = []
+    for text in texts:
+        try:
+            out.append(str(ipaddress.ip_address(text)))
+        except ValueError as exc:
+            raise TopologyError(f"{kind}: {exc}") from None
+    return tuple(out)
+
+
 def _v6_with_digits(net6: str, host: int) -> str:
     """fd00:244:1::/64 and host 12 -> fd00:244:1::12 (same digits, read as hex)."""
     base = ipaddress.IPv6Network(net6)
@@ -87,6 +102,10 @@ class Node:
     ip6: str
     pod_cidr4: str
     pod_cidr6: str
+    # More addresses on its uplink, after ip4 and ip6 (which stay the addresses it
+    # masquerades to): with the link's prefix length when inside the link, else as host
+    # addresses, which the external client routes to this node.
+    extra_ips: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("node", self.name)
@@ -94,6 +113,9 @@ class Node:
             raise TopologyError(f"node name {self.name!r} is reserved")
         object.__setattr__(self, "ip4", _addr(f"node {self.name} ip4", self.ip4, 4))
         object.__setattr__(self, "ip6", _addr(f"node {self.name} ip6", self.ip6, 6))
+        object.__setattr__(
+            self, "extra_ips", _addrs(f"node {self.name} extra_ips", tuple(self.extra_ips))
+        )
         object.__setattr__(
             self, "pod_cidr4", _net(f"node {self.name} pod_cidr4", self.pod_cidr4, 4)
         )
@@ -157,10 +179,14 @@ class External:
     name: str = "ext"
     ip4: str = EXT_IP4
     ip6: str = EXT_IP6
+    # More addresses it can send from (host addresses on its uplink), such as an outside
+    # network's; nodes reach them through their default route, the external client.
+    extra_ips: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip4", _addr("ext ip4", self.ip4, 4))
         object.__setattr__(self, "ip6", _addr("ext ip6", self.ip6, 6))
+        object.__setattr__(self, "extra_ips", _addrs("ext extra_ips", tuple(self.extra_ips)))
 
     @property
     def ips(self) -> tuple[str, str]:
@@ -178,8 +204,15 @@ class Topology:
     link4: str = LINK4
     link6: str = LINK6
     cluster_cidrs: tuple[str, str] = (CLUSTER_CIDR4, CLUSTER_CIDR6)
-    service_cidrs: tuple[str, str] = (SERVICE_CIDR4, SERVICE_CIDR6)
-    loadbalancer_cidrs: tuple[str, str] = (LOADBALANCER_CIDR4, LOADBALANCER_CIDR6)
+    # What the external client routes to the first node, any number of either family.
+    service_cidrs: tuple[str, ...] = (SERVICE_CIDR4, SERVICE_CIDR6)
+    loadbalancer_cidrs: tuple[str, ...] = (LOADBALANCER_CIDR4, LOADBALANCER_CIDR6)
+    # The external client is also the cluster's router: it forwards and routes each node's
+    # pod CIDRs to that node. A packet a node sends out unhandled to a Service or
+    # load-balancer address (its default route) then comes back to it, and so on until
+    # its TTL runs out: its sender gets an ICMP error rather than silence, which tells
+    # "the proxy dropped it" apart from "the proxy did nothing".
+    ext_router: bool = False
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -205,6 +238,8 @@ class Topology:
             if ipaddress.ip_address(owner_addr) not in link:
                 raise TopologyError(f"ext address {owner_addr} is outside the link {link}")
             claim_addr("ext", owner_addr)
+        for extra in self.ext.extra_ips:
+            claim_addr("ext", extra)
         by_node: dict[str, Node] = {}
         for node in self.nodes:
             claim_name("node", node.name)
@@ -216,6 +251,8 @@ class Topology:
                 if ipaddress.ip_address(addr) not in link:
                     raise TopologyError(f"node {node.name} address {addr} is outside {link}")
                 claim_addr(f"node {node.name}", addr)
+            for extra in node.extra_ips:
+                claim_addr(f"node {node.name}", extra)
         for a in self.nodes:
             for b in self.nodes:
                 if a.name < b.name:
