@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,102 @@ def test_a_document_without_a_kind_is_an_invalid_object_not_an_unreadable_file(n
     assert "odd.yaml: document 1: kind is missing" in out.stderr
     assert "odd.yaml: document 2: expected a mapping" in out.stderr
     assert "10.96.0.53 . udp . 53" in frontends(netns)
+
+
+def varied_cluster(n: int) -> str:
+    """`n` Services with a bit of everything that comes in sets: dual-stack, two protocols,
+    node ports, external and load-balancer IPs, source ranges, affinity, Local policies,
+    zone hints, terminating endpoints, several slices each."""
+    docs = []
+    for i in range(n):
+        a, b = divmod(i, 250)
+        name, kind, dual = f"svc{i}", ("ClusterIP", "NodePort", "LoadBalancer")[i % 3], i % 2 == 0
+        v4, v6 = f"10.96.{a}.{b + 1}", f"fd00:96::{i + 1:x}"
+        spec = [
+            f"type: {kind}",
+            f"clusterIP: {v4}",
+            f"clusterIPs: [{v4}, '{v6}']" if dual else f"clusterIPs: [{v4}]",
+            "ipFamilies: [IPv4, IPv6]" if dual else "ipFamilies: [IPv4]",
+            f"ipFamilyPolicy: {'RequireDualStack' if dual else 'SingleStack'}",
+        ]
+        np = [f", nodePort: {30000 + 2 * i + k}" if kind != "ClusterIP" else "" for k in (0, 1)]
+        spec.append(
+            f"ports: [{{name: http, port: 80{np[0]}}}, {{name: dns, port: 53, protocol: UDP{np[1]}}}]"
+        )
+        if i % 5 == 0:
+            spec.append(f"externalIPs: [192.0.{2 + a}.{b + 1}, 192.1.{2 + a}.{b + 1}]")
+        if i % 4 == 1:
+            spec.append("sessionAffinity: ClientIP")
+        if i % 7 == 2:
+            spec.append("trafficDistribution: PreferClose")
+        if i % 6 == 3:
+            spec.append("internalTrafficPolicy: Local")
+        status = ""
+        if kind == "LoadBalancer":
+            spec.append(f"loadBalancerSourceRanges: [203.0.113.0/24, 10.{i % 250}.0.0/16]")
+            if i % 2:
+                spec += ["externalTrafficPolicy: Local", f"healthCheckNodePort: {32100 + i}"]
+            status = (
+                f"status: {{loadBalancer: {{ingress: [{{ip: 198.51.{100 + a}.{b + 1}}}, "
+                f"{{ip: 198.52.{100 + a}.{b + 1}}}]}}}}\n"
+            )
+        docs.append(
+            f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns{i % 7}}}\n"
+            "spec:\n" + "".join(f"  {line}\n" for line in spec) + status
+        )
+        for family in ("IPv4", "IPv6") if dual else ("IPv4",):
+            for part in range(2):
+                endpoints = []
+                for e in range(1 + (i + part) % 4):
+                    ip = (
+                        f"10.244.{i % 250}.{4 * part + e + 1}"
+                        if family == "IPv4"
+                        else f"'fd00:244::{i:x}:{4 * part + e + 1:x}'"
+                    )
+                    ready = (
+                        "false, serving: true, terminating: true" if (i + e) % 9 == 0 else "true"
+                    )
+                    hints = (
+                        f", hints: {{forZones: [{{name: zone-{e % 2 + 1}}}]}}" if i % 7 == 2 else ""
+                    )
+                    endpoints.append(
+                        f"- {{addresses: [{ip}], nodeName: node-{'abc'[e % 3]}, zone: zone-{e % 2 + 1}, "
+                        f"conditions: {{ready: {ready}}}{hints}}}\n"
+                    )
+                docs.append(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                    f"metadata: {{name: {name}-{family}-{part}, namespace: ns{i % 7}, "
+                    f"labels: {{kubernetes.io/service-name: {name}}}}}\n"
+                    f"addressType: {family}\n"
+                    "ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]\n"
+                    "endpoints:\n" + "".join(endpoints)
+                )
+    return "---\n".join(docs)
+
+
+FEATURES = [str(DATA / "features.yaml")]
+DUAL_NODE = [
+    *NODE,
+    "--node-ip",
+    "fd00:192::1",
+    "--cluster-cidr",
+    "fd00:244::/64",
+    "--zone",
+    "zone-1",
+]
+
+
+def test_compile_prints_the_same_bytes_whatever_the_hash_seed(tmp_path):
+    cluster = tmp_path / "varied.yaml"
+    cluster.write_text(varied_cluster(120))
+    outputs = set()
+    for seed in ("0", "1", "2", "3", "4"):
+        out = subprocess.run(
+            [sys.executable, "-m", "nftproxy", "compile", str(cluster), *FEATURES, *DUAL_NODE],
+            capture_output=True,
+            check=False,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert out.returncode == 0, out.stderr
+        outputs.add((out.stdout, out.stderr))
+    assert len(outputs) == 1

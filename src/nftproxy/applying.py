@@ -200,7 +200,11 @@ def generation_plan(
     plan = Plan("generation", gen, reason=reason, desired=desired)
     setup = Transaction([AddTable()])
     setup.ops += [AddSet(s) for s in desired.sets.values()]
-    body = [c for n, c in desired.chains.items() if n not in BASE_CHAINS]
+    # By name: chains arrive in the order of sets of pick chains, which varies between runs
+    # (hash seeds); a plan must not.
+    body = sorted(
+        (c for n, c in desired.chains.items() if n not in BASE_CHAINS), key=lambda c: c.name
+    )
     setup.ops += [AddChain(c) for c in chains_in_order(body)]
     plan.transactions.append(setup)
     plan.transactions += list(_element_chunks(desired, chunk))
