@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -364,3 +366,61 @@ def test_compile_prints_the_same_bytes_whatever_the_hash_seed(tmp_path):
         assert out.returncode == 0, out.stderr
         outputs.add((out.stdout, out.stderr))
     assert len(outputs) == 1
+
+
+@functools.cache
+def as_unprivileged() -> list[str]:
+    """The command prefix that runs a program as nobody; where nobody cannot reach this
+    interpreter, as root without any of root's capabilities (what the kernel checks)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", ""], capture_output=True, check=False)
+    return (
+        nobody if probe.returncode == 0 else ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    )
+
+
+def unprivileged(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run(
+        [*inside, *as_unprivileged(), sys.executable, "-m", "nftproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", CLUSTER, *NODE],
+        ["plan", CLUSTER, *NODE],
+        ["cleanup"],
+        ["run", "--manifests", CLUSTER, "--healthz-bind-address=", "--metrics-bind-address="],
+    ],
+)
+def test_without_root_a_command_says_in_one_line_what_needs_root(netns, args):
+    out = unprivileged(*args, "--netns", netns)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (
+        f"nftproxy {args[0]}: needs root (CAP_SYS_ADMIN) to enter network namespace {netns}: "
+        "Operation not permitted\n"
+    )
+
+
+def test_without_root_the_daemon_in_its_own_namespace_refuses_to_start(netns):
+    out = unprivileged(
+        "run",
+        "--manifests",
+        CLUSTER,
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
+        netns=netns,
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (
+        "nftproxy run: needs root (CAP_NET_ADMIN) to read or change nftables: "
+        "Operation not permitted\n"
+    )

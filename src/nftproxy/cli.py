@@ -259,6 +259,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
     backend = open_backend(args.netns, prefer=args.backend)
+    # As kube-proxy does, refuse to start without the privilege, rather than fail every
+    # sync: one netlink round trip that needs what every sync needs.
+    backend.generation()
     proxier = Proxier(
         backend,
         node,
