@@ -6,8 +6,10 @@ namespaces it creates, and judges them by what the kernel holds and what they lo
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -170,3 +172,53 @@ def test_hostile_files_neither_crash_nor_freeze_the_daemon(netns, tmp_path, star
         "a change after the hostile files",
     )
     assert daemon.stop(timeout=10) == 0
+
+
+def held_port() -> socket.socket:
+    """A listening socket on a loopback port the kernel chose: that port is in use."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def test_a_health_port_in_use_is_logged_by_address_and_taken_once_it_is_free(
+    netns, tmp_path, start_daemon
+):
+    holder = held_port()
+    port = holder.getsockname()[1]
+    directory = two_files(tmp_path)
+    daemon = start_daemon(*run_args(netns, [directory], f"--healthz-bind-address=127.0.0.1:{port}"))
+    daemon.wait_for(
+        re.escape(f"healthz: cannot listen on 127.0.0.1:{port}: address already in use")
+    )
+    # As kube-proxy: the rules are served meanwhile.
+    daemon.wait_until(lambda: "10.96.0.53 . udp . 53" in frontends(netns), "the rules")
+    holder.close()
+    daemon.wait_for(re.escape(f"healthz: listening on 127.0.0.1:{port}"), timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/livez")
+    assert conn.getresponse().status in (200, 503)
+    conn.close()
+    assert "Traceback" not in daemon.log
+    assert daemon.stop() == 0
+
+
+def test_with_bind_address_hard_fail_a_port_in_use_ends_the_daemon_in_one_line(
+    netns, tmp_path, start_daemon
+):
+    with held_port() as holder:
+        port = holder.getsockname()[1]
+        daemon = start_daemon(
+            *run_args(
+                netns,
+                [two_files(tmp_path)],
+                f"--metrics-bind-address=127.0.0.1:{port}",
+                "--bind-address-hard-fail",
+            )
+        )
+        assert daemon.proc.wait(timeout=20) == 1
+    assert daemon.log.splitlines()[-1] == (
+        f"nftproxy run: metrics: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in daemon.log

@@ -283,12 +283,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     proxy_metrics = metrics.Metrics()
     proxy_metrics.attach(proxier)
     servers: list[Any] = []
+    hard_fail = args.bind_address_hard_fail or bool(opts.bind_address_hard_fail)
+
+    def listen(start: Any) -> None:
+        # kube-proxy's choice: a port that cannot be bound is retried every 5 s while the
+        # rules are served, unless bindAddressHardFail makes it fatal (exit 1).
+        servers.append(start() if hard_fail else health.Retrying(start))
+
     healthz = _choose(args.healthz_bind_address, opts.healthz_bind_address, "0.0.0.0:10256")
     if healthz:
-        servers.append(health.serve_healthz(proxy_health, healthz))
+        listen(lambda: health.serve_healthz(proxy_health, healthz))
     metrics_at = _choose(args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249")
     if metrics_at:
-        servers.append(proxy_metrics.serve(metrics_at))
+        listen(lambda: proxy_metrics.serve(metrics_at))
     check_servers = health.HealthCheckServers(health=proxy_health)
     check_servers.follow(proxier)
     from nftproxy import conntrack
@@ -568,6 +575,12 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-bind-address",
         default=None,
         help="Prometheus /metrics (default 127.0.0.1:10249; empty: off)",
+    )
+    p.add_argument(
+        "--bind-address-hard-fail",
+        action="store_true",
+        help="exit (status 1) when a bind address cannot be listened on; by default it is "
+        "tried again every 5 s, as kube-proxy does",
     )
     _node_options(p)
     p.set_defaults(func=cmd_run)
