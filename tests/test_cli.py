@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
+import importlib.metadata
+import inspect
 import json
 import os
 import shutil
@@ -13,6 +16,9 @@ from pathlib import Path
 import pytest
 from kernel import nft_in
 from samples import frontends, two_files
+
+from nftproxy import cli
+from nftproxy.proxier import Proxier
 
 DATA = Path(__file__).parent / "data"
 CLUSTER = str(DATA / "cluster.yaml")
@@ -269,6 +275,94 @@ def test_a_document_without_a_kind_is_an_invalid_object_not_an_unreadable_file(n
     assert "10.96.0.53 . udp . 53" in frontends(netns)
 
 
+# --- what a kube-proxy user expects of the command ------------------------------------------
+
+
+def test_version_prints_the_installed_version():
+    out = nftproxy("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"nftproxy {importlib.metadata.version('nftproxy')}\n"
+
+
+def skipped_reported(*args: str) -> bool:
+    out = nftproxy("compile", str(DATA / "features.yaml"), *NODE, *args)
+    assert out.returncode == 0, out.stderr
+    return "skipped: " in out.stderr and "Service shop/headless" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--v=2"], ["--v", "3"], ["-v"], ["-v=2"], ["-v2"], ["-v", "2"], ["-vv"]]
+)
+def test_kube_proxy_verbosity_flags_are_accepted_and_2_lists_skipped_objects(args):
+    assert skipped_reported(*args)
+
+
+@pytest.mark.parametrize("args", [[], ["--v=1"], ["--v", "0"]])
+def test_below_verbosity_2_skipped_objects_are_not_listed(args):
+    assert not skipped_reported(*args)
+
+
+def test_verbosity_is_accepted_before_the_subcommand_too():
+    out = nftproxy("--v=2", "compile", str(DATA / "features.yaml"), *NODE)
+    assert out.returncode == 0, out.stderr
+    assert "skipped: " in out.stderr
+
+
+def test_a_bad_verbosity_is_a_usage_error():
+    out = nftproxy("compile", CLUSTER, "--v=loud")
+    assert out.returncode == 2
+    assert "'loud' is not a log level" in out.stderr
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    top = cli.parser()
+    (choices,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": top, **choices.choices}
+
+
+@pytest.mark.parametrize("command", list(subcommands()))
+def test_every_option_of_every_command_says_what_it_does(command):
+    p = subcommands()[command]
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["", "run", "compile"])
+def test_help_explains_how_verbosity_levels_map(command):
+    out = nftproxy(*([command] if command else []), "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "0 (default) errors, warnings" in text and "2 also each partial sync" in text
+    assert "4 and above also debugging" in text
+
+
+def test_cleanup_offers_only_the_options_it_uses():
+    dests = {a.dest for a in subcommands()["cleanup"]._actions}
+    assert dests == {"help", "netns", "backend", "v", "verbose"}
+    out = nftproxy("cleanup", "--help")
+    assert "--node-ip" not in out.stdout and "--chunk" not in out.stdout
+
+
+def test_help_readme_and_daemon_agree_on_the_verify_period():
+    default = inspect.signature(Proxier).parameters["verify_period"].default
+    assert cli.parser().parse_args(["run"]).verify_period == default
+    out = nftproxy("run", "--help")
+    assert f"(default {default:g};" in " ".join(out.stdout.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"`--verify-period` ({default:g} s)" in " ".join(readme.split())
+
+
+def test_apply_says_the_generation_once(netns):
+    applied = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stderr.count("generation") == 1, applied.stderr
+    assert applied.stderr.startswith("generation 1 built (")
+    again = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
+    assert again.stderr == "noop: generation 1 holds the desired state\n"
+
+
 def varied_cluster(n: int) -> str:
     """`n` Services with a bit of everything that comes in sets: dual-stack, two protocols,
     node ports, external and load-balancer IPs, source ranges, affinity, Local policies,
@@ -366,6 +460,24 @@ def test_compile_prints_the_same_bytes_whatever_the_hash_seed(tmp_path):
         assert out.returncode == 0, out.stderr
         outputs.add((out.stdout, out.stderr))
     assert len(outputs) == 1
+
+
+def test_compile_into_a_pipe_closed_early_stops_quietly(tmp_path):
+    cluster = tmp_path / "big.yaml"
+    cluster.write_text(varied_cluster(300))  # far more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nftproxy", "compile", str(cluster), *DUAL_NODE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # what `| head -1` reads, then it exits
+    proc.stdout.close()
+    with proc.stderr:
+        errors = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith(b"add table inet nftproxy")
+    assert errors == ""
 
 
 @functools.cache

@@ -222,3 +222,32 @@ def test_with_bind_address_hard_fail_a_port_in_use_ends_the_daemon_in_one_line(
         f"nftproxy run: metrics: cannot listen on 127.0.0.1:{port}: address already in use"
     )
     assert "Traceback" not in daemon.log
+
+
+@pytest.mark.parametrize(
+    ("flags", "config", "detail"),
+    [
+        ([], None, False),
+        (["--v=1"], None, False),
+        (["--v=2"], None, True),
+        (["-v"], None, True),
+        ([], 2, True),
+        (["--v=0"], 4, False),
+    ],
+)
+def test_the_daemon_reports_each_file_read_from_verbosity_2(
+    netns, tmp_path, start_daemon, flags, config, detail
+):
+    directory = two_files(tmp_path)
+    if config is not None:
+        conf = tmp_path / "config.yaml"
+        conf.write_text(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+            f"logging: {{verbosity: {config}}}\n"
+        )
+        flags = [*flags, f"--config={conf}"]
+    daemon = start_daemon(*run_args(netns, [directory], *flags))
+    # The files are read before the first sync.
+    log = daemon.wait_for("full sync: generation")
+    line = f"DETAIL nftproxy.manifests: {directory / 'web.yaml'}: 1 service(s), 1 endpoint slice(s)"
+    assert (line in log) == detail, log

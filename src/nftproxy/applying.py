@@ -99,6 +99,16 @@ class Plan:
         return sum(tx.size() for tx in self.transactions)
 
 
+def describe(mode: str, generation: int, changes: int, reason: str = "") -> str:
+    """One line on what a plan does, for logs and the CLI: each fact said once."""
+    why = f" ({reason})" if reason else ""
+    if mode == "noop":
+        return f"noop: generation {generation} holds the desired state"
+    if mode == "generation":
+        return f"generation {generation} built{why}, {changes} changes"
+    return f"{mode}{why}: {changes} changes to generation {generation}"
+
+
 class ElementsLater(Transaction):
     """Elements of a generation build, turned into a transaction only when it runs.
 

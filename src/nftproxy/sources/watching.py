@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.sources.manifests import (
     DEFAULT_LIMITS,
@@ -175,7 +176,8 @@ class ManifestDirectory:
                     state.incomplete.pop(key, None)  # its last good endpoints are known
                     kept = True
             log.error("%s%s", err, " (keeping its last good state)" if kept else " (skipped)")
-        log.info(
+        log.log(
+            DETAIL,
             "%s: %d service(s), %d endpoint slice(s)",
             path,
             len(state.services),
