@@ -51,6 +51,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    return value
+
+
 def _level(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a log level (0, 1, 2, ...)")
@@ -437,7 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except demo.DemoUnavailable as exc:
         print(f"nftproxy demo: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # demo.run said what it removed
         return 130
 
 
@@ -642,7 +652,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="a small cluster of network namespaces with live load balancing (root)"
     )
-    p.add_argument("--duration", type=float, default=45.0, help="seconds of traffic")
+    p.add_argument(
+        "--duration", type=_positive_float, default=45.0, help="seconds of traffic (default 45)"
+    )
     p.add_argument(
         "--live",
         choices=("auto", "yes", "no"),
