@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from kernel import nft_in
 from samples import frontends, two_files
 
@@ -478,6 +479,42 @@ def test_compile_into_a_pipe_closed_early_stops_quietly(tmp_path):
     assert proc.wait(timeout=60) == 141
     assert first.startswith(b"add table inet nftproxy")
     assert errors == ""
+
+
+def test_a_dash_reads_the_manifests_from_standard_input():
+    text = Path(CLUSTER).read_text()
+    from_file = nftproxy("compile", CLUSTER, *NODE)
+    for command in (["compile"], ["explain", "--to", "10.96.0.10:80/tcp"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "nftproxy", *command, "-", *NODE],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        if command == ["compile"]:
+            assert out.stdout == from_file.stdout
+        else:
+            assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
+
+
+def test_standard_input_is_bounded_like_a_file_and_json_works_too():
+    def compile_stdin(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nftproxy", "compile", "-", *NODE, *args],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    as_json = compile_stdin(json.dumps(yaml.safe_load(Path(CLUSTER).read_text())))
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout == nftproxy("compile", CLUSTER, *NODE).stdout
+    big = compile_stdin(Path(CLUSTER).read_text(), "--max-file-size", "100")
+    assert big.returncode == 1 and big.stdout == ""
+    assert "<stdin>: larger than the limit of 100 bytes per file" in big.stderr
 
 
 @functools.cache

@@ -304,6 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     min_sync = args.min_sync_period
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
+    if args.manifests == ["-"]:
+        raise ConfigError("--manifests: standard input cannot be watched; give a path")
     backend = open_backend(args.netns, prefer=args.backend)
     # As kube-proxy does, refuse to start without the privilege, rather than fail every
     # sync: one netlink round trip that needs what every sync needs.
@@ -522,7 +524,10 @@ def parser() -> argparse.ArgumentParser:
 
     def with_inputs(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "paths", nargs="+", metavar="FILE|DIR", help="Service/EndpointSlice manifests"
+            "paths",
+            nargs="+",
+            metavar="FILE|DIR|-",
+            help="Service/EndpointSlice manifests; - reads them from standard input",
         )
         _node_options(p)
         _limit_options(p)

@@ -22,6 +22,8 @@ proxy, so every problem is an error naming its file, and ReadLimits bound the co
   merge keys in hand-written files fit; a billion-laughs bomb of a few hundred bytes does not.
 
 A YAML problem inside an item of a document's top-level `items` list rejects that item only.
+
+The path `-` is standard input, read within the same limits.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ import gc
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import msgspec
 import yaml
@@ -64,6 +67,9 @@ __all__ = [
 ]
 
 MANIFEST_SUFFIXES: Final = frozenset({".yaml", ".yml", ".json"})
+# The path that means standard input, and how errors name it.
+STDIN: Final = "-"
+STDIN_SOURCE: Final = "<stdin>"
 
 _MiB: Final = 1 << 20
 
@@ -128,14 +134,16 @@ def load_paths(
     *,
     service_proxy_name: str | None = None,
     limits: ReadLimits = DEFAULT_LIMITS,
+    stdin: BinaryIO | None = None,
 ) -> Manifests:
-    """Load every Service and EndpointSlice under `paths` (files or directories).
+    """Load every Service and EndpointSlice under `paths` (files or directories; `-` is
+    `stdin`, by default the process's standard input).
 
     Never raises for bad input: unreadable files, files that are no regular files, parse
     errors, broken limits and invalid objects are collected in `Manifests.errors` and
     everything else still loads.
     """
-    loader = _Loader(service_proxy_name, limits)
+    loader = _Loader(service_proxy_name, limits, stdin)
     with _gc_paused():
         for path in paths:
             loader.load_path(Path(path))
@@ -268,6 +276,24 @@ def _read_regular_file(path: Path, limit: int) -> bytes:
         raise _Unreadable(_os_error_text(path, exc)) from None
     finally:
         os.close(fd)
+
+
+def _read_stream(stream: BinaryIO, limit: int) -> bytes:
+    """What a stream (standard input) holds up to its end; _Unreadable beyond `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = stream.read(min(_MiB, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    if size > limit:
+        raise _too_large(limit, None)
+    return b"".join(chunks)
 
 
 def _too_large(limit: int, size: int | None) -> _Unreadable:
@@ -740,12 +766,18 @@ def _unknown_alias(event: Any, opened: list[_Anchored | None]) -> _Broken:
 
 
 class _Loader:
-    def __init__(self, service_proxy_name: str | None, limits: ReadLimits) -> None:
+    def __init__(
+        self, service_proxy_name: str | None, limits: ReadLimits, stdin: BinaryIO | None = None
+    ) -> None:
         self.result = Manifests()
         self._proxy_name = service_proxy_name
         self._limits = limits
+        self._stdin = stdin
 
     def load_path(self, path: Path) -> None:
+        if str(path) == STDIN:
+            self._load_stdin()
+            return
         try:
             if path.is_dir():
                 files = manifest_files(path)
@@ -760,6 +792,16 @@ class _Loader:
             return
         for file in files:
             self.load_file(file)
+
+    def _load_stdin(self) -> None:
+        stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+        try:
+            data = _read_stream(stream, self._limits.max_file_bytes)
+        except _Unreadable as exc:
+            self.result.errors.append(_file_error(STDIN_SOURCE, "", str(exc)))
+            return
+        # kubectl's -o json starts with a brace; anything else is YAML.
+        self._load_data(data, STDIN_SOURCE, is_json=data.lstrip()[:1] in (b"{", b"["))
 
     def load_file(self, path: Path) -> None:
         """Load one file; whatever goes wrong is an error naming it, never an exception."""
@@ -778,7 +820,10 @@ class _Loader:
         except _Unreadable as exc:
             self.result.errors.append(_file_error(source, "", str(exc)))
             return
-        if path.suffix.lower() == ".json":
+        self._load_data(data, source, is_json=path.suffix.lower() == ".json")
+
+    def _load_data(self, data: bytes, source: str, *, is_json: bool) -> None:
+        if is_json:
             try:
                 document = _json_document(data, self._limits)
             except _Unreadable as exc:
