@@ -517,6 +517,23 @@ def test_standard_input_is_bounded_like_a_file_and_json_works_too():
     assert "<stdin>: larger than the limit of 100 bytes per file" in big.stderr
 
 
+def test_a_fifo_in_an_input_directory_is_skipped_with_a_warning_and_a_named_one_is_an_error(
+    tmp_path,
+):
+    directory = two_files(tmp_path)
+    fifo = directory / "pipe.yaml"
+    os.mkfifo(fifo)
+    out = nftproxy("compile", str(directory), *NODE)
+    assert out.returncode == 0, out.stderr
+    assert f"warning: {fifo}: is a FIFO (named pipe); only regular files are read; skipped" in (
+        out.stderr
+    )
+    assert "10.96.0.53 . udp . 53" in out.stdout
+    named = nftproxy("compile", str(fifo), *NODE)
+    assert named.returncode == 1 and named.stdout == ""
+    assert f"{fifo}: is a FIFO (named pipe)" in named.stderr
+
+
 @functools.cache
 def as_unprivileged() -> list[str]:
     """The command prefix that runs a program as nobody; where nobody cannot reach this

@@ -188,6 +188,8 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     )
     for err in manifests.errors:
         print(f"error: {err}", file=sys.stderr)
+    for warning in manifests.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if _verbosity(args) >= 2:
         for what, why in manifests.skipped:
             print(f"skipped: {what}: {why}", file=sys.stderr)

@@ -957,6 +957,7 @@ from nftproxy.sources.manifests import load_paths
 result = load_paths(sys.argv[1:])
 print(json.dumps({
     "errors": [str(e) for e in result.errors],
+    "warnings": result.warnings,
     "services": sorted(f"{s.namespace}/{s.name}" for s in result.services),
 }))
 """
@@ -977,14 +978,20 @@ def load_in_child(*paths: Path) -> dict[str, Any]:
     return loaded
 
 
-def test_a_fifo_among_the_manifests_is_an_error_and_does_not_block(tmp_path: Path) -> None:
+def test_a_fifo_in_a_directory_is_skipped_with_a_warning_and_one_named_is_an_error(
+    tmp_path: Path,
+) -> None:
     write(tmp_path / "a.yaml", a_service())
-    os.mkfifo(tmp_path / "x.yaml")
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    problem = f"{fifo}: is a FIFO (named pipe); only regular files are read"
     loaded = load_in_child(tmp_path)
-    assert loaded["errors"] == [
-        f"{tmp_path / 'x.yaml'}: is a FIFO (named pipe); only regular files are read"
-    ]
+    assert loaded["errors"] == []
+    assert loaded["warnings"] == [f"{problem}; skipped"]
     assert loaded["services"] == ["default/web"]
+    named = load_in_child(tmp_path, fifo)
+    assert named["errors"] == [problem]
+    assert named["services"] == ["default/web"]
 
 
 def test_a_symlink_to_a_device_is_an_error_and_is_not_read(tmp_path: Path) -> None:
@@ -995,7 +1002,8 @@ def test_a_symlink_to_a_device_is_an_error_and_is_not_read(tmp_path: Path) -> No
         f"{tmp_path / 'x.yaml'}: is a character device (a symlink to /dev/zero); "
         "only regular files are read"
     )
-    assert loaded["errors"] == [error, error]
+    assert loaded["warnings"] == [f"{error}; skipped"]
+    assert loaded["errors"] == [error]
     assert loaded["services"] == ["default/web"]
 
 

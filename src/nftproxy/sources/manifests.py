@@ -23,7 +23,9 @@ proxy, so every problem is an error naming its file, and ReadLimits bound the co
 
 A YAML problem inside an item of a document's top-level `items` list rejects that item only.
 
-The path `-` is standard input, read within the same limits.
+The path `-` is standard input, read within the same limits. In a directory, only regular
+files (and symlinks to them) are read: a FIFO, socket or device there is skipped with a
+warning; named as a path, it is an error.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ __all__ = [
     "broken_symlink",
     "load_paths",
     "manifest_files",
+    "special_file",
 ]
 
 MANIFEST_SUFFIXES: Final = frozenset({".yaml", ".yml", ".json"})
@@ -127,6 +130,8 @@ class Manifests:
     # to: that Service's endpoints are not known, so its rules should stay as they are
     # rather than be rebuilt without them.
     incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
+    # Entries of a directory that were not read, and why (a FIFO, a socket, a device).
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_paths(
@@ -178,6 +183,19 @@ def manifest_files(directory: Path) -> list[Path]:
             if not f.startswith(".") and os.path.splitext(f)[1].lower() in MANIFEST_SUFFIXES
         )
     return sorted(found)
+
+
+def special_file(path: Path) -> str | None:
+    """Why a directory entry is not read, when it is a FIFO, socket or device (or a
+    symlink to one): reading a FIFO without a writer would wait forever. None for
+    anything else; the reader reports what cannot be read at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{path}: {_not_regular(path, mode)}; skipped"
 
 
 def broken_symlink(path: Path) -> InvalidObject | None:
@@ -780,7 +798,13 @@ class _Loader:
             return
         try:
             if path.is_dir():
-                files = manifest_files(path)
+                files = []
+                for file in manifest_files(path):
+                    skipped = special_file(file)
+                    if skipped is None:
+                        files.append(file)
+                    else:
+                        self.result.warnings.append(skipped)
             elif path.exists() or path.is_symlink():
                 # An explicitly named file is read whatever its suffix or hidden status.
                 files = [path]

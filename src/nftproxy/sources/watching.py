@@ -4,7 +4,8 @@ Files are polled (mtime, size, inode), so editors that replace files and ConfigM
 that swap symlinks are both seen. Only changed files are parsed again. A file that fails to
 parse keeps its objects' last good state, and so does each object that became invalid:
 a typo never tears down a working Service. A symlink that cannot be followed (dangling or
-looping) is reported once, as a file error, until it changes.
+looping) is reported once, as a file error, until it changes; a FIFO, socket or device in
+a directory is skipped with a warning, once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from nftproxy.sources.manifests import (
     broken_symlink,
     load_paths,
     manifest_files,
+    special_file,
 )
 
 log = logging.getLogger("nftproxy.manifests")
@@ -64,6 +66,7 @@ class ManifestDirectory:
         self._files: dict[Path, _FileState] = {}
         self._broken: dict[Path, str] = {}  # symlinks that cannot be followed, as reported
         self._missing: set[Path] = set()  # roots that are gone, as reported
+        self._special: set[str] = set()  # directory entries skipped, as reported
         self.errors = 0
 
     def missing(self) -> list[Path]:
@@ -72,11 +75,20 @@ class ManifestDirectory:
 
     def _current_files(self, roots: Iterable[Path]) -> list[Path]:
         out: list[Path] = []
+        special: set[str] = set()
         for p in roots:
             if p.is_dir():
-                out.extend(manifest_files(p))
+                for file in manifest_files(p):
+                    skipped = special_file(file)
+                    if skipped is None:
+                        out.append(file)
+                    else:
+                        special.add(skipped)
             elif p.exists() or p.is_symlink():
                 out.append(p)
+        for skipped in sorted(special - self._special):
+            log.warning("%s", skipped)
+        self._special = special
         return out
 
     def _note_missing_roots(self) -> set[Path]:
