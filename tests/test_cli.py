@@ -534,6 +534,25 @@ def test_a_fifo_in_an_input_directory_is_skipped_with_a_warning_and_a_named_one_
     assert f"{fifo}: is a FIFO (named pipe)" in named.stderr
 
 
+def test_a_service_defined_twice_is_rejected_naming_both_and_the_first_is_used(tmp_path):
+    directory = two_files(tmp_path)
+    moved = (directory / "web.yaml").read_text().replace("10.244.1.5", "10.244.1.99")
+    other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes, namespace: shop}\n"
+    (directory / "zz-copy.yaml").write_text(other + "---\n" + moved)
+    out = nftproxy("compile", str(directory), *NODE)
+    assert out.returncode == 3
+    first, again = directory / "web.yaml", directory / "zz-copy.yaml"
+    for kind, name, was, duplicate in (
+        ("Service", "shop/web", 1, 2),
+        ("EndpointSlice", "shop/web-1", 2, 3),
+    ):
+        assert (
+            f"error: {again}: {kind} {name}: duplicate: document {duplicate} defines it again "
+            f"after {first}: document {was}, which is used\n" in out.stderr
+        ), out.stderr
+    assert "10.244.1.5 . 8080" in out.stdout and "10.244.1.99" not in out.stdout
+
+
 @functools.cache
 def as_unprivileged() -> list[str]:
     """The command prefix that runs a program as nobody; where nobody cannot reach this

@@ -25,7 +25,9 @@ A YAML problem inside an item of a document's top-level `items` list rejects tha
 
 The path `-` is standard input, read within the same limits. In a directory, only regular
 files (and symlinks to them) are read: a FIFO, socket or device there is skipped with a
-warning; named as a path, it is an error.
+warning; named as a path, it is an error. An object defined twice (same kind, namespace and
+name; the API cannot hold both) keeps its first definition, in the order the paths are
+given and files sorted within a directory; the later one is rejected, naming both.
 """
 
 from __future__ import annotations
@@ -113,9 +115,8 @@ DEFAULT_LIMITS: Final = ReadLimits()
 class Manifests:
     """Everything read from a set of paths.
 
-    A later valid definition of an object (same kind, namespace and name) replaces an earlier
-    one; a later invalid one is only reported, and the earlier valid one stays, as it does in
-    a watched directory.
+    The first valid definition of an object (same kind, namespace and name) is used; a
+    later one is rejected as a duplicate, and a later invalid one only reported.
     """
 
     services: dict[ServiceName, Service] = field(default_factory=dict)
@@ -791,6 +792,9 @@ class _Loader:
         self._proxy_name = service_proxy_name
         self._limits = limits
         self._stdin = stdin
+        # The first definition of each (kind, namespace, name): "file: document N".
+        self._defined: dict[tuple[str, str, str], str] = {}
+        self._read: set[str] = set()  # files read, by real path: each is read once
 
     def load_path(self, path: Path) -> None:
         if str(path) == STDIN:
@@ -830,6 +834,10 @@ class _Loader:
     def load_file(self, path: Path) -> None:
         """Load one file; whatever goes wrong is an error naming it, never an exception."""
         source = str(path)
+        real = os.path.realpath(path)
+        if real in self._read:
+            return  # named twice (a directory and a file in it): its objects are no duplicates
+        self._read.add(real)
         try:
             self._load_file(path, source)
         except Exception as exc:
@@ -891,9 +899,9 @@ class _Loader:
         if kind.endswith("List") and "items" in obj:
             self._list(obj["items"], source, where, kind[: -len("List")] or None, api)
         elif kind == "Service" and "/" not in api:
-            self._service(obj, api, source)
+            self._service(obj, api, source, where)
         elif kind == "EndpointSlice" and (not api or api.startswith(_SLICE_GROUP)):
-            self._slice(obj, api, source)
+            self._slice(obj, api, source, where)
         else:
             # Same-named kinds of other API groups (e.g. Knative's Service) are not ours.
             self.result.ignored[kind] += 1
@@ -913,7 +921,7 @@ class _Loader:
             if item is not _REJECTED:  # reported already
                 self._object(item, source, f"{where}.items[{i}]", item_kind, item_api)
 
-    def _service(self, obj: dict[str, Any], api: str, source: str) -> None:
+    def _service(self, obj: dict[str, Any], api: str, source: str, where: str) -> None:
         try:
             _check_api("Service", api, _SERVICE_API, obj)
             raw = from_builtins(obj, RawService)
@@ -921,31 +929,46 @@ class _Loader:
         except InvalidObject as exc:
             self._reject(exc, source)
             return
+        if not self._first("Service", _raw_identity(raw), source, where):
+            return
         if isinstance(converted, Skip):
             sid = ServiceName(*_raw_identity(raw))
-            self.result.services.pop(sid, None)
             self.result.skipped.append((f"{source}: Service {sid}", converted.reason))
         else:
             self.result.services[converted.id] = converted
 
-    def _slice(self, obj: dict[str, Any], api: str, source: str) -> None:
+    def _slice(self, obj: dict[str, Any], api: str, source: str, where: str) -> None:
         try:
             _check_api("EndpointSlice", api, _SLICE_API, obj)
             raw = from_builtins(obj, RawEndpointSlice)
-            converted = to_slice(raw, report=lambda bad: self._reject(bad, source))
+            problems: list[InvalidObject] = []
+            converted = to_slice(raw, report=problems.append)
         except InvalidObject as exc:
             self._reject(exc, source)
             owner = _service_of(obj)
             if owner is not None:
                 self.result.incomplete[exc.namespace, exc.name] = owner
             return
+        if not self._first("EndpointSlice", _raw_identity(raw), source, where):
+            return
+        for problem in problems:
+            self._reject(problem, source)
         if isinstance(converted, Skip):
             key = _raw_identity(raw)
-            self.result.slices.pop(key, None)
             description = f"{source}: EndpointSlice {key[0]}/{key[1]}"
             self.result.skipped.append((description, converted.reason))
         else:
             self.result.slices[converted.namespace, converted.name] = converted
+
+    def _first(self, kind: str, key: tuple[str, str], source: str, where: str) -> bool:
+        """Whether this is the object's first definition; a later one is rejected, naming
+        both (the API cannot hold two, so one of the inputs is wrong)."""
+        here = f"{source}: {where}"
+        first = self._defined.setdefault((kind, *key), here)
+        if first != here:
+            message = f"duplicate: {where} defines it again after {first}, which is used"
+            self._reject(InvalidObject(kind, key[0], key[1], "", message), source)
+        return first == here
 
     def _reject(self, exc: InvalidObject, source: str) -> None:
         exc.source = source
