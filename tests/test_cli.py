@@ -553,6 +553,30 @@ def test_a_service_defined_twice_is_rejected_naming_both_and_the_first_is_used(t
     assert "10.244.1.5 . 8080" in out.stdout and "10.244.1.99" not in out.stdout
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to", "192.168.0.1:30080/tcp", "--via", "nodeport"],
+        ["--to", "192.168.0.1:30080/tcp"],
+        ["--to", "192.168.0.1:31999/tcp", "--via", "nodeport"],
+    ],
+)
+def test_explain_of_a_node_port_without_node_ip_names_the_missing_flag(args):
+    out = nftproxy("explain", CLUSTER, *args)
+    assert out.returncode == 1, out.stdout
+    assert "--node-ip" in out.stderr and out.stdout == ""
+    if "30080" in args[1]:
+        assert "port 30080/tcp is the NodePort of shop/web" in out.stderr
+
+
+def test_explain_of_other_addresses_needs_no_node_ip():
+    out = nftproxy("explain", CLUSTER, "--to", "192.168.0.1:8080/tcp")
+    assert out.returncode == 0
+    assert "no match" in out.stdout
+    lb = nftproxy("explain", CLUSTER, "--to", "198.51.100.10:80/tcp", "--via", "nodeport")
+    assert lb.returncode == 0 and "50.00%" in lb.stdout
+
+
 @functools.cache
 def as_unprivileged() -> list[str]:
     """The command prefix that runs a program as nobody; where nobody cannot reach this

@@ -499,12 +499,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ruleset = build_ruleset(manifests, node, Names())
     pkt = explain.Packet(src, dst, port, proto, from_node=args.via == "node")
     result = explain.explain(ruleset, node, pkt)
+    if not result.branches and not node.node_ips and not node.nodeport_addresses:
+        missing = _missing_node_ip(args.via, manifests, port, proto)
+        if missing:
+            raise ConfigError(f"--to {args.to}: {missing}")
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(result)
     return _status(manifests)
+
+
+def _missing_node_ip(via: str, manifests: Manifests, port: int, proto: str) -> str | None:
+    """Why an answer of "no match" means nothing, when a NodePort may be meant but no
+    option says which addresses are the node's (the ruleset accepts NodePorts on the
+    node's own addresses, which explain cannot find out by itself)."""
+    owners = sorted(
+        str(svc.id)
+        for svc in manifests.services.values()
+        for p in svc.ports
+        if p.node_port == port and p.protocol.value == proto
+    )
+    if owners:
+        what = f"port {port}/{proto} is the NodePort of {', '.join(owners)}"
+    elif via == "nodeport":
+        what = "--via nodeport"
+    else:
+        return None
+    return (
+        f"{what}, but which addresses are this node's is unknown: give --node-ip "
+        "(or --nodeport-addresses)"
+    )
 
 
 def _version() -> str:
@@ -592,7 +618,7 @@ def parser() -> argparse.ArgumentParser:
         choices=("clusterip", "nodeport", "external", "node"),
         default="external",
         help="where the client is: a pod (clusterip), outside the cluster (nodeport, "
-        "external) or the node itself (node)",
+        "external) or the node itself (node); a NodePort needs --node-ip",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _verbosity_options(p)
