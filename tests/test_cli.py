@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
+import importlib.metadata
+import inspect
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from kernel import nft_in
 from samples import frontends, two_files
+
+from nftproxy import cli
+from nftproxy.proxier import Proxier
 
 DATA = Path(__file__).parent / "data"
 CLUSTER = str(DATA / "cluster.yaml")
@@ -322,3 +332,362 @@ def test_explain_says_what_a_refused_or_dropped_packet_meets_and_why():
     )
     assert "drop   dropped: no answer" in out.stdout
     assert "via nat-prerouting -> services4 -> @service-cidrs4" in out.stdout
+
+
+# --- what a kube-proxy user expects of the command ------------------------------------------
+
+
+def test_version_prints_the_installed_version():
+    out = nftproxy("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"nftproxy {importlib.metadata.version('nftproxy')}\n"
+
+
+def skipped_reported(*args: str) -> bool:
+    out = nftproxy("compile", str(DATA / "features.yaml"), *NODE, *args)
+    assert out.returncode == 0, out.stderr
+    return "skipped: " in out.stderr and "Service shop/headless" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--v=2"], ["--v", "3"], ["-v"], ["-v=2"], ["-v2"], ["-v", "2"], ["-vv"]]
+)
+def test_kube_proxy_verbosity_flags_are_accepted_and_2_lists_skipped_objects(args):
+    assert skipped_reported(*args)
+
+
+@pytest.mark.parametrize("args", [[], ["--v=1"], ["--v", "0"]])
+def test_below_verbosity_2_skipped_objects_are_not_listed(args):
+    assert not skipped_reported(*args)
+
+
+def test_verbosity_is_accepted_before_the_subcommand_too():
+    out = nftproxy("--v=2", "compile", str(DATA / "features.yaml"), *NODE)
+    assert out.returncode == 0, out.stderr
+    assert "skipped: " in out.stderr
+
+
+def test_a_bad_verbosity_is_a_usage_error():
+    out = nftproxy("compile", CLUSTER, "--v=loud")
+    assert out.returncode == 2
+    assert "'loud' is not a log level" in out.stderr
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    top = cli.parser()
+    (choices,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": top, **choices.choices}
+
+
+@pytest.mark.parametrize("command", list(subcommands()))
+def test_every_option_of_every_command_says_what_it_does(command):
+    p = subcommands()[command]
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["", "run", "compile"])
+def test_help_explains_how_verbosity_levels_map(command):
+    out = nftproxy(*([command] if command else []), "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "0 (default) errors, warnings" in text and "2 also each partial sync" in text
+    assert "4 and above also debugging" in text
+
+
+def test_cleanup_offers_only_the_options_it_uses():
+    dests = {a.dest for a in subcommands()["cleanup"]._actions}
+    assert dests == {"help", "netns", "backend", "v", "verbose"}
+    out = nftproxy("cleanup", "--help")
+    assert "--node-ip" not in out.stdout and "--chunk" not in out.stdout
+
+
+def test_help_readme_and_daemon_agree_on_the_verify_period():
+    default = inspect.signature(Proxier).parameters["verify_period"].default
+    assert cli.parser().parse_args(["run"]).verify_period == default
+    out = nftproxy("run", "--help")
+    assert f"(default {default:g};" in " ".join(out.stdout.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"`--verify-period` ({default:g} s)" in " ".join(readme.split())
+
+
+def test_apply_says_the_generation_once(netns):
+    applied = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stderr.count("generation") == 1, applied.stderr
+    assert applied.stderr.startswith("generation 1 built (")
+    again = nftproxy("apply", CLUSTER, *NODE, "--netns", netns)
+    assert again.stderr == "noop: generation 1 holds the desired state\n"
+
+
+def varied_cluster(n: int) -> str:
+    """`n` Services with a bit of everything that comes in sets: dual-stack, two protocols,
+    node ports, external and load-balancer IPs, source ranges, affinity, Local policies,
+    zone hints, terminating endpoints, several slices each."""
+    docs = []
+    for i in range(n):
+        a, b = divmod(i, 250)
+        name, kind, dual = f"svc{i}", ("ClusterIP", "NodePort", "LoadBalancer")[i % 3], i % 2 == 0
+        v4, v6 = f"10.96.{a}.{b + 1}", f"fd00:96::{i + 1:x}"
+        spec = [
+            f"type: {kind}",
+            f"clusterIP: {v4}",
+            f"clusterIPs: [{v4}, '{v6}']" if dual else f"clusterIPs: [{v4}]",
+            "ipFamilies: [IPv4, IPv6]" if dual else "ipFamilies: [IPv4]",
+            f"ipFamilyPolicy: {'RequireDualStack' if dual else 'SingleStack'}",
+        ]
+        np = [f", nodePort: {30000 + 2 * i + k}" if kind != "ClusterIP" else "" for k in (0, 1)]
+        spec.append(
+            f"ports: [{{name: http, port: 80{np[0]}}}, {{name: dns, port: 53, protocol: UDP{np[1]}}}]"
+        )
+        if i % 5 == 0:
+            spec.append(f"externalIPs: [192.0.{2 + a}.{b + 1}, 192.1.{2 + a}.{b + 1}]")
+        if i % 4 == 1:
+            spec.append("sessionAffinity: ClientIP")
+        if i % 7 == 2:
+            spec.append("trafficDistribution: PreferClose")
+        if i % 6 == 3:
+            spec.append("internalTrafficPolicy: Local")
+        status = ""
+        if kind == "LoadBalancer":
+            spec.append(f"loadBalancerSourceRanges: [203.0.113.0/24, 10.{i % 250}.0.0/16]")
+            if i % 2:
+                spec += ["externalTrafficPolicy: Local", f"healthCheckNodePort: {32100 + i}"]
+            status = (
+                f"status: {{loadBalancer: {{ingress: [{{ip: 198.51.{100 + a}.{b + 1}}}, "
+                f"{{ip: 198.52.{100 + a}.{b + 1}}}]}}}}\n"
+            )
+        docs.append(
+            f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns{i % 7}}}\n"
+            "spec:\n" + "".join(f"  {line}\n" for line in spec) + status
+        )
+        for family in ("IPv4", "IPv6") if dual else ("IPv4",):
+            for part in range(2):
+                endpoints = []
+                for e in range(1 + (i + part) % 4):
+                    ip = (
+                        f"10.244.{i % 250}.{4 * part + e + 1}"
+                        if family == "IPv4"
+                        else f"'fd00:244::{i:x}:{4 * part + e + 1:x}'"
+                    )
+                    ready = (
+                        "false, serving: true, terminating: true" if (i + e) % 9 == 0 else "true"
+                    )
+                    hints = (
+                        f", hints: {{forZones: [{{name: zone-{e % 2 + 1}}}]}}" if i % 7 == 2 else ""
+                    )
+                    endpoints.append(
+                        f"- {{addresses: [{ip}], nodeName: node-{'abc'[e % 3]}, zone: zone-{e % 2 + 1}, "
+                        f"conditions: {{ready: {ready}}}{hints}}}\n"
+                    )
+                docs.append(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                    f"metadata: {{name: {name}-{family}-{part}, namespace: ns{i % 7}, "
+                    f"labels: {{kubernetes.io/service-name: {name}}}}}\n"
+                    f"addressType: {family}\n"
+                    "ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]\n"
+                    "endpoints:\n" + "".join(endpoints)
+                )
+    return "---\n".join(docs)
+
+
+FEATURES = [str(DATA / "features.yaml")]
+DUAL_NODE = [
+    *NODE,
+    "--node-ip",
+    "fd00:192::1",
+    "--cluster-cidr",
+    "fd00:244::/64",
+    "--zone",
+    "zone-1",
+]
+
+
+def test_compile_prints_the_same_bytes_whatever_the_hash_seed(tmp_path):
+    cluster = tmp_path / "varied.yaml"
+    cluster.write_text(varied_cluster(120))
+    outputs = set()
+    for seed in ("0", "1", "2", "3", "4"):
+        out = subprocess.run(
+            [sys.executable, "-m", "nftproxy", "compile", str(cluster), *FEATURES, *DUAL_NODE],
+            capture_output=True,
+            check=False,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert out.returncode == 0, out.stderr
+        outputs.add((out.stdout, out.stderr))
+    assert len(outputs) == 1
+
+
+def test_compile_into_a_pipe_closed_early_stops_quietly(tmp_path):
+    cluster = tmp_path / "big.yaml"
+    cluster.write_text(varied_cluster(300))  # far more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nftproxy", "compile", str(cluster), *DUAL_NODE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # what `| head -1` reads, then it exits
+    proc.stdout.close()
+    with proc.stderr:
+        errors = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith(b"add table inet nftproxy")
+    assert errors == ""
+
+
+def test_a_dash_reads_the_manifests_from_standard_input():
+    text = Path(CLUSTER).read_text()
+    from_file = nftproxy("compile", CLUSTER, *NODE)
+    for command in (["compile"], ["explain", "--to", "10.96.0.10:80/tcp"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "nftproxy", *command, "-", *NODE],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        if command == ["compile"]:
+            assert out.stdout == from_file.stdout
+        else:
+            assert "50.00%  dnat   10.244.1.5:8080" in out.stdout
+
+
+def test_standard_input_is_bounded_like_a_file_and_json_works_too():
+    def compile_stdin(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nftproxy", "compile", "-", *NODE, *args],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    as_json = compile_stdin(json.dumps(yaml.safe_load(Path(CLUSTER).read_text())))
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout == nftproxy("compile", CLUSTER, *NODE).stdout
+    big = compile_stdin(Path(CLUSTER).read_text(), "--max-file-size", "100")
+    assert big.returncode == 1 and big.stdout == ""
+    assert "<stdin>: larger than the limit of 100 bytes per file" in big.stderr
+
+
+def test_a_fifo_in_an_input_directory_is_skipped_with_a_warning_and_a_named_one_is_an_error(
+    tmp_path,
+):
+    directory = two_files(tmp_path)
+    fifo = directory / "pipe.yaml"
+    os.mkfifo(fifo)
+    out = nftproxy("compile", str(directory), *NODE)
+    assert out.returncode == 0, out.stderr
+    assert f"warning: {fifo}: is a FIFO (named pipe); only regular files are read; skipped" in (
+        out.stderr
+    )
+    assert "10.96.0.53 . udp . 53" in out.stdout
+    named = nftproxy("compile", str(fifo), *NODE)
+    assert named.returncode == 1 and named.stdout == ""
+    assert f"{fifo}: is a FIFO (named pipe)" in named.stderr
+
+
+def test_a_service_defined_twice_is_rejected_naming_both_and_the_first_is_used(tmp_path):
+    directory = two_files(tmp_path)
+    moved = (directory / "web.yaml").read_text().replace("10.244.1.5", "10.244.1.99")
+    other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes, namespace: shop}\n"
+    (directory / "zz-copy.yaml").write_text(other + "---\n" + moved)
+    out = nftproxy("compile", str(directory), *NODE)
+    assert out.returncode == 3
+    first, again = directory / "web.yaml", directory / "zz-copy.yaml"
+    for kind, name, was, duplicate in (
+        ("Service", "shop/web", 1, 2),
+        ("EndpointSlice", "shop/web-1", 2, 3),
+    ):
+        assert (
+            f"error: {again}: {kind} {name}: duplicate: document {duplicate} defines it again "
+            f"after {first}: document {was}, which is used\n" in out.stderr
+        ), out.stderr
+    assert "10.244.1.5 . 8080" in out.stdout and "10.244.1.99" not in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to", "192.168.0.1:30080/tcp", "--via", "nodeport"],
+        ["--to", "192.168.0.1:30080/tcp"],
+        ["--to", "192.168.0.1:31999/tcp", "--via", "nodeport"],
+    ],
+)
+def test_explain_of_a_node_port_without_node_ip_names_the_missing_flag(args):
+    out = nftproxy("explain", CLUSTER, *args)
+    assert out.returncode == 1, out.stdout
+    assert "--node-ip" in out.stderr and out.stdout == ""
+    if "30080" in args[1]:
+        assert "port 30080/tcp is the NodePort of shop/web" in out.stderr
+
+
+def test_explain_of_other_addresses_needs_no_node_ip():
+    out = nftproxy("explain", CLUSTER, "--to", "192.168.0.1:8080/tcp")
+    assert out.returncode == 0
+    assert "no match" in out.stdout
+    lb = nftproxy("explain", CLUSTER, "--to", "198.51.100.10:80/tcp", "--via", "nodeport")
+    assert lb.returncode == 0 and "50.00%" in lb.stdout
+
+
+@functools.cache
+def as_unprivileged() -> list[str]:
+    """The command prefix that runs a program as nobody; where nobody cannot reach this
+    interpreter, as root without any of root's capabilities (what the kernel checks)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", ""], capture_output=True, check=False)
+    return (
+        nobody if probe.returncode == 0 else ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    )
+
+
+def unprivileged(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run(
+        [*inside, *as_unprivileged(), sys.executable, "-m", "nftproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", CLUSTER, *NODE],
+        ["plan", CLUSTER, *NODE],
+        ["cleanup"],
+        ["run", "--manifests", CLUSTER, "--healthz-bind-address=", "--metrics-bind-address="],
+    ],
+)
+def test_without_root_a_command_says_in_one_line_what_needs_root(netns, args):
+    out = unprivileged(*args, "--netns", netns)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (
+        f"nftproxy {args[0]}: needs root (CAP_SYS_ADMIN) to enter network namespace {netns}: "
+        "Operation not permitted\n"
+    )
+
+
+def test_without_root_the_daemon_in_its_own_namespace_refuses_to_start(netns):
+    out = unprivileged(
+        "run",
+        "--manifests",
+        CLUSTER,
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
+        netns=netns,
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (
+        "nftproxy run: needs root (CAP_NET_ADMIN) to read or change nftables: "
+        "Operation not permitted\n"
+    )

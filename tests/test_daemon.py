@@ -6,8 +6,10 @@ namespaces it creates, and judges them by what the kernel holds and what they lo
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -254,3 +256,82 @@ def test_node_ports_follow_an_address_added_to_the_nodes_namespace(tmp_path, sta
             lambda: added not in nft_in(ns, "list", "set", "inet", "nftproxy", "g1-nodeport-ips4"),
             f"{added} no longer served",
         )
+
+
+def held_port() -> socket.socket:
+    """A listening socket on a loopback port the kernel chose: that port is in use."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def test_a_health_port_in_use_is_logged_by_address_and_taken_once_it_is_free(
+    netns, tmp_path, start_daemon
+):
+    holder = held_port()
+    port = holder.getsockname()[1]
+    directory = two_files(tmp_path)
+    daemon = start_daemon(*run_args(netns, [directory], f"--healthz-bind-address=127.0.0.1:{port}"))
+    daemon.wait_for(
+        re.escape(f"healthz: cannot listen on 127.0.0.1:{port}: address already in use")
+    )
+    # As kube-proxy: the rules are served meanwhile.
+    daemon.wait_until(lambda: "10.96.0.53 . udp . 53" in frontends(netns), "the rules")
+    holder.close()
+    daemon.wait_for(re.escape(f"healthz: listening on 127.0.0.1:{port}"), timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/livez")
+    assert conn.getresponse().status in (200, 503)
+    conn.close()
+    assert "Traceback" not in daemon.log
+    assert daemon.stop() == 0
+
+
+def test_with_bind_address_hard_fail_a_port_in_use_ends_the_daemon_in_one_line(
+    netns, tmp_path, start_daemon
+):
+    with held_port() as holder:
+        port = holder.getsockname()[1]
+        daemon = start_daemon(
+            *run_args(
+                netns,
+                [two_files(tmp_path)],
+                f"--metrics-bind-address=127.0.0.1:{port}",
+                "--bind-address-hard-fail",
+            )
+        )
+        assert daemon.proc.wait(timeout=20) == 1
+    assert daemon.log.splitlines()[-1] == (
+        f"nftproxy run: metrics: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in daemon.log
+
+
+@pytest.mark.parametrize(
+    ("flags", "config", "detail"),
+    [
+        ([], None, False),
+        (["--v=1"], None, False),
+        (["--v=2"], None, True),
+        (["-v"], None, True),
+        ([], 2, True),
+        (["--v=0"], 4, False),
+    ],
+)
+def test_the_daemon_reports_each_file_read_from_verbosity_2(
+    netns, tmp_path, start_daemon, flags, config, detail
+):
+    directory = two_files(tmp_path)
+    if config is not None:
+        conf = tmp_path / "config.yaml"
+        conf.write_text(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+            f"logging: {{verbosity: {config}}}\n"
+        )
+        flags = [*flags, f"--config={conf}"]
+    daemon = start_daemon(*run_args(netns, [directory], *flags))
+    # The files are read before the first sync.
+    log = daemon.wait_for("full sync: generation")
+    line = f"DETAIL nftproxy.manifests: {directory / 'web.yaml'}: 1 service(s), 1 endpoint slice(s)"
+    assert (line in log) == detail, log

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -67,3 +69,93 @@ def test_demo_without_root_says_what_is_missing():
     )
     assert out.returncode == 1
     assert "needs root" in out.stderr
+
+
+@pytest.mark.parametrize("duration", ["0", "-5", "nan"])
+def test_a_duration_that_is_not_positive_is_a_usage_error(duration):
+    out = subprocess.run(
+        [sys.executable, "-m", "nftproxy", "demo", "--duration", duration],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "--duration" in out.stderr and "is not more than 0" in out.stderr
+
+
+def gone(prefix: str) -> bool:
+    return not {ns for ns in namespaces() if ns.startswith(prefix + "-")}
+
+
+def test_on_a_terminal_the_demo_redraws_one_table_in_place(tmp_path):
+    require_kernel()
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr", "wb") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nftproxy", "demo", "--duration", "3"],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=errors,
+        )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the demo closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=180) == 0, (tmp_path / "stderr").read_text()
+    text = b"".join(chunks).decode()
+    # The terminal turns each \n into \r\n. Each table after the first starts by moving
+    # the cursor up over the one before, whose lines it then overwrites.
+    tables = re.split(r"\r\x1b\[(\d+)A", text.split("\r\n\r\n")[0])
+    frames, heights = tables[0::2], [int(h) for h in tables[1::2]]
+    assert len(frames) >= 2, text
+    for frame, height in zip(frames, heights, strict=False):
+        assert frame.count("\r\n") == height
+        assert frame.startswith("nftproxy demo:")
+    assert "\x1b[2J" not in text
+    prefix = re.search(r"lab (nftp-[0-9a-f]+)", text).group(1)
+    assert gone(prefix)
+
+
+def test_ctrl_c_ends_the_demo_saying_what_it_removed(tmp_path):
+    require_kernel()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nftproxy", "demo", "--duration", "120", "--live", "no"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    with proc.stdout:
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if "traffic flows" in line:
+                    proc.send_signal(signal.SIGINT)
+                    break
+            rest = proc.stdout.read()
+        finally:
+            if proc.poll() is None and not any("traffic flows" in line for line in lines):
+                proc.kill()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    said = re.search(
+        r"interrupted: removed lab (nftp-[0-9a-f]+): the (\d+) processes it started and "
+        r"its (\d+) network namespaces \(([^)]*)\)",
+        rest,
+    )
+    assert said, rest
+    prefix, names = said.group(1), said.group(4).split(", ")
+    assert len(names) == int(said.group(3)) and int(said.group(2)) > 0
+    assert all(name.startswith(prefix + "-") for name in names)
+    assert not set(names) & namespaces()
+    assert gone(prefix)
+    assert "Traceback" not in rest

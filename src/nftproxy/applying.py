@@ -99,6 +99,16 @@ class Plan:
         return sum(tx.size() for tx in self.transactions)
 
 
+def describe(mode: str, generation: int, changes: int, reason: str = "") -> str:
+    """One line on what a plan does, for logs and the CLI: each fact said once."""
+    why = f" ({reason})" if reason else ""
+    if mode == "noop":
+        return f"noop: generation {generation} holds the desired state"
+    if mode == "generation":
+        return f"generation {generation} built{why}, {changes} changes"
+    return f"{mode}{why}: {changes} changes to generation {generation}"
+
+
 class ElementsLater(Transaction):
     """Elements of a generation build, turned into a transaction only when it runs.
 
@@ -200,7 +210,11 @@ def generation_plan(
     plan = Plan("generation", gen, reason=reason, desired=desired)
     setup = Transaction([AddTable()])
     setup.ops += [AddSet(s) for s in desired.sets.values()]
-    body = [c for n, c in desired.chains.items() if n not in BASE_CHAINS]
+    # By name: chains arrive in the order of sets of pick chains, which varies between runs
+    # (hash seeds); a plan must not.
+    body = sorted(
+        (c for n, c in desired.chains.items() if n not in BASE_CHAINS), key=lambda c: c.name
+    )
     setup.ops += [AddChain(c) for c in chains_in_order(body)]
     plan.transactions.append(setup)
     plan.transactions += list(_element_chunks(desired, chunk))

@@ -1,18 +1,21 @@
 """Command line: compile, plan, apply, explain, cleanup (and the daemon's entry points).
 
-Exit status: 0 success; 1 the kernel refused, an option was wrong, or the inputs could not
-all be read (nothing changed); 3 some input objects were rejected (each reported on stderr),
-all others were processed, and what the table held for the rejected ones stays.
+Exit status: 0 success; 1 the kernel refused, an option was wrong, root is needed, or the
+inputs could not all be read (nothing changed); 2 a usage error; 3 some input objects were
+rejected (each reported on stderr), all others were processed, and what the table held for
+the rejected ones stays; 141 the reader of stdout went away (see main).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -20,11 +23,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from nftproxy import addresses, applying, explain
+from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.nft import NftError, open_backend
-from nftproxy.proxier import Proxier
+from nftproxy.proxier import DEFAULT_VERIFY_PERIOD, Proxier
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.sources.manifests import DEFAULT_LIMITS, Manifests, ReadLimits, load_paths
@@ -33,6 +36,9 @@ from nftproxy.sources.watching import ManifestDirectory
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
+# What a shell reports for a program killed by SIGPIPE (128 + 13), as `cat` or kubectl are
+# when the reader of their output goes away: see main.
+EXIT_BROKEN_PIPE = 141
 
 
 def _positive_int(text: str) -> int:
@@ -43,6 +49,49 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is less than 1")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    return value
+
+
+def _level(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level (0, 1, 2, ...)")
+    return int(text)
+
+
+def _verbosity(args: argparse.Namespace, config: int | None = None) -> int:
+    """--v (else the config file's logging.verbosity, else 0), plus 2 for each -v."""
+    base = args.v if args.v is not None else (config or 0)
+    return int(base) + 2 * int(args.verbose)
+
+
+def _verbosity_options(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # On the top parser and each subcommand, so both `nftproxy --v=2 run` and kube-proxy's
+    # habit `nftproxy run --v=2` work; a subcommand's default must not undo the top one's.
+    g = p.add_argument_group("logging")
+    g.add_argument(
+        "--v",
+        type=_level,
+        metavar="N",
+        default=None if top else argparse.SUPPRESS,
+        help=logs.HELP,
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else argparse.SUPPRESS,
+        help="more verbose: each -v adds 2 to --v (-v also lists skipped objects); "
+        "-v=N and -v N are --v=N",
+    )
 
 
 def _node_options(p: argparse.ArgumentParser) -> None:
@@ -171,7 +220,9 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     )
     for err in manifests.errors:
         print(f"error: {err}", file=sys.stderr)
-    if args.verbose:
+    for warning in manifests.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if _verbosity(args) >= 2:
         for what, why in manifests.skipped:
             print(f"skipped: {what}: {why}", file=sys.stderr)
         for kind, n in sorted(manifests.ignored.items()):
@@ -283,11 +334,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     plan, manifests, backend = _plan(args)
     result = applying.run_plan(backend, plan)
-    print(
-        f"{result.mode}: generation {result.generation}, {result.changes} changes in "
-        f"{result.transactions} transaction(s), {result.seconds * 1000:.1f} ms",
-        file=sys.stderr,
-    )
+    done = applying.describe(result.mode, result.generation, result.changes, plan.reason)
+    if result.transactions:
+        done += f" in {result.transactions} transaction(s), {result.seconds * 1000:.1f} ms"
+    print(done, file=sys.stderr)
     return _status(manifests)
 
 
@@ -302,19 +352,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nftproxy import health, metrics
     from nftproxy.kube import proxyconfig
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     log = logging.getLogger("nftproxy")
     opts = proxyconfig.load(args.config) if args.config else proxyconfig.ProxyOptions()
+    if args.v is None and opts.verbosity is not None:
+        logs.setup(_verbosity(args, opts.verbosity), timestamps=True)
     for warning in opts.warnings:
         log.warning("%s: %s", args.config, warning)
     node = _node(args, opts)
     min_sync = args.min_sync_period
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
+    if args.manifests == ["-"]:
+        raise ConfigError("--manifests: standard input cannot be watched; give a path")
     backend = open_backend(args.netns, prefer=args.backend)
+    # As kube-proxy does, refuse to start without the privilege, rather than fail every
+    # sync: one netlink round trip that needs what every sync needs.
+    backend.generation()
     proxier = Proxier(
         backend,
         node,
@@ -336,12 +389,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     proxy_metrics = metrics.Metrics()
     proxy_metrics.attach(proxier)
     servers: list[Any] = []
+    hard_fail = args.bind_address_hard_fail or bool(opts.bind_address_hard_fail)
+
+    def listen(start: Any) -> None:
+        # kube-proxy's choice: a port that cannot be bound is retried every 5 s while the
+        # rules are served, unless bindAddressHardFail makes it fatal (exit 1).
+        servers.append(start() if hard_fail else health.Retrying(start))
+
     healthz = _choose(args.healthz_bind_address, opts.healthz_bind_address, "0.0.0.0:10256")
     if healthz:
-        servers.append(health.serve_healthz(proxy_health, healthz))
+        listen(lambda: health.serve_healthz(proxy_health, healthz))
     metrics_at = _choose(args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249")
     if metrics_at:
-        servers.append(proxy_metrics.serve(metrics_at))
+        listen(lambda: proxy_metrics.serve(metrics_at))
     check_servers = health.HealthCheckServers(health=proxy_health)
     check_servers.follow(proxier)
     from nftproxy import conntrack
@@ -513,7 +573,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except demo.DemoUnavailable as exc:
         print(f"nftproxy demo: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # demo.run said what it removed
         return 130
 
 
@@ -569,6 +629,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ruleset = build_ruleset(manifests, node, Names())
     pkt = explain.Packet(src, dst, port, proto, from_node=args.via == "node")
     result = explain.explain(ruleset, node, pkt)
+    if not result.branches and not node.node_ips and not node.nodeport_addresses:
+        missing = _missing_node_ip(args.via, manifests, port, proto)
+        if missing:
+            raise ConfigError(f"--to {args.to}: {missing}")
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -577,17 +641,52 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return _status(manifests)
 
 
+def _missing_node_ip(via: str, manifests: Manifests, port: int, proto: str) -> str | None:
+    """Why an answer of "no match" means nothing, when a NodePort may be meant but no
+    option says which addresses are the node's (the ruleset accepts NodePorts on the
+    node's own addresses, which explain cannot find out by itself)."""
+    owners = sorted(
+        str(svc.id)
+        for svc in manifests.services.values()
+        for p in svc.ports
+        if p.node_port == port and p.protocol.value == proto
+    )
+    if owners:
+        what = f"port {port}/{proto} is the NodePort of {', '.join(owners)}"
+    elif via == "nodeport":
+        what = "--via nodeport"
+    else:
+        return None
+    return (
+        f"{what}, but which addresses are this node's is unknown: give --node-ip "
+        "(or --nodeport-addresses)"
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("nftproxy")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return __version__
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="nftproxy", description="Kubernetes Services as nftables shared maps."
     )
+    top.add_argument(
+        "--version", action="version", version=f"nftproxy {_version()}", help="print the version"
+    )
+    _verbosity_options(top, top=True)
     sub = top.add_subparsers(dest="command", required=True)
 
     def with_inputs(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "paths", nargs="+", metavar="FILE|DIR", help="Service/EndpointSlice manifests"
+            "paths",
+            nargs="+",
+            metavar="FILE|DIR|-",
+            help="Service/EndpointSlice manifests; - reads them from standard input",
         )
-        p.add_argument("-v", "--verbose", action="store_true", help="report skipped objects")
         _node_options(p)
         _limit_options(p)
 
@@ -599,6 +698,8 @@ def parser() -> argparse.ArgumentParser:
             default="auto",
             help="libnftables in-process (lib) or the nft binary",
         )
+
+    def with_chunk(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--chunk",
             type=int,
@@ -608,6 +709,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print the full ruleset as nft commands")
     with_inputs(p)
+    _verbosity_options(p)
     p.set_defaults(func=cmd_compile)
 
     def with_prune(p: argparse.ArgumentParser) -> None:
@@ -622,15 +724,19 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the transaction(s) that apply would run")
     with_inputs(p)
     with_kernel(p)
+    with_chunk(p)
     with_prune(p)
     p.add_argument("--full", action="store_true", help="plan a full rebuild (new generation)")
+    _verbosity_options(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("apply", help="bring a network namespace to the desired ruleset")
     with_inputs(p)
     with_kernel(p)
+    with_chunk(p)
     with_prune(p)
     p.add_argument("--full", action="store_true", help="rebuild as a new generation")
+    _verbosity_options(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("explain", help="where does a packet go, per the compiled ruleset")
@@ -642,9 +748,10 @@ def parser() -> argparse.ArgumentParser:
         choices=("clusterip", "nodeport", "external", "node"),
         default="external",
         help="where the client is: a pod (clusterip), outside the cluster (nodeport, "
-        "external) or the node itself (node)",
+        "external) or the node itself (node); a NodePort needs --node-ip",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _verbosity_options(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -660,7 +767,7 @@ def parser() -> argparse.ArgumentParser:
     _limit_options(p)
     p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, then in-cluster)")
     p.add_argument("--config", help="a KubeProxyConfiguration file (flags win over it)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    _verbosity_options(p)
     with_kernel(p, netns_required=False)
     p.add_argument(
         "--min-sync-period",
@@ -681,10 +788,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify-period",
         type=float,
-        default=300.0,
+        default=DEFAULT_VERIFY_PERIOD,
         help="seconds between element-by-element comparisons of the table with the desired "
-        "state (default 300; 0: never). Foreign commits are noticed within a tick anyway, "
-        "by the kernel's generation id, and compared then",
+        f"state (default {DEFAULT_VERIFY_PERIOD:g}; 0: never). Foreign commits are noticed "
+        "within a tick anyway, by the kernel's generation id, and compared then",
     )
     p.add_argument(
         "--healthz-bind-address",
@@ -696,36 +803,74 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="Prometheus /metrics (default 127.0.0.1:10249; empty: off)",
     )
+    p.add_argument(
+        "--bind-address-hard-fail",
+        action="store_true",
+        help="exit (status 1) when a bind address cannot be listened on; by default it is "
+        "tried again every 5 s, as kube-proxy does",
+    )
     _node_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "demo", help="a small cluster of network namespaces with live load balancing (root)"
     )
-    p.add_argument("--duration", type=float, default=45.0, help="seconds of traffic")
+    p.add_argument(
+        "--duration", type=_positive_float, default=45.0, help="seconds of traffic (default 45)"
+    )
     p.add_argument(
         "--live",
         choices=("auto", "yes", "no"),
         default="auto",
         help="redraw one screen (default when stdout is a terminal) or print each second",
     )
+    _verbosity_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)
+    _verbosity_options(p)
     p.set_defaults(func=cmd_cleanup)
     return top
 
 
+# kube-proxy's short forms of --v: -v=N, -vN and -v N. A bare -v is "more verbose".
+_SHORT_LEVEL = re.compile(r"-v=?(\d+)")
+
+
+def normalized(argv: Sequence[str]) -> list[str]:
+    """`argv` with kube-proxy's -v=N, -vN and -v N spelt --v=N (up to a `--`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return out + list(argv[i:])
+        if m := _SHORT_LEVEL.fullmatch(arg):
+            arg = f"--v={m[1]}"
+        elif arg == "-v" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            arg, i = f"--v={argv[i + 1]}", i + 1
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(normalized(sys.argv[1:] if argv is None else argv))
+    logs.setup(_verbosity(args), timestamps=args.command == "run")
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is still caught
+    except BrokenPipeError:
+        # The reader went away (`nftproxy compile | head`): stop quietly, as `cat` does,
+        # with the status a shell shows for that. Python would complain again when it
+        # flushes stdout at exit, so stdout points at /dev/null from here on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (ConfigError, InputError, NftError, OSError, ValueError) as exc:
         print(f"nftproxy {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except BrokenPipeError:
-        return EXIT_OK
     return code
 
 

@@ -4,7 +4,10 @@ Builds a lab (2 nodes, pods, an outside client), writes Service and EndpointSlic
 to a directory, runs `nftproxy run --manifests` inside each node's namespace, sends traffic
 and shows connections per endpoint per Service, live. Midway it scales a Service up, then
 down, by rewriting its EndpointSlice, so the rebalancing is visible. Everything it created
-is removed on exit, Ctrl-C or SIGTERM.
+is removed on exit, Ctrl-C or SIGTERM; after Ctrl-C it says what it removed.
+
+On a terminal the view is redrawn in place (cursor up, each line cleared), so the screen
+holds one table, not one per second; elsewhere each second's table is appended.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nftproxy.lab import Lab, Pod, default_topology
+from nftproxy.lab.netns import NETNS_DIR
 
 HTTP = 8080
 WEB_VIP, WEB_LB, WEB_NODEPORT = "10.96.0.10", "198.51.100.10", 30080
@@ -113,10 +117,48 @@ def _render(
     return "\n".join(lines)
 
 
+@dataclass
+class _Built:
+    """What the lab holds, as last seen: what an interrupted demo reports removing."""
+
+    prefix: str = ""
+    namespaces: list[str] = field(default_factory=list)
+    processes: int = 0
+
+    def note(self, lab: Lab) -> None:
+        self.prefix, self.namespaces = lab.prefix, lab.namespaces
+        self.processes = len(lab.processes)
+
+    def report(self) -> str:
+        if not self.prefix:
+            return "interrupted while building the lab; what it had built is removed"
+        left = [ns for ns in self.namespaces if (NETNS_DIR / ns).exists()]
+        if left:
+            return (
+                f"interrupted: could not remove {', '.join(left)} (`ip netns del NAME` removes one)"
+            )
+        return (
+            f"interrupted: removed lab {self.prefix}: the {self.processes} processes it "
+            f"started and its {len(self.namespaces)} network namespaces "
+            f"({', '.join(self.namespaces)}); nothing outside them was touched"
+        )
+
+
 def run(duration: float = 45.0, *, out: TextIO = sys.stdout, live: bool | None = None) -> int:
     preflight()
-    live = out.isatty() if live is None else live
+    built = _Built()
+    try:
+        return _run(duration, out, out.isatty() if live is None else live, built)
+    except KeyboardInterrupt:
+        # The lab is gone by now: its signal handler or its `with` removed it.
+        print(f"\n{built.report()}", file=out, flush=True)
+        raise
+
+
+def _run(duration: float, out: TextIO, live: bool, built: _Built) -> int:
+    screen = _Screen(out, live)
     with Lab.create(default_topology(nodes=2, pods_per_node=2)) as lab:
+        built.note(lab)
         manifests = lab.workdir / "manifests"
         manifests.mkdir()
         pods = list(lab.topology.pods)
@@ -150,6 +192,7 @@ def run(duration: float = 45.0, *, out: TextIO = sys.stdout, live: bool | None =
                 ],
                 log_name=f"nftproxy-{node.name}",
             )
+        built.note(lab)
         n2 = lab.topology.nodes[-1]
         streams = [
             _Stream("web via its LoadBalancer IP (outside client)", "ext", WEB_LB, 80, 60),
@@ -170,6 +213,7 @@ def run(duration: float = 45.0, *, out: TextIO = sys.stdout, live: bool | None =
                 extra = [lab.add_pod(n.name) for n in lab.topology.nodes]
                 for p in extra:
                     lab.start_echo(p, tcp=(HTTP,), udp=())
+                built.note(lab)
                 _write(manifests / "web-endpoints.yaml", _slice("web", [*pods, *extra]))
                 events.append(
                     f"{elapsed:4.0f}s scaled web up: +{', '.join(p.name for p in extra)}"
@@ -190,7 +234,7 @@ def run(duration: float = 45.0, *, out: TextIO = sys.stdout, live: bool | None =
                 s.last = r.endpoints()
                 s.total.update(s.last)
                 s.failed += r.failures
-            _show(out, _render(streams, events, elapsed, duration), live)
+            screen.show(_render(streams, events, elapsed, duration))
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
         failed = sum(s.failed for s in streams)
         sent = sum(sum(s.total.values()) for s in streams) + failed
@@ -210,9 +254,26 @@ def _wait_ready(lab: Lab, s: _Stream, events: list[str], timeout: float = 20.0) 
     raise DemoUnavailable(f"the nodes did not start forwarding within {timeout:.0f}s:\n{logs}")
 
 
-def _show(out: TextIO, text: str, live: bool) -> None:
-    if live:
-        out.write("\x1b[H\x1b[2J" + text + "\n")
-    else:
-        out.write(text + "\n\n")
-    out.flush()
+class _Screen:
+    """Shows each second's table: in place on a terminal, appended elsewhere."""
+
+    def __init__(self, out: TextIO, live: bool) -> None:
+        self.out, self.live = out, live
+        self.height = 0  # lines of the table shown last
+
+    def show(self, text: str) -> None:
+        if self.live:
+            self.out.write(redraw(self.height, text))
+            self.height = text.count("\n") + 1
+        else:
+            self.out.write(text + "\n\n")
+        self.out.flush()
+
+
+def redraw(height: int, text: str) -> str:
+    """What replaces the `height` lines above the cursor with `text`: up to their first
+    line, each new line clearing what the old one had to its right, and below the new
+    text whatever a taller old one left. Clearing the whole screen instead would push
+    a copy of it into many terminals' scrollback every second."""
+    up = f"\r\x1b[{height}A" if height else ""
+    return up + "".join(f"{line}\x1b[K\n" for line in text.split("\n")) + "\x1b[J"

@@ -61,6 +61,70 @@ class BindAddressError(ValueError):
     """A bind address that is not HOST:PORT (or a bare HOST where a default port applies)."""
 
 
+class ListenError(OSError):
+    """A server that cannot listen: the message names the server, its address and why, on
+    one line (``healthz: cannot listen on 0.0.0.0:10256: address already in use``)."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (cause.strerror or str(cause)).lower()
+        super().__init__(f"{what}: cannot listen on {where}: {reason}")
+        self.errno = cause.errno
+        self.what, self.where = what, where
+
+
+class Retrying:
+    """A server that listens as soon as it can: started now, or else tried again every
+    `period` seconds in a thread of its own until it listens or is closed. kube-proxy does
+    the same unless bindAddressHardFail: the rules matter more than the health port, and
+    a port still held (say, by the kube-proxy being replaced) is usually freed soon."""
+
+    def __init__(self, start: Callable[[], HTTPService], *, period: float = 5.0) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.server: HTTPService | None = None
+        try:
+            self.server = start()
+        except ListenError as exc:
+            log.error("%s; trying again every %gs", exc, period)
+            self._thread = threading.Thread(
+                target=self._retry,
+                args=(period, exc.what, str(exc)),
+                name=f"listen-{exc.what}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def _retry(self, period: float, what: str, last: str) -> None:
+        while not self._closed.wait(period):
+            try:
+                server = self._start()
+            except ListenError as exc:
+                # Said once per reason, not every few seconds.
+                if str(exc) != last:
+                    log.error("%s; trying again every %gs", exc, period)
+                last = str(exc)
+                continue
+            with self._lock:
+                if self._closed.is_set():
+                    server.close()
+                    return
+                self.server = server
+            log.info("%s: listening on %s", what, server.address)
+            return
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            server, self.server = self.server, None
+        if server is not None:
+            server.close()
+
+
 def split_host_port(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
     """``"0.0.0.0:10256"``, ``"[::]:10256"``; a bare address takes ``default_port``."""
     text = text.strip()
@@ -213,9 +277,14 @@ class _Server6(_Server):
 class HTTPService:
     """One ThreadingHTTPServer serving in a daemon thread until `close`."""
 
-    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self, host: str, port: int, handler: type[BaseHTTPRequestHandler], *, what: str
+    ) -> None:
         cls = _Server6 if ":" in host else _Server
-        self.server = cls((host, port), handler)
+        try:
+            self.server = cls((host, port), handler)
+        except OSError as exc:
+            raise ListenError(what, host, port, exc) from None
         self.server.service = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(
             target=self.server.serve_forever,
@@ -229,6 +298,12 @@ class HTTPService:
     def port(self) -> int:
         """The bound port (the one the kernel chose when asked for port 0)."""
         return int(self.server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT as bound ([HOST]:PORT for IPv6)."""
+        host = str(self.server.server_address[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -298,7 +373,7 @@ class HealthzServer(HTTPService):
 
     def __init__(self, health: ProxierHealth, host: str = "0.0.0.0", port: int = 10256) -> None:
         self.health = health
-        super().__init__(host, port, _HealthzHandler)
+        super().__init__(host, port, _HealthzHandler, what="healthz")
 
 
 def serve_healthz(
@@ -336,7 +411,7 @@ class _ServiceListener(HTTPService):
         self._lock = threading.Lock()
         self._name, self._count = name, count
         self.proxy_healthy = proxy_healthy
-        super().__init__(host, port, _ServiceHandler)
+        super().__init__(host, port, _ServiceHandler, what=f"healthCheckNodePort of {name}")
 
     def state(self) -> tuple[ServiceName, int]:
         with self._lock:
@@ -382,7 +457,7 @@ class HealthCheckServers:
                     )
                 except OSError as exc:
                     self.errors[port] = str(exc)
-                    log.error("healthCheckNodePort %d for %s: %s", port, name, exc)
+                    log.error("%s", exc)
                 else:
                     self.errors.pop(port, None)
                     log.info("serving healthCheckNodePort %d for %s", port, name)

@@ -283,4 +283,4 @@ class MetricsServer(HTTPService):
 
     def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 10249) -> None:
         self.metrics = metrics
-        super().__init__(host, port, _MetricsHandler)
+        super().__init__(host, port, _MetricsHandler, what="metrics")

@@ -27,6 +27,7 @@ from typing import Any, cast
 from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
 from nftproxy.conntrack import Stale
+from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
 from nftproxy.netlink import MAX_NOTIFIED, Committed, NetlinkError
 from nftproxy.nft import Backend, NftError
@@ -123,6 +124,13 @@ class SyncLimiter:
         self._tokens = max(0.0, self._tokens - 1.0)
 
 
+# Seconds between comparisons of every set with the desired state, made whether or not
+# anyone seems to have changed the table: the safety net under the commit notifications.
+# kube-proxy's nftables mode resyncs on its own only hourly; every 5 minutes repairs what
+# the notifications missed sooner, for one comparison (see verifying) per 5 minutes.
+DEFAULT_VERIFY_PERIOD = 300.0
+
+
 class Proxier:
     """Owns the desired state of one network namespace and keeps the kernel equal to it."""
 
@@ -133,7 +141,7 @@ class Proxier:
         *,
         min_sync_period: float = 1.0,
         sync_burst: int = 2,
-        verify_period: float = 0.0,
+        verify_period: float = DEFAULT_VERIFY_PERIOD,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -638,12 +646,8 @@ class Proxier:
         self._need_full = False
         self._repair_due = False
         self._last_verify_at = self.clock()
-        where = f"generation {plan.generation}"
-        if plan.mode == "noop":
-            log.info("full sync: noop, the table (%s) holds the desired state", where)
-        else:
-            reason = f" ({plan.reason})" if plan.reason else ""
-            log.info("full sync: %s%s, %d changes, %s", plan.mode, reason, plan.size(), where)
+        done = applying.describe(plan.mode, plan.generation, plan.size(), plan.reason)
+        log.info("full sync: %s", done)
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
@@ -676,7 +680,9 @@ class Proxier:
             self._commit(part, desired.ruleset.sets)
             applied.record(part)
         if tx:
-            log.info("sync: %d service(s) changed, %d element/chain changes", touched, tx.size())
+            log.log(
+                DETAIL, "sync: %d service(s) changed, %d element/chain changes", touched, tx.size()
+            )
             self._clear_stale_udp(scope, desired.ruleset)
         return SyncResult("incremental" if tx else "noop", tx.size(), 0.0, touched)
 

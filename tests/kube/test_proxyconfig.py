@@ -101,6 +101,7 @@ def test_realistic_file_maps_supported_fields_and_reports_the_rest(tmp_path: Pat
         node_ips=None,
         healthz_bind_address="0.0.0.0:10256",
         metrics_bind_address="127.0.0.1:10249",
+        bind_address_hard_fail=False,
         cluster_cidrs=("10.244.0.0/16", "fd00:10:244::/56"),
         nodeport_addresses=("192.168.0.0/24",),
         masquerade_all=False,

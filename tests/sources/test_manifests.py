@@ -659,11 +659,17 @@ def test_directories_are_read_recursively_skipping_hidden_and_foreign_files(
     assert set(result.services) == {ServiceName("default", "a"), ServiceName("default", "b")}
 
 
-def test_later_files_in_sorted_order_replace_earlier_definitions(tmp_path: Path) -> None:
-    write(tmp_path / "1-first.yaml", a_service("web", port=80))
-    write(tmp_path / "2-second.yaml", a_service("web", port=8080))
+def test_a_later_definition_is_rejected_as_a_duplicate_naming_both_sources(
+    tmp_path: Path,
+) -> None:
+    first = write(tmp_path / "1-first.yaml", a_service("web", port=80))
+    second = write(tmp_path / "2-second.yaml", a_service("api") + "---\n" + a_service("web"))
     result = load_paths([tmp_path])
-    assert [p.port for p in result.services[ServiceName("default", "web")].ports] == [8080]
+    assert [p.port for p in result.services[ServiceName("default", "web")].ports] == [80]
+    assert only_error(result) == (
+        f"{second}: Service default/web: duplicate: document 2 defines it again after "
+        f"{first}: document 1, which is used"
+    )
 
 
 def test_a_later_invalid_definition_is_reported_and_the_earlier_valid_one_stays(
@@ -695,7 +701,7 @@ def test_a_later_invalid_document_in_the_same_file_keeps_the_earlier_valid_slice
     assert only_error(result).startswith(f"{path}: EndpointSlice ns/web-1: endpoints[0]")
 
 
-def test_a_later_definition_for_another_proxy_still_replaces_an_earlier_one(
+def test_a_later_definition_for_another_proxy_is_a_duplicate_too(
     tmp_path: Path,
 ) -> None:
     labelled = a_service("web").replace(
@@ -705,15 +711,16 @@ def test_a_later_definition_for_another_proxy_still_replaces_an_earlier_one(
     write(tmp_path / "1-first.yaml", a_service("web"))
     write(tmp_path / "2-second.yaml", labelled)
     result = load_paths([tmp_path])
-    assert result.services == {}
-    assert result.errors == []
+    assert set(result.services) == {ServiceName("default", "web")}
+    assert "2-second.yaml: Service default/web: duplicate" in only_error(result)
 
 
 def test_several_paths_are_loaded_in_the_order_given(tmp_path: Path) -> None:
     first = write(tmp_path / "x" / "svc.yaml", a_service("web", port=80))
     second = write(tmp_path / "y" / "svc.yaml", a_service("web", port=81))
     result = load_paths([second, str(first)])
-    assert result.services[ServiceName("default", "web")].ports[0].port == 80
+    assert result.services[ServiceName("default", "web")].ports[0].port == 81
+    assert only_error(result).startswith(f"{first}: Service default/web: duplicate")
 
 
 # --- Errors ---------------------------------------------------------------------------------
@@ -957,6 +964,7 @@ from nftproxy.sources.manifests import load_paths
 result = load_paths(sys.argv[1:])
 print(json.dumps({
     "errors": [str(e) for e in result.errors],
+    "warnings": result.warnings,
     "services": sorted(f"{s.namespace}/{s.name}" for s in result.services),
 }))
 """
@@ -977,14 +985,20 @@ def load_in_child(*paths: Path) -> dict[str, Any]:
     return loaded
 
 
-def test_a_fifo_among_the_manifests_is_an_error_and_does_not_block(tmp_path: Path) -> None:
+def test_a_fifo_in_a_directory_is_skipped_with_a_warning_and_one_named_is_an_error(
+    tmp_path: Path,
+) -> None:
     write(tmp_path / "a.yaml", a_service())
-    os.mkfifo(tmp_path / "x.yaml")
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    problem = f"{fifo}: is a FIFO (named pipe); only regular files are read"
     loaded = load_in_child(tmp_path)
-    assert loaded["errors"] == [
-        f"{tmp_path / 'x.yaml'}: is a FIFO (named pipe); only regular files are read"
-    ]
+    assert loaded["errors"] == []
+    assert loaded["warnings"] == [f"{problem}; skipped"]
     assert loaded["services"] == ["default/web"]
+    named = load_in_child(tmp_path, fifo)
+    assert named["errors"] == [problem]
+    assert named["services"] == ["default/web"]
 
 
 def test_a_symlink_to_a_device_is_an_error_and_is_not_read(tmp_path: Path) -> None:
@@ -995,7 +1009,8 @@ def test_a_symlink_to_a_device_is_an_error_and_is_not_read(tmp_path: Path) -> No
         f"{tmp_path / 'x.yaml'}: is a character device (a symlink to /dev/zero); "
         "only regular files are read"
     )
-    assert loaded["errors"] == [error, error]
+    assert loaded["warnings"] == [f"{error}; skipped"]
+    assert loaded["errors"] == [error]
     assert loaded["services"] == ["default/web"]
 
 
@@ -1022,11 +1037,11 @@ def test_dangling_and_looping_symlinks_are_errors_and_the_other_files_load(
     write(tmp_path / "a.yaml", a_service())
     (tmp_path / "dangling.yaml").symlink_to("gone.yaml")
     (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    # Named twice, in the directory and on its own: reported once.
     result = load_paths([tmp_path, tmp_path / "dangling.yaml"])
     assert [str(e) for e in result.errors] == [
         f"{tmp_path / 'dangling.yaml'}: is a dangling symlink to gone.yaml",
         f"{tmp_path / 'loop.yaml'}: is a symlink to loop.yaml, which loops",
-        f"{tmp_path / 'dangling.yaml'}: is a dangling symlink to gone.yaml",
     ]
     assert {e.kind for e in result.errors} == {"file"}
     assert list(result.services) == [ServiceName("default", "web")]
@@ -1129,7 +1144,8 @@ def test_an_alias_bomb_is_an_error_naming_the_file_and_other_files_load(tmp_path
 
 def test_the_alias_allowance_grows_with_the_file_and_can_be_set(tmp_path: Path) -> None:
     path = write(tmp_path / "bomb.yaml", billion_laughs(levels=3))
-    assert load_paths([path]).errors == []
+    # Within the allowance: read whole (its thousand copies of one Service are duplicates).
+    assert {e.message.split(":")[0] for e in load_paths([path]).errors} == {"duplicate"}
     assert "aliases would add more than 1,000 characters" in only_error(
         load_paths([path], limits=ReadLimits(alias_allowance=1000))
     )

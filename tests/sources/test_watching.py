@@ -163,7 +163,7 @@ def test_read_limits_apply_to_a_watched_directory(
     assert error.startswith(f"{tmp_path / 'web.yaml'}: larger than the limit of 100 bytes")
 
 
-def test_a_fifo_in_a_watched_directory_is_an_error_and_does_not_block(
+def test_a_fifo_in_a_watched_directory_is_skipped_with_one_warning_and_does_not_block(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write(tmp_path / "web.yaml", WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
@@ -177,7 +177,32 @@ def test_a_fifo_in_a_watched_directory_is_an_error_and_does_not_block(
         # Release a reader blocked on the FIFO before failing.
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("scanning a directory with a FIFO blocked")
+    src.scan()
     assert list(src.merged()[0]) == [WEB_SVC]
-    assert errors_logged(caplog) == [
-        f"{fifo}: is a FIFO (named pipe); only regular files are read (skipped)"
+    assert errors_logged(caplog) == []
+    assert not src.incomplete  # nothing about it is unknown: it is no input
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{fifo}: is a FIFO (named pipe); only regular files are read; skipped"
     ]
+
+
+def test_an_object_in_two_files_keeps_the_first_files_definition_and_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = tmp_path / "1-web.yaml", tmp_path / "2-web.yaml"
+    write(first, WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    write(second, WEB.replace("PORT", "81").replace("ADDR", "10.244.1.2"))
+    src = ManifestDirectory([tmp_path])
+    src.scan()
+    services, slices = src.merged()
+    assert services[WEB_SVC].ports[0].port == 80
+    assert slices["default", "web-1"].endpoints[0].ip == "10.244.1.1"
+    src.merged()
+    assert errors_logged(caplog) == [
+        f"{second}: EndpointSlice default/web-1: duplicate: defined again after {first}, "
+        "which is used",
+        f"{second}: Service default/web: duplicate: defined again after {first}, which is used",
+    ]
+    first.unlink()
+    src.scan()
+    assert src.merged()[0][WEB_SVC].ports[0].port == 81

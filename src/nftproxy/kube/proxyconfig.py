@@ -61,6 +61,7 @@ class ProxyOptions:
     node_ips: tuple[str, ...] | None = None
     healthz_bind_address: str | None = None
     metrics_bind_address: str | None = None
+    bind_address_hard_fail: bool | None = None
     cluster_cidrs: tuple[str, ...] | None = None
     nodeport_addresses: tuple[str, ...] | None = None
     service_cidrs: tuple[str, ...] | None = None
@@ -263,7 +264,6 @@ UNSUPPORTED = {
     "featureGates": "feature gates are not supported; ignored",
     "clientConnection": "not supported (only clientConnection.kubeconfig is used); ignored",
     "logging": "not supported (only logging.verbosity and format text are used); ignored",
-    "bindAddressHardFail": "not supported; ignored",
     "enableProfiling": "profiling is not supported; ignored",
     "showHiddenMetricsForVersion": "there are no hidden metrics; ignored",
     "iptables": "used only in iptables mode (nftproxy reads the nftables section); ignored",
@@ -385,6 +385,8 @@ def from_dict(doc: object) -> ProxyOptions:
         out["healthz_bind_address"] = _bind("healthzBindAddress", v, 10256)
     if (v := r.get("metricsBindAddress")) is not None:
         out["metrics_bind_address"] = _bind("metricsBindAddress", v, 10249)
+    if (v := r.get("bindAddressHardFail")) is not None:
+        out["bind_address_hard_fail"] = v
 
     mode = r.get("mode")
     if mode and mode.strip().lower() != "nftables":

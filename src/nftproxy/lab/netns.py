@@ -209,8 +209,9 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _cleanup_depth:  # a destroy() is running: finish it, then handle the signal
         _deferred_signals.append(signum)
         return
-    _destroy_live("signal")
+    # Looked up first: destroying the last lab restores (and forgets) the saved handlers.
     previous = _saved_handlers.get(signum, signal.SIG_DFL)
+    _destroy_live("signal")
     _restore_handlers()
     if callable(previous):
         previous(signum, frame)

@@ -22,6 +22,12 @@ proxy, so every problem is an error naming its file, and ReadLimits bound the co
   merge keys in hand-written files fit; a billion-laughs bomb of a few hundred bytes does not.
 
 A YAML problem inside an item of a document's top-level `items` list rejects that item only.
+
+The path `-` is standard input, read within the same limits. In a directory, only regular
+files (and symlinks to them) are read: a FIFO, socket or device there is skipped with a
+warning; named as a path, it is an error. An object defined twice (same kind, namespace and
+name; the API cannot hold both) keeps its first definition, in the order the paths are
+given and files sorted within a directory; the later one is rejected, naming both.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import gc
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import msgspec
 import yaml
@@ -63,9 +70,13 @@ __all__ = [
     "broken_symlink",
     "load_paths",
     "manifest_files",
+    "special_file",
 ]
 
 MANIFEST_SUFFIXES: Final = frozenset({".yaml", ".yml", ".json"})
+# The path that means standard input, and how errors name it.
+STDIN: Final = "-"
+STDIN_SOURCE: Final = "<stdin>"
 
 _MiB: Final = 1 << 20
 
@@ -108,9 +119,8 @@ DEFAULT_LIMITS: Final = ReadLimits()
 class Manifests:
     """Everything read from a set of paths.
 
-    A later valid definition of an object (same kind, namespace and name) replaces an earlier
-    one; a later invalid one is only reported, and the earlier valid one stays, as it does in
-    a watched directory.
+    The first valid definition of an object (same kind, namespace and name) is used; a
+    later one is rejected as a duplicate, and a later invalid one only reported.
     """
 
     services: dict[ServiceName, Service] = field(default_factory=dict)
@@ -127,6 +137,8 @@ class Manifests:
     # to: that Service's endpoints are not known, so its rules should stay as they are
     # rather than be rebuilt without them.
     incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
+    # Entries of a directory that were not read, and why (a FIFO, a socket, a device).
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_paths(
@@ -134,14 +146,16 @@ def load_paths(
     *,
     service_proxy_name: str | None = None,
     limits: ReadLimits = DEFAULT_LIMITS,
+    stdin: BinaryIO | None = None,
 ) -> Manifests:
-    """Load every Service and EndpointSlice under `paths` (files or directories).
+    """Load every Service and EndpointSlice under `paths` (files or directories; `-` is
+    `stdin`, by default the process's standard input).
 
     Never raises for bad input: unreadable files, files that are no regular files, parse
     errors, broken limits and invalid objects are collected in `Manifests.errors` and
     everything else still loads.
     """
-    loader = _Loader(service_proxy_name, limits)
+    loader = _Loader(service_proxy_name, limits, stdin)
     with _gc_paused():
         for path in paths:
             loader.load_path(Path(path))
@@ -176,6 +190,19 @@ def manifest_files(directory: Path) -> list[Path]:
             if not f.startswith(".") and os.path.splitext(f)[1].lower() in MANIFEST_SUFFIXES
         )
     return sorted(found)
+
+
+def special_file(path: Path) -> str | None:
+    """Why a directory entry is not read, when it is a FIFO, socket or device (or a
+    symlink to one): reading a FIFO without a writer would wait forever. None for
+    anything else; the reader reports what cannot be read at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{path}: {_not_regular(path, mode)}; skipped"
 
 
 def broken_symlink(path: Path) -> InvalidObject | None:
@@ -274,6 +301,24 @@ def _read_regular_file(path: Path, limit: int) -> bytes:
         raise _Unreadable(_os_error_text(path, exc)) from None
     finally:
         os.close(fd)
+
+
+def _read_stream(stream: BinaryIO, limit: int) -> bytes:
+    """What a stream (standard input) holds up to its end; _Unreadable beyond `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = stream.read(min(_MiB, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    if size > limit:
+        raise _too_large(limit, None)
+    return b"".join(chunks)
 
 
 def _too_large(limit: int, size: int | None) -> _Unreadable:
@@ -746,15 +791,30 @@ def _unknown_alias(event: Any, opened: list[_Anchored | None]) -> _Broken:
 
 
 class _Loader:
-    def __init__(self, service_proxy_name: str | None, limits: ReadLimits) -> None:
+    def __init__(
+        self, service_proxy_name: str | None, limits: ReadLimits, stdin: BinaryIO | None = None
+    ) -> None:
         self.result = Manifests()
         self._proxy_name = service_proxy_name
         self._limits = limits
+        self._stdin = stdin
+        # The first definition of each (kind, namespace, name): "file: document N".
+        self._defined: dict[tuple[str, str, str], str] = {}
+        self._read: set[str] = set()  # files read, by real path: each is read once
 
     def load_path(self, path: Path) -> None:
+        if str(path) == STDIN:
+            self._load_stdin()
+            return
         try:
             if path.is_dir():
-                files = manifest_files(path)
+                files = []
+                for file in manifest_files(path):
+                    skipped = special_file(file)
+                    if skipped is None:
+                        files.append(file)
+                    else:
+                        self.result.warnings.append(skipped)
             elif path.exists() or path.is_symlink():
                 # An explicitly named file is read whatever its suffix or hidden status.
                 files = [path]
@@ -767,9 +827,23 @@ class _Loader:
         for file in files:
             self.load_file(file)
 
+    def _load_stdin(self) -> None:
+        stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+        try:
+            data = _read_stream(stream, self._limits.max_file_bytes)
+        except _Unreadable as exc:
+            self.result.errors.append(_file_error(STDIN_SOURCE, "", str(exc)))
+            return
+        # kubectl's -o json starts with a brace; anything else is YAML.
+        self._load_data(data, STDIN_SOURCE, is_json=data.lstrip()[:1] in (b"{", b"["))
+
     def load_file(self, path: Path) -> None:
         """Load one file; whatever goes wrong is an error naming it, never an exception."""
         source = str(path)
+        real = os.path.realpath(path)
+        if real in self._read:
+            return  # named twice (a directory and a file in it): its objects are no duplicates
+        self._read.add(real)
         try:
             self._load_file(path, source)
         except Exception as exc:
@@ -784,7 +858,10 @@ class _Loader:
         except _Unreadable as exc:
             self.result.errors.append(_file_error(source, "", str(exc)))
             return
-        if path.suffix.lower() == ".json":
+        self._load_data(data, source, is_json=path.suffix.lower() == ".json")
+
+    def _load_data(self, data: bytes, source: str, *, is_json: bool) -> None:
+        if is_json:
             try:
                 document = _json_document(data, self._limits)
             except _Unreadable as exc:
@@ -828,11 +905,11 @@ class _Loader:
         if kind.endswith("List") and "items" in obj:
             self._list(obj["items"], source, where, kind[: -len("List")] or None, api)
         elif kind == "Service" and "/" not in api:
-            self._service(obj, api, source)
+            self._service(obj, api, source, where)
         elif kind == "EndpointSlice" and (not api or api.startswith(_SLICE_GROUP)):
-            self._slice(obj, api, source)
+            self._slice(obj, api, source, where)
         elif kind == "ServiceCIDR" and (not api or api.startswith(_NETWORKING_GROUP)):
-            self._service_cidr(obj, api, source)
+            self._service_cidr(obj, api, source, where)
         else:
             # Same-named kinds of other API groups (e.g. Knative's Service) are not ours.
             self.result.ignored[kind] += 1
@@ -852,7 +929,7 @@ class _Loader:
             if item is not _REJECTED:  # reported already
                 self._object(item, source, f"{where}.items[{i}]", item_kind, item_api)
 
-    def _service(self, obj: dict[str, Any], api: str, source: str) -> None:
+    def _service(self, obj: dict[str, Any], api: str, source: str, where: str) -> None:
         try:
             _check_api("Service", api, _SERVICE_API, obj)
             raw = from_builtins(obj, RawService)
@@ -860,33 +937,38 @@ class _Loader:
         except InvalidObject as exc:
             self._reject(exc, source)
             return
+        if not self._first("Service", _raw_identity(raw), source, where):
+            return
         if isinstance(converted, Skip):
             sid = ServiceName(*_raw_identity(raw))
-            self.result.services.pop(sid, None)
             self.result.skipped.append((f"{source}: Service {sid}", converted.reason))
         else:
             self.result.services[converted.id] = converted
 
-    def _slice(self, obj: dict[str, Any], api: str, source: str) -> None:
+    def _slice(self, obj: dict[str, Any], api: str, source: str, where: str) -> None:
         try:
             _check_api("EndpointSlice", api, _SLICE_API, obj)
             raw = from_builtins(obj, RawEndpointSlice)
-            converted = to_slice(raw, report=lambda bad: self._reject(bad, source))
+            problems: list[InvalidObject] = []
+            converted = to_slice(raw, report=problems.append)
         except InvalidObject as exc:
             self._reject(exc, source)
             owner = _service_of(obj)
             if owner is not None:
                 self.result.incomplete[exc.namespace, exc.name] = owner
             return
+        if not self._first("EndpointSlice", _raw_identity(raw), source, where):
+            return
+        for problem in problems:
+            self._reject(problem, source)
         if isinstance(converted, Skip):
             key = _raw_identity(raw)
-            self.result.slices.pop(key, None)
             description = f"{source}: EndpointSlice {key[0]}/{key[1]}"
             self.result.skipped.append((description, converted.reason))
         else:
             self.result.slices[converted.namespace, converted.name] = converted
 
-    def _service_cidr(self, obj: dict[str, Any], api: str, source: str) -> None:
+    def _service_cidr(self, obj: dict[str, Any], api: str, source: str, where: str) -> None:
         try:
             # v1beta1 has the same shape; clusters upgraded from 1.31 may still print it.
             if api != "networking.k8s.io/v1beta1":
@@ -895,7 +977,18 @@ class _Loader:
         except InvalidObject as exc:
             self._reject(exc, source)
             return
-        self.result.service_cidrs[converted.name] = converted
+        if self._first("ServiceCIDR", ("", converted.name), source, where):
+            self.result.service_cidrs[converted.name] = converted
+
+    def _first(self, kind: str, key: tuple[str, str], source: str, where: str) -> bool:
+        """Whether this is the object's first definition; a later one is rejected, naming
+        both (the API cannot hold two, so one of the inputs is wrong)."""
+        here = f"{source}: {where}"
+        first = self._defined.setdefault((kind, *key), here)
+        if first != here:
+            message = f"duplicate: {where} defines it again after {first}, which is used"
+            self._reject(InvalidObject(kind, key[0], key[1], "", message), source)
+        return first == here
 
     def _reject(self, exc: InvalidObject, source: str) -> None:
         exc.source = source

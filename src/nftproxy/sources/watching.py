@@ -4,17 +4,21 @@ Files are polled (mtime, size, inode), so editors that replace files and ConfigM
 that swap symlinks are both seen. Only changed files are parsed again. A file that fails to
 parse keeps its objects' last good state, and so does each object that became invalid:
 a typo never tears down a working Service. A symlink that cannot be followed (dangling or
-looping) is reported once, as a file error, until it changes.
+looping) is reported once, as a file error, until it changes; a FIFO, socket or device in
+a directory is skipped with a warning, once. An object defined in two files keeps the
+definition of the first file in sorted order, and the other is reported once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
 from nftproxy.sources.manifests import (
     DEFAULT_LIMITS,
@@ -23,6 +27,7 @@ from nftproxy.sources.manifests import (
     broken_symlink,
     load_paths,
     manifest_files,
+    special_file,
 )
 
 log = logging.getLogger("nftproxy.manifests")
@@ -50,6 +55,32 @@ def _signature(path: Path) -> Signature | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+K = TypeVar("K", ServiceName, tuple[str, str])
+V = TypeVar("V", Service, EndpointSlice)
+
+
+def _first_wins(
+    into: dict[K, V],
+    objects: Mapping[K, V],
+    kind: str,
+    path: Path,
+    first: dict[tuple[str, str], Path],
+) -> list[str]:
+    """Add the objects of `path` that no earlier file defined (`first` says which file
+    defined what); the others are returned as duplicates, for the log."""
+    duplicates: list[str] = []
+    for key, obj in objects.items():
+        label = str(key) if isinstance(key, ServiceName) else "/".join(key)
+        where = first.setdefault((kind, label), path)
+        if where == path:
+            into[key] = obj
+        else:
+            duplicates.append(
+                f"{path}: {kind} {label}: duplicate: defined again after {where}, which is used"
+            )
+    return duplicates
+
+
 class ManifestDirectory:
     def __init__(
         self,
@@ -64,6 +95,8 @@ class ManifestDirectory:
         self._files: dict[Path, _FileState] = {}
         self._broken: dict[Path, str] = {}  # symlinks that cannot be followed, as reported
         self._missing: set[Path] = set()  # roots that are gone, as reported
+        self._special: set[str] = set()  # directory entries skipped, as reported
+        self._duplicates: set[str] = set()  # objects defined in several files, as reported
         self.errors = 0
 
     def missing(self) -> list[Path]:
@@ -72,11 +105,20 @@ class ManifestDirectory:
 
     def _current_files(self, roots: Iterable[Path]) -> list[Path]:
         out: list[Path] = []
+        special: set[str] = set()
         for p in roots:
             if p.is_dir():
-                out.extend(manifest_files(p))
+                for file in manifest_files(p):
+                    skipped = special_file(file)
+                    if skipped is None:
+                        out.append(file)
+                    else:
+                        special.add(skipped)
             elif p.exists() or p.is_symlink():
                 out.append(p)
+        for skipped in sorted(special - self._special):
+            log.warning("%s", skipped)
+        self._special = special
         return out
 
     def _note_missing_roots(self) -> set[Path]:
@@ -187,7 +229,8 @@ class ManifestDirectory:
                 kept = True
             log.error("%s%s", err, " (keeping its last good state)" if kept else " (skipped)")
         cidrs = f", {len(state.service_cidrs)} ServiceCIDR(s)" if state.service_cidrs else ""
-        log.info(
+        log.log(
+            DETAIL,
             "%s: %d service(s), %d endpoint slice(s)%s",
             path,
             len(state.services),
@@ -197,24 +240,34 @@ class ManifestDirectory:
         return state
 
     def merged(self) -> tuple[dict[ServiceName, Service], dict[tuple[str, str], EndpointSlice]]:
-        """Every Service and slice, later files winning; without the Services some of whose
-        slices are not known (so that their rules stay as the table holds them)."""
+        """Every Service and slice, the first file in sorted order winning where two define
+        one (as the CLI reads them); without the Services some of whose slices are not
+        known (so that their rules stay as the table holds them)."""
         services: dict[ServiceName, Service] = {}
         slices: dict[tuple[str, str], EndpointSlice] = {}
         unsure: set[ServiceName] = set()
+        first: dict[tuple[str, str], Path] = {}
+        duplicates: set[str] = set()
         for path in sorted(self._files):
-            services.update(self._files[path].services)
-            slices.update(self._files[path].slices)
-            unsure.update(self._files[path].incomplete.values())
+            state = self._files[path]
+            duplicates.update(_first_wins(services, state.services, "Service", path, first))
+            duplicates.update(_first_wins(slices, state.slices, "EndpointSlice", path, first))
+            unsure.update(state.incomplete.values())
+        for duplicate in sorted(duplicates - self._duplicates):
+            self.errors += 1
+            log.error("%s", duplicate)
+        self._duplicates = duplicates
         for sid in unsure:
             services.pop(sid, None)
         return services, slices
 
     def service_cidrs(self) -> tuple[str, ...]:
-        """The ranges of every ServiceCIDR object, later files winning per object."""
+        """The ranges of every ServiceCIDR object, the first file in sorted order winning
+        where two define one (as for Services)."""
         objects: dict[str, ServiceCIDR] = {}
         for path in sorted(self._files):
-            objects.update(self._files[path].service_cidrs)
+            for name, obj in self._files[path].service_cidrs.items():
+                objects.setdefault(name, obj)
         return tuple(cidr for obj in objects.values() for cidr in obj.cidrs)
 
     def files(self) -> Iterable[Path]:
