@@ -19,6 +19,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -745,3 +746,37 @@ def test_bench(make_ns: Callable[[], str]) -> None:
         print(f"{'':24} {'wall s':>8} {'user s':>8} {'sys s':>8}")
         for name, wall, user, sys_ in rows:
             print(f"{name:24} {wall:8.3f} {user:8.3f} {sys_:8.3f}")
+
+
+FINALIZED_INSIDE_SUBMIT = """
+import concurrent.futures.thread as futures, gc, sys, threading
+from nftproxy.nft import open_backend
+
+backend = open_backend(sys.argv[1])
+backend.write_elements([], {})  # the backend now owns an element writer and its thread
+
+def drop_it_while_a_submit_holds_the_lock():
+    global backend
+    # What a collection started by an allocation inside ThreadPoolExecutor.submit sees.
+    with futures._global_shutdown_lock:
+        del backend
+        gc.collect()
+
+worker = threading.Thread(target=drop_it_while_a_submit_holds_the_lock, daemon=True)
+worker.start()
+worker.join(30)
+print("stuck" if worker.is_alive() else "finalized")
+"""
+
+
+def test_a_backend_dropped_inside_an_executor_submit_is_finalized_without_deadlock(netns):
+    # The full suite once hung for good here: the writer's finalizer submitted to its
+    # thread pool from a garbage collection that ran inside another pool's submit.
+    proc = subprocess.run(
+        [sys.executable, "-c", FINALIZED_INSIDE_SUBMIT, netns],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a deadlock also hangs the interpreter's exit
+        check=False,
+    )
+    assert proc.stdout.strip() == "finalized", proc.stdout + proc.stderr

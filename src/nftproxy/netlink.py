@@ -1070,6 +1070,14 @@ class ElementWriter:
             self._sock.close()
         self._pool.shutdown()
 
+    def abandon(self) -> None:
+        """`close` for a finalizer: it may run in any thread, at any allocation, even one
+        inside ThreadPoolExecutor.submit, whose module-wide lock a submit here would wait
+        for forever. So nothing is submitted or waited for: nobody uses the writer any
+        more, and a socket may be closed from any thread."""
+        self._sock.close()
+        self._pool.shutdown(wait=False)
+
     def __enter__(self) -> ElementWriter:
         return self
 

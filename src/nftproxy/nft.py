@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import socket
@@ -45,7 +46,15 @@ def _classify(text: str) -> str:
     return "rejected"
 
 
+# What the kernel wants for each of our operations; named when it refuses for lack of it.
+NEEDS_NET_ADMIN = "needs root (CAP_NET_ADMIN) to read or change nftables"
+NEEDS_SYS_ADMIN = "needs root (CAP_SYS_ADMIN) to enter network namespace"
+
+
 def _raise_for(text: str, script: str) -> None:
+    if _classify(text) == "permission":
+        # One line: the script is no help to whoever lacks the privilege.
+        raise NftError(f"{NEEDS_NET_ADMIN}: Operation not permitted", kind="permission")
     lines = script.splitlines()
     excerpt = "\n".join(line[:300] for line in lines[:5])
     more = f"\n... ({len(lines)} lines)" if len(lines) > 5 else ""
@@ -71,6 +80,8 @@ def ruleset_generation() -> int:
     length, kind = struct.unpack_from("=IH", data)
     if kind == 2:  # NLMSG_ERROR
         (err,) = struct.unpack_from("=i", data, 16)
+        if -err == errno.EPERM:
+            raise PermissionError(f"{NEEDS_NET_ADMIN}: {os.strerror(-err)}")
         raise OSError(-err, f"nftables generation: {os.strerror(-err)}")
     offset = 16 + 4
     while offset + 4 <= length:
@@ -104,9 +115,25 @@ def _setns(netns: str | None) -> None:
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
+            if err == errno.EPERM:
+                raise PermissionError(f"{NEEDS_SYS_ADMIN} {netns}: {os.strerror(err)}")
             raise OSError(err, f"setns({netns}): {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def _thread_in(netns: str | None, name: str) -> ThreadPoolExecutor:
+    """One worker thread inside `netns`, every call after the first running in it.
+
+    Entered by a first task rather than an initializer: a failing initializer only breaks
+    the pool, with a traceback on stderr, and loses the reason (no privilege, say)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        pool.submit(_setns, netns).result()
+    except BaseException:
+        pool.shutdown(wait=False)
+        raise
+    return pool
 
 
 class LibNftables:
@@ -131,9 +158,7 @@ class LibNftables:
         lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="nft", initializer=_setns, initargs=(netns,)
-        )
+        self._pool = _thread_in(netns, "nft")
         self._ctx: int = self._pool.submit(self._new_ctx).result()
         self._netns = netns
         self._writer: Any = None
@@ -230,7 +255,7 @@ class LibNftables:
         if self._writer is None:
             self._writer = ElementWriter(self._netns)
             # Its socket and thread go with this backend, closed or merely dropped.
-            weakref.finalize(self, self._writer.close)
+            weakref.finalize(self, self._writer.abandon)
         self._writer.write(ops, set_types, generation=generation)
 
     def forget_caches(self) -> None:
@@ -257,9 +282,7 @@ class NftBinary:
     def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
         self._prefix = ["nsenter", f"--net={netns_path(netns)}"] if netns else []
         self._nft = nft
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="nftgen", initializer=_setns, initargs=(netns,)
-        )
+        self._pool = _thread_in(netns, "nftgen")
 
     def generation(self) -> int:
         return self._pool.submit(ruleset_generation).result()
