@@ -629,7 +629,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ruleset = build_ruleset(manifests, node, Names())
     pkt = explain.Packet(src, dst, port, proto, from_node=args.via == "node")
     result = explain.explain(ruleset, node, pkt)
-    if not result.branches and not node.node_ips and not node.nodeport_addresses:
+    if not result.branches and not node.node_ips:
         missing = _missing_node_ip(args.via, manifests, port, proto)
         if missing:
             raise ConfigError(f"--to {args.to}: {missing}")
@@ -658,8 +658,7 @@ def _missing_node_ip(via: str, manifests: Manifests, port: int, proto: str) -> s
     else:
         return None
     return (
-        f"{what}, but which addresses are this node's is unknown: give --node-ip "
-        "(or --nodeport-addresses)"
+        f"{what}, but which addresses are this node's is unknown: give --node-ip"
     )
 
 
