@@ -657,9 +657,7 @@ def _missing_node_ip(via: str, manifests: Manifests, port: int, proto: str) -> s
         what = "--via nodeport"
     else:
         return None
-    return (
-        f"{what}, but which addresses are this node's is unknown: give --node-ip"
-    )
+    return f"{what}, but which addresses are this node's is unknown: give --node-ip"
 
 
 def _version() -> str:
