@@ -205,6 +205,14 @@ def test_an_empty_input_changes_nothing_unless_pruned(netns, tmp_path):
     out = nftproxy("apply", str(empty), *NODE, "--netns", netns)
     assert out.returncode == 1 and "no Services or EndpointSlices" in out.stderr
     assert "10.96.0.53" in frontends(netns)
+    # ServiceCIDRs alone (`kubectl get servicecidrs -o yaml`) describe no Service either.
+    (empty / "cidrs.yaml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\n"
+        "spec: {cidrs: [10.96.0.0/16]}\n"
+    )
+    out = nftproxy("apply", str(empty), *NODE, "--netns", netns)
+    assert out.returncode == 1 and "no Services or EndpointSlices" in out.stderr
+    assert "10.96.0.53" in frontends(netns)
     pruned = nftproxy("apply", str(empty), *NODE, "--netns", netns, "--prune")
     assert pruned.returncode == 0, pruned.stderr
     assert "10.96.0" not in frontends(netns)

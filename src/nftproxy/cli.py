@@ -233,13 +233,8 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     if unreadable:
         where = ", ".join(sorted({err.source or "?" for err in unreadable}))
         raise InputError(f"cannot read {where}: {done}")
-    described = (
-        manifests.services
-        or manifests.slices
-        or manifests.service_cidrs
-        or manifests.skipped
-        or manifests.errors
-    )
+    # ServiceCIDRs alone describe no Service: applying them would delete every one.
+    described = manifests.services or manifests.slices or manifests.skipped or manifests.errors
     if not described and not getattr(args, "prune", False):
         prune = " (--prune applies an empty input)" if hasattr(args, "prune") else ""
         raise InputError(f"no Services or EndpointSlices in {', '.join(args.paths)}: {done}{prune}")

@@ -117,10 +117,17 @@ def _expect(backends: tuple, any_usable: bool) -> tuple[dict[str, Fraction], str
     return {f"{b.ip}:{b.port}": Fraction(1, n) for b in backends}, None
 
 
-def _admitted(svc: Service, source: str) -> bool:
-    ranges = svc.load_balancer_source_ranges
+def _admitted(svc: Service, source: str, node_ips: tuple[str, ...] = NODE.node_ips) -> bool:
+    """kube-proxy's firewall: the ranges of the source's family, if any, admit it; so does
+    a load-balancer IP when they hold the node's primary IP of that family."""
     addr = ipaddress.ip_address(source)
-    return not ranges or any(addr in ipaddress.ip_network(r) for r in ranges)
+    nets = [ipaddress.ip_network(r) for r in svc.load_balancer_source_ranges]
+    ranges = [n for n in nets if n.version == addr.version]
+    if not ranges or any(addr in n for n in ranges):
+        return True
+    same = [ipaddress.ip_address(a) for a in node_ips]
+    primary = next((a for a in same if a.version == addr.version), None)
+    return source in svc.load_balancer_ips and any(primary in n for n in ranges)
 
 
 def _check(result, backends: tuple, any_usable: bool, *, dropped: bool = False) -> None:

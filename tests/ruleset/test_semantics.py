@@ -361,3 +361,31 @@ def test_an_unallocated_address_of_the_service_cidrs_is_dropped():
     # No range known: unallocated addresses pass untouched.
     rs = build([service()], [endpoints("web", [ep("10.244.1.1")])])
     assert send(rs, "10.96.0.11").outcomes() == {}
+
+
+def test_source_ranges_of_one_family_leave_the_other_family_unfiltered():
+    # kube-proxy builds each family's firewall from that family's ranges only.
+    svc = service(
+        cluster_ips=("10.96.0.10", "fd00:96::10"),
+        load_balancer_ips=("198.51.100.10", "2001:db8::10"),
+        load_balancer_source_ranges=("203.0.113.0/24",),
+    )
+    rs = build(
+        [svc],
+        [
+            endpoints("web", [ep("10.244.1.1")]),
+            endpoints("web", [ep("fd00:244::1")], family=6),
+        ],
+    )
+    assert reached(send(rs, "2001:db8::10", src="2001:db8:ffff::1")) == {"fd00:244::1:8080": 1}
+    assert send(rs, "198.51.100.10", src="192.0.2.1").outcomes() == {"drop": 1}
+
+
+def test_only_the_primary_node_ip_in_the_ranges_admits_the_load_balancer_ips():
+    node = node_config(node_name="node-a", node_ips=["192.168.0.1", "192.168.5.1"])
+    svc = service(
+        load_balancer_ips=("198.51.100.10",), load_balancer_source_ranges=("192.168.5.0/24",)
+    )
+    rs = build([svc], [endpoints("web", [ep("10.244.1.1")])], node=node)
+    result = send(rs, "198.51.100.10", src="198.51.100.10", from_node=True, node=node)
+    assert result.outcomes() == {"drop": 1}

@@ -164,9 +164,9 @@ def block_items(frontend: ElementKey, block: Block) -> Iterator[tuple[ElementKey
             yield (*frontend, bucket), (addr, port)
 
 
-# A frontend's load-balancer source-range firewall: None for none, else the allowed ranges
-# in kernel form (see interval_atoms; empty when none is of the frontend's family: all
-# dropped, as kube-proxy does).
+# A frontend's load-balancer source-range firewall: None for none (also when no range is of
+# the frontend's family, as in kube-proxy), else the allowed ranges in kernel form (see
+# interval_atoms).
 Firewall = tuple[str, ...] | None
 
 
@@ -425,7 +425,7 @@ class _FragmentBuilder:
         self.names = names
         self.node = node
         self.frag = Fragment()
-        self._allowed: dict[Family, tuple[str, ...]] = {}
+        self._allowed: dict[Family, Firewall] = {}
 
     def nodeport_target(
         self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
@@ -491,17 +491,23 @@ class _FragmentBuilder:
         svc = self.svc
         if not svc.load_balancer_source_ranges or vip not in svc.load_balancer_ips:
             return None
-        allowed = self._allowed.get(f)
-        if allowed is None:
+        if f not in self._allowed:
             # Once per Service and family, whatever the number of ports and addresses.
-            ranges = [r for r in svc.load_balancer_source_ranges if _family_of(r) == f]
-            if _holds_any(ranges, self.node.node_ips):
-                # As kube-proxy does: when the node may reach its load balancer, so may the
-                # load-balancer IPs themselves. A VIP that is also a local address makes the
-                # node's connection to it start from the VIP.
-                ranges += [ip for ip in svc.load_balancer_ips if _family_of(ip) == f]
-            allowed = self._allowed[f] = interval_atoms(ranges)
-        return allowed
+            self._allowed[f] = self._allowed_sources(f)
+        return self._allowed[f]
+
+    def _allowed_sources(self, f: Family) -> Firewall:
+        svc = self.svc
+        ranges = [r for r in svc.load_balancer_source_ranges if _family_of(r) == f]
+        if not ranges:
+            return None  # as kube-proxy does: ranges filter their own family only
+        primary = next((ip for ip in self.node.node_ips if _family_of(ip) == f), None)
+        if primary is not None and _holds_any(ranges, (primary,)):
+            # As kube-proxy does: when the node (its primary IP) may reach its load balancer,
+            # so may the load-balancer IPs themselves. A VIP that is also a local address
+            # makes the node's connection to it start from the VIP.
+            ranges += [ip for ip in svc.load_balancer_ips if _family_of(ip) == f]
+        return interval_atoms(ranges)
 
     def empty_verdict(self, sel: Selection) -> Verdict:
         return goto(self.names("reject")) if not sel.any_usable else DROP
