@@ -247,7 +247,7 @@ def test_node_ports_follow_an_address_added_to_the_nodes_namespace(tmp_path, sta
         daemon.wait_until(answers, f"a NodePort on {added}")
         log = daemon.log
         assert f"--nodeport-addresses {added}/32: this node has no IPv4 address there" in log
-        assert f"NodePorts are served on this node's addresses: {added}" in log
+        assert f"NodePorts are served on IPv4 {added};" in log
         assert f"{added}" in nft_in(ns, "list", "set", "inet", "nftproxy", "g1-nodeport-ips4")
         # One element changed: no second full sync, no new generation.
         assert daemon.log.count("full sync") == 1 and generations(ns) == {1}

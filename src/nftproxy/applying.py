@@ -85,10 +85,7 @@ class Plan:
     kept: int = 0
 
     def __str__(self) -> str:
-        head = f"# {self.mode} (generation {self.generation})"
-        if self.reason:
-            head += f": {self.reason}"
-        parts = [head + "\n"]
+        parts = [f"# {describe(self.mode, self.generation, self.size(), self.reason)}\n"]
         for i, tx in enumerate(self.transactions, 1):
             if len(self.transactions) > 1:
                 parts.append(f"# transaction {i}/{len(self.transactions)}\n")

@@ -26,6 +26,7 @@ from typing import Any
 from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
+from nftproxy.model import Family
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import DEFAULT_VERIFY_PERIOD, Proxier
 from nftproxy.ruleset.compile import Names, compile_all
@@ -463,6 +464,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _nodeport_addresses_text(node: NodeConfig, family: Family) -> str:
+    if node.nodeport_match_all(family):
+        return f"every local IPv{family} address"
+    ips = node.nodeport_ips_of(family)
+    return f"IPv{family} {', '.join(ips)}" if ips else f"no IPv{family} address"
+
+
 def _follow_addresses(
     netns: str | None, proxier: Proxier, stop: threading.Event, log: logging.Logger
 ) -> Any:
@@ -477,21 +485,20 @@ def _follow_addresses(
     interfaces = node_interfaces.InterfaceAddresses(netns)
     configured = proxier.node.node_ips
     lock = threading.Lock()
-    served: list[tuple[str, ...]] = []
+    served: list[str] = []
 
     def refresh() -> None:
         with lock:  # the watching thread and the sync loop's
             found = {ipaddress.ip_address(a) for a in (*interfaces.read(), *configured)}
             ips = tuple(str(a) for a in sorted(found, key=lambda a: (a.version, a.packed)))
-            if ips == proxier.node.interface_ips:
-                return
-            proxier.update_node(interface_ips=ips)
+            if ips != proxier.node.interface_ips:
+                proxier.update_node(interface_ips=ips)
+            # Also when only the node IPs changed (the Node object): `primary` follows them.
             node = proxier.node
-            now = [node.nodeport_ips_of(f) for f in node.families]
+            now = [_nodeport_addresses_text(node, f) for f in node.families]
             if now != served:
                 served[:] = now
-                listed = ", ".join(a for each in now for a in each) or "none"
-                log.info("NodePorts are served on this node's addresses: %s", listed)
+                log.info("NodePorts are served on %s", "; ".join(now))
                 for warning in node.nodeport_warnings():
                     log.warning("%s", warning)
 

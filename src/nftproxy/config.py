@@ -182,7 +182,7 @@ class NodeConfig:
             if self.interface_ips is None:
                 known = [a for a in self.node_ips if ipaddress.ip_address(a).version == f]
                 have = f"--node-ip {', '.join(known)}" if known else "no --node-ip"
-                hint = "; give the node's addresses with --node-ip"
+                hint = "" if known else "; give the node's addresses with --node-ip"
             else:
                 known = [a for a in self.interface_ips if ipaddress.ip_address(a).version == f]
                 have = f"its addresses {', '.join(known)}" if known else "no address"

@@ -22,8 +22,10 @@ Choices worth knowing:
   ``iptables.masqueradeAll`` which is honoured too (either turns masquerade-all on).
 * ``bindAddress`` set to a specific address is the node's IP (as in kube-proxy);
   0.0.0.0 and :: mean "not set".
-* ``nodePortAddresses: [primary]`` is an error rather than a warning: ignoring it would
-  open NodePorts on every address.
+* ``nodePortAddresses`` is a list of CIDRs or ``[primary]``; empty means ``primary``, as
+  in kube-proxy's nftables mode.
+* ``serviceCIDRs`` is nftproxy's own field (kube-proxy has none): ranges whose addresses
+  that no Service holds are dropped, beside those of ServiceCIDR objects.
 * ``detectLocalMode`` may be "" or "ClusterCIDR" (what nftproxy does with
   ``clusterCIDR``); the other modes are reported.
 """
