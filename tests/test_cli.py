@@ -345,8 +345,9 @@ def test_explain_says_what_a_refused_or_dropped_packet_meets_and_why():
 # --- what a kube-proxy user expects of the command ------------------------------------------
 
 
-def test_version_prints_the_installed_version():
-    out = nftproxy("--version")
+@pytest.mark.parametrize("where", [[], ["run"], ["compile"]])
+def test_version_prints_the_installed_version(where):
+    out = nftproxy(*where, "--version")
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"nftproxy {importlib.metadata.version('nftproxy')}\n"
 

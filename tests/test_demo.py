@@ -71,8 +71,8 @@ def test_demo_without_root_says_what_is_missing():
     assert "needs root" in out.stderr
 
 
-@pytest.mark.parametrize("duration", ["0", "-5", "nan"])
-def test_a_duration_that_is_not_positive_is_a_usage_error(duration):
+@pytest.mark.parametrize("duration", ["0", "-5", "nan", "inf"])
+def test_a_duration_that_is_not_positive_and_finite_is_a_usage_error(duration):
     out = subprocess.run(
         [sys.executable, "-m", "nftproxy", "demo", "--duration", duration],
         capture_output=True,
@@ -81,7 +81,8 @@ def test_a_duration_that_is_not_positive_is_a_usage_error(duration):
         check=False,
     )
     assert out.returncode == 2
-    assert "--duration" in out.stderr and "is not more than 0" in out.stderr
+    assert "--duration" in out.stderr
+    assert ("is not a finite number" if duration == "inf" else "is not more than 0") in out.stderr
 
 
 def gone(prefix: str) -> bool:

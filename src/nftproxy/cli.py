@@ -14,6 +14,7 @@ import importlib.metadata
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -59,6 +60,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:  # also NaN
         raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    if value == math.inf:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
 
 
@@ -93,6 +96,14 @@ def _verbosity_options(p: argparse.ArgumentParser, *, top: bool = False) -> None
         help="more verbose: each -v adds 2 to --v (-v also lists skipped objects); "
         "-v=N and -v N are --v=N",
     )
+    if not top:
+        # kube-proxy is one command with --version: `nftproxy run --version` answers too.
+        p.add_argument(
+            "--version",
+            action="version",
+            version=f"nftproxy {_version()}",
+            help="print the version",
+        )
 
 
 def _node_options(p: argparse.ArgumentParser) -> None:
@@ -703,7 +714,7 @@ def parser() -> argparse.ArgumentParser:
             "--chunk",
             type=int,
             default=applying.CHUNK,
-            help="elements per transaction when building a generation",
+            help=f"elements per transaction when building a generation (default {applying.CHUNK})",
         )
 
     p = sub.add_parser("compile", help="print the full ruleset as nft commands")
@@ -782,7 +793,10 @@ def parser() -> argparse.ArgumentParser:
         "as kube-proxy)",
     )
     p.add_argument(
-        "--poll-interval", type=float, default=0.5, help="seconds between directory scans"
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="seconds between directory scans (default 0.5)",
     )
     p.add_argument(
         "--verify-period",
