@@ -700,3 +700,20 @@ def test_without_root_the_daemon_in_its_own_namespace_refuses_to_start(netns):
         "nftproxy run: needs root (CAP_NET_ADMIN) to read or change nftables: "
         "Operation not permitted\n"
     )
+
+
+def test_the_readme_explain_example_prints_what_the_readme_shows():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```console\n", 1)[1].split("```", 1)[0]
+    command, _, shown = block.partition("\n    ")
+    rest, _, shown = shown.partition("\n")
+    argv = (command.removeprefix("$ nftproxy ").rstrip(" \\") + " " + rest).split()
+    out = subprocess.run(
+        [sys.executable, "-m", "nftproxy", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == shown
