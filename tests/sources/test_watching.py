@@ -206,3 +206,25 @@ def test_an_object_in_two_files_keeps_the_first_files_definition_and_is_reported
     first.unlink()
     src.scan()
     assert src.merged()[0][WEB_SVC].ports[0].port == 81
+
+
+def test_a_new_file_that_defines_a_running_service_again_does_not_take_it_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    running, newcomer = tmp_path / "web.yaml", tmp_path / "a-copy.yaml"  # sorts first
+    write(running, WEB.replace("PORT", "80").replace("ADDR", "10.244.1.1"))
+    src = ManifestDirectory([tmp_path])
+    src.scan()
+    assert src.merged()[0][WEB_SVC].ports[0].port == 80
+    write(newcomer, WEB.replace("PORT", "81").replace("ADDR", "10.244.1.2"))
+    src.scan()
+    services, slices = src.merged()
+    assert services[WEB_SVC].ports[0].port == 80
+    assert slices["default", "web-1"].endpoints[0].ip == "10.244.1.1"
+    assert (
+        f"{newcomer}: Service default/web: duplicate: defined again after {running}, which is used"
+    ) in errors_logged(caplog)
+    # Once the running definition goes, the other one is used.
+    running.unlink()
+    src.scan()
+    assert src.merged()[0][WEB_SVC].ports[0].port == 81

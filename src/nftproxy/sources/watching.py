@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
@@ -64,17 +64,17 @@ def _first_wins(
     objects: Mapping[K, V],
     kind: str,
     path: Path,
-    first: dict[tuple[str, str], Path],
+    first: dict[tuple[str, object], Path],
 ) -> list[str]:
-    """Add the objects of `path` that no earlier file defined (`first` says which file
-    defined what); the others are returned as duplicates, for the log."""
+    """Add the objects of `path` that no other file claimed (`first` says which file
+    defines what); the others are returned as duplicates, for the log."""
     duplicates: list[str] = []
     for key, obj in objects.items():
-        label = str(key) if isinstance(key, ServiceName) else "/".join(key)
-        where = first.setdefault((kind, label), path)
+        where = first.setdefault((kind, key), path)
         if where == path:
             into[key] = obj
         else:
+            label = str(key) if isinstance(key, ServiceName) else "/".join(key)
             duplicates.append(
                 f"{path}: {kind} {label}: duplicate: defined again after {where}, which is used"
             )
@@ -97,6 +97,7 @@ class ManifestDirectory:
         self._missing: set[Path] = set()  # roots that are gone, as reported
         self._special: set[str] = set()  # directory entries skipped, as reported
         self._duplicates: set[str] = set()  # objects defined in several files, as reported
+        self._definers: dict[tuple[str, object], Path] = {}  # which file's definition is used
         self.errors = 0
 
     def missing(self) -> list[Path]:
@@ -246,7 +247,17 @@ class ManifestDirectory:
         services: dict[ServiceName, Service] = {}
         slices: dict[tuple[str, str], EndpointSlice] = {}
         unsure: set[ServiceName] = set()
-        first: dict[tuple[str, str], Path] = {}
+        # A file keeps what it defined while it still does: a file that defines it again
+        # later is the duplicate, whatever its name, as the API would refuse a second
+        # create. Otherwise the first file in sorted order wins, as in the CLI.
+        first: dict[tuple[str, object], Path] = {}
+        for (kind, key), path in self._definers.items():
+            state = self._files.get(path)
+            objects: Mapping[Any, object] | None = (
+                None if state is None else state.services if kind == "Service" else state.slices
+            )
+            if objects is not None and key in objects:
+                first[kind, key] = path
         duplicates: set[str] = set()
         for path in sorted(self._files):
             state = self._files[path]
@@ -257,6 +268,7 @@ class ManifestDirectory:
             self.errors += 1
             log.error("%s", duplicate)
         self._duplicates = duplicates
+        self._definers = first
         for sid in unsure:
             services.pop(sid, None)
         return services, slices
