@@ -408,7 +408,7 @@ def test_help_explains_how_verbosity_levels_map(command):
 
 def test_cleanup_offers_only_the_options_it_uses():
     dests = {a.dest for a in subcommands()["cleanup"]._actions}
-    assert dests == {"help", "netns", "backend", "v", "verbose"}
+    assert dests == {"help", "version", "netns", "backend", "v", "verbose"}
     out = nftproxy("cleanup", "--help")
     assert "--node-ip" not in out.stdout and "--chunk" not in out.stdout
 

@@ -1432,3 +1432,27 @@ def test_service_cidrs_load_from_a_list_and_a_bad_one_is_named(tmp_path: Path) -
         '"10.97.0.0/99" is not a valid CIDR'
     )
     assert got.ignored == {"ServiceCIDR": 1}
+
+
+def test_a_key_set_twice_in_one_mapping_rejects_the_document_as_kubectl_does(
+    tmp_path: Path,
+) -> None:
+    # Two manifests concatenated without `---`: the second silently replaced the first.
+    (tmp_path / "joined.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\n"
+        "spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\n"
+        "spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}\n"
+        "---\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: c, namespace: x}\n"
+        "spec: {clusterIP: 10.96.0.3, clusterIP: 10.96.0.4, ports: [{port: 80}]}\n"
+        "---\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: d, namespace: x}\n"
+        "spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}\n"
+    )
+    got = load_paths([tmp_path])
+    assert list(got.services) == [ServiceName("x", "d")]
+    messages = [str(e) for e in got.errors]
+    assert len(messages) == 2, messages
+    assert "document 1" in messages[0] and "key 'apiVersion' is set twice" in messages[0]
+    assert "document 2" in messages[1] and "key 'clusterIP' is set twice" in messages[1]

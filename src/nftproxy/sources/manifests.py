@@ -604,6 +604,8 @@ class _YamlReader:
                                     value = dict(zip(pairs, pairs, strict=True))
                                 except TypeError:
                                     raise _unhashable_key(event.start_mark) from None
+                                if 2 * len(value) != len(content):
+                                    raise _duplicate_key(content, event.start_mark)
                             if anchored is not None:
                                 depth = len(stack) + 1
                                 expanded = (
@@ -774,9 +776,27 @@ def _merged(content: list[Any], mark: Any) -> dict[Any, Any]:
                 merged.setdefault(merged_key, merged_value)
     try:
         merged.update(own)
+        if len(dict(own)) != len(own):
+            raise _duplicate_key([part for pair in own for part in pair], mark)
     except TypeError:
         raise _unhashable_key(mark) from None
     return merged
+
+
+def _duplicate_key(content: list[Any], mark: Any) -> _Broken:
+    """kubectl refuses a mapping that sets a key twice; silently keeping the last value
+    would hide, say, two manifests concatenated without `---` between them."""
+    seen: set[Any] = set()
+    for key in content[::2]:
+        if key in seen:
+            return _Broken(f"key {_key_text(key)} is set twice in one mapping", mark)
+        seen.add(key)
+    return _Broken("a key is set twice in one mapping", mark)
+
+
+def _key_text(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _unhashable_key(mark: Any) -> _Broken:
