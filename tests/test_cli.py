@@ -530,11 +530,14 @@ def test_compile_prints_the_same_bytes_whatever_the_hash_seed(tmp_path):
     assert len(outputs) == 1
 
 
-def test_compile_into_a_pipe_closed_early_stops_quietly(tmp_path):
+@pytest.mark.parametrize("command", ["compile", "plan"])
+def test_output_into_a_pipe_closed_early_stops_quietly(tmp_path, netns, command):
     cluster = tmp_path / "big.yaml"
     cluster.write_text(varied_cluster(300))  # far more than a pipe holds
+    # plan wrote its whole text in one call, which a closed pipe cut short silently.
+    where = ["--netns", netns] if command == "plan" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nftproxy", "compile", str(cluster), *DUAL_NODE],
+        [sys.executable, "-m", "nftproxy", command, str(cluster), *DUAL_NODE, *where],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -544,7 +547,7 @@ def test_compile_into_a_pipe_closed_early_stops_quietly(tmp_path):
     with proc.stderr:
         errors = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
-    assert first.startswith(b"add table inet nftproxy")
+    assert first.startswith(b"add table inet nftproxy" if command == "compile" else b"# ")
     assert errors == ""
 
 

@@ -300,9 +300,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plan = applying.generation_plan(
         lambda names: build_ruleset(manifests, node, names), None, 1, "full ruleset"
     )
-    out = sys.stdout
     for tx in plan.transactions:
-        out.write(str(tx))
+        _emit(str(tx))
     return _status(manifests)
 
 
@@ -332,9 +331,18 @@ def _plan(args: argparse.Namespace) -> tuple[applying.Plan, Manifests, Any]:
     return plan, manifests, backend
 
 
+def _emit(text: str, piece: int = 1 << 16) -> None:
+    """Standard output in pieces: when the reader goes away (`| head`) during one large
+    write, the write returns what went through without an error, and the rest would be
+    lost silently; the next piece's write then says so (BrokenPipeError, see main)."""
+    for start in range(0, len(text), piece):
+        sys.stdout.write(text[start : start + piece])
+        sys.stdout.flush()
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     plan, manifests, _ = _plan(args)
-    sys.stdout.write(str(plan))
+    _emit(str(plan))
     return _status(manifests)
 
 
