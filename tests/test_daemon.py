@@ -335,3 +335,36 @@ def test_the_daemon_reports_each_file_read_from_verbosity_2(
     log = daemon.wait_for("full sync: generation")
     line = f"DETAIL nftproxy.manifests: {directory / 'web.yaml'}: 1 service(s), 1 endpoint slice(s)"
     assert (line in log) == detail, log
+
+
+def test_kube_proxy_flags_are_understood_as_kube_proxy_means_them(netns, tmp_path, start_daemon):
+    directory = two_files(tmp_path)
+    node = ["--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16"]
+    daemon = start_daemon(
+        *run_args(
+            netns,
+            [directory],
+            "--proxy-mode",
+            "iptables",
+            "--bind-address",
+            "192.168.0.7",
+            node=node,
+        )
+    )
+    daemon.wait_for("full sync: generation")
+    # The bound address is the node's IP, so the NodePorts' primary address.
+    daemon.wait_for(r"NodePorts are served on IPv4 192\.168\.0\.7;")
+    assert "--proxy-mode iptables is not supported: nftproxy always programs nftables" in daemon.log
+    assert daemon.stop() == 0
+    assert "10.96.0.10" in frontends(netns)
+    # kube-proxy --cleanup: the table goes, and the command exits.
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "nftproxy", "run", "--cleanup", "--netns", netns],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert "removed table inet nftproxy" in cleanup.stderr
+    assert "nftproxy" not in nft_in(netns, "list", "tables")

@@ -368,11 +368,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nftproxy.kube import proxyconfig
 
     log = logging.getLogger("nftproxy")
+    if args.cleanup:
+        return cmd_cleanup(args)
     opts = proxyconfig.load(args.config) if args.config else proxyconfig.ProxyOptions()
     if args.v is None and opts.verbosity is not None:
         logs.setup(_verbosity(args, opts.verbosity), timestamps=True)
     for warning in opts.warnings:
         log.warning("%s: %s", args.config, warning)
+    opts = _with_kube_proxy_flags(args, opts, log)
     node = _node(args, opts)
     min_sync = args.min_sync_period
     if min_sync is None:
@@ -536,6 +539,24 @@ def _follow_addresses(
     proxier.refresh_node = refresh
     threading.Thread(target=watch, name="addresses", daemon=True).start()
     return interfaces
+
+
+def _with_kube_proxy_flags(
+    args: argparse.Namespace, opts: ProxyOptions, log: logging.Logger
+) -> ProxyOptions:
+    """kube-proxy's --proxy-mode and --bind-address, read as its config file's fields are."""
+    mode = (args.proxy_mode or "").strip()
+    if mode and mode.lower() != "nftables":
+        log.warning("--proxy-mode %s is not supported: nftproxy always programs nftables", mode)
+    if args.bind_address is None or not args.bind_address.strip():
+        return opts
+    try:
+        bound = addresses.ip_address(args.bind_address.strip())
+    except ValueError:
+        raise ConfigError(f"--bind-address: {args.bind_address!r} is not an IP address") from None
+    if bound.is_unspecified:
+        return opts
+    return opts.with_flags(node_ips=(str(bound),))
 
 
 def _choose(flag: str | None, config: str | None, default: str) -> str:
@@ -829,6 +850,26 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit (status 1) when a bind address cannot be listened on; by default it is "
         "tried again every 5 s, as kube-proxy does",
+    )
+    kube = p.add_argument_group("kube-proxy's own flags, for a drop-in")
+    kube.add_argument(
+        "--proxy-mode",
+        default=None,
+        metavar="MODE",
+        help="accepted as kube-proxy's: nftproxy always programs nftables (another mode is "
+        "reported, not obeyed)",
+    )
+    kube.add_argument(
+        "--bind-address",
+        default=None,
+        metavar="IP",
+        help="as kube-proxy's: a specific address is this node's IP (as --node-ip); "
+        "0.0.0.0 and :: mean not set",
+    )
+    kube.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="as kube-proxy's: delete the nftproxy table (of --netns) and exit",
     )
     _node_options(p)
     p.set_defaults(func=cmd_run)
