@@ -21,6 +21,7 @@ from kernel import nft_in, require_kernel
 from samples import dns, frontends, two_files, web
 
 from nftproxy.lab import Lab, default_topology
+from nftproxy.lab.netns import run_in_netns
 from nftproxy.nft import open_backend
 
 pytestmark = pytest.mark.kernel
@@ -368,3 +369,68 @@ def test_kube_proxy_flags_are_understood_as_kube_proxy_means_them(netns, tmp_pat
     assert cleanup.returncode == 0, cleanup.stderr
     assert "removed table inet nftproxy" in cleanup.stderr
     assert "nftproxy" not in nft_in(netns, "list", "tables")
+
+
+LOCAL_LB = """\
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32040
+  ports: [{name: http, port: 80, nodePort: 30040}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  namespace: default
+  labels: {kubernetes.io/service-name: lb}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [POD], nodeName: NODE}]
+"""
+
+
+def test_health_check_node_ports_answer_on_the_nodes_own_node_port_addresses(
+    tmp_path, start_daemon
+):
+    """As kube-proxy: in the node's namespace (the one the daemon programs), on its NodePort
+    addresses (the primary IP by default), not elsewhere."""
+    require_kernel()
+    with Lab.create(default_topology(nodes=1, pods_per_node=1)) as lab:
+        (pod,) = lab.topology.pods
+        node = lab.topology.nodes[0]
+        other = "192.168.77.60"  # a second address of the node, not its primary one
+        lab.exec(node, ["ip", "addr", "add", f"{other}/24", "dev", "eth0"])
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        text = LOCAL_LB.replace("POD", pod.ip4).replace("NODE", node.name)
+        (manifests / "lb.yaml").write_text(text)
+        daemon = start_daemon(
+            *run_args(
+                lab.ns(node),
+                [manifests],
+                node=["--node-name", node.name, "--node-ip", node.ip4],
+            )
+        )
+        daemon.wait_for(rf"serving healthCheckNodePort {re.escape(node.ip4)}:32040")
+
+        def get(address: str) -> tuple[int, str]:
+            def fetch() -> tuple[int, str]:
+                conn = http.client.HTTPConnection(address, 32040, timeout=5)
+                try:
+                    conn.request("GET", "/")
+                    response = conn.getresponse()
+                    return response.status, response.read().decode()
+                finally:
+                    conn.close()
+
+            return run_in_netns(lab.ns_path("ext"), fetch)
+
+        status, body = get(node.ip4)
+        assert status == 200 and '"localEndpoints": 1' in body, body
+        with pytest.raises(ConnectionRefusedError):
+            get(other)

@@ -352,3 +352,17 @@ def test_an_idle_connection_is_closed_so_its_thread_ends(
         # Kept alive, then idle: the server closes it (recv returns b"").
         conn.settimeout(5)
         assert conn.recv(4096) == b""
+
+
+def test_health_check_node_ports_listen_where_node_ports_are_served() -> None:
+    from nftproxy.config import node_config
+    from nftproxy.health import health_check_hosts
+
+    primary = node_config(node_ips=["192.168.0.1", "fd00::1"], nodeport_addresses=["primary"])
+    assert health_check_hosts(primary) == ("192.168.0.1", "fd00::1")
+    v4_only = node_config(node_ips=["192.168.0.1"], nodeport_addresses=["primary"])
+    assert health_check_hosts(v4_only) == ("192.168.0.1",)
+    unknown = node_config(nodeport_addresses=["primary"])
+    assert health_check_hosts(unknown) == ("0.0.0.0",)
+    everywhere = node_config(node_ips=["192.168.0.1"], nodeport_addresses=["0.0.0.0/0"])
+    assert health_check_hosts(everywhere) == ("0.0.0.0",)

@@ -420,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics_at = _choose(args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249")
     if metrics_at:
         listen(lambda: proxy_metrics.serve(metrics_at))
-    check_servers = health.HealthCheckServers(health=proxy_health)
+    check_servers = health.HealthCheckServers(health=proxy_health, netns=args.netns)
     check_servers.follow(proxier)
     from nftproxy import conntrack
 

@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from nftproxy.config import NodeConfig
 from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.nft import call_in_netns
 
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier, SyncResult
@@ -429,11 +431,21 @@ class HealthCheckServers:
     on the next `sync`, as kube-proxy does.
     """
 
-    def __init__(self, bind_address: str = "0.0.0.0", health: ProxierHealth | None = None) -> None:
+    def __init__(
+        self,
+        bind_address: str = "0.0.0.0",
+        health: ProxierHealth | None = None,
+        *,
+        netns: str | None = None,
+    ) -> None:
         self.bind_address = bind_address
+        # The node's namespace: its addresses are where these ports must answer.
+        self.netns = netns
+        # Where each port listens; `follow` makes them the node's NodePort addresses.
+        self.hosts: tuple[str, ...] = (bind_address,)
         self.health = health
         self._lock = threading.Lock()
-        self._listeners: dict[int, _ServiceListener] = {}
+        self._listeners: dict[tuple[int, str], _ServiceListener] = {}
         self.errors: dict[int, str] = {}
 
     def _proxy_healthy(self) -> bool:
@@ -442,25 +454,37 @@ class HealthCheckServers:
     def sync(self, services: Mapping[int, tuple[ServiceName, int]]) -> None:
         """The complete wanted state: healthCheckNodePort -> (Service, local endpoints)."""
         with self._lock:
-            for port in list(self._listeners.keys() - services.keys()):
-                log.info("closing healthCheckNodePort %d", port)
-                self._listeners.pop(port).close()
+            hosts = self.hosts
+            for port, host in list(self._listeners):
+                if port not in services or host not in hosts:
+                    log.info("closing healthCheckNodePort %s", _host_port(host, port))
+                    self._listeners.pop((port, host)).close()
             self.errors = {p: e for p, e in self.errors.items() if p in services}
             for port, (name, count) in services.items():
-                current = self._listeners.get(port)
-                if current is not None:
-                    current.set(name, count)
-                    continue
-                try:
-                    self._listeners[port] = _ServiceListener(
-                        self.bind_address, port, name, count, self._proxy_healthy
-                    )
-                except OSError as exc:
-                    self.errors[port] = str(exc)
-                    log.error("%s", exc)
-                else:
+                failed = False
+                for host in hosts:
+                    current = self._listeners.get((port, host))
+                    if current is not None:
+                        current.set(name, count)
+                        continue
+                    try:
+                        self._listeners[port, host] = self._listen(host, port, name, count)
+                    except OSError as exc:
+                        failed = True
+                        self.errors[port] = str(exc)
+                        log.error("%s", exc)
+                    else:
+                        log.info(
+                            "serving healthCheckNodePort %s for %s", _host_port(host, port), name
+                        )
+                if not failed:
                     self.errors.pop(port, None)
-                    log.info("serving healthCheckNodePort %d for %s", port, name)
+
+    def _listen(self, host: str, port: int, name: ServiceName, count: int) -> _ServiceListener:
+        def make() -> _ServiceListener:
+            return _ServiceListener(host, port, name, count, self._proxy_healthy)
+
+        return call_in_netns(self.netns, make)
 
     def follow(self, proxier: Proxier) -> None:
         """Keep one listener per healthCheckNodePort of `proxier`'s Services, updated after
@@ -468,7 +492,9 @@ class HealthCheckServers:
         a deleted Service's port closes even while syncs fail (and answers unhealthy)."""
 
         def sync(_outcome: object) -> None:
-            me = proxier.node.node_name
+            node = proxier.node
+            me = node.node_name
+            self.hosts = health_check_hosts(node, self.bind_address)
             self.sync(
                 health_check_ports(
                     proxier.services(),
@@ -482,6 +508,12 @@ class HealthCheckServers:
     @property
     def ports(self) -> frozenset[int]:
         with self._lock:
+            return frozenset(port for port, _ in self._listeners)
+
+    @property
+    def listening(self) -> frozenset[tuple[int, str]]:
+        """(port, address) of every listener."""
+        with self._lock:
             return frozenset(self._listeners)
 
     def close(self) -> None:
@@ -490,6 +522,19 @@ class HealthCheckServers:
         for listener in listeners:
             with contextlib.suppress(OSError):
                 listener.close()
+
+
+def health_check_hosts(node: NodeConfig, wildcard: str = "0.0.0.0") -> tuple[str, ...]:
+    """Where healthCheckNodePorts listen, as in kube-proxy: on the node's NodePort addresses
+    when --nodeport-addresses selects some (its primary IPs by default), else everywhere."""
+    if any(cidr.endswith("/0") for cidr in node.nodeport_addresses):
+        return (wildcard,)  # every address asked for
+    # A family whose node IP is unknown adds none (kube-proxy knows none there either).
+    return tuple(ip for f in node.families for ip in node.nodeport_ips_of(f)) or (wildcard,)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:

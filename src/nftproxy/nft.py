@@ -16,12 +16,15 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from nftproxy.ruleset.schema import FAMILY, TABLE
+
+T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 _OUTPUT_JSON = 1 << 4
@@ -105,6 +108,29 @@ class Backend(Protocol):
     def check(self, script: str) -> None: ...
 
     def list_table(self) -> dict[str, Any] | None: ...
+
+
+def call_in_netns(netns: str | None, make: Callable[[], T]) -> T:
+    """`make()` run by a short-lived thread that entered `netns` (None: this one), so that
+    what it creates, a listening socket say, belongs to that namespace."""
+    if netns is None:
+        return make()
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            _setns(netns)
+            box.append((True, make()))
+        except BaseException as exc:  # handed to the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"in-{netns}")
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _setns(netns: str | None) -> None:
