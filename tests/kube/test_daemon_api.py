@@ -45,11 +45,44 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         time.sleep(0.1)
 
 
-def table(netns: str) -> str:
+def table(netns: str, set_name: str = "") -> str:
+    """`nft list` of our table (or of one of its sets), "" while there is none."""
+    what = ("set", "inet", "nftproxy", set_name) if set_name else ("table", "inet", "nftproxy")
     try:
-        return nft_in(netns, "list", "table", "inet", "nftproxy")
+        return nft_in(netns, "list", *what)
     except AssertionError:
         return ""
+
+
+def quiet_daemon(kubeconfig: object, netns: str) -> list[str]:
+    """`nftproxy run` as node-a on the API into `netns`, without HTTP servers."""
+    return [
+        sys.executable,
+        "-m",
+        "nftproxy",
+        "run",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--netns",
+        netns,
+        "--hostname-override",
+        "node-a",
+        "--min-sync-period",
+        "0.1",
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
+    ]
+
+
+def user_binding(role: str) -> dict:
+    """Binds the ClusterRole `role` to the test control plane's user "nftproxy"."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nftproxy-test-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nftproxy"}],
+    }
 
 
 def test_the_daemon_follows_the_api_and_serves_health_and_metrics(netns, tmp_path):
@@ -118,35 +151,10 @@ def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tm
     import yaml
 
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nftproxy-test-user"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "nftproxy",
-        },
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nftproxy"}],
-    }
+    binding = user_binding("nftproxy")
     with start_control_plane(tmp_path / "cp") as cp:
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
-        argv = [
-            sys.executable,
-            "-m",
-            "nftproxy",
-            "run",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--netns",
-            netns,
-            "--hostname-override",
-            "node-a",
-            "--min-sync-period",
-            "0.1",
-            "--healthz-bind-address=",
-            "--metrics-bind-address=",
-        ]
+        argv = quiet_daemon(kubeconfig, netns)
         # Without the role: the daemon says which resource it may not read, and keeps trying.
         denied = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -320,30 +328,12 @@ def test_service_cidrs_come_from_the_api_including_the_default_one(netns, tmp_pa
     from apiserver import SERVICE_CIDR
 
     def ranges() -> str:
-        try:
-            return nft_in(netns, "list", "set", "inet", "nftproxy", "g1-service-cidrs4")
-        except AssertionError:
-            return ""
+        return table(netns, "g1-service-cidrs4")
 
     with start_control_plane(tmp_path / "cp") as cp:
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nftproxy",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--netns",
-                netns,
-                "--hostname-override",
-                "node-a",
-                "--min-sync-period",
-                "0.1",
-                "--healthz-bind-address=",
-                "--metrics-bind-address=",
-            ],
+            quiet_daemon(kubeconfig, netns),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -375,17 +365,7 @@ def test_a_role_without_service_cidrs_still_serves_services_and_says_why(netns, 
 
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
     role["rules"] = [r for r in role["rules"] if "servicecidrs" not in r["resources"]]
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nftproxy-test-user"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": role["metadata"]["name"],
-        },
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nftproxy"}],
-    }
+    binding = user_binding(role["metadata"]["name"])
     with start_control_plane(tmp_path / "cp") as cp:
         assert cp.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", role)[0] == 201
         path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
@@ -396,22 +376,7 @@ def test_a_role_without_service_cidrs_still_serves_services_and_says_why(netns, 
         assert cp.request("POST", slices, slice_with("10.244.1.5"))[0] == 201
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nftproxy",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--netns",
-                netns,
-                "--hostname-override",
-                "node-a",
-                "--min-sync-period",
-                "0.1",
-                "--healthz-bind-address=",
-                "--metrics-bind-address=",
-            ],
+            quiet_daemon(kubeconfig, netns),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
