@@ -9,6 +9,7 @@ import dataclasses
 from builders import NODE, OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 from nftproxy.applying import generation_plan
+from nftproxy.config import NodeConfig
 from nftproxy.model import EndpointSlice, Service
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import Blocks, DesiredState
@@ -176,23 +177,28 @@ def test_a_winner_without_source_ranges_is_not_filtered_by_the_losers_firewall()
     assert reached(send(state.desired.ruleset, LB, src=OUTSIDE)) == {"10.244.2.2:8080": 1}
 
 
+def desired_of(
+    services: list[Service], slices: list[EndpointSlice], node: NodeConfig, names: Names
+) -> DesiredState:
+    desired = DesiredState(node, names)
+    for sid, frag in compile_all({s.id: s for s in services}, slices, node, names).items():
+        desired.set_service(sid, frag)
+    return desired
+
+
 def test_new_node_addresses_change_only_the_node_port_addresses_in_place():
     node = dataclasses.replace(NODE, nodeport_addresses=("192.168.0.0/16",))
     svc = service(ports=[port(80, node_port=30080)])
     slices = [endpoints("web", [ep("10.244.1.1")])]
     names = Names()
-    desired = DesiredState(node, names)
-    for sid, frag in compile_all({svc.id: svc}, slices, node, names).items():
-        desired.set_service(sid, frag)
+    desired = desired_of([svc], slices, node, names)
     before = AppliedState.of(desired.ruleset)
     desired.take_changes()
     moved = dataclasses.replace(node, interface_ips=("192.168.0.1", "192.168.9.9", "10.0.0.1"))
     assert desired.set_node(moved)
     tx = diff(desired.ruleset, before, desired.take_changes())
     assert [(type(op), op.set) for op in tx.ops] == [(AddElements, "g1-nodeport-ips4")]
-    fresh = DesiredState(moved, names)
-    for sid, frag in compile_all({svc.id: svc}, slices, moved, names).items():
-        fresh.set_service(sid, frag)
+    fresh = desired_of([svc], slices, moved, names)
     assert AppliedState.of(desired.ruleset) == AppliedState.of(fresh.ruleset)
     assert desired.digest == fresh.digest
     gone = dataclasses.replace(moved, interface_ips=("192.168.9.9",))
@@ -208,9 +214,7 @@ def test_service_cidrs_change_in_place_but_node_ips_recompile_the_services():
     svc = service(load_balancer_ips=(LB,), load_balancer_source_ranges=("192.168.0.0/24",))
     slices = [endpoints("web", [ep("10.244.1.1")])]
     names = Names()
-    desired = DesiredState(NODE, names)
-    for sid, frag in compile_all({svc.id: svc}, slices, NODE, names).items():
-        desired.set_service(sid, frag)
+    desired = desired_of([svc], slices, NODE, names)
     before = AppliedState.of(desired.ruleset)
     desired.take_changes()
     ranged = dataclasses.replace(NODE, service_cidrs=("10.96.0.0/16",))
