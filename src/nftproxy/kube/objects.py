@@ -579,6 +579,11 @@ def _source_ranges(texts: tuple[str, ...] | None) -> tuple[str, ...]:
         return ()
     field = "spec.loadBalancerSourceRanges"
     _absurd(field, texts, MAX_ADDRESSES)
+    return _cidrs(field, texts)
+
+
+def _cidrs(field: str, texts: Sequence[str]) -> tuple[str, ...]:
+    """Canonical CIDRs, once each, read as Kubernetes reads them (padding, leading zeros)."""
     out: dict[str, None] = {}
     for i, text in enumerate(texts):
         try:
@@ -818,16 +823,9 @@ def to_service_cidr(raw: RawServiceCIDR) -> ServiceCIDR:
     if not name:
         raise InvalidObject("ServiceCIDR", "", "", "metadata.name", "is required")
     texts = (raw.spec.cidrs if raw.spec else None) or ()
-    cidrs: dict[str, None] = {}
     try:
         if len(texts) > MAX_SERVICE_CIDRS:
             raise _Bad("spec.cidrs", f"{len(texts)} ranges; at most 2, one per family")
-        for i, text in enumerate(texts):
-            try:
-                network = addresses.ip_network(text.strip(), strict=False)
-            except ValueError:
-                raise _Bad(f"spec.cidrs[{i}]", f'"{text}" is not a valid CIDR') from None
-            cidrs[str(network)] = None
+        return ServiceCIDR(name, _cidrs("spec.cidrs", texts))
     except _Bad as exc:
         raise InvalidObject("ServiceCIDR", "", name, exc.field, exc.message) from None
-    return ServiceCIDR(name, tuple(cidrs))
