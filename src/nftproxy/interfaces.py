@@ -17,20 +17,15 @@ import errno
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Iterator
 
-from nftproxy.nft import _setns
-
-T = TypeVar("T")
+from nftproxy.netlink import NLM_F_REQUEST, NLMSG_ERROR
+from nftproxy.nft import call_in_netns
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
 NETLINK_ROUTE = 0
-NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLM_F_DUMP_INTR = 0x10
-NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
@@ -88,19 +83,6 @@ def address_of(payload: bytes) -> str | None:
     return None if raw is None else socket.inet_ntop(family, raw)
 
 
-def _in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """Call `fn` in a thread of its own that entered `netns`: the sockets it makes belong
-    to that namespace for good. (In the thread, not as the pool's initializer: its error,
-    a missing namespace, then reaches the caller as it is.)"""
-
-    def entered() -> T:
-        _setns(netns)
-        return fn()
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns") as pool:
-        return pool.submit(entered).result()
-
-
 def _socket(groups: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     try:
@@ -116,7 +98,7 @@ class InterfaceAddresses:
     loopback included; `wait` says when they may have changed."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self._dump, self._events = _in_netns(
+        self._dump, self._events = call_in_netns(
             netns, lambda: (_socket(), _socket(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         )
         self._dump.settimeout(10.0)  # the kernel answers at once; never hang a sync on it
