@@ -48,6 +48,7 @@ from typing import Any, Literal, TypeVar
 from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession
 from nftproxy.lab.topology import External, Node, Pod, Topology, default_topology
+from nftproxy.nft import call_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ POD_IF = "eth0"
 POD_GW4 = "169.254.1.1"
 POD_GW6 = "fe80::1"
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-CLONE_NEWNET = 0x40000000
 
 COMMON_SYSCTLS = (
     "net.ipv6.conf.all.accept_dad=0",
@@ -110,29 +110,7 @@ def run_in_netns(path: str | Path, fn: Callable[[], T]) -> T:
 
     Sockets it creates belong to that namespace for good and can be used from any thread.
     The calling thread's namespace is never changed."""
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=f"netns:{Path(path).name}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
+    return call_in_netns(str(path), fn)
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
