@@ -54,23 +54,13 @@ def table(netns: str, set_name: str = "") -> str:
         return ""
 
 
-def quiet_daemon(kubeconfig: object, netns: str) -> list[str]:
-    """`nftproxy run` as node-a on the API into `netns`, without HTTP servers."""
+def daemon_argv(kubeconfig: object, netns: str, *more: str, node: str = "node-a") -> list[str]:
+    """`nftproxy run` as `node` on the API into `netns`, without HTTP servers unless `more`
+    says otherwise (a later flag wins)."""
     return [
-        sys.executable,
-        "-m",
-        "nftproxy",
-        "run",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--netns",
-        netns,
-        "--hostname-override",
-        "node-a",
-        "--min-sync-period",
-        "0.1",
-        "--healthz-bind-address=",
-        "--metrics-bind-address=",
+        *(sys.executable, "-m", "nftproxy", "run", "--kubeconfig", str(kubeconfig)),
+        *("--netns", netns, "--hostname-override", node, "--min-sync-period", "0.1"),
+        *("--healthz-bind-address=", "--metrics-bind-address=", *more),
     ]
 
 
@@ -90,24 +80,13 @@ def test_the_daemon_follows_the_api_and_serves_health_and_metrics(netns, tmp_pat
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
         health_port, metrics_port = _free_ports(2)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nftproxy",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--netns",
+            daemon_argv(
+                kubeconfig,
                 netns,
-                "--hostname-override",
-                "node-a",
-                "--node-ip",
-                "192.168.0.1",
-                "--min-sync-period",
-                "0.1",
+                *("--node-ip", "192.168.0.1"),
                 f"--healthz-bind-address=127.0.0.1:{health_port}",
                 f"--metrics-bind-address=127.0.0.1:{metrics_port}",
-            ],
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -154,7 +133,7 @@ def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tm
     binding = user_binding("nftproxy")
     with start_control_plane(tmp_path / "cp") as cp:
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
-        argv = quiet_daemon(kubeconfig, netns)
+        argv = daemon_argv(kubeconfig, netns)
         # Without the role: the daemon says which resource it may not read, and keeps trying.
         denied = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -203,26 +182,12 @@ def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
         pods = list(lab.topology.pods)
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nftproxy",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--netns",
+            daemon_argv(
+                kubeconfig,
                 str(lab.ns_path(node)),
-                "--hostname-override",
-                node.name,
-                "--node-ip",
-                node.ip4,
-                "--cluster-cidr",
-                "10.244.0.0/16",
-                "--min-sync-period",
-                "0.1",
-                "--healthz-bind-address=",
-                "--metrics-bind-address=",
-            ],
+                *("--node-ip", node.ip4, "--cluster-cidr", "10.244.0.0/16"),
+                node=node.name,
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -281,11 +246,7 @@ def test_the_daemon_relists_after_a_restart_into_compacted_history_and_applies_t
             assert status == 201, svc
             vips[name] = svc["spec"]["clusterIP"]
         proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "nftproxy", "run", "--kubeconfig", str(kubeconfig)),
-                *("--netns", netns, "--hostname-override", "node-a", "--node-ip", "192.168.0.1"),
-                *("--min-sync-period", "0", "--healthz-bind-address=", "--metrics-bind-address="),
-            ],
+            daemon_argv(kubeconfig, netns, "--node-ip", "192.168.0.1", "--min-sync-period", "0"),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -333,7 +294,7 @@ def test_service_cidrs_come_from_the_api_including_the_default_one(netns, tmp_pa
     with start_control_plane(tmp_path / "cp") as cp:
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
         proc = subprocess.Popen(
-            quiet_daemon(kubeconfig, netns),
+            daemon_argv(kubeconfig, netns),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -376,7 +337,7 @@ def test_a_role_without_service_cidrs_still_serves_services_and_says_why(netns, 
         assert cp.request("POST", slices, slice_with("10.244.1.5"))[0] == 201
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.user_token)
         proc = subprocess.Popen(
-            quiet_daemon(kubeconfig, netns),
+            daemon_argv(kubeconfig, netns),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
