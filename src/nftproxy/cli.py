@@ -446,10 +446,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             def load_all() -> None:
                 proxier.set_keep(source.incomplete)
+                services, slices = source.merged()  # also picks the ServiceCIDRs
                 ranges = service_cidr_union(flagged, source.service_cidrs())
                 if ranges != proxier.node.service_cidrs:
                     proxier.update_node(service_cidrs=ranges)
-                proxier.replace_all(*source.merged())
+                proxier.replace_all(services, slices)
 
             source.scan()
             load_all()

@@ -228,3 +228,19 @@ def test_a_new_file_that_defines_a_running_service_again_does_not_take_it_over(
     running.unlink()
     src.scan()
     assert src.merged()[0][WEB_SVC].ports[0].port == 81
+
+
+def test_a_service_cidr_in_two_files_keeps_one_definition_and_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cidr = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: main}\n"
+    first, second = tmp_path / "1-cidr.yaml", tmp_path / "2-cidr.yaml"
+    write(first, cidr + "spec: {cidrs: [10.96.0.0/16]}\n")
+    write(second, cidr + "spec: {cidrs: [10.97.0.0/16]}\n")
+    src = ManifestDirectory([tmp_path])
+    src.scan()
+    src.merged()
+    assert src.service_cidrs() == ("10.96.0.0/16",)
+    assert errors_logged(caplog) == [
+        f"{second}: ServiceCIDR main: duplicate: defined again after {first}, which is used"
+    ]

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
@@ -55,8 +55,12 @@ def _signature(path: Path) -> Signature | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-K = TypeVar("K", ServiceName, tuple[str, str])
-V = TypeVar("V", Service, EndpointSlice)
+K = TypeVar("K", ServiceName, tuple[str, str], str)
+V = TypeVar("V", Service, EndpointSlice, ServiceCIDR)
+
+
+# What each kind's objects are kept in, in a file's state.
+_OBJECTS = {"Service": "services", "EndpointSlice": "slices", "ServiceCIDR": "service_cidrs"}
 
 
 def _first_wins(
@@ -74,7 +78,7 @@ def _first_wins(
         if where == path:
             into[key] = obj
         else:
-            label = str(key) if isinstance(key, ServiceName) else "/".join(key)
+            label = str(key) if isinstance(key, str | ServiceName) else "/".join(key)
             duplicates.append(
                 f"{path}: {kind} {label}: duplicate: defined again after {where}, which is used"
             )
@@ -98,6 +102,7 @@ class ManifestDirectory:
         self._special: set[str] = set()  # directory entries skipped, as reported
         self._duplicates: set[str] = set()  # objects defined in several files, as reported
         self._definers: dict[tuple[str, object], Path] = {}  # which file's definition is used
+        self._service_cidrs: tuple[str, ...] = ()
         self.errors = 0
 
     def missing(self) -> list[Path]:
@@ -253,17 +258,17 @@ class ManifestDirectory:
         first: dict[tuple[str, object], Path] = {}
         for (kind, key), path in self._definers.items():
             state = self._files.get(path)
-            objects: Mapping[Any, object] | None = (
-                None if state is None else state.services if kind == "Service" else state.slices
-            )
-            if objects is not None and key in objects:
+            if state is not None and key in getattr(state, _OBJECTS[kind]):
                 first[kind, key] = path
         duplicates: set[str] = set()
+        cidrs: dict[str, ServiceCIDR] = {}
         for path in sorted(self._files):
             state = self._files[path]
             duplicates.update(_first_wins(services, state.services, "Service", path, first))
             duplicates.update(_first_wins(slices, state.slices, "EndpointSlice", path, first))
+            duplicates.update(_first_wins(cidrs, state.service_cidrs, "ServiceCIDR", path, first))
             unsure.update(state.incomplete.values())
+        self._service_cidrs = tuple(cidr for obj in cidrs.values() for cidr in obj.cidrs)
         for duplicate in sorted(duplicates - self._duplicates):
             self.errors += 1
             log.error("%s", duplicate)
@@ -274,13 +279,9 @@ class ManifestDirectory:
         return services, slices
 
     def service_cidrs(self) -> tuple[str, ...]:
-        """The ranges of every ServiceCIDR object, the first file in sorted order winning
-        where two define one (as for Services)."""
-        objects: dict[str, ServiceCIDR] = {}
-        for path in sorted(self._files):
-            for name, obj in self._files[path].service_cidrs.items():
-                objects.setdefault(name, obj)
-        return tuple(cidr for obj in objects.values() for cidr in obj.cidrs)
+        """The ranges of every ServiceCIDR object as of the last `merged` (which picks one
+        definition of each, as for Services)."""
+        return self._service_cidrs
 
     def files(self) -> Iterable[Path]:
         return sorted(self._files)
