@@ -4,6 +4,11 @@
 #     hack/k8s/build.sh               # etcd + kube-apiserver (what CI runs)
 #     hack/k8s/build.sh kube-proxy    # ... and the upstream kube-proxy too, for
 #                                     # the comparison benchmark (bench/anchors/)
+#     hack/k8s/build.sh cluster       # ... and what hack/cluster needs: kubelet,
+#                                     # kube-controller-manager, kube-scheduler,
+#                                     # kubectl, kube-proxy, agnhost,
+#                                     # regression-issue-74839 and e2e.test
+#                                     # (the network specs only, see e2e/)
 #
 # All come from the Go module proxy at the versions pinned in hack/k8s/go.mod
 # and land in ${NFTPROXY_K8S_CACHE:-$HOME/.cache/nftproxy/k8s}/<k8s-version>/.
@@ -16,11 +21,16 @@ set -euo pipefail
 
 # What to build: always etcd and kube-apiserver; extra binaries only on request.
 targets=(etcd kube-apiserver)
+cluster_targets=(kubelet kube-controller-manager kube-scheduler kubectl kube-proxy
+    agnhost regression-issue-74839 e2e.test)
+want() { [[ " ${targets[*]} " == *" $1 "* ]] || targets+=("$1"); }
 for arg in "$@"; do
     case $arg in
-    kube-proxy) [[ " ${targets[*]} " == *" kube-proxy "* ]] || targets+=(kube-proxy) ;;
+    cluster) for t in "${cluster_targets[@]}"; do want "$t"; done ;;
+    kube-proxy | kubelet | kube-controller-manager | kube-scheduler | kubectl | agnhost | \
+        regression-issue-74839 | e2e.test) want "$arg" ;;
     *)
-        echo "usage: build.sh [kube-proxy]" >&2
+        echo "usage: build.sh [cluster | kube-proxy | kubelet | ... | e2e.test]" >&2
         exit 2
         ;;
     esac
@@ -37,7 +47,7 @@ dest=${NFTPROXY_K8S_CACHE:-$HOME/.cache/nftproxy/k8s}/$version
 report() {
     local t
     for t in "${targets[@]}"; do
-        printf '%-15s %s\n' "$t:" "$dest/$t"
+        printf '%-24s %s\n' "$t:" "$dest/$t"
     done
 }
 
@@ -78,7 +88,10 @@ build() { # <output name> <package>
     [[ -x "$dest/$out" ]] && return 0
     tmp="$dest/.$out.tmp.$$"
     echo "build.sh: building $pkg -> $dest/$out" >&2
-    (cd "$here" && nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$tmp" "$pkg") || {
+    local cmd=(build)
+    # The e2e suite is a test binary: it is compiled, not built.
+    [[ $out == e2e.test ]] && cmd=(test -c)
+    (cd "$here" && nice -n 10 go "${cmd[@]}" -trimpath -ldflags="$ldflags" -o "$tmp" "$pkg") || {
         rm -f "$tmp"
         return 1
     }
@@ -90,6 +103,13 @@ declare -A package=(
     [etcd]=go.etcd.io/etcd/server/v3
     [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
     [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
+    [kubelet]=k8s.io/kubernetes/cmd/kubelet
+    [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+    [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+    [kubectl]=k8s.io/kubernetes/cmd/kubectl
+    [agnhost]=k8s.io/kubernetes/test/images/agnhost
+    [regression-issue-74839]=k8s.io/kubernetes/test/images/regression-issue-74839
+    [e2e.test]=./e2e
 )
 for t in "${targets[@]}"; do
     build "$t" "${package[$t]}"
