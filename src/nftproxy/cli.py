@@ -27,6 +27,7 @@ from typing import Any
 from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.kube.proxyconfig import ProxyOptions
+from nftproxy.lab.cluster import command as cluster_command
 from nftproxy.model import Family
 from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import DEFAULT_VERIFY_PERIOD, Proxier
@@ -889,6 +890,8 @@ def parser() -> argparse.ArgumentParser:
     )
     _verbosity_options(p)
     p.set_defaults(func=cmd_demo)
+
+    cluster_command.add_parser(sub)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Kubernetes' e2e network specs against the local cluster, once with nftproxy and once
+# with upstream kube-proxy (nftables mode), side by side; the table goes to
+# docs/conformance.md.
+#
+#     sudo hack/cluster/e2e.sh                 # the broad sig-network set (about an hour per proxy)
+#     sudo hack/cluster/e2e.sh conformance     # only the Services [Conformance] specs
+#
+# Each proxy gets a fresh cluster (`nftproxy cluster up --proxy ...`), brought down
+# afterwards even when the run fails. Results: $OUT/<proxy>/{junit.xml,results.json,ginkgo.log}.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+suite=${1:-network}
+out=${OUT:-$PWD/.e2e/$suite}
+name=${CLUSTER_NAME:-e2e}
+py=${PYTHON:-.venv/bin/python}
+nftproxy=("$py" -m nftproxy)
+
+hack/cluster/build.sh
+
+cleanup() { "${nftproxy[@]}" cluster down --name "$name" || true; }
+trap cleanup EXIT
+
+for proxy in nftproxy kube-proxy; do
+    start=$SECONDS
+    "${nftproxy[@]}" cluster up --name "$name" --proxy "$proxy"
+    echo "e2e.sh: cluster up with $proxy in $((SECONDS - start)) s" >&2
+    start=$SECONDS
+    "${nftproxy[@]}" cluster e2e --name "$name" --suite "$suite" --out "$out/$proxy" || true
+    echo "e2e.sh: $suite with $proxy in $((SECONDS - start)) s" >&2
+    start=$SECONDS
+    "${nftproxy[@]}" cluster down --name "$name"
+    echo "e2e.sh: cluster down in $((SECONDS - start)) s" >&2
+done
+
+"$py" -m nftproxy.lab.cluster.e2e "$out/nftproxy/results.json" "$out/kube-proxy/results.json" \
+    >"$out/table.md"
+echo "e2e.sh: side-by-side table in $out/table.md" >&2
