@@ -72,6 +72,33 @@ def test_un_nated_stale_only_matches_flows_that_were_not_nated():
     assert not rule.matches(flow())
 
 
+def test_un_nated_node_port_rule_names_its_family():
+    rule = Stale(None, NODE_PORT, None, nodeport_family=4)
+    assert rule.family == 4
+    assert rule.matches(
+        flow(
+            orig_dst="192.168.0.1",
+            orig_dport=NODE_PORT,
+            reply_src="192.168.0.1",
+            reply_sport=NODE_PORT,
+        )
+    )
+    assert not rule.matches(flow(orig_dst="192.168.0.1", orig_dport=NODE_PORT))  # NATed
+    v6 = flow(
+        orig_dst="fd00::1",
+        orig_dport=NODE_PORT,
+        reply_src="fd00::1",
+        reply_sport=NODE_PORT,
+        family=6,
+    )
+    assert not rule.matches(v6)
+    assert Stale(None, NODE_PORT, None, nodeport_family=6).matches(v6)
+    with pytest.raises(ValueError):
+        Stale(VIP, PORT, None, nodeport_family=4)  # a frontend address has its own family
+    with pytest.raises(ValueError):
+        Stale(None, PORT, "fd00::1", nodeport_family=4)
+
+
 def test_stale_addresses_are_normalised_and_families_checked():
     rule = Stale("FD00::0053", PORT, "fd00:0:0::1")
     assert rule.family == 6 and rule.frontend_ip == "fd00::53"

@@ -381,3 +381,31 @@ def test_udp_endpoints_that_went_away_are_named_for_conntrack_cleanup():
         [Stale("10.96.0.53", 53, "10.244.1.2", 53), Stale(None, 30053, "10.244.1.2", 53)],
         key=repr,
     )
+
+
+def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries():
+    from nftproxy.conntrack import Stale
+    from nftproxy.proxier import stale_udp_endpoints, unnated_udp_flows
+    from nftproxy.ruleset.compile import compile_service
+    from nftproxy.ruleset.desired import DesiredState
+
+    dns = service(
+        "dns",
+        cluster_ips=("10.96.0.53",),
+        ports=[port(53, name="dns", proto="udp", node_port=30053)],
+    )
+    names = Names()
+    desired = DesiredState(NODE, names)
+
+    def put(*ips: str) -> list[Stale]:
+        sl = endpoints("dns", [ep(ip) for ip in ips], name="dns", proto="udp", target=53)
+        desired.set_service(dns.id, compile_service(dns, [sl], NODE, names))
+        return sorted(stale_udp_endpoints(desired.take_changes(), desired.ruleset), key=repr)
+
+    unnated = sorted(
+        [Stale("10.96.0.53", 53, None), Stale(None, 30053, None, nodeport_family=4)], key=repr
+    )
+    assert put() == []  # no endpoints: packets are rejected, no entry forms
+    assert put("10.244.1.1") == unnated
+    assert put("10.244.1.1", "10.244.1.2") == []  # had endpoints already
+    assert sorted(unnated_udp_flows(desired.ruleset), key=repr) == unnated

@@ -297,13 +297,15 @@ class Stale:
     frontend_ip None is a NodePort: any destination address at frontend_port.
     endpoint_port None matches any reply source port. endpoint_ip None selects the flows
     that were not NATed (reply source == original destination, address and port): those a
-    Service that had no endpoints left behind, to delete when it gets some."""
+    Service that had no endpoints left behind, to delete when it gets some. Such a rule for
+    a NodePort has no address at all, and names its family instead."""
 
     frontend_ip: str | None
     frontend_port: int
     endpoint_ip: str | None
     endpoint_port: int | None = None
     proto: ProtoName = "udp"
+    nodeport_family: Family | None = None
 
     def __post_init__(self) -> None:
         if self.frontend_ip is not None:
@@ -311,12 +313,18 @@ class Stale:
         if self.endpoint_ip is not None:
             object.__setattr__(self, "endpoint_ip", _normal(self.endpoint_ip))
         families = {6 if ":" in ip else 4 for ip in (self.frontend_ip, self.endpoint_ip) if ip}
+        if self.nodeport_family is not None:
+            if self.frontend_ip is not None or families - {self.nodeport_family}:
+                raise ValueError(f"{self}: nodeport_family is for a NodePort (no frontend address)")
+            families.add(self.nodeport_family)
         if len(families) != 1:
             raise ValueError(f"{self}: needs a frontend or an endpoint address, of one family")
         _proto_number(self.proto)
 
     @property
     def family(self) -> Family:
+        if self.nodeport_family is not None:
+            return self.nodeport_family
         ip = self.frontend_ip or self.endpoint_ip or ""
         return 6 if ":" in ip else 4
 
@@ -339,8 +347,16 @@ def clear_stale(rules: Sequence[Stale]) -> int:
     family and protocol in use); returns how many were deleted."""
     doomed: list[Flow] = []
     for family, proto in sorted({(r.family, r.proto) for r in rules}):
-        wanted = [r for r in rules if r.family == family and r.proto == proto]
-        doomed += [f for f in list_flows(proto, family) if any(r.matches(f) for r in wanted)]
+        # By destination port: a full sync asks about every UDP frontend at once.
+        by_port: dict[int, list[Stale]] = {}
+        for r in rules:
+            if r.family == family and r.proto == proto:
+                by_port.setdefault(r.frontend_port, []).append(r)
+        doomed += [
+            f
+            for f in list_flows(proto, family)
+            if any(r.matches(f) for r in by_port.get(f.orig_dport, ()))
+        ]
     return delete_flows(doomed) if doomed else 0
 
 

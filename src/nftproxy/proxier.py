@@ -20,13 +20,13 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
-from nftproxy.conntrack import Stale
+from nftproxy.conntrack import Family, Stale
 from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
 from nftproxy.netlink import MAX_NOTIFIED, Committed, NetlinkError
@@ -648,10 +648,13 @@ class Proxier:
         self._last_verify_at = self.clock()
         done = applying.describe(plan.mode, plan.generation, plan.size(), plan.reason)
         log.info("full sync: %s", done)
+        self._clear_udp(unnated_udp_flows(plan.desired))
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
-        stale = stale_udp_endpoints(scope, ruleset)
+        self._clear_udp(stale_udp_endpoints(scope, ruleset))
+
+    def _clear_udp(self, stale: list[Stale]) -> None:
         clear = self.clear_stale_udp
         if stale and clear is not None:
             try:
@@ -939,20 +942,46 @@ def _summary(tx: Transaction) -> str:
     return "; ".join(parts)
 
 
+def _udp_endpoint_maps(names: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """The UDP endpoint maps among `names`, each with whether it is keyed by node port."""
+    for set_name in names:
+        if set_name.endswith("-udp") and "endpoints" in set_name:
+            yield set_name, "np-endpoints" in set_name
+
+
+def _frontend_stale(
+    set_name: str, frontend: tuple[Atom, ...], nodeport: bool, ip: str | None, port: int | None
+) -> Stale:
+    if not nodeport:
+        return Stale(str(frontend[0]), int(frontend[1]), ip, port)
+    if ip is not None:
+        return Stale(None, int(frontend[0]), ip, port)
+    # The map's name carries its family: ...np-endpoints4-udp.
+    family: Family = 6 if set_name.removesuffix("-udp").endswith("6") else 4
+    return Stale(None, int(frontend[0]), None, None, nodeport_family=family)
+
+
 def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
-    """UDP endpoints a frontend no longer uses, from the values a change replaced in UDP
-    endpoint maps: their conntrack entries must go, or clients keep sending to them (UDP
-    has no end of connection)."""
+    """The UDP conntrack entries a change made wrong, from the values it replaced in UDP
+    endpoint maps. UDP has no end of connection: a client that keeps sending from one
+    source port keeps the translation (or the lack of one) its first datagram got. So:
+
+    - an endpoint a frontend no longer uses: its entries must go, or clients keep sending
+      to it;
+    - a frontend that had no endpoint and now has some: its entries that were never NATed
+      must go. A client that started before the Service was programmed (or while it had no
+      endpoints and the datagram reached the node, a NodePort say) would otherwise bypass
+      the rules for as long as it keeps sending (kube-proxy clears these too).
+    """
     out: list[Stale] = []
-    for set_name, before in scope.before.items():
-        if not set_name.endswith("-udp") or "endpoints" not in set_name:
-            continue
-        nodeport = "np-endpoints" in set_name
+    for set_name, nodeport in _udp_endpoint_maps(scope.before):
+        before = scope.before[set_name]
         now = ruleset.elements.get(set_name, {})
         old_by_frontend: dict[tuple[Atom, ...], set[tuple[Atom, ...]]] = {}
         for key, value in before.items():
+            old = old_by_frontend.setdefault(key[:-1], set())
             if isinstance(value, tuple):
-                old_by_frontend.setdefault(key[:-1], set()).add(value)
+                old.add(value)
         for frontend, old_values in old_by_frontend.items():
             current = set()
             bucket = 0
@@ -960,9 +989,19 @@ def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
                 if isinstance(value, tuple):
                     current.add(value)
                 bucket += 1
+            if not old_values and current:
+                out.append(_frontend_stale(set_name, frontend, nodeport, None, None))
             for ip, port in sorted(old_values - current, key=str):
-                if nodeport:
-                    out.append(Stale(None, int(frontend[0]), str(ip), int(port)))
-                else:
-                    out.append(Stale(str(frontend[0]), int(frontend[1]), str(ip), int(port)))
+                out.append(_frontend_stale(set_name, frontend, nodeport, str(ip), int(port)))
+    return out
+
+
+def unnated_udp_flows(ruleset: Ruleset) -> list[Stale]:
+    """Every UDP frontend with endpoints, for its entries that were never NATed: what a full
+    sync (a start, a new generation) clears, since it cannot tell what was there before."""
+    out: list[Stale] = []
+    for set_name, nodeport in _udp_endpoint_maps(ruleset.elements):
+        for key in ruleset.elements[set_name]:
+            if key[-1] == 0:
+                out.append(_frontend_stale(set_name, key[:-1], nodeport, None, None))
     return out

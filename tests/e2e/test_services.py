@@ -466,3 +466,48 @@ def test_addresses_written_with_leading_zeros_are_read_as_decimal(cluster):
     cluster.apply([s], [sl])
     result = cluster.lab.connect("pod-1", "10.96.0.77", 80, count=3, in_process=True)
     assert result.endpoints() == {"pod-4": 3}, result.summary()
+
+
+def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_programmed(
+    cluster,
+):
+    """A datagram sent before its Service is programmed leaves a conntrack entry without
+    translation (the node's own port answered, or the packet was routed on as it was), and
+    every later datagram from that source port refreshes it: without clearing it the client
+    would never reach the Service. Found by Kubernetes' Conntrack e2e specs."""
+    import socket as sockets
+
+    from nftproxy.conntrack import ConntrackCleaner
+
+    proxier = cluster.proxier("node-1")
+    cleaner = ConntrackCleaner(str(cluster.lab.ns_path("node-1")))
+    proxier.clear_stale_udp = cleaner.clear_stale
+    proxier.replace_all({}, {})
+    proxier.sync()
+    node_ip = cluster.node_ip("node-1")
+    # (client, destination): the NodePort from outside, the ClusterIP from the node itself.
+    clients = [("ext", (node_ip, 30053), 42001), ("node-1", ("10.96.0.53", 53), 42002)]
+    sockets_ = []
+    try:
+        for who, dest, sport in clients:
+            sock = cluster.lab.socket(who, sockets.AF_INET, sockets.SOCK_DGRAM)
+            sockets_.append(sock)
+            sock.bind(("0.0.0.0", sport))
+            sock.settimeout(1.0)
+            sock.sendto(b"ping\n", dest)
+        for _, dest, sport in clients:
+            flows = [f for f in cleaner.list_flows("udp") if f.orig_sport == sport]
+            assert [(f.reply_src, f.reply_sport) for f in flows] == [dest]  # not NATed
+
+        s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, 30053)])
+        sl = slice_of("dns", [endpoint(cluster.pod("pod-2"))], ports=[("dns", "udp", HTTP)])
+        proxier.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
+        proxier.sync()
+        for (who, dest, _), sock in zip(clients, sockets_, strict=True):
+            sock.sendto(b"ping\n", dest)
+            answer = sock.recv(200).decode().split()[0]
+            assert answer == "pod-2", f"{who} -> {dest}"
+    finally:
+        for sock in sockets_:
+            sock.close()
+        cleaner.close()
