@@ -136,7 +136,12 @@ def test_metrics_over_http_on_loopback() -> None:
             assert resp.headers["Content-Type"].startswith("text/plain; version=")
             text = resp.read().decode()
         assert value(text, "kubeproxy_sync_proxy_rules_service_changes_total") == 2
-        for path in ("/", "/healthz", "/metricsx"):
+        # As kube-proxy's metrics address: its mode, and a plain liveness answer.
+        for path, body in (("/proxyMode", b"nftables"), ("/healthz", b"ok")):
+            with _OPENER.open(url + path, timeout=5) as resp:
+                assert resp.status == 200 and resp.read() == body
+                assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        for path in ("/", "/proxymode", "/metricsx"):
             with pytest.raises(urllib.error.HTTPError) as err:
                 _OPENER.open(url + path, timeout=5)
             assert err.value.code == 404

@@ -258,18 +258,30 @@ class _StateCollector(Collector):
         )
 
 
+# What kube-proxy's metrics address serves besides /metrics, for the tools (and the
+# e2e spec "should check kube-proxy urls") that ask it: the proxy mode, and a liveness
+# answer that does not depend on syncs (those are /healthz on the health port).
+PLAIN_PATHS = {"/proxyMode": b"nftables", "/healthz": b"ok"}
+
+
 class _MetricsHandler(BaseHTTPRequestHandler):
     server_version = "nftproxy"
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            metrics: Metrics = self.server.service.metrics  # type: ignore[attr-defined]
+            self._reply(metrics.render(), CONTENT_TYPE_LATEST)
+        elif path in PLAIN_PATHS:
+            self._reply(PLAIN_PATHS[path], "text/plain; charset=utf-8")
+        else:
             self.send_error(404)
-            return
-        metrics: Metrics = self.server.service.metrics  # type: ignore[attr-defined]
-        data = metrics.render()
+
+    def _reply(self, data: bytes, content_type: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Type", content_type)
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -279,7 +291,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
 
 class MetricsServer(HTTPService):
-    """``/metrics`` (only) on ``--metrics-bind-address``."""
+    """``/metrics``, ``/proxyMode`` and ``/healthz`` on ``--metrics-bind-address``."""
 
     def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 10249) -> None:
         self.metrics = metrics
