@@ -67,9 +67,10 @@ def test_runtime_and_kubelet_keep_their_files_in_the_cluster_directory() -> None
     bin_dir = Path("/cache/bin")
     for node in spec.all_nodes():
         containerd = tomllib.loads(config.containerd_config(spec, node, bin_dir))
+        cni = json.loads(config.cni_config(spec, node))
         kubelet = json.loads(config.kubelet_config(spec, node))
         kube_proxy = json.loads(config.kube_proxy_config(spec, node))
-        for path in [*_paths(containerd), *_paths(kubelet), *_paths(kube_proxy)]:
+        for path in [*_paths(containerd), *_paths(cni), *_paths(kubelet), *_paths(kube_proxy)]:
             if path == node.cgroup_root:
                 continue  # a cgroup, not a file: removed by `down`
             assert path.startswith((str(spec.dir) + "/", str(bin_dir) + "/")), path
@@ -79,10 +80,32 @@ def test_runtime_and_kubelet_keep_their_files_in_the_cluster_directory() -> None
         assert kubelet["cgroupRoot"] == node.cgroup_root
 
 
+@pytest.mark.parametrize("where", ["/var/lib/nftproxy-cluster/a", "/tmp/x/a", "/srv/a"])
+def test_node_mounts_hide_fixed_paths_but_keep_the_cluster_directory(where: str) -> None:
+    spec = Spec(name="a", dir=Path(where))
+    cmds = config.node_mounts(spec, spec.node(1))
+    for private in config.PRIVATE_DIRS:
+        assert any(c.startswith("mount -t tmpfs") and c.endswith(" " + private) for c in cmds)
+    rebinds = [c for c in cmds if c == f"mount --bind /run/nftproxy-cluster {where}"]
+    hidden = where.startswith(("/var/lib/", "/tmp/"))
+    assert len(rebinds) == (1 if hidden else 0)
+    if hidden:  # the rebind comes after the tmpfs that hid it
+        parent = next(p for p in config.PRIVATE_DIRS if where.startswith(p + "/"))
+        tmpfs = next(
+            i
+            for i, c in enumerate(cmds)
+            if c.startswith("mount -t tmpfs") and c.endswith(" " + parent)
+        )
+        assert cmds.index(rebinds[0]) > tmpfs
+    assert sum(c.startswith("mount --bind") and "/proc/sys/" in c for c in cmds) == len(
+        config.KUBELET_SYSCTLS
+    )
+
+
 def test_cni_gives_each_node_its_own_pod_range() -> None:
     spec = Spec(name="a", dir=Path("/x"))
     for node in spec.all_nodes():
-        conf = json.loads(config.cni_config(node))
+        conf = json.loads(config.cni_config(spec, node))
         bridge = conf["plugins"][0]
         assert bridge["hairpinMode"] is True
         assert bridge["ipam"]["ranges"][0][0]["subnet"] == node.pod_cidr

@@ -65,8 +65,13 @@ def require_cluster_parts() -> None:
     pytest.skip(f"needs {what}")
 
 
-def _vm_sysctls() -> dict[str, str]:
-    return {k: Path("/proc/sys", k).read_text() for k in KUBELET_SYSCTLS}
+def _vm_state() -> dict[str, object]:
+    """What the cluster must leave as it found it: the sysctls the kubelet wants, and the
+    directories its parts write to by default (they get private ones)."""
+    state: dict[str, object] = {k: Path("/proc/sys", k).read_text() for k in KUBELET_SYSCTLS}
+    for d in ("/var/lib", "/var/log", "/etc", "/opt"):
+        state[d] = sorted(os.listdir(d))
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +79,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_cluster_parts()
     name = "t" + uuid.uuid4().hex[:7]
     c = Cluster(Spec(name=name, dir=tmp_path_factory.mktemp("cluster") / name))
-    before = _vm_sysctls()
+    before = _vm_state()
     try:
         c.up()
         yield c
-        assert _vm_sysctls() == before, "the cluster changed the VM's own sysctls"
     finally:
         left = c.down()
         assert not left, f"cluster down left {left}"
+    assert _vm_state() == before, "the cluster changed the machine"
 
 
 def _get(netns: str, host: str, port: int, path: str = "/hostname") -> str:

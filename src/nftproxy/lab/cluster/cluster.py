@@ -45,6 +45,7 @@ from nftproxy.lab.cluster.config import (
     kube_proxy_config,
     kubeconfig,
     kubelet_config,
+    node_mounts,
     resolv_conf,
 )
 
@@ -58,6 +59,14 @@ REPO = Path(__file__).resolve().parents[4]
 
 class ClusterError(RuntimeError):
     pass
+
+
+def repo_file(relative: str) -> Path:
+    """A file of the source checkout (deploy/, hack/): the cluster is a tool of the checkout."""
+    path = REPO / relative
+    if not path.exists():
+        raise ClusterError(f"{relative} not found under {REPO}: run from a source checkout")
+    return path
 
 
 def default_dir(name: str) -> Path:
@@ -115,6 +124,9 @@ class Cluster:
         self.dir = spec.dir
         self.logs = self.dir / "logs"
         self.pki = self.dir / "pki"
+        # The processes this object started: they outlive `up` (new sessions), and are
+        # reaped by `down` when the same object brings the cluster down.
+        self._children: list[subprocess.Popen[bytes]] = []
 
     # ---- paths and small helpers -------------------------------------------------------
 
@@ -151,6 +163,7 @@ class Cluster:
                 env={**os.environ, **(env or {})},
                 cwd=self.dir,
             )
+        self._children.append(proc)
         (self.dir / "pids").mkdir(exist_ok=True)
         (self.dir / "pids" / what).write_text(str(proc.pid))
         return proc.pid
@@ -226,8 +239,11 @@ class Cluster:
             self._up()
         except BaseException:
             log.error(
-                "cluster up failed; logs are in %s (run `nftproxy cluster down` to clean up)",
+                "cluster up failed; logs are in %s (`nftproxy cluster down --name %s%s` "
+                "removes what it made)",
                 self.logs,
+                self.spec.name,
+                "" if self.dir == default_dir(self.spec.name) else f" --dir {self.dir}",
             )
             raise
 
@@ -432,7 +448,7 @@ class Cluster:
             return False
 
     def _images(self) -> list[Path]:
-        k8s = REPO / "hack" / "k8s" / "go.mod"
+        k8s = repo_file("hack/k8s/go.mod")
         certs = None
         version = next(
             (
@@ -458,7 +474,7 @@ class Cluster:
             target = cni_bin / plugin
             if not target.exists():
                 shutil.copy2(self._binary(plugin), target)
-        (d / "cni" / "10-pods.conflist").write_text(cni_config(node))
+        (d / "cni" / "10-pods.conflist").write_text(cni_config(self.spec, node))
         (d / "containerd" / "config.toml").write_text(containerd_config(self.spec, node, self.bin))
         (d / "kubelet" / "config.yaml").write_text(kubelet_config(self.spec, node))
         (d / "resolv.conf").write_text(resolv_conf())
@@ -489,15 +505,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"{node.name}: the namespace holder did not start")
             time.sleep(0.05)
-        mounts = [
-            f"hostname {node.name}",
-            # Runtime state, logs and sockets the parts put in fixed places stay here.
-            "mount -t tmpfs -o mode=755 tmpfs /run",
-            "mkdir -p /run/netns /run/containerd",
-            "mount -t tmpfs -o mode=755 tmpfs /var/log",
-        ]
-        for key in KUBELET_SYSCTLS:
-            mounts.append(f"mount --bind {d / 'sysctl' / key.replace('/', '.')} /proc/sys/{key}")
+        mounts = node_mounts(self.spec, node)
         _run([*self._in_node(node), "sh", "-ec", "; ".join(mounts)], what=f"{node.name} mounts")
 
         env = {"PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
@@ -588,7 +596,7 @@ class Cluster:
         # nftproxy runs with the RBAC its own deploy/ manifests grant, and a token for
         # that service account.
         for name in ("serviceaccount", "clusterrole", "clusterrolebinding"):
-            self.kubectl("apply", "-f", str(REPO / "deploy" / f"{name}.yaml"))
+            self.kubectl("apply", "-f", str(repo_file(f"deploy/{name}.yaml")))
         token = self.kubectl(
             "-n", "kube-system", "create", "token", "nftproxy", "--duration=48h"
         ).strip()
@@ -671,6 +679,9 @@ class Cluster:
             _wait_gone(pids, 10)
         if pids := self.members():
             left.append(f"processes still running: {pids}")
+        for child in self._children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
         for node in self.spec.all_nodes():
             for hierarchy in _v1_hierarchies():
                 path = hierarchy / node.cgroup_root.lstrip("/")
@@ -688,6 +699,9 @@ class Cluster:
             shutil.rmtree(self.dir, ignore_errors=True)
             if self.dir.exists():
                 left.append(f"directory {self.dir}")
+            elif self.dir == default_dir(self.spec.name):
+                with contextlib.suppress(OSError):  # other clusters may live there
+                    self.dir.parent.rmdir()
         return left
 
     def exec(self, argv: Sequence[str]) -> int:

@@ -170,7 +170,32 @@ disabled_plugins = [
 """
 
 
-def cni_config(node: Node) -> str:
+# Fresh and private in each node's mount namespace: what the parts write to fixed places
+# there (host-local's leases and libcni's cache under /var/lib/cni, the kubelet's
+# /var/lib/kubelet/device-plugins, /var/log/containers, runc and shim state under /run,
+# temporary files) never reaches the machine, and two nodes never share it.
+PRIVATE_DIRS = ("/run", "/var/lib", "/var/log", "/tmp")
+
+
+def node_mounts(spec: Spec, node: Node) -> list[str]:
+    """Shell commands, run in the node's new mount and UTS namespace before any part starts."""
+    cmds = [f"hostname {node.name}", "mount -t tmpfs -o mode=755 tmpfs /run"]
+    # The cluster's directory stays visible where it is, even under a directory made private.
+    keep = "/run/nftproxy-cluster"
+    cmds += [f"mkdir -p {keep}", f"mount --bind {spec.dir} {keep}"]
+    for private in PRIVATE_DIRS[1:]:
+        mode = "1777" if private == "/tmp" else "755"
+        cmds.append(f"mount -t tmpfs -o mode={mode} tmpfs {private}")
+        if spec.dir.is_relative_to(private):
+            cmds += [f"mkdir -p {spec.dir}", f"mount --bind {keep} {spec.dir}"]
+    cmds.append("mkdir -p /run/netns /run/containerd")
+    d = spec.node_dir(node)
+    for key in KUBELET_SYSCTLS:
+        cmds.append(f"mount --bind {d / 'sysctl' / key.replace('/', '.')} /proc/sys/{key}")
+    return cmds
+
+
+def cni_config(spec: Spec, node: Node) -> str:
     gateway = str(ipaddress.IPv4Network(node.pod_cidr).network_address + 1)
     return json.dumps(
         {
@@ -187,6 +212,7 @@ def cni_config(node: Node) -> str:
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
+                        "dataDir": str(spec.node_dir(node) / "ipam"),
                         "ranges": [[{"subnet": node.pod_cidr, "gateway": gateway}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                     },
