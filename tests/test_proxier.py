@@ -383,7 +383,12 @@ def test_udp_endpoints_that_went_away_are_named_for_conntrack_cleanup():
     )
 
 
-def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries():
+@pytest.mark.parametrize(
+    ("prefix", "policy"), [("g1-", "Cluster"), ("g7-", "Cluster"), ("g3-", "Local")]
+)
+def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries(
+    prefix: str, policy: str
+) -> None:
     from nftproxy.conntrack import Stale
     from nftproxy.proxier import stale_udp_endpoints, unnated_udp_flows
     from nftproxy.ruleset.compile import compile_service
@@ -393,8 +398,9 @@ def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries(
         "dns",
         cluster_ips=("10.96.0.53",),
         ports=[port(53, name="dns", proto="udp", node_port=30053)],
+        external_policy_local=policy == "Local",
     )
-    names = Names()
+    names = Names(prefix)
     desired = DesiredState(NODE, names)
 
     def put(*ips: str) -> list[Stale]:

@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import gc
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -648,7 +649,8 @@ class Proxier:
         self._last_verify_at = self.clock()
         done = applying.describe(plan.mode, plan.generation, plan.size(), plan.reason)
         log.info("full sync: %s", done)
-        self._clear_udp(unnated_udp_flows(plan.desired))
+        if self.clear_stale_udp is not None:
+            self._clear_udp(unnated_udp_flows(plan.desired))
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
@@ -677,8 +679,12 @@ class Proxier:
             # Too big for one transaction: build a new generation instead, without holding
             # on to this state while the next one is built.
             self._need_full = True
+            # The endpoints this change removed: a new generation cannot tell them.
+            stale = stale_udp_endpoints(scope, desired.ruleset)
             del desired, scope, tx
-            return self._full_sync(too_big=True)
+            result = self._full_sync(too_big=True)
+            self._clear_udp(stale)
+            return result
         for part in tx.split():
             self._commit(part, desired.ruleset.sets)
             applied.record(part)
@@ -942,22 +948,24 @@ def _summary(tx: Transaction) -> str:
     return "; ".join(parts)
 
 
-def _udp_endpoint_maps(names: Iterable[str]) -> Iterator[tuple[str, bool]]:
-    """The UDP endpoint maps among `names`, each with whether it is keyed by node port."""
+# Names.endpoints(): [generation prefix]["np-"]"endpoints"["-local"]<family>"-"<protocol>.
+_UDP_ENDPOINT_MAP = re.compile(r"(?:^|-)(np-)?endpoints(?:-local)?([46])-udp$")
+
+
+def _udp_endpoint_maps(names: Iterable[str]) -> Iterator[tuple[str, bool, Family]]:
+    """The UDP endpoint maps among `names`: whether each is keyed by node port, its family."""
     for set_name in names:
-        if set_name.endswith("-udp") and "endpoints" in set_name:
-            yield set_name, "np-endpoints" in set_name
+        if m := _UDP_ENDPOINT_MAP.search(set_name):
+            yield set_name, m[1] is not None, 4 if m[2] == "4" else 6
 
 
 def _frontend_stale(
-    set_name: str, frontend: tuple[Atom, ...], nodeport: bool, ip: str | None, port: int | None
+    frontend: tuple[Atom, ...], nodeport: bool, family: Family, ip: str | None, port: int | None
 ) -> Stale:
     if not nodeport:
         return Stale(str(frontend[0]), int(frontend[1]), ip, port)
     if ip is not None:
         return Stale(None, int(frontend[0]), ip, port)
-    # The map's name carries its family: ...np-endpoints4-udp.
-    family: Family = 6 if set_name.removesuffix("-udp").endswith("6") else 4
     return Stale(None, int(frontend[0]), None, None, nodeport_family=family)
 
 
@@ -974,7 +982,7 @@ def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
       the rules for as long as it keeps sending (kube-proxy clears these too).
     """
     out: list[Stale] = []
-    for set_name, nodeport in _udp_endpoint_maps(scope.before):
+    for set_name, nodeport, family in _udp_endpoint_maps(scope.before):
         before = scope.before[set_name]
         now = ruleset.elements.get(set_name, {})
         old_by_frontend: dict[tuple[Atom, ...], set[tuple[Atom, ...]]] = {}
@@ -990,18 +998,18 @@ def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
                     current.add(value)
                 bucket += 1
             if not old_values and current:
-                out.append(_frontend_stale(set_name, frontend, nodeport, None, None))
+                out.append(_frontend_stale(frontend, nodeport, family, None, None))
             for ip, port in sorted(old_values - current, key=str):
-                out.append(_frontend_stale(set_name, frontend, nodeport, str(ip), int(port)))
-    return out
+                out.append(_frontend_stale(frontend, nodeport, family, str(ip), int(port)))
+    return list(dict.fromkeys(out))  # a frontend in a Local map too: once
 
 
 def unnated_udp_flows(ruleset: Ruleset) -> list[Stale]:
     """Every UDP frontend with endpoints, for its entries that were never NATed: what a full
     sync (a start, a new generation) clears, since it cannot tell what was there before."""
     out: list[Stale] = []
-    for set_name, nodeport in _udp_endpoint_maps(ruleset.elements):
+    for set_name, nodeport, family in _udp_endpoint_maps(ruleset.elements):
         for key in ruleset.elements[set_name]:
             if key[-1] == 0:
-                out.append(_frontend_stale(set_name, key[:-1], nodeport, None, None))
-    return out
+                out.append(_frontend_stale(key[:-1], nodeport, family, None, None))
+    return list(dict.fromkeys(out))
