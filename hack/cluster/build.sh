@@ -12,7 +12,7 @@
 # Binaries land in ${NFTPROXY_CLUSTER_CACHE:-$HOME/.cache/nftproxy/cluster}/bin,
 # each next to a stamp naming the module version it came from; changing a pin
 # below rebuilds just that command. Images are assembled from these binaries by
-# `nftproxy cluster images` (src/nftproxy/lab/cluster/images.py).
+# `nftproxy cluster up` (src/nftproxy/lab/cluster/images.py).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -76,8 +76,9 @@ for pin in "${pins[@]}"; do
     install_one $pin
 done
 
-# pause: the C source is part of the kubernetes module hack/k8s already uses;
-# the version it reports is the tag the e2e suite asks for (registry.k8s.io/pause).
+# pause: the C source is part of the kubernetes module hack/k8s already uses; the
+# version it reports is the tag the e2e suite asks for (registry.k8s.io/pause).
+# The same module has the key pair `agnhost porter` serves TLS with in its image.
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/../k8s/go.mod")
 if [[ $(cat "$bin/.pause.version" 2>/dev/null) != "k8s.io/kubernetes@$k8s_version" ]]; then
     src=$(cd "$here/../k8s" && go mod download -json "k8s.io/kubernetes@$k8s_version" |
@@ -86,6 +87,9 @@ if [[ $(cat "$bin/.pause.version" 2>/dev/null) != "k8s.io/kubernetes@$k8s_versio
         -DVERSION="v3.10.2" "$src/build/pause/linux/pause.c"
     strip "$bin/.pause.tmp"
     mv -f "$bin/.pause.tmp" "$bin/pause"
+    mkdir -p "$bin/agnhost-porter"
+    cp "$src/test/images/agnhost/porter/localhost.crt" \
+        "$src/test/images/agnhost/porter/localhost.key" "$bin/agnhost-porter/"
     echo "k8s.io/kubernetes@$k8s_version" >"$bin/.pause.version"
 fi
 

@@ -13,17 +13,26 @@ cd "$(dirname "$0")/../.."
 
 suite=${1:-network}
 out=${OUT:-$PWD/.e2e/$suite}
-name=${CLUSTER_NAME:-e2e}
+# A name of this run's own: never an existing cluster's.
+name=${CLUSTER_NAME:-e2e$((RANDOM % 100000))}
 py=${PYTHON:-.venv/bin/python}
 nftproxy=("$py" -m nftproxy)
 
 hack/cluster/build.sh
 
-cleanup() { "${nftproxy[@]}" cluster down --name "$name" || true; }
+up=
+cleanup() { [[ -z $up ]] || "${nftproxy[@]}" cluster down --name "$name" || true; }
 trap cleanup EXIT
 
 for proxy in nftproxy kube-proxy; do
+    rc=0
+    "${nftproxy[@]}" cluster status --name "$name" >/dev/null 2>&1 || rc=$?
+    if ((rc != 3)); then # 3: no such cluster
+        echo "e2e.sh: a cluster named $name exists already; set CLUSTER_NAME" >&2
+        exit 1
+    fi
     start=$SECONDS
+    up=yes # from here on the cluster is this run's (a failed up is cleaned up too)
     "${nftproxy[@]}" cluster up --name "$name" --proxy "$proxy"
     echo "e2e.sh: cluster up with $proxy in $((SECONDS - start)) s" >&2
     start=$SECONDS
@@ -31,6 +40,7 @@ for proxy in nftproxy kube-proxy; do
     echo "e2e.sh: $suite with $proxy in $((SECONDS - start)) s" >&2
     start=$SECONDS
     "${nftproxy[@]}" cluster down --name "$name"
+    up=
     echo "e2e.sh: cluster down in $((SECONDS - start)) s" >&2
 done
 

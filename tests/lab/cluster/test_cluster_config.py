@@ -86,20 +86,35 @@ def test_node_mounts_hide_fixed_paths_but_keep_the_cluster_directory(where: str)
     cmds = config.node_mounts(spec, spec.node(1))
     for private in config.PRIVATE_DIRS:
         assert any(c.startswith("mount -t tmpfs") and c.endswith(" " + private) for c in cmds)
-    rebinds = [c for c in cmds if c == f"mount --bind /run/nftproxy-cluster {where}"]
+    rebinds = [c for c in cmds if c.startswith("mount --bind /run/nftproxy-keep/")]
     hidden = where.startswith(("/var/lib/", "/tmp/"))
-    assert len(rebinds) == (1 if hidden else 0)
-    if hidden:  # the rebind comes after the tmpfs that hid it
+    assert [c.split()[-1] for c in rebinds] == ([where] if hidden else [])
+    if hidden:  # kept before the tmpfs that hides it, bound back after
         parent = next(p for p in config.PRIVATE_DIRS if where.startswith(p + "/"))
         tmpfs = next(
             i
             for i, c in enumerate(cmds)
             if c.startswith("mount -t tmpfs") and c.endswith(" " + parent)
         )
-        assert cmds.index(rebinds[0]) > tmpfs
+        keep = cmds.index(f"mount --bind {where} /run/nftproxy-keep/0")
+        assert keep < tmpfs < cmds.index(rebinds[0])
     assert sum(c.startswith("mount --bind") and "/proc/sys/" in c for c in cmds) == len(
         config.KUBELET_SYSCTLS
     )
+
+
+def test_node_mounts_keep_what_the_node_runs_from_once_and_quoted() -> None:
+    spec = Spec(name="a", dir=Path("/srv/c a"))
+    keep = [Path("/tmp/ci/repo"), Path("/tmp/ci/repo/.venv"), Path("/root/.cache/bin")]
+    cmds = config.node_mounts(spec, spec.node(1), keep)
+    rebinds = [c.split(" ", 3)[3] for c in cmds if c.startswith("mount --bind /run/nftproxy-keep/")]
+    assert rebinds == ["/tmp/ci/repo"]  # the venv inside it comes along; /root is not hidden
+    assert (
+        "mount --bind '/srv/c a/nodes/node1/sysctl/vm.panic_on_oom' /proc/sys/vm/panic_on_oom"
+        in cmds
+    )
+    with pytest.raises(ConfigError, match="under /run"):
+        config.node_mounts(spec, spec.node(1), [Path("/run/venv")])
 
 
 def test_cni_gives_each_node_its_own_pod_range() -> None:

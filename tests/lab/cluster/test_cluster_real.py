@@ -23,7 +23,7 @@ import pytest
 from kernel import require_kernel
 
 from nftproxy.lab.cluster import e2e
-from nftproxy.lab.cluster.cluster import Cluster, _v1_hierarchies, bin_dir
+from nftproxy.lab.cluster.cluster import Cluster, _hierarchies, bin_dir
 from nftproxy.lab.cluster.config import KUBELET_SYSCTLS, Spec
 from nftproxy.nft import call_in_netns
 
@@ -65,12 +65,13 @@ def require_cluster_parts() -> None:
     pytest.skip(f"needs {what}")
 
 
-def _vm_state() -> dict[str, object]:
+def _vm_state(name: str) -> dict[str, object]:
     """What the cluster must leave as it found it: the sysctls the kubelet wants, and the
     directories its parts write to by default (they get private ones)."""
     state: dict[str, object] = {k: Path("/proc/sys", k).read_text() for k in KUBELET_SYSCTLS}
-    for d in ("/var/lib", "/var/log", "/etc", "/opt"):
-        state[d] = sorted(os.listdir(d))
+    for d in ("/var/lib", "/var/log", "/etc", "/opt", Path.home()):
+        state[str(d)] = sorted(os.listdir(d))
+    state["cgroups"] = sorted(str(p) for h in _hierarchies() for p in h.glob(f"nftproxy-{name}-*"))
     return state
 
 
@@ -79,14 +80,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_cluster_parts()
     name = "t" + uuid.uuid4().hex[:7]
     c = Cluster(Spec(name=name, dir=tmp_path_factory.mktemp("cluster") / name))
-    before = _vm_state()
+    before = _vm_state(name)
     try:
         c.up()
         yield c
     finally:
         left = c.down()
         assert not left, f"cluster down left {left}"
-    assert _vm_state() == before, "the cluster changed the machine"
+    assert _vm_state(name) == before, "the cluster changed the machine"
 
 
 def _get(netns: str, host: str, port: int, path: str = "/hostname") -> str:
@@ -241,7 +242,7 @@ def test_down_after_a_crashed_up_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not c.members()
     assert not any(Path("/run/netns", ns).exists() for ns in spec.netns_names())
     node = spec.node(1)
-    assert not any((h / node.cgroup_root.lstrip("/")).exists() for h in _v1_hierarchies())
+    assert not any((h / node.cgroup_root.lstrip("/")).exists() for h in _hierarchies())
     assert not spec.dir.exists()
     with open("/proc/self/mountinfo") as f:
         assert str(spec.dir) not in f.read()

@@ -18,6 +18,7 @@ So it works after a crashed `up`, and it never touches a process outside them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 from nftproxy.lab.cluster import images, pki
 from nftproxy.lab.cluster.config import (
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 CGROUP_FS = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
+_PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy"}
 REPO = Path(__file__).resolve().parents[4]
 
 
@@ -105,16 +108,22 @@ def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def _v1_hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (the kubelet uses these)."""
+def _hierarchies(kinds: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[Path]:
+    """The cgroup hierarchies mounted under /sys/fs/cgroup: the v1 ones the kubelet uses,
+    and (by default) the cgroup2 one of a hybrid mount, where runc puts its pods too."""
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-            if fields[sep + 1] == "cgroup" and fields[4].startswith(str(CGROUP_FS) + "/"):
-                found.append(Path(fields[4]))
+            point = fields[4]
+            if fields[sep + 1] in kinds and (point + "/").startswith(str(CGROUP_FS) + "/"):
+                found.append(Path(point))
     return sorted(found)
+
+
+def _v1_hierarchies() -> list[Path]:
+    return _hierarchies(("cgroup",))
 
 
 class Cluster:
@@ -127,8 +136,18 @@ class Cluster:
         # The processes this object started: they outlive `up` (new sessions), and are
         # reaped by `down` when the same object brings the cluster down.
         self._children: list[subprocess.Popen[bytes]] = []
+        self._lock: IO[str] | None = None
 
     # ---- paths and small helpers -------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of every process of the cluster: the built binaries first on
+        PATH, kubectl's cache in the cluster's directory (not ~/.kube), and no HTTP proxy
+        (every address is inside the cluster)."""
+        env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
+        env["PATH"] = f"{self.bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        env["KUBECACHEDIR"] = str(self.dir / "kube-cache")
+        return {**env, **extra}
 
     def kubeconfig_path(self, who: str = "admin") -> Path:
         return self.dir / "kubeconfig" / f"{who}.conf"
@@ -141,7 +160,8 @@ class Cluster:
 
     def _holder_pid(self, node: Node) -> int:
         pid = int((self.spec.node_dir(node) / "holder.pid").read_text())
-        if _ns_inode(pid, "net") != _inode(str(NETNS_DIR / node.netns)):
+        netns = _inode(str(NETNS_DIR / node.netns))
+        if netns is None or _ns_inode(pid, "net") != netns:
             raise ClusterError(f"{node.name}: its namespace holder (pid {pid}) is gone")
         return pid
 
@@ -151,7 +171,7 @@ class Cluster:
     def _in_cp(self) -> list[str]:
         return ["nsenter", f"--net={NETNS_DIR / self.spec.cp_netns}", "--"]
 
-    def _spawn(self, what: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> int:
+    def _spawn(self, what: str, argv: Sequence[str]) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{what}.log", "ab") as out:
             proc = subprocess.Popen(
@@ -160,7 +180,7 @@ class Cluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **(env or {})},
+                env=self.env(),
                 cwd=self.dir,
             )
         self._children.append(proc)
@@ -176,7 +196,13 @@ class Cluster:
             *args,
         ]
         proc = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=self.env(),
         )
         if proc.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
@@ -217,24 +243,27 @@ class Cluster:
                 f"cluster {self.spec.name!r} already exists ({self.dir}); "
                 f"run `nftproxy cluster down --name {self.spec.name}` first"
             )
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise ClusterError(f"{self.dir} is not empty: a cluster needs a directory of its own")
         for ns in self.spec.netns_names():
             if (NETNS_DIR / ns).exists():
                 raise ClusterError(f"network namespace {ns} exists already: is the cluster up?")
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Written first, so that `down` after a crash here knows what to look for.
-        (self.dir / "state.json").write_text(
-            json.dumps(
-                {
-                    "name": self.spec.name,
-                    "nodes": self.spec.nodes,
-                    "proxy": self.spec.proxy,
-                    "netns": self.spec.netns_names(),
-                    "cgroups": [n.cgroup_root for n in self.spec.all_nodes()],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        state = {
+            "name": self.spec.name,
+            "nodes": self.spec.nodes,
+            "proxy": self.spec.proxy,
+            "netns": self.spec.netns_names(),
+            "cgroups": [n.cgroup_root for n in self.spec.all_nodes()],
+        }
+        # Written first (and only once: two `up`s race here), so that `down` after a crash
+        # knows what to look for.
+        try:
+            with open(self.dir / "state.json", "x") as f:
+                f.write(json.dumps(state, indent=2) + "\n")
+        except FileExistsError:
+            raise ClusterError(f"another `cluster up` is creating {self.dir}") from None
+        self._lock = _lock(self.dir)
         try:
             self._up()
         except BaseException:
@@ -448,20 +477,9 @@ class Cluster:
             return False
 
     def _images(self) -> list[Path]:
-        k8s = repo_file("hack/k8s/go.mod")
-        certs = None
-        version = next(
-            (
-                line.split()[1]
-                for line in k8s.read_text().splitlines()
-                if line.strip().startswith("k8s.io/kubernetes ")
-            ),
-            None,
-        )
-        if version:
-            gomodcache = _run(["go", "env", "GOMODCACHE"], what="go env", check=False).strip()
-            candidate = Path(gomodcache) / f"k8s.io/kubernetes@{version}/test/images/agnhost/porter"
-            certs = candidate if candidate.is_dir() else None
+        certs = self.bin / "agnhost-porter"
+        if not certs.is_dir():
+            raise ClusterError(f"{certs} is missing: run hack/cluster/build.sh")
         return images.write_archives(images.catalog(self.bin, certs), self.bin.parent / "images")
 
     def _node(self, node: Node, archives: Sequence[Path]) -> None:
@@ -505,10 +523,9 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"{node.name}: the namespace holder did not start")
             time.sleep(0.05)
-        mounts = node_mounts(self.spec, node)
+        mounts = node_mounts(self.spec, node, self._needed_paths())
         _run([*self._in_node(node), "sh", "-ec", "; ".join(mounts)], what=f"{node.name} mounts")
 
-        env = {"PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
         sock = d / "containerd" / "containerd.sock"
         self._spawn(
             f"{node.name}-containerd",
@@ -517,7 +534,6 @@ class Cluster:
                 self._binary("containerd"),
                 f"--config={d / 'containerd' / 'config.toml'}",
             ],
-            env=env,
         )
         self._wait(f"{node.name} containerd", sock.exists, 60, [f"{node.name}-containerd"])
         ctr = [*self._in_node(node), self._binary("ctr"), f"--address={sock}", "-n", "k8s.io"]
@@ -538,8 +554,15 @@ class Cluster:
                 f"--hostname-override={node.name}",
                 f"--node-ip={node.ip}",
             ],
-            env=env,
         )
+
+    def _needed_paths(self) -> list[Path]:
+        """What the node's processes run from: the binaries (and where their links point),
+        this Python and its packages, the checkout."""
+        paths = {self.bin.resolve(), REPO, Path(sys.prefix), Path(sys.base_prefix)}
+        paths |= {p.resolve().parent for p in self.bin.iterdir() if p.is_symlink()}
+        paths.add(Path(sys.executable).resolve().parent)
+        return sorted(paths)
 
     def _cgroups(self, node: Node) -> None:
         for hierarchy in _v1_hierarchies():
@@ -598,7 +621,7 @@ class Cluster:
         for name in ("serviceaccount", "clusterrole", "clusterrolebinding"):
             self.kubectl("apply", "-f", str(repo_file(f"deploy/{name}.yaml")))
         token = self.kubectl(
-            "-n", "kube-system", "create", "token", "nftproxy", "--duration=48h"
+            "-n", "kube-system", "create", "token", "nftproxy", "--duration=720h"
         ).strip()
         path = self.kubeconfig_path("nftproxy")
         path.write_text(kubeconfig(self.spec.server, self.pki / "ca.crt", token, "nftproxy"))
@@ -641,17 +664,35 @@ class Cluster:
             if _ns_inode(pid, "net") in netns or _ns_inode(pid, "mnt") in mntns:
                 found.add(pid)
         for node in self.spec.all_nodes():
-            for hierarchy in _v1_hierarchies():
+            for hierarchy in _hierarchies():
                 found.update(_cgroup_procs(hierarchy / node.cgroup_root.lstrip("/")))
         found.discard(os.getpid())
         return sorted(found)
 
     def down(self) -> list[str]:
-        """Stop and remove everything; returns what could not be removed (empty: all gone)."""
+        """Stop and remove everything; returns what could not be removed (empty: all gone).
+
+        Only a directory holding this cluster's state is acted on: never namespaces of the
+        same names that some other tool made, never a directory `up` did not create."""
+        if not self.dir.exists():
+            return []
+        try:
+            state = json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ClusterError(
+                f"{self.dir} holds no cluster state ({exc}): not touching it, nor namespaces "
+                "named like the cluster's"
+            ) from None
+        if state.get("name") != self.spec.name:
+            raise ClusterError(
+                f"{self.dir} holds cluster {state.get('name')!r}, not {self.spec.name!r}"
+            )
+        lock = self._lock or _lock(self.dir, wait=False)
         left: list[str] = []
+        ours = set(self.members())
         # The kubelets first, so that nothing restarts what goes next.
         for node in self.spec.all_nodes():
-            _stop_by_file(self.dir / "pids" / f"{node.name}-kubelet")
+            _stop_by_file(self.dir / "pids" / f"{node.name}-kubelet", ours)
         for node in self.spec.all_nodes():
             sock = self.spec.node_dir(node) / "containerd" / "containerd.sock"
             if sock.exists():
@@ -670,7 +711,7 @@ class Cluster:
                     )
         for node in self.spec.all_nodes():
             if self.spec.proxy == "nftproxy":
-                _stop_by_file(self.dir / "pids" / f"{node.name}-proxy")
+                _stop_by_file(self.dir / "pids" / f"{node.name}-proxy", ours)
         for attempt in range(3):
             pids = self.members()
             if not pids:
@@ -683,7 +724,7 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         for node in self.spec.all_nodes():
-            for hierarchy in _v1_hierarchies():
+            for hierarchy in _hierarchies():
                 path = hierarchy / node.cgroup_root.lstrip("/")
                 if path.exists() and not _remove_cgroup(path):
                     left.append(f"cgroup {path}")
@@ -702,6 +743,8 @@ class Cluster:
             elif self.dir == default_dir(self.spec.name):
                 with contextlib.suppress(OSError):  # other clusters may live there
                     self.dir.parent.rmdir()
+        lock.close()
+        self._lock = None
         return left
 
     def exec(self, argv: Sequence[str]) -> int:
@@ -709,11 +752,7 @@ class Cluster:
         argv = list(argv[1:] if argv and argv[0] == "--" else argv) or [
             os.environ.get("SHELL", "/bin/sh")
         ]
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig_path()),
-            "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        }
+        env = self.env(KUBECONFIG=str(self.kubeconfig_path()))
         return subprocess.run([*self._in_cp(), *argv], env=env, check=False).returncode
 
     # ---- status ------------------------------------------------------------------------
@@ -735,6 +774,17 @@ class Cluster:
             "processes": processes,
             "nodes": nodes,
         }
+
+
+def _lock(d: Path, *, wait: bool = True) -> IO[str]:
+    """An exclusive lock on the cluster's directory, held while `up` or `down` works on it."""
+    f = open(d / ".lock", "a")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ClusterError(f"`cluster up` of {d} is still running: stop it first") from None
+    return f
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -762,10 +812,14 @@ def _remove_cgroup(path: Path) -> bool:
     return not path.exists()
 
 
-def _stop_by_file(pidfile: Path, grace: float = 10) -> None:
+def _stop_by_file(pidfile: Path, ours: set[int], grace: float = 10) -> None:
+    """Stop the process a pid file names, if it is still one of the cluster's (after a
+    reboot, or once it died, the number may belong to anything)."""
     try:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
+        return
+    if pid not in ours:
         return
     _signal_all([pid], signal.SIGTERM)
     _wait_gone([pid], grace)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 from nftproxy.lab.cluster.cluster import Cluster, ClusterError, default_dir
 from nftproxy.lab.cluster.config import PROXIES, ConfigError, Spec
+from nftproxy.lab.cluster.images import ImageError
+from nftproxy.lab.cluster.pki import PKIError
 
 DEFAULT_NAME = "nftproxy"
 
 
 def _spec(args: argparse.Namespace) -> Spec:
-    directory = Path(args.dir) if args.dir else default_dir(args.name)
+    directory = Path(args.dir).absolute() if args.dir else default_dir(args.name)
     nodes, proxy = args.nodes, getattr(args, "proxy", None)
     state = directory / "state.json"
     if args.cluster_command != "up" and state.exists():
@@ -65,7 +68,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             from nftproxy.lab.cluster import e2e
 
             return e2e.main(cluster, args)
-    except (ClusterError, ConfigError) as exc:
+    except (ClusterError, ConfigError, ImageError, PKIError, OSError) as exc:
+        print(f"nftproxy cluster {args.cluster_command}: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
         print(f"nftproxy cluster {args.cluster_command}: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.cluster_command)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,21 +179,37 @@ disabled_plugins = [
 PRIVATE_DIRS = ("/run", "/var/lib", "/var/log", "/tmp")
 
 
-def node_mounts(spec: Spec, node: Node) -> list[str]:
-    """Shell commands, run in the node's new mount and UTS namespace before any part starts."""
-    cmds = [f"hostname {node.name}", "mount -t tmpfs -o mode=755 tmpfs /run"]
-    # The cluster's directory stays visible where it is, even under a directory made private.
-    keep = "/run/nftproxy-cluster"
-    cmds += [f"mkdir -p {keep}", f"mount --bind {spec.dir} {keep}"]
+def node_mounts(spec: Spec, node: Node, keep: Sequence[Path] = ()) -> list[str]:
+    """Shell commands, run in the node's new mount and UTS namespace before any part starts.
+
+    `keep`: paths the node's processes need (the binaries, this Python, the checkout) that
+    must stay visible even when they lie under a directory made private; the cluster's own
+    directory always does."""
+    q = shlex.quote
+    wanted = sorted({spec.dir, *keep}, key=lambda p: len(p.parts))
+    hidden: list[Path] = []
+    for path in wanted:
+        if path.is_relative_to("/run"):
+            raise ConfigError(f"{path}: the cluster cannot use paths under /run")
+        under = any(path.is_relative_to(p) for p in PRIVATE_DIRS[1:])
+        if under and not any(path.is_relative_to(h) for h in hidden):
+            hidden.append(path)
+    cmds = [f"hostname {q(node.name)}", "mount -t tmpfs -o mode=755 tmpfs /run"]
+    for i, path in enumerate(hidden):
+        cmds += [
+            f"mkdir -p /run/nftproxy-keep/{i}",
+            f"mount --bind {q(str(path))} /run/nftproxy-keep/{i}",
+        ]
     for private in PRIVATE_DIRS[1:]:
         mode = "1777" if private == "/tmp" else "755"
         cmds.append(f"mount -t tmpfs -o mode={mode} tmpfs {private}")
-        if spec.dir.is_relative_to(private):
-            cmds += [f"mkdir -p {spec.dir}", f"mount --bind {keep} {spec.dir}"]
+    for i, path in enumerate(hidden):
+        cmds += [f"mkdir -p {q(str(path))}", f"mount --bind /run/nftproxy-keep/{i} {q(str(path))}"]
     cmds.append("mkdir -p /run/netns /run/containerd")
     d = spec.node_dir(node)
     for key in KUBELET_SYSCTLS:
-        cmds.append(f"mount --bind {d / 'sysctl' / key.replace('/', '.')} /proc/sys/{key}")
+        sysctl_file = d / "sysctl" / key.replace("/", ".")
+        cmds.append(f"mount --bind {q(str(sysctl_file))} /proc/sys/{key}")
     return cmds
 
 

@@ -2,8 +2,9 @@
 
 `nftproxy cluster e2e` runs a suite against a cluster that is up and writes, into its
 output directory, ginkgo's JUnit report and `results.json` (one row per spec that the
-focus selected: passed, failed or skipped, with the reason). `nftproxy cluster report`
-puts the results of several runs side by side as markdown (docs/conformance.md).
+focus selected: passed, failed or skipped, with the reason).
+`python -m nftproxy.lab.cluster.e2e A/results.json B/results.json` puts several runs side
+by side as markdown (hack/cluster/e2e.sh does, for docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def run(
             stderr=subprocess.STDOUT,
             cwd=out,
             check=False,
+            env=cluster.env(),
         )
     elapsed = time.monotonic() - start
     if not junit.exists():

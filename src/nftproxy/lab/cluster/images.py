@@ -17,6 +17,7 @@ import io
 import json
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ BUSYBOX_APPLETS = [
 ]
 
 
-class ImageError(RuntimeError):
+class ImageError(RuntimeError):  # caught by `nftproxy cluster` with ClusterError
     """An image cannot be assembled: a part is missing. Never a reason to pull instead."""
 
 
@@ -185,8 +186,8 @@ def host_binary(path: str, *, at: str | None = None) -> list[File]:
     source = Path(path)
     if not source.is_file():
         raise ImageError(
-            f"{path} is not installed on this machine (hack/cluster/build.sh installs the "
-            "Debian packages the images take commands from)"
+            f"{path} is not installed on this machine; the images take it from Debian: "
+            "apt-get install busybox-static bind9-dnsutils netcat-openbsd curl"
         )
     files = [File(at or path, source=source.resolve())]
     for lib in shared_libraries(source):
@@ -401,8 +402,9 @@ def write_archives(images: Sequence[Image], out_dir: Path) -> list[Path]:
         data = oci_archive(image)
         path = out_dir / (image.name.replace("/", "_").replace(":", "_") + ".tar")
         if not path.exists() or path.read_bytes() != data:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            # Another `up` may write the same archive at the same time.
+            with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
+                tmp.write(data)
+            Path(tmp.name).replace(path)
         paths.append(path)
     return paths
