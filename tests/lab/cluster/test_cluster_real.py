@@ -200,10 +200,13 @@ def test_kubernetes_own_services_conformance_specs_pass(cluster: Cluster, tmp_pa
     assert len(results) >= 15
 
 
-def test_down_after_a_crashed_up_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_down_after_a_crashed_up_leaves_nothing_behind(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     require_cluster_parts()
     name = "c" + uuid.uuid4().hex[:7]
-    spec = Spec(name=name, dir=tmp_path / name, nodes=1)
+    # A short path: containerd's sockets live in it.
+    spec = Spec(name=name, dir=tmp_path_factory.mktemp("c") / name, nodes=1)
     up = subprocess.Popen(
         [
             sys.executable,
@@ -218,15 +221,17 @@ def test_down_after_a_crashed_up_leaves_nothing_behind(tmp_path: Path) -> None:
             "--nodes",
             "1",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         # Crash it once a node's kubelet runs: namespaces, mounts, cgroups and processes exist.
         deadline = time.monotonic() + 120
         kubelet_pid = spec.dir / "pids" / "node1-kubelet"
         while not kubelet_pid.exists():
-            assert up.poll() is None, "cluster up ended before the kubelet started"
+            if up.poll() is not None:
+                out = up.stdout.read().decode() if up.stdout else ""
+                raise AssertionError(f"cluster up ended before the kubelet started:\n{out}")
             assert time.monotonic() < deadline, "the kubelet did not start"
             time.sleep(0.2)
         up.send_signal(signal.SIGKILL)
@@ -238,6 +243,8 @@ def test_down_after_a_crashed_up_leaves_nothing_behind(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
+        if up.stdout:
+            up.stdout.close()
         Cluster(spec).down()
     assert not c.members()
     assert not any(Path("/run/netns", ns).exists() for ns in spec.netns_names())
