@@ -434,3 +434,37 @@ def test_health_check_node_ports_answer_on_the_nodes_own_node_port_addresses(
         assert status == 200 and '"localEndpoints": 1' in body, body
         with pytest.raises(ConnectionRefusedError):
             get(other)
+
+
+def _sysctl(netns: str | None, name: str) -> int:
+    def read() -> int:
+        return int(Path("/proc/sys/net/netfilter", name).read_text())
+
+    return read() if netns is None else run_in_netns(f"/run/netns/{netns}", read)
+
+
+def test_the_daemon_sets_kube_proxys_conntrack_timeouts_in_the_namespace_it_serves(
+    netns, tmp_path, start_daemon
+):
+    # Kubernetes' e2e spec "KubeProxy should set TCP CLOSE_WAIT timeout" expects 1h.
+    root_before = {
+        n: _sysctl(None, n)
+        for n in (
+            "nf_conntrack_tcp_timeout_close_wait",
+            "nf_conntrack_tcp_timeout_established",
+            "nf_conntrack_udp_timeout",
+        )
+    }
+    directory = two_files(tmp_path)
+    daemon = start_daemon(*run_args(netns, [directory], "--conntrack-udp-timeout=45s", "--v=2"))
+    daemon.wait_for("full sync: generation")
+    assert _sysctl(netns, "nf_conntrack_tcp_timeout_close_wait") == 3600
+    assert _sysctl(netns, "nf_conntrack_tcp_timeout_established") == 86400
+    assert _sysctl(netns, "nf_conntrack_udp_timeout") == 45
+    assert "conntrack: nf_conntrack_tcp_timeout_close_wait 60 -> 3600" in daemon.log
+    daemon.kill()
+    # "0" leaves the value as it is; the machine's own namespace is never touched.
+    again = start_daemon(*run_args(netns, [directory], "--conntrack-tcp-timeout-close-wait=0"))
+    again.wait_for("full sync: ")
+    assert _sysctl(netns, "nf_conntrack_tcp_timeout_close_wait") == 3600
+    assert {n: _sysctl(None, n) for n in root_before} == root_before

@@ -26,6 +26,7 @@ from typing import Any
 
 from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
+from nftproxy.conntrack import ConntrackSettings
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.lab.cluster import command as cluster_command
 from nftproxy.model import Family
@@ -427,6 +428,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cleaner = conntrack.ConntrackCleaner(args.netns)
     proxier.clear_stale_udp = cleaner.clear_stale
+    try:
+        for name, (old, new) in cleaner.apply_settings(conntrack_settings(args, opts)).items():
+            log.info("conntrack: %s %d -> %d", name, old, new)
+    except OSError as exc:  # a read-only /proc/sys (a container without privileges, say)
+        log.warning("could not set the conntrack timeouts: %s", exc)
     interfaces = _follow_addresses(args.netns, proxier, stop, log)
     where = f"network namespace {args.netns}" if args.netns else "this network namespace"
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
@@ -559,6 +565,43 @@ def _with_kube_proxy_flags(
     if bound.is_unspecified:
         return opts
     return opts.with_flags(node_ips=(str(bound),))
+
+
+def _duration_seconds(text: str) -> int:
+    from nftproxy.kube.proxyconfig import ProxyConfigError, parse_duration
+
+    try:
+        return round(parse_duration("duration", text))
+    except ProxyConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("duration: ")) from None
+
+
+def conntrack_settings(args: argparse.Namespace, opts: ProxyOptions) -> ConntrackSettings:
+    """Flags, else the config file, else kube-proxy's defaults."""
+    default = ConntrackSettings()
+
+    def pick(flag: Any, config: Any, fallback: Any) -> Any:
+        return flag if flag is not None else config if config is not None else fallback
+
+    return ConntrackSettings(
+        tcp_established=pick(
+            args.conntrack_tcp_timeout_established,
+            opts.conntrack_tcp_established,
+            default.tcp_established,
+        ),
+        tcp_close_wait=pick(
+            args.conntrack_tcp_timeout_close_wait,
+            opts.conntrack_tcp_close_wait,
+            default.tcp_close_wait,
+        ),
+        tcp_be_liberal=pick(
+            args.conntrack_tcp_be_liberal, opts.conntrack_tcp_be_liberal, default.tcp_be_liberal
+        ),
+        udp=pick(args.conntrack_udp_timeout, opts.conntrack_udp, default.udp),
+        udp_stream=pick(
+            args.conntrack_udp_timeout_stream, opts.conntrack_udp_stream, default.udp_stream
+        ),
+    )
 
 
 def _choose(flag: str | None, config: str | None, default: str) -> str:
@@ -872,6 +915,25 @@ def parser() -> argparse.ArgumentParser:
         "--cleanup",
         action="store_true",
         help="as kube-proxy's: delete the nftproxy table (of --netns) and exit",
+    )
+    for flag, what, default in (
+        ("--conntrack-tcp-timeout-established", "established TCP connections", "24h0m0s"),
+        ("--conntrack-tcp-timeout-close-wait", "TCP connections in CLOSE_WAIT", "1h0m0s"),
+        ("--conntrack-udp-timeout", "UDP flows", "0"),
+        ("--conntrack-udp-timeout-stream", "UDP streams", "0"),
+    ):
+        kube.add_argument(
+            flag,
+            type=_duration_seconds,
+            metavar="DURATION",
+            help=f"as kube-proxy's: conntrack timeout for {what}, set in the namespace "
+            f"served (default {default}, or the config's; \"0\" leaves the kernel's)",
+        )
+    kube.add_argument(
+        "--conntrack-tcp-be-liberal",
+        action="store_true",
+        default=None,
+        help="as kube-proxy's: conntrack accepts TCP packets outside the window",
     )
     _node_options(p)
     p.set_defaults(func=cmd_run)

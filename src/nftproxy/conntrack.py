@@ -360,6 +360,51 @@ def clear_stale(rules: Sequence[Stale]) -> int:
     return delete_flows(doomed) if doomed else 0
 
 
+# --- the conntrack timeouts kube-proxy sets (per network namespace) ------------------------
+
+_SYSCTL_DIR = "/proc/sys/net/netfilter"
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackSettings:
+    """kube-proxy's ``conntrack`` options that live in the network namespace it serves:
+    timeouts in seconds (0: leave the kernel's value) and TCP liberal mode (False: leave).
+    Defaults are kube-proxy's. ``maxPerCore``/``min`` are not here: ``nf_conntrack_max`` is
+    machine-wide (read-only outside the initial namespace), a node setting."""
+
+    tcp_established: int = 24 * 3600
+    tcp_close_wait: int = 3600
+    tcp_be_liberal: bool = False
+    udp: int = 0
+    udp_stream: int = 0
+
+    def wanted(self) -> dict[str, int]:
+        """sysctl (under net/netfilter) -> value, for the settings that ask for a change."""
+        out = {
+            "nf_conntrack_tcp_timeout_established": self.tcp_established,
+            "nf_conntrack_tcp_timeout_close_wait": self.tcp_close_wait,
+            "nf_conntrack_udp_timeout": self.udp,
+            "nf_conntrack_udp_timeout_stream": self.udp_stream,
+            "nf_conntrack_tcp_be_liberal": int(self.tcp_be_liberal),
+        }
+        return {k: v for k, v in out.items() if v > 0}
+
+
+def apply_settings(settings: ConntrackSettings) -> dict[str, tuple[int, int]]:
+    """Write the settings to the calling thread's network namespace, as kube-proxy does at
+    start: only values that differ. Returns sysctl -> (old, new) for what changed."""
+    changed: dict[str, tuple[int, int]] = {}
+    for name, value in settings.wanted().items():
+        path = os.path.join(_SYSCTL_DIR, name)
+        with open(path) as f:
+            old = int(f.read().split()[0])
+        if old != value:
+            with open(path, "w") as f:
+                f.write(f"{value}\n")
+            changed[name] = (old, value)
+    return changed
+
+
 class ConntrackCleaner:
     """`clear_stale` and friends in one network namespace (None: the process's own), from a
     worker thread that entered it once; any thread may call."""
@@ -387,6 +432,9 @@ class ConntrackCleaner:
         if not rules:
             return 0
         return self._pool.submit(clear_stale, list(rules)).result()
+
+    def apply_settings(self, settings: ConntrackSettings) -> dict[str, tuple[int, int]]:
+        return self._pool.submit(apply_settings, settings).result()
 
     def close(self) -> None:
         self._pool.shutdown()

@@ -110,6 +110,11 @@ def test_realistic_file_maps_supported_fields_and_reports_the_rest(tmp_path: Pat
         min_sync_period=0.5,
         kubeconfig="/var/lib/kube-proxy/kubeconfig.conf",
         verbosity=2,
+        conntrack_tcp_established=86400,
+        conntrack_tcp_close_wait=3600,
+        conntrack_tcp_be_liberal=False,
+        conntrack_udp=0,
+        conntrack_udp_stream=0,
         warnings=opts.warnings,
     )
     assert list(opts.warnings) == [
@@ -117,10 +122,8 @@ def test_realistic_file_maps_supported_fields_and_reports_the_rest(tmp_path: Pat
         "clientConnection.contentType: not supported (only clientConnection.kubeconfig is used); ignored",
         "clientConnection.qps: not supported (only clientConnection.kubeconfig is used); ignored",
         "configSyncPeriod: informer resync is not used; ignored",
-        "conntrack.maxPerCore: nftproxy does not tune conntrack (set the sysctls on the node); ignored",
-        "conntrack.min: nftproxy does not tune conntrack (set the sysctls on the node); ignored",
-        "conntrack.tcpCloseWaitTimeout: nftproxy does not tune conntrack (set the sysctls on the node); ignored",
-        "conntrack.tcpEstablishedTimeout: nftproxy does not tune conntrack (set the sysctls on the node); ignored",
+        "conntrack.maxPerCore: nf_conntrack_max is machine-wide: a node sysctl; ignored",
+        "conntrack.min: nf_conntrack_max is machine-wide: a node sysctl; ignored",
         "featureGates.NFTablesProxyMode: feature gates are not supported; ignored",
         "iptables.localhostNodePorts: nftables mode never accepts NodePorts on localhost; ignored",
         "iptables.masqueradeBit: used only in iptables mode (nftproxy reads the nftables section); ignored",
@@ -316,3 +319,18 @@ def test_addresses_with_leading_zeros_are_read_as_decimal_like_kube_proxy() -> N
     )
     assert opts.node_ips == ("10.0.0.7",)
     assert opts.cluster_cidrs == ("10.244.0.0/16",)
+
+
+def test_conntrack_timeouts_follow_flags_then_the_file_then_kube_proxys_defaults() -> None:
+    from nftproxy.cli import conntrack_settings, parser
+    from nftproxy.conntrack import ConntrackSettings
+
+    opts = parse(
+        HEAD + "conntrack:\n  tcpCloseWaitTimeout: 30m\n  udpTimeout: 1m\n  tcpBeLiberal: true\n"
+    )
+    args = parser().parse_args(["run", "--conntrack-udp-timeout", "2m30s"])
+    assert conntrack_settings(args, opts) == ConntrackSettings(
+        tcp_established=86400, tcp_close_wait=1800, tcp_be_liberal=True, udp=150, udp_stream=0
+    )
+    assert conntrack_settings(parser().parse_args(["run"]), parse(HEAD)) == ConntrackSettings()
+    assert ConntrackSettings(tcp_close_wait=0, tcp_established=0).wanted() == {}

@@ -73,6 +73,12 @@ class ProxyOptions:
     min_sync_period: float | None = None
     kubeconfig: str | None = None
     verbosity: int | None = None
+    # conntrack: seconds (0 leaves the kernel's value), as in ConntrackSettings
+    conntrack_tcp_established: int | None = None
+    conntrack_tcp_close_wait: int | None = None
+    conntrack_tcp_be_liberal: bool | None = None
+    conntrack_udp: int | None = None
+    conntrack_udp_stream: int | None = None
     warnings: tuple[str, ...] = ()
 
     def with_flags(self, **flags: Any) -> ProxyOptions:
@@ -275,7 +281,8 @@ UNSUPPORTED = {
     "windowsRunAsService": "used only on Windows; ignored",
     "detectLocal": "only detectLocalMode ClusterCIDR is supported; ignored",
     "oomScoreAdj": "not supported (set it on the container); ignored",
-    "conntrack": "nftproxy does not tune conntrack (set the sysctls on the node); ignored",
+    "conntrack.maxPerCore": "nf_conntrack_max is machine-wide: a node sysctl; ignored",
+    "conntrack.min": "nf_conntrack_max is machine-wide: a node sysctl; ignored",
     "configSyncPeriod": "informer resync is not used; ignored",
     "portRange": "not supported; ignored",
 }
@@ -405,6 +412,17 @@ def from_dict(doc: object) -> ProxyOptions:
         out["sync_period"] = parse_duration("nftables.syncPeriod", v) or None
     if (v := r.get("nftables.minSyncPeriod")) is not None:
         out["min_sync_period"] = parse_duration("nftables.minSyncPeriod", v)
+
+    for field, key in (
+        ("tcpEstablishedTimeout", "conntrack_tcp_established"),
+        ("tcpCloseWaitTimeout", "conntrack_tcp_close_wait"),
+        ("udpTimeout", "conntrack_udp"),
+        ("udpStreamTimeout", "conntrack_udp_stream"),
+    ):
+        if (v := r.get(f"conntrack.{field}")) is not None:
+            out[key] = round(parse_duration(f"conntrack.{field}", v))
+    if (v := r.get("conntrack.tcpBeLiberal")) is not None:
+        out["conntrack_tcp_be_liberal"] = v
 
     local_mode = r.get("detectLocalMode")
     if local_mode and local_mode != "ClusterCIDR":
