@@ -307,13 +307,9 @@ def kube_proxy_config(spec: Spec, node: Node) -> str:
             "clusterCIDR": str(POD_NET),
             "healthzBindAddress": "0.0.0.0:10256",
             "metricsBindAddress": "127.0.0.1:10249",
-            # Zero: leave the VM-wide conntrack table size and timeouts alone.
-            "conntrack": {
-                "maxPerCore": 0,
-                "min": 0,
-                "tcpEstablishedTimeout": "0s",
-                "tcpCloseWaitTimeout": "0s",
-            },
+            # Zero: leave the machine-wide conntrack table size alone. The timeouts it
+            # sets (its defaults) are the node's network namespace's own.
+            "conntrack": {"maxPerCore": 0, "min": 0},
         },
         indent=2,
     )

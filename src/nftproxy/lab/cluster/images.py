@@ -237,6 +237,8 @@ def catalog(bin_dir: Path, agnhost_certs: Path | None = None) -> list[Image]:
         + host_binary("/usr/bin/ip", at="/sbin/ip")
     )
     agnhost_files = [built("agnhost", "/agnhost"), File("/agnhost-2", link="agnhost")]
+    # The DNS specs run their own DNS server as `/coredns` from the agnhost image.
+    agnhost_files.append(built("coredns", "/coredns"))
     agnhost_files += [File("/uploads", directory=True, mode=0o777)]
     if agnhost_certs is not None:
         # `agnhost porter` serves TLS with the key pair its upstream image carries.
@@ -268,6 +270,13 @@ def catalog(bin_dir: Path, agnhost_certs: Path | None = None) -> list[Image]:
             f"{E2E}/regression-issue-74839:1.4",
             (built("regression-issue-74839", "/regression-issue-74839"),),
             entrypoint=("/regression-issue-74839",),
+        ),
+        # Its hostNetwork pod reads the node's conntrack table (`cat /proc/net/nf_conntrack`).
+        Image(
+            "registry.k8s.io/build-image/distroless-iptables:v0.9.6",
+            tuple(tools),
+            cmd=shell,
+            env=path_env,
         ),
         Image(
             COREDNS_IMAGE,
