@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -55,8 +56,36 @@ def test_down_of_a_cluster_that_is_not_there_does_nothing(tmp_path: Path) -> Non
     assert Cluster(Spec(name="a", dir=tmp_path / "never")).down() == []
 
 
+def test_up_refuses_a_directory_too_long_for_containerds_sockets(tmp_path: Path) -> None:
+    d = tmp_path / ("d" * 100)
+    with pytest.raises(ClusterError, match=r"too long by \d+ bytes for the sockets"):
+        Cluster(Spec(name="a", dir=d)).up()
+    assert not d.exists()
+
+
 def test_up_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ClusterError, match="not empty"):
         Cluster(Spec(name="a", dir=tmp_path)).up()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_namespaces_left_by_a_deleted_directory_go_only_with_force(tmp_path: Path) -> None:
+    from kernel import require_kernel
+
+    require_kernel()
+    spec = Spec(name="f" + str(os.getpid() % 10**6), dir=tmp_path / "deleted", nodes=1)
+    subprocess.run(["ip", "netns", "add", spec.cp_netns], check=True)
+    inside = subprocess.Popen(["ip", "netns", "exec", spec.cp_netns, "sleep", "60"])
+    try:
+        with pytest.raises(ClusterError, match="add --force"):
+            Cluster(spec).down()
+        assert inside.poll() is None
+        assert Cluster(spec).down(force=True) == []
+        assert inside.wait(timeout=10) is not None
+        assert not Path("/run/netns", spec.cp_netns).exists()
+    finally:
+        if inside.poll() is None:
+            inside.kill()
+            inside.wait()
+        subprocess.run(["ip", "netns", "del", spec.cp_netns], capture_output=True)

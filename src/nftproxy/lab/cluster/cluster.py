@@ -245,6 +245,14 @@ class Cluster:
             )
         if self.dir.exists() and any(self.dir.iterdir()):
             raise ClusterError(f"{self.dir} is not empty: a cluster needs a directory of its own")
+        # Unix socket paths hold at most 107 bytes, and containerd's live in the directory.
+        longest = self.spec.node_dir(self.spec.node(self.spec.nodes)) / "containerd"
+        longest = longest / "containerd.sock.ttrpc"
+        if (excess := len(str(longest).encode()) - 107) > 0:
+            raise ClusterError(
+                f"--dir {self.dir}: too long by {excess} bytes for the sockets inside it "
+                f"({longest})"
+            )
         for ns in self.spec.netns_names():
             if (NETNS_DIR / ns).exists():
                 raise ClusterError(f"network namespace {ns} exists already: is the cluster up?")
@@ -669,13 +677,23 @@ class Cluster:
         found.discard(os.getpid())
         return sorted(found)
 
-    def down(self) -> list[str]:
+    def down(self, *, force: bool = False) -> list[str]:
         """Stop and remove everything; returns what could not be removed (empty: all gone).
 
         Only a directory holding this cluster's state is acted on: never namespaces of the
-        same names that some other tool made, never a directory `up` did not create."""
+        same names that some other tool made, never a directory `up` did not create. When
+        the directory itself is gone (deleted under a running cluster), `force` says the
+        namespaces of the cluster's names are its own."""
         if not self.dir.exists():
-            return []
+            leftover = [ns for ns in self.spec.netns_names() if (NETNS_DIR / ns).exists()]
+            if not leftover:
+                return []
+            if not force:
+                raise ClusterError(
+                    f"{self.dir} is gone, but network namespaces {', '.join(leftover)} exist; "
+                    f"if they are cluster {self.spec.name}'s, add --force to remove them"
+                )
+            return self._remove(None)
         try:
             state = json.loads((self.dir / "state.json").read_text())
         except (OSError, ValueError) as exc:
@@ -687,7 +705,9 @@ class Cluster:
             raise ClusterError(
                 f"{self.dir} holds cluster {state.get('name')!r}, not {self.spec.name!r}"
             )
-        lock = self._lock or _lock(self.dir, wait=False)
+        return self._remove(self._lock or _lock(self.dir, wait=False))
+
+    def _remove(self, lock: IO[str] | None) -> list[str]:
         left: list[str] = []
         ours = set(self.members())
         # The kubelets first, so that nothing restarts what goes next.
@@ -743,7 +763,8 @@ class Cluster:
             elif self.dir == default_dir(self.spec.name):
                 with contextlib.suppress(OSError):  # other clusters may live there
                     self.dir.parent.rmdir()
-        lock.close()
+        if lock is not None:
+            lock.close()
         self._lock = None
         return left
 

@@ -45,7 +45,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print(f"  nftproxy cluster exec -- kubectl get pods -A     (in {spec.cp_netns})")
             return 0
         if verb == "down":
-            left = cluster.down()
+            left = cluster.down(force=args.force)
             for what in left:
                 print(f"nftproxy cluster down: could not remove {what}", file=sys.stderr)
             return 1 if left else 0
@@ -102,6 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     q = verbs.add_parser("down", help="stop and remove everything `up` made, even after a crash")
     common(q)
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="the state directory is gone: remove the namespaces, processes and cgroups of "
+        "the cluster's names anyway",
+    )
     q = verbs.add_parser("status", help="which parts run, and the nodes")
     common(q)
     q = verbs.add_parser("kubeconfig", help="print the admin kubeconfig's path")

@@ -71,13 +71,6 @@ class Spec:
             raise ConfigError(f"--nodes {self.nodes}: 1 to 9 nodes")
         if self.proxy not in PROXIES:
             raise ConfigError(f"--proxy {self.proxy!r}: one of {', '.join(PROXIES)}")
-        # Unix socket paths hold at most 107 bytes, and containerd's live in the directory.
-        longest = self.dir / "nodes" / f"node{self.nodes}" / "containerd" / "containerd.sock.ttrpc"
-        if len(str(longest).encode()) > 107:
-            raise ConfigError(
-                f"--dir {self.dir}: too long by {len(str(longest).encode()) - 107} bytes for "
-                f"the sockets inside it ({longest})"
-            )
 
     @property
     def cp_netns(self) -> str:
