@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
-CNI_PLUGINS = ("bridge", "host-local", "loopback")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy"}
 REPO = Path(__file__).resolve().parents[4]
 

@@ -234,7 +234,9 @@ def cni_config(spec: Spec, node: Node) -> str:
                         "ranges": [[{"subnet": node.pod_cidr, "gateway": gateway}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                     },
-                }
+                },
+                # hostPort: a table of its own in the node's namespace (nft, not iptables).
+                {"type": "portmap", "capabilities": {"portMappings": True}, "backend": "nftables"},
             ],
         },
         indent=2,
