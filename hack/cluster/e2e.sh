@@ -3,8 +3,11 @@
 # with upstream kube-proxy (nftables mode), side by side; the table goes to
 # docs/conformance.md.
 #
-#     sudo hack/cluster/e2e.sh                 # the broad sig-network set (about an hour per proxy)
-#     sudo hack/cluster/e2e.sh conformance     # only the Services [Conformance] specs
+#     hack/cluster/e2e.sh                 # the broad sig-network set (~20 min per proxy)
+#     hack/cluster/e2e.sh conformance     # only the Services [Conformance] specs
+#
+# As root. NODES (default 3: the topology specs want three zones, and the cluster puts
+# each node in a zone of its own) sets the cluster's size.
 #
 # Each proxy gets a fresh cluster (`nftproxy cluster up --proxy ...`), brought down
 # afterwards even when the run fails. Results: $OUT/<proxy>/{junit.xml,results.json,ginkgo.log}.
@@ -33,7 +36,7 @@ for proxy in nftproxy kube-proxy; do
     fi
     start=$SECONDS
     up=yes # from here on the cluster is this run's (a failed up is cleaned up too)
-    "${nftproxy[@]}" cluster up --name "$name" --proxy "$proxy"
+    "${nftproxy[@]}" cluster up --name "$name" --proxy "$proxy" --nodes "${NODES:-3}"
     echo "e2e.sh: cluster up with $proxy in $((SECONDS - start)) s" >&2
     start=$SECONDS
     "${nftproxy[@]}" cluster e2e --name "$name" --suite "$suite" --out "$out/$proxy" || true

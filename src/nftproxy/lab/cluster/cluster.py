@@ -561,6 +561,7 @@ class Cluster:
                 f"--root-dir={d / 'kubelet'}",
                 f"--hostname-override={node.name}",
                 f"--node-ip={node.ip}",
+                f"--node-labels=topology.kubernetes.io/zone={node.zone}",
             ],
         )
 

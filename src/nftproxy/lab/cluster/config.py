@@ -52,6 +52,7 @@ class Node:
     pod_cidr: str
     netns: str
     cgroup_root: str  # kubelet's cgroupRoot, one per node in every v1 hierarchy
+    zone: str  # topology.kubernetes.io/zone: a zone each, for the topology specs
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Spec:
             pod_cidr=str(list(POD_NET.subnets(new_prefix=24))[index]),
             netns=f"{self.name}-{name}",
             cgroup_root=f"/nftproxy-{self.name}-{name}",
+            zone=f"zone-{'abcdefghi'[index - 1]}",
         )
 
     def all_nodes(self) -> list[Node]:
