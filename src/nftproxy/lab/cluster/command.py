@@ -19,7 +19,7 @@ DEFAULT_NAME = "nftproxy"
 
 def _spec(args: argparse.Namespace) -> Spec:
     directory = Path(args.dir).absolute() if args.dir else default_dir(args.name)
-    nodes, proxy = args.nodes, getattr(args, "proxy", None)
+    nodes, proxy = getattr(args, "nodes", 2), getattr(args, "proxy", None)
     state = directory / "state.json"
     if args.cluster_command != "up" and state.exists():
         saved = json.loads(state.read_text())
@@ -39,15 +39,28 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         verb = args.cluster_command
         if verb in ("up", "down", "e2e", "exec"):
             _need_root(verb)
+        which = "" if spec.name == DEFAULT_NAME else f" --name {spec.name}"
+        if args.dir:
+            which += f" --dir {spec.dir}"
+        if verb in ("kubeconfig", "exec", "e2e") and not (spec.dir / "state.json").exists():
+            raise ClusterError(f"cluster {spec.name} is not up ({spec.dir} holds no cluster)")
         if verb == "up":
             cluster.up()
             print(f"cluster {spec.name} is up: {spec.nodes} nodes, proxy {spec.proxy}")
-            print(f"  nftproxy cluster exec -- kubectl get pods -A     (in {spec.cp_netns})")
+            print(f"  nftproxy cluster exec{which} -- kubectl get pods -A")
             return 0
         if verb == "down":
+            existed = spec.dir.exists()
             left = cluster.down(force=args.force)
             for what in left:
                 print(f"nftproxy cluster down: could not remove {what}", file=sys.stderr)
+            if not left:
+                print(
+                    f"cluster {spec.name}: removed (processes, mounts, cgroups, namespaces "
+                    f"and {spec.dir}, its logs too)"
+                    if existed
+                    else f"cluster {spec.name}: nothing to remove"
+                )
             return 1 if left else 0
         if verb == "status":
             if not (spec.dir / "state.json").exists():
@@ -92,16 +105,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})"
         )
         q.add_argument("--dir", help="state directory (default /var/lib/nftproxy-cluster/NAME)")
-        q.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
         q.set_defaults(func=cmd_cluster)
 
     q = verbs.add_parser("up", help="build the namespaces, start the control plane and nodes")
     common(q)
+    q.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2), 1 to 9")
     q.add_argument(
-        "--proxy", choices=PROXIES, default="nftproxy", help="service proxy on every node"
+        "--proxy",
+        choices=PROXIES,
+        default="nftproxy",
+        help="service proxy on every node (default nftproxy)",
     )
     q = verbs.add_parser("down", help="stop and remove everything `up` made, even after a crash")
     common(q)
+    q.add_argument(
+        "--nodes", type=int, default=2, help="with --force: how many nodes it had (default 2)"
+    )
     q.add_argument(
         "--force",
         action="store_true",
@@ -110,7 +129,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     q = verbs.add_parser("status", help="which parts run, and the nodes")
     common(q)
-    q = verbs.add_parser("kubeconfig", help="print the admin kubeconfig's path")
+    q = verbs.add_parser(
+        "kubeconfig",
+        help="print the admin kubeconfig's path; the API answers only inside the cluster's "
+        "namespaces: use it with `cluster exec` (or ip netns exec NAME-cp)",
+    )
     common(q)
     q = verbs.add_parser(
         "exec",
