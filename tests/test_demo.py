@@ -133,6 +133,9 @@ def test_ctrl_c_ends_the_demo_saying_what_it_removed(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As at a terminal: a shell that started the tests in the background hands its
+        # children SIGINT ignored, and a Ctrl-C that cannot arrive proves nothing.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     assert proc.stdout is not None
