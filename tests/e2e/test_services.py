@@ -468,8 +468,9 @@ def test_addresses_written_with_leading_zeros_are_read_as_decimal(cluster):
     assert result.endpoints() == {"pod-4": 3}, result.summary()
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["cluster-policies", "local-policies"])
 def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_programmed(
-    cluster,
+    cluster, local
 ):
     """A datagram sent before its Service is programmed leaves a conntrack entry without
     translation (the node's own port answered, or the packet was routed on as it was), and
@@ -485,8 +486,14 @@ def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_p
     proxier.replace_all({}, {})
     proxier.sync()
     node_ip = cluster.node_ip("node-1")
-    # (client, destination): the NodePort from outside, the ClusterIP from the node itself.
-    clients = [("ext", (node_ip, 30053), 42001), ("node-1", ("10.96.0.53", 53), 42002)]
+    # (client, destination): the NodePort from outside, the ClusterIP from the node itself
+    # and from a pod on it.
+    base = 42010 if local else 42000  # source ports of their own: no earlier entries
+    clients = [
+        ("ext", (node_ip, 30053), base + 1),
+        ("node-1", ("10.96.0.53", 53), base + 2),
+        ("pod-1", ("10.96.0.53", 53), base + 3),
+    ]
     sockets_ = []
     try:
         for who, dest, sport in clients:
@@ -499,7 +506,14 @@ def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_p
             flows = [f for f in cleaner.list_flows("udp") if f.orig_sport == sport]
             assert [(f.reply_src, f.reply_sport) for f in flows] == [dest]  # not NATed
 
-        s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, 30053)])
+        # With Local policies the endpoint is on node-1, where all three clients arrive.
+        s = svc(
+            "dns",
+            "10.96.0.53",
+            ports=[("dns", "udp", 53, 30053)],
+            internal_policy_local=local,
+            external_policy_local=local,
+        )
         sl = slice_of("dns", [endpoint(cluster.pod("pod-2"))], ports=[("dns", "udp", HTTP)])
         proxier.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
         proxier.sync()
