@@ -99,6 +99,17 @@ def test_un_nated_node_port_rule_names_its_family():
         Stale(None, PORT, "fd00::1", nodeport_family=4)
 
 
+def test_a_keep_rule_matches_whatever_answers_but_the_current_endpoints():
+    rule = Stale(VIP, PORT, None, keep=frozenset({("10.0.2.3", HTTP)}))
+    assert not rule.matches(flow())  # a current endpoint
+    assert rule.matches(flow(reply_src="10.0.2.9"))  # an endpoint the frontend no longer has
+    assert rule.matches(flow(reply_sport=9999))  # the right pod, a port it no longer serves
+    assert rule.matches(flow(reply_src=VIP, reply_sport=PORT))  # never NATed
+    assert not rule.matches(flow(orig_dport=54))
+    with pytest.raises(ValueError):
+        Stale(VIP, PORT, "10.0.2.3", keep=frozenset())
+
+
 def test_stale_addresses_are_normalised_and_families_checked():
     rule = Stale("FD00::0053", PORT, "fd00:0:0::1")
     assert rule.family == 6 and rule.frontend_ip == "fd00::53"

@@ -390,7 +390,7 @@ def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries(
     prefix: str, policy: str
 ) -> None:
     from nftproxy.conntrack import Stale
-    from nftproxy.proxier import stale_udp_endpoints, unnated_udp_flows
+    from nftproxy.proxier import stale_udp_endpoints, udp_frontend_flows
     from nftproxy.ruleset.compile import compile_service
     from nftproxy.ruleset.desired import DesiredState
 
@@ -414,4 +414,12 @@ def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries(
     assert put() == []  # no endpoints: packets are rejected, no entry forms
     assert put("10.244.1.1") == unnated
     assert put("10.244.1.1", "10.244.1.2") == []  # had endpoints already
-    assert sorted(unnated_udp_flows(desired.ruleset), key=repr) == unnated
+    # A full sync knows only what each frontend has now: anything else answering it goes.
+    now = frozenset({("10.244.1.1", 53), ("10.244.1.2", 53)})
+    assert sorted(udp_frontend_flows(desired.ruleset), key=repr) == sorted(
+        [
+            Stale("10.96.0.53", 53, None, keep=now),
+            Stale(None, 30053, None, nodeport_family=4, keep=now),
+        ],
+        key=repr,
+    )

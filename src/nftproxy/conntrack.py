@@ -306,12 +306,20 @@ class Stale:
     endpoint_port: int | None = None
     proto: ProtoName = "udp"
     nodeport_family: Family | None = None
+    # With endpoint_ip None: the flows toward the frontend answered by anything but these
+    # (address, port) pairs, the un-NATed ones included. What a full sync asks, knowing
+    # only what each frontend has now (kube-proxy's reconciler does the same).
+    keep: frozenset[tuple[str, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.frontend_ip is not None:
             object.__setattr__(self, "frontend_ip", _normal(self.frontend_ip))
         if self.endpoint_ip is not None:
             object.__setattr__(self, "endpoint_ip", _normal(self.endpoint_ip))
+        if self.keep is not None:
+            if self.endpoint_ip is not None:
+                raise ValueError(f"{self}: keep is for a rule without an endpoint")
+            object.__setattr__(self, "keep", frozenset((_normal(ip), p) for ip, p in self.keep))
         families = {6 if ":" in ip else 4 for ip in (self.frontend_ip, self.endpoint_ip) if ip}
         if self.nodeport_family is not None:
             if self.frontend_ip is not None or families - {self.nodeport_family}:
@@ -335,6 +343,8 @@ class Stale:
             return False
         if self.frontend_ip is not None and flow.orig_dst != self.frontend_ip:
             return False
+        if self.keep is not None:
+            return (flow.reply_src, flow.reply_sport) not in self.keep
         if self.endpoint_ip is None:
             return flow.reply_src == flow.orig_dst and flow.reply_sport == flow.orig_dport
         if flow.reply_src != self.endpoint_ip:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import gc
 import logging
@@ -650,7 +651,7 @@ class Proxier:
         done = applying.describe(plan.mode, plan.generation, plan.size(), plan.reason)
         log.info("full sync: %s", done)
         if self.clear_stale_udp is not None:
-            self._clear_udp(unnated_udp_flows(plan.desired))
+            self._clear_udp(udp_frontend_flows(plan.desired))
         return SyncResult(plan.mode, plan.size(), 0.0, len(self._services))
 
     def _clear_stale_udp(self, scope: Scope, ruleset: Ruleset) -> None:
@@ -1004,12 +1005,18 @@ def stale_udp_endpoints(scope: Scope, ruleset: Ruleset) -> list[Stale]:
     return list(dict.fromkeys(out))  # a frontend in a Local map too: once
 
 
-def unnated_udp_flows(ruleset: Ruleset) -> list[Stale]:
-    """Every UDP frontend with endpoints, for its entries that were never NATed: what a full
-    sync (a start, a new generation) clears, since it cannot tell what was there before."""
-    out: list[Stale] = []
+def udp_frontend_flows(ruleset: Ruleset) -> list[Stale]:
+    """Every UDP frontend with endpoints, for its entries answered by anything but one of
+    them (never NATed, or NATed to an endpoint it no longer has): what a full sync (a start,
+    a new generation) clears, since it cannot tell what changed before."""
+    endpoints: dict[tuple[tuple[Atom, ...], bool, Family], set[tuple[str, int]]] = {}
     for set_name, nodeport, family in _udp_endpoint_maps(ruleset.elements):
-        for key in ruleset.elements[set_name]:
-            if key[-1] == 0:
-                out.append(_frontend_stale(key[:-1], nodeport, family, None, None))
-    return list(dict.fromkeys(out))
+        for key, value in ruleset.elements[set_name].items():
+            if isinstance(value, tuple):
+                ip, port = value
+                endpoints.setdefault((key[:-1], nodeport, family), set()).add((str(ip), int(port)))
+    out = []
+    for (frontend, nodeport, family), current in endpoints.items():
+        rule = _frontend_stale(frontend, nodeport, family, None, None)
+        out.append(dataclasses.replace(rule, keep=frozenset(current)))
+    return out

@@ -503,7 +503,11 @@ def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_p
             sock.settimeout(1.0)
             sock.sendto(b"ping\n", dest)
         for _, dest, sport in clients:
-            flows = [f for f in cleaner.list_flows("udp") if f.orig_sport == sport]
+            # A datagram from another namespace reaches node-1 a moment after sendto().
+            deadline = time.monotonic() + 5
+            while not (flows := [f for f in cleaner.list_flows("udp") if f.orig_sport == sport]):
+                assert time.monotonic() < deadline, f"no conntrack entry from port {sport}"
+                time.sleep(0.05)
             assert [(f.reply_src, f.reply_sport) for f in flows] == [dest]  # not NATed
 
         # With Local policies the endpoint is on node-1, where all three clients arrive.
@@ -524,4 +528,39 @@ def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_p
     finally:
         for sock in sockets_:
             sock.close()
+        cleaner.close()
+
+
+def test_a_restarted_daemon_moves_udp_clients_off_endpoints_changed_while_it_was_down(cluster):
+    """A full sync (a start, say) cannot know what changed before it: it clears every UDP
+    entry toward a frontend that is answered by anything but its current endpoints."""
+    import socket as sockets
+
+    from nftproxy.conntrack import ConntrackCleaner
+
+    cleaner = ConntrackCleaner(str(cluster.lab.ns_path("node-1")))
+    s = svc("dns", "10.96.0.53", ports=[("dns", "udp", 53, None)])
+
+    def daemon_serving(pod: str):
+        proxier = cluster.proxier("node-1")  # a new one: its first sync is a full one
+        proxier.clear_stale_udp = cleaner.clear_stale
+        sl = slice_of("dns", [endpoint(cluster.pod(pod))], ports=[("dns", "udp", HTTP)])
+        proxier.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
+        proxier.sync()
+
+    client = cluster.lab.socket("pod-1", sockets.AF_INET, sockets.SOCK_DGRAM)
+    try:
+        client.bind(("0.0.0.0", 42031))
+        client.settimeout(2.0)
+
+        def ask() -> str:
+            client.sendto(b"ping\n", ("10.96.0.53", 53))
+            return client.recv(200).decode().split()[0]
+
+        daemon_serving("pod-4")
+        assert ask() == "pod-4"
+        daemon_serving("pod-5")  # pod-4 still runs: only the entry keeps the client there
+        assert ask() == "pod-5"
+    finally:
+        client.close()
         cleaner.close()
