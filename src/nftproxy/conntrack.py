@@ -2,9 +2,12 @@
 
 UDP has no FIN: a client that keeps sending from the same source port keeps hitting the
 conntrack entry created by its first datagram, and that entry keeps the DNAT chosen then,
-even after the endpoint is gone. Like kube-proxy, the proxier deletes, for each removed
-UDP endpoint, the entries whose original destination is one of the Service's frontends and
-whose reply source is that endpoint; new datagrams then go through the rules again.
+even after the endpoint is gone, and an entry made before the Service was programmed keeps
+no translation at all. Like kube-proxy, the proxier deletes, for each removed UDP endpoint,
+the entries whose original destination is one of the Service's frontends and whose reply
+source is that endpoint; for a frontend that gets its first endpoints, its entries that were
+never translated; and on a full sync, every entry toward a frontend answered by something
+other than one of its current endpoints. New datagrams then go through the rules again.
 
 The kernel interface (linux/netfilter/nfnetlink_conntrack.h), as checked on the wire:
   * message types are NFNL_SUBSYS_CTNETLINK (1) << 8 | IPCTNL_MSG_CT_GET (1) / _DELETE (2),
