@@ -402,10 +402,29 @@ def generations_of(cluster, node: str) -> set[int]:
     return {int(g) for g in re.findall(r"chain g(\d+)-services4", listing)}
 
 
+def _udp_client(cluster, sport: int):
+    """pod-1's UDP socket on a fixed source port (one conntrack entry for all it sends),
+    and a function asking 10.96.0.53:53 which endpoint answers."""
+    import socket as sockets
+
+    client = cluster.lab.socket("pod-1", sockets.AF_INET, sockets.SOCK_DGRAM)
+    try:
+        client.bind(("0.0.0.0", sport))
+    except OSError:
+        client.close()
+        raise
+    client.settimeout(2.0)
+
+    def ask() -> str:
+        client.sendto(b"ping\n", ("10.96.0.53", 53))
+        return client.recv(200).decode().split()[0]
+
+    return client, ask
+
+
 def test_a_udp_client_moves_on_when_its_endpoint_is_removed(cluster):
     """UDP has no end of connection: without clearing conntrack, a client with a fixed
     source port would keep talking to a removed endpoint. The daemon's sync clears it."""
-    import socket as sockets
 
     from nftproxy.conntrack import ConntrackCleaner
 
@@ -420,15 +439,8 @@ def test_a_udp_client_moves_on_when_its_endpoint_is_removed(cluster):
         proxier.sync()
 
     publish(("pod-4", "pod-5"))
-    client = cluster.lab.socket("pod-1", sockets.AF_INET, sockets.SOCK_DGRAM)
+    client, ask = _udp_client(cluster, 41999)
     try:
-        client.bind(("0.0.0.0", 41999))
-        client.settimeout(2.0)
-
-        def ask() -> str:
-            client.sendto(b"ping\n", ("10.96.0.53", 53))
-            return client.recv(200).decode().split()[0]
-
         first = ask()
         assert all(ask() == first for _ in range(3))  # one conntrack entry, one endpoint
         publish(tuple(p for p in ("pod-4", "pod-5") if p != first))
@@ -534,7 +546,6 @@ def test_udp_clients_that_started_before_their_service_are_answered_once_it_is_p
 def test_a_restarted_daemon_moves_udp_clients_off_endpoints_changed_while_it_was_down(cluster):
     """A full sync (a start, say) cannot know what changed before it: it clears every UDP
     entry toward a frontend that is answered by anything but its current endpoints."""
-    import socket as sockets
 
     from nftproxy.conntrack import ConntrackCleaner
 
@@ -548,15 +559,8 @@ def test_a_restarted_daemon_moves_udp_clients_off_endpoints_changed_while_it_was
         proxier.replace_all({s.id: s}, {(sl.namespace, sl.name): sl})
         proxier.sync()
 
-    client = cluster.lab.socket("pod-1", sockets.AF_INET, sockets.SOCK_DGRAM)
+    client, ask = _udp_client(cluster, 42031)
     try:
-        client.bind(("0.0.0.0", 42031))
-        client.settimeout(2.0)
-
-        def ask() -> str:
-            client.sendto(b"ping\n", ("10.96.0.53", 53))
-            return client.recv(200).decode().split()[0]
-
         daemon_serving("pod-4")
         assert ask() == "pod-4"
         daemon_serving("pod-5")  # pod-4 still runs: only the entry keeps the client there

@@ -229,11 +229,7 @@ class Cluster:
             pid = int((self.dir / "pids" / name).read_text())
         except (OSError, ValueError):
             return False
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(") ", 1)[1][0] not in "ZX"
-        except OSError:
-            return False
+        return not _zombie(pid)
 
     # ---- up ----------------------------------------------------------------------------
 
@@ -863,6 +859,7 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> None:
 
 
 def _zombie(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet: not running either way."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][0] in "ZX"
