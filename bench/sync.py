@@ -47,21 +47,19 @@ from nftproxy.model import (
 from nftproxy.nft import open_backend
 from nftproxy.ruleset.compile import Fragment, Names, compile_all, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
-from nftproxy.ruleset.diff import (
+from nftproxy.ruleset.diff import AppliedState, ChainSummary, diff
+from nftproxy.ruleset.listing import applied_from_json
+from nftproxy.ruleset.transaction import (
     AddChain,
     AddElements,
     AddSet,
-    AppliedState,
-    ChainSummary,
     DeleteChain,
     DeleteElements,
     DeleteSet,
     FlushChain,
     Op,
     Transaction,
-    applied_from_json,
     chains_in_order,
-    diff,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -44,7 +44,6 @@ from nftproxy.netlink import (
 )
 from nftproxy.nft import LibNftables, NftError
 from nftproxy.ruleset.compile import Names, skeleton_sets
-from nftproxy.ruleset.diff import AddElements, AddSet, AddTable, DeleteElements
 from nftproxy.ruleset.schema import (
     DROP,
     Atom,
@@ -55,6 +54,7 @@ from nftproxy.ruleset.schema import (
     goto,
     jump,
 )
+from nftproxy.ruleset.transaction import AddElements, AddSet, AddTable, DeleteElements
 
 NODE = NodeConfig(cluster_cidrs=("10.244.0.0/16", "fd00:244::/64"))
 SKELETON = skeleton_sets(Names(), NODE)

@@ -21,26 +21,23 @@ from typing import Any
 from nftproxy.nft import Backend
 from nftproxy.ruleset.compile import BASE_CHAINS, Names
 from nftproxy.ruleset.desired import Blocks, Elements, Ruleset, Scope
-from nftproxy.ruleset.diff import (
+from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, check_skeleton, diff
+from nftproxy.ruleset.listing import applied_from_json
+from nftproxy.ruleset.schema import ElementKey, SetDef
+from nftproxy.ruleset.transaction import (
     AddChain,
     AddElements,
     AddRules,
     AddSet,
     AddTable,
-    AppliedState,
     DeleteChain,
     DeleteElements,
     DeleteSet,
     FlushChain,
     Op,
-    SkeletonMismatch,
     Transaction,
-    applied_from_json,
     chains_in_order,
-    check_skeleton,
-    diff,
 )
-from nftproxy.ruleset.schema import ElementKey, SetDef
 
 Build = Callable[[Names], Ruleset]
 # The kernel's differences from a desired ruleset (see nftproxy.verifying.differences).

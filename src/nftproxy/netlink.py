@@ -37,8 +37,8 @@ from functools import cache, partial
 from typing import Any, Final, Literal, TypeAlias
 
 from nftproxy.nft import NftError, _setns, netns_path
-from nftproxy.ruleset.diff import AddElements, DeleteElements, render_element
 from nftproxy.ruleset.schema import FAMILY, TABLE, Atom, ElementKey, SetDef, Verdict
+from nftproxy.ruleset.transaction import AddElements, DeleteElements, render_element
 
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h) --
 

@@ -35,21 +35,18 @@ from nftproxy.netlink import MAX_NOTIFIED, Committed, NetlinkError
 from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
-from nftproxy.ruleset.diff import (
+from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, check_skeleton, diff
+from nftproxy.ruleset.schema import RECORD, Atom, SetDef, is_record
+from nftproxy.ruleset.transaction import (
     AddChain,
     AddElements,
     AddSet,
-    AppliedState,
     DeleteChain,
     DeleteElements,
     DeleteSet,
-    SkeletonMismatch,
     Transaction,
-    check_skeleton,
-    diff,
     render_element,
 )
-from nftproxy.ruleset.schema import RECORD, Atom, SetDef, is_record
 
 log = logging.getLogger("nftproxy.sync")
 

@@ -40,14 +40,10 @@ from nftproxy.netlink import (
     element_type,
 )
 from nftproxy.ruleset.desired import MISSING, UNKNOWN, Missing, Ruleset, Scope, Unknown
-from nftproxy.ruleset.diff import (
-    AddElements,
-    AppliedState,
-    ChainSummary,
-    DeleteElements,
-    applied_from_json,
-)
+from nftproxy.ruleset.diff import AppliedState, ChainSummary
+from nftproxy.ruleset.listing import applied_from_json
 from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef, is_record
+from nftproxy.ruleset.transaction import AddElements, DeleteElements
 
 __all__ = [
     "RECORD_TYPE",

@@ -13,8 +13,9 @@ from nftproxy.config import NodeConfig
 from nftproxy.model import EndpointSlice, Service
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import Blocks, DesiredState
-from nftproxy.ruleset.diff import AddElements, AppliedState, DeleteElements, diff
+from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.memory import MemoryTable
+from nftproxy.ruleset.transaction import AddElements, DeleteElements
 
 LB = "198.51.100.1"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from builders import build, endpoints, ep, service
 
 from nftproxy.ruleset.compile import Names
-from nftproxy.ruleset.diff import AddElements, AppliedState, DeleteElements, Transaction, diff
+from nftproxy.ruleset.diff import AppliedState, diff
+from nftproxy.ruleset.transaction import AddElements, DeleteElements, Transaction
 
 
 def test_a_summary_without_elements_stays_without_them_while_recording_changes():

@@ -9,15 +9,10 @@ import pytest
 from builders import OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 from nftproxy.config import NodeConfig
-from nftproxy.ruleset.diff import (
-    AddElements,
-    AppliedState,
-    DeleteElements,
-    Transaction,
-    applied_from_json,
-    diff,
-)
+from nftproxy.ruleset.diff import AppliedState, diff
+from nftproxy.ruleset.listing import applied_from_json
 from nftproxy.ruleset.schema import interval_atoms
+from nftproxy.ruleset.transaction import AddElements, DeleteElements, Transaction
 
 LB = "198.51.100.10"
 

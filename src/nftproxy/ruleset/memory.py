@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import copy
 
-from nftproxy.ruleset.diff import (
+from nftproxy.ruleset.diff import AppliedState, ChainSummary
+from nftproxy.ruleset.schema import Verdict
+from nftproxy.ruleset.transaction import (
     AddChain,
     AddElements,
     AddRules,
     AddSet,
     AddTable,
-    AppliedState,
-    ChainSummary,
     DeleteChain,
     DeleteElements,
     DeleteSet,
@@ -25,7 +25,6 @@ from nftproxy.ruleset.diff import (
     Transaction,
     chain_targets,
 )
-from nftproxy.ruleset.schema import Verdict
 
 
 class MemoryRefused(Exception):
