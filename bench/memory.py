@@ -29,10 +29,10 @@ from api import CLUSTER_IP_BASE, POD_IP_BASE, service_body, slice_body
 from common import ip4
 
 from nftproxy.config import node_config
+from nftproxy.kernel.backend import open_backend
 from nftproxy.kube.objects import RawEndpointSlice, RawService, to_service, to_slice
 from nftproxy.kube.reflector import ProxierSink
 from nftproxy.model import EndpointSlice, Service, ServiceName
-from nftproxy.nft import open_backend
 from nftproxy.proxier import Proxier
 
 

@@ -44,7 +44,7 @@ from sync import build_model, make_node
 
 from nftproxy import verifying
 from nftproxy.applying import names_for
-from nftproxy.nft import open_backend
+from nftproxy.kernel.backend import open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.schema import ElementKey
 

@@ -35,6 +35,7 @@ from common import ip4, machine_info, save_report
 
 from nftproxy.applying import execute, make_plan, names_for, read_applied, run_plan
 from nftproxy.config import NodeConfig, node_config
+from nftproxy.kernel.backend import open_backend
 from nftproxy.model import (
     Endpoint,
     EndpointSlice,
@@ -44,7 +45,6 @@ from nftproxy.model import (
     ServicePort,
     SlicePort,
 )
-from nftproxy.nft import open_backend
 from nftproxy.ruleset.compile import Fragment, Names, compile_all, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.ruleset.diff import AppliedState, ChainSummary, diff
@@ -319,7 +319,8 @@ def update_applied(applied: AppliedState, tx: Transaction) -> None:
 
 
 class TimedBackend:
-    """Wraps a backend: time spent inside backend.run (libnftables: parse + kernel)."""
+    """Wraps a backend: time spent running transactions (libnftables: parse + kernel;
+    elements-only ones go to the kernel as netlink batches)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -330,17 +331,14 @@ class TimedBackend:
         self.inner.run(script)
         self.run_s.append(now() - t)
 
-    def write_elements(self, ops: Any, set_types: Any) -> None:
-        # Elements-only transactions go to the kernel as netlink batches (nftproxy.netlink).
+    def apply(self, tx: Any, sets: Any, *, generation: int | None = None) -> bool:
         t = now()
-        self.inner.write_elements(ops, set_types)
+        checked: bool = self.inner.apply(tx, sets, generation=generation)
         self.run_s.append(now() - t)
+        return checked
 
-    def check(self, script: str) -> None:
-        self.inner.check(script)
-
-    def list_table(self) -> dict[str, Any] | None:
-        return self.inner.list_table()  # type: ignore[no-any-return]
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class GcWatch:

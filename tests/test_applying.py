@@ -13,7 +13,9 @@ from strategies import cidr_lists, cidrs
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
-from nftproxy.nft import NftBinary, NftError, open_backend
+from nftproxy.kernel.backend import open_backend
+from nftproxy.kernel.errors import NftError
+from nftproxy.kernel.nftbinary import NftBinary
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
 
@@ -294,7 +296,7 @@ def test_generation_chunks_hold_every_element_once_and_stay_under_the_limit():
 
 
 def test_interval_set_elements_do_not_drag_map_elements_into_the_text_path():
-    from nftproxy.netlink import element_type
+    from nftproxy.kernel.encoding import element_type
 
     svcs, slices = cluster(n_endpoints=5)
     desired = build(svcs, slices)

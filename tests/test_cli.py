@@ -165,7 +165,7 @@ def test_a_host_prefix_option_or_source_range_survives_a_second_apply(netns, tmp
 
 
 def generation_id(netns: str) -> int:
-    from nftproxy.nft import open_backend
+    from nftproxy.kernel.backend import open_backend
 
     return open_backend(netns).generation()
 

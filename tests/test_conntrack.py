@@ -21,8 +21,8 @@ from nftproxy.conntrack import ConntrackCleaner, Flow, Stale
 sys.path.insert(0, str(Path(__file__).parent / "e2e"))
 from e2e_cluster import HTTP, Cluster, endpoint, slice_of, svc
 
+from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import Lab, default_topology
-from nftproxy.nft import open_backend
 
 VIP = "10.96.0.53"
 PORT = 53

@@ -20,9 +20,9 @@ from daemon import FEATURES, FEATURES_NODE, run_args
 from kernel import nft_in, require_kernel
 from samples import dns, frontends, two_files, web
 
+from nftproxy.kernel.backend import open_backend
+from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab import Lab, default_topology
-from nftproxy.lab.netns import run_in_netns
-from nftproxy.nft import open_backend
 
 pytestmark = pytest.mark.kernel
 

@@ -23,6 +23,8 @@ from nftproxy.health import (
     serve_healthz,
     split_host_port,
 )
+from nftproxy.kernel.errors import NftError
+from nftproxy.kernel.fake import FakeBackend
 from nftproxy.model import Endpoint, EndpointSlice, Protocol, Service, ServiceName, ServicePort
 from nftproxy.proxier import SyncResult, SyncStats
 
@@ -300,31 +302,23 @@ def test_a_loop_that_stops_turning_makes_the_proxy_unhealthy(
     assert get(f"{healthz}/healthz")[0] == 200
 
 
-class FailingBackend:
+class FailingBackend(FakeBackend):
     """A fake kernel that refuses every commit: a failure loop on demand."""
 
-    def run(self, script: str) -> None:
-        from nftproxy.nft import NftError
-
+    def apply(self, tx: Any, sets: Any = None, *, generation: int | None = None) -> bool:
         raise NftError("refused (a fake failure)")
-
-    check = run
-
-    def list_table(self) -> None:
-        return None
 
 
 def test_the_listener_of_a_deleted_service_closes_even_while_syncs_fail(
     hc: HealthCheckServers,
 ) -> None:
     from nftproxy.config import NodeConfig
-    from nftproxy.nft import NftError
     from nftproxy.proxier import Proxier
 
     [port] = free_ports(1)
     tcp = ServicePort("http", Protocol.TCP, 80, node_port=30080)
     web = Service(WEB, (tcp,), external_policy_local=True, health_check_node_port=port)
-    proxier = Proxier(FailingBackend(), NodeConfig(node_name="node-a"))  # type: ignore[arg-type]
+    proxier = Proxier(FailingBackend(), NodeConfig(node_name="node-a"))
     hc.follow(proxier)
     proxier.replace_all({WEB: web}, {})
     with pytest.raises(NftError):

@@ -149,7 +149,7 @@ def test_metrics_over_http_on_loopback() -> None:
 
 
 def test_attached_to_a_real_proxier(netns: str) -> None:
-    from nftproxy.nft import open_backend
+    from nftproxy.kernel.backend import open_backend
     from nftproxy.proxier import Proxier
 
     proxier = Proxier(open_backend(netns), NODE)

@@ -31,31 +31,39 @@ from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
-from nftproxy.netlink import (
+from nftproxy.kernel.encoding import (
     MAX_ELEMENTS_BYTES,
     ElementType,
-    ElementWriter,
     Encoder,
-    NetlinkError,
     decode_key,
-    dump_elements,
     element_key,
     element_type,
 )
-from nftproxy.nft import LibNftables, NftError
+from nftproxy.kernel.errors import NetlinkError, NftError
+from nftproxy.kernel.libnftables import LibNftables
+from nftproxy.kernel.netlink import ElementWriter, dump_elements
 from nftproxy.ruleset.compile import Names, skeleton_sets
 from nftproxy.ruleset.schema import (
     DROP,
+    PORT_FIELD,
+    PROTO_FIELD,
+    VERDICT_DATA,
     Atom,
     ElementKey,
     ElementValue,
     SetDef,
+    SetField,
     Verdict,
+    addr_field,
     goto,
     jump,
+    typeof_addr,
+    typeof_numgen,
+    typeof_port,
 )
 from nftproxy.ruleset.transaction import AddElements, AddSet, AddTable, DeleteElements
 
+L4PROTO = SetField("inet_proto", "meta l4proto")
 NODE = NodeConfig(cluster_cidrs=("10.244.0.0/16", "fd00:244::/64"))
 SKELETON = skeleton_sets(Names(), NODE)
 # Shapes beyond the skeleton's: the endpoint map keyed by protocol (ipv4 . proto . port .
@@ -65,23 +73,21 @@ EXTRA = {
     for s in (
         SetDef(
             "t-endpoints4",
-            "ip daddr . meta l4proto . tcp dport . numgen random mod 2",
-            "ip daddr . tcp dport",
-            typeof=True,
+            (typeof_addr(4), L4PROTO, typeof_port("tcp"), typeof_numgen(2)),
+            (typeof_addr(4), typeof_port("tcp")),
         ),
         SetDef(
             "t-endpoints6",
-            "ip6 daddr . meta l4proto . udp dport . numgen random mod 2",
-            "ip6 daddr . udp dport",
-            typeof=True,
+            (typeof_addr(6), L4PROTO, typeof_port("udp"), typeof_numgen(2)),
+            (typeof_addr(6), typeof_port("udp")),
         ),
-        SetDef("t-vmap", "inet_proto . inet_service", "verdict"),
-        SetDef("t-bucket", "numgen random mod 2", "verdict", typeof=True),
-        SetDef("t-port", "inet_service"),
-        SetDef("t-proto", "inet_proto"),
-        SetDef("t-addr6", "ipv6_addr"),
-        SetDef("t-port-to-addr", "inet_service", "ipv4_addr"),
-        SetDef("t-addr-to-proto", "ipv6_addr", "inet_proto"),
+        SetDef("t-vmap", (PROTO_FIELD, PORT_FIELD), VERDICT_DATA),
+        SetDef("t-bucket", (typeof_numgen(2),), VERDICT_DATA),
+        SetDef("t-port", (PORT_FIELD,)),
+        SetDef("t-proto", (PROTO_FIELD,)),
+        SetDef("t-addr6", (addr_field(6),)),
+        SetDef("t-port-to-addr", (PORT_FIELD,), (addr_field(4),)),
+        SetDef("t-addr-to-proto", (addr_field(6),), (PROTO_FIELD,)),
     )
 }
 SETS = {**SKELETON, **EXTRA}
@@ -224,47 +230,44 @@ def test_every_skeleton_set_but_the_interval_ones_is_writable() -> None:
         etype = element_type(sdef)
         assert (etype is None) == (sdef.interval or bool(sdef.flags)), name
         if etype is not None:
-            assert len(etype.key) == len(sdef.key.split(" . ")), name
-            if sdef.data == "verdict":
+            assert len(etype.key) == len(sdef.key), name
+            if sdef.is_verdict_map:
                 assert etype.is_verdict_map
-            elif sdef.data is not None:
-                assert len(etype.data) == len(sdef.data.split(" . ")), name
+            elif isinstance(sdef.data, tuple):
+                assert len(etype.data) == len(sdef.data), name
 
 
 @pytest.mark.parametrize(
     ("setdef", "expected"),
     [
         (
-            SetDef("s", "ipv4_addr . inet_proto . inet_service", "verdict"),
+            SetDef("s", (addr_field(4), PROTO_FIELD, PORT_FIELD), VERDICT_DATA),
             ElementType(("ipv4", "proto", "port"), ("verdict",)),
         ),
         (
             SetDef(
                 "s",
-                "ip daddr . meta l4proto . tcp dport . numgen random mod 2",
-                "ip daddr . tcp dport",
-                typeof=True,
+                (typeof_addr(4), L4PROTO, typeof_port("tcp"), typeof_numgen(2)),
+                (typeof_addr(4), typeof_port("tcp")),
             ),
             ElementType(("ipv4", "proto", "port", "u32-host"), ("ipv4", "port")),
         ),
         (
-            SetDef("s", "sctp dport . numgen random mod 3", "ip6 daddr . sctp dport", typeof=True),
+            SetDef(
+                "s", (typeof_port("sctp"), typeof_numgen(3)), (typeof_addr(6), typeof_port("sctp"))
+            ),
             ElementType(("port", "u32-host"), ("ipv6", "port")),
         ),
-        (SetDef("s", "ipv6_addr . ipv6_addr"), ElementType(("ipv6", "ipv6"))),
-        (SetDef("s", "ipv4_addr"), ElementType(("ipv4",))),
-        (SetDef("s", "inet_service", "ipv6_addr"), ElementType(("port",), ("ipv6",))),
-        (SetDef("s", "th dport . udp sport", typeof=True), ElementType(("port", "port"))),
-        (SetDef("s", "ip6 saddr . ip protocol", typeof=True), ElementType(("ipv6", "proto"))),
+        (SetDef("s", (addr_field(6), addr_field(6))), ElementType(("ipv6", "ipv6"))),
+        (SetDef("s", (addr_field(4),)), ElementType(("ipv4",))),
+        (SetDef("s", (PORT_FIELD,), (addr_field(6),)), ElementType(("port",), ("ipv6",))),
         (
-            SetDef("s", "numgen inc mod 7 offset 3", "verdict", typeof=True),
-            ElementType(("u32-host",), ("verdict",)),
+            SetDef("s", (typeof_addr(6, "saddr"), SetField("inet_proto", "ip6 nexthdr"))),
+            ElementType(("ipv6", "proto")),
         ),
-        (SetDef("s", "ipv4_addr", interval=True), None),
-        (SetDef("s", "ipv4_addr", flags=("dynamic", "timeout"), timeout=30), None),
-        (SetDef("s", "ether_addr"), None),
-        (SetDef("s", "ipv4_addr", "mark"), None),
-        (SetDef("s", "meta mark", typeof=True), None),
+        (SetDef("s", (typeof_numgen(7),), VERDICT_DATA), ElementType(("u32-host",), ("verdict",))),
+        (SetDef("s", (addr_field(4),), interval=True), None),
+        (SetDef("s", (addr_field(4),), flags=("dynamic", "timeout"), timeout=30), None),
     ],
 )
 def test_element_type_of(setdef: SetDef, expected: ElementType | None) -> None:
@@ -434,14 +437,14 @@ def test_a_dump_lists_every_set_shape_byte_for_byte_as_the_dump_form_encodes_it(
     """What `dump_elements` returns for elements nft loaded equals what an
     Encoder(as_dumped=True) makes of them, and every key decodes to atoms that encode back
     to the same key: the daemon compares its desired state with the kernel this way."""
-    from nftproxy.nft import _setns
+    from nftproxy.kernel.netns import setns
 
     ops = sample_ops()
     nft(twins[1], "-f", "-", stdin=ops_text(ops))
     encoder = Encoder(as_dumped=True)
 
     def dumps() -> dict[str, list[bytes] | None]:
-        _setns(twins[1])  # this worker thread only
+        setns(twins[1])  # this worker thread only
         return {op.set: dump_elements(op.set) for op in ops} | {"none": dump_elements("none")}
 
     from concurrent.futures import ThreadPoolExecutor
@@ -750,10 +753,13 @@ def test_bench(make_ns: Callable[[], str]) -> None:
 
 FINALIZED_INSIDE_SUBMIT = """
 import concurrent.futures.thread as futures, gc, sys, threading
-from nftproxy.nft import open_backend
+from nftproxy.kernel.backend import open_backend
+from nftproxy.ruleset.schema import PORT_FIELD, SetDef
+from nftproxy.ruleset.transaction import AddElements, Transaction
 
 backend = open_backend(sys.argv[1])
-backend.write_elements([], {})  # the backend now owns an element writer and its thread
+# An empty batch: the backend now owns an element writer and its thread.
+backend.apply(Transaction([AddElements("s", ())]), {"s": SetDef("s", (PORT_FIELD,))})
 
 def drop_it_while_a_submit_holds_the_lock():
     global backend

@@ -14,7 +14,8 @@ from daemon import run_args
 from kernel import nft_in
 
 from nftproxy import applying
-from nftproxy.nft import NftError, open_backend
+from nftproxy.kernel.backend import open_backend
+from nftproxy.kernel.errors import NftError
 from nftproxy.proxier import Proxier, SyncLimiter
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
@@ -235,26 +236,31 @@ def test_a_commit_of_someone_else_between_two_of_ours_is_noticed(netns):
 
 
 class FlakyBackend:
-    """A fake that refuses the next commit: the kernel cannot be made to fail on demand."""
+    """A fake that refuses the next commits: the kernel cannot be made to fail on demand.
+    Everything else goes to the real backend."""
 
     def __init__(self, real):
         self.real = real
         self.refuse = 0
 
-    def run(self, script: str) -> None:
+    def _refused(self) -> bool:
         if self.refuse:
             self.refuse -= 1
+            return True
+        return False
+
+    def run(self, script: str) -> None:
+        if self._refused():
             raise NftError("Error: Could not process rule: Cannot allocate memory")
         self.real.run(script)
 
-    def check(self, script: str) -> None:
-        self.real.check(script)
+    def apply(self, tx, sets, *, generation=None) -> bool:
+        if self._refused():
+            raise NftError("Error: Could not process rule: Cannot allocate memory")
+        return self.real.apply(tx, sets, generation=generation)
 
-    def list_table(self):
-        return self.real.list_table()
-
-    def generation(self) -> int:
-        return self.real.generation()
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
 def test_a_failed_sync_retries_as_a_full_sync_that_converges(netns):

@@ -14,7 +14,7 @@ from builders import NODE, build, endpoints, ep, port, service
 from kernel import nft_in
 
 from nftproxy import applying, verifying
-from nftproxy.nft import open_backend
+from nftproxy.kernel.backend import open_backend
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.desired import MISSING, UNKNOWN

@@ -71,8 +71,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nftproxy.kernel.netns import run_in_netns as lab_run_in_netns
 from nftproxy.lab.netns import die_with_parent, stop_processes
-from nftproxy.lab.netns import run_in_netns as lab_run_in_netns
 
 T = TypeVar("T")
 

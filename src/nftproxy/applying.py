@@ -16,9 +16,8 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from nftproxy.nft import Backend
+from nftproxy.kernel.backend import Backend
 from nftproxy.ruleset.compile import BASE_CHAINS, Names
 from nftproxy.ruleset.desired import Blocks, Elements, Ruleset, Scope
 from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, check_skeleton, diff
@@ -33,6 +32,7 @@ from nftproxy.ruleset.transaction import (
     DeleteChain,
     DeleteElements,
     DeleteSet,
+    DeleteTable,
     FlushChain,
     Op,
     Transaction,
@@ -148,8 +148,6 @@ class ElementsLater(Transaction):
 
 
 def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
-    from nftproxy.netlink import element_type
-
     # Sets whose elements only nft's text path can write (intervals: the cluster CIDRs,
     # source ranges) get a transaction of their own: a shared one would send thousands of
     # map elements through libnftables too, which is slow and keeps them in its cache
@@ -157,7 +155,7 @@ def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
     text_only = ElementsLater()
     for name, elems in desired.elements.items():
         sdef = desired.sets[name]
-        if elems and sdef.compared and element_type(sdef) is None:
+        if elems and sdef.compared and not sdef.fixed_size:
             text_only.add(name, elems, list(elems), len(elems))
     if text_only:
         yield text_only
@@ -165,7 +163,7 @@ def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
     for name, elems in desired.elements.items():
         if not elems or not desired.sets[name].compared:
             continue
-        if element_type(desired.sets[name]) is None:
+        if not desired.sets[name].fixed_size:
             continue
         if isinstance(elems, Blocks):
             # Chunks end at a frontend boundary: a frontend's buckets go in together.
@@ -338,46 +336,9 @@ def execute(
     *,
     generation: int | None = None,
 ) -> bool:
-    """Run one transaction: elements-only ones as a netlink batch when the backend can and
-    every set's shape is known, anything else as nft text. Either way, one transaction.
-
-    With `generation`, a netlink batch carries it and the kernel refuses the batch
-    (NetlinkError, errno ERESTART) unless that is its generation id; True when the batch
-    went that way, so that the generation id is now exactly one higher."""
-    write = getattr(backend, "write_elements", None)
-    types = _netlink_types(tx, sets) if write is not None else None
-    if write is None or types is None:
-        backend.run(str(tx))
-        return False
-    if generation is None:
-        write(tx.ops, types)
-        return False
-    write(tx.ops, types, generation=generation)
-    return True
-
-
-def by_netlink(backend: Backend, tx: Transaction, sets: Mapping[str, SetDef]) -> bool:
-    """Whether `execute` writes `tx` as a netlink batch (else as nft text)."""
-    return hasattr(backend, "write_elements") and _netlink_types(tx, sets) is not None
-
-
-def _netlink_types(tx: Transaction, sets: Mapping[str, SetDef]) -> dict[str, Any] | None:
-    """The element type of every set an elements-only transaction names, or None when
-    it is not one or some set's shape is not one the netlink writer knows."""
-    from nftproxy.netlink import element_type
-
-    if not tx.ops:
-        return None
-    types = {}
-    for op in tx.ops:
-        if not isinstance(op, AddElements | DeleteElements):
-            return None
-        sdef = sets.get(op.set)
-        etype = element_type(sdef) if sdef is not None else None
-        if etype is None:
-            return None
-        types[op.set] = etype
-    return types
+    """Run one transaction (see Backend.apply): True when the kernel checked that
+    `generation` was its id, which is now exactly one higher."""
+    return backend.apply(tx, sets, generation=generation)
 
 
 Run = Callable[[Transaction, Mapping[str, SetDef]], None]
@@ -432,12 +393,12 @@ def _discard_generation(backend: Backend, gen: int) -> None:
     sets = [n for n in applied.sets if n.startswith(prefix)]
     tx = Transaction(_removal(applied, chains, sets))
     if tx:
-        backend.run(str(tx))
+        backend.apply(tx, {})
 
 
 def cleanup(backend: Backend) -> bool:
     """Delete the nftproxy table; False when there was none. Nothing else is touched."""
     if backend.list_table() is None:
         return False
-    backend.run("delete table inet nftproxy\n")
+    backend.apply(Transaction([DeleteTable()]), {})
     return True

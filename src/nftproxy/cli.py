@@ -27,10 +27,11 @@ from typing import Any
 from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
 from nftproxy.conntrack import ConntrackSettings
+from nftproxy.kernel.backend import open_backend
+from nftproxy.kernel.errors import NftError
 from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.lab.cluster import command as cluster_command
 from nftproxy.model import Family
-from nftproxy.nft import NftError, open_backend
 from nftproxy.proxier import DEFAULT_VERIFY_PERIOD, Proxier
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build

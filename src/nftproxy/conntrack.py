@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from nftproxy.nft import _setns, netns_path
+from nftproxy.kernel.netns import netns_path, setns
 
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) ---------------------------
 
@@ -427,7 +427,7 @@ class ConntrackCleaner:
         if netns is not None:
             os.stat(netns_path(netns))  # FileNotFoundError, rather than a broken pool
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="conntrack", initializer=_setns, initargs=(netns,)
+            max_workers=1, thread_name_prefix="conntrack", initializer=setns, initargs=(netns,)
         )
         # Enter now, so a namespace that does not exist fails here rather than later.
         self._pool.submit(lambda: None).result()

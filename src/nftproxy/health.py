@@ -45,8 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nftproxy.config import NodeConfig
+from nftproxy.kernel.netns import run_in_netns
 from nftproxy.model import EndpointSlice, Service, ServiceName
-from nftproxy.nft import call_in_netns
 
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier, SyncResult
@@ -484,7 +484,7 @@ class HealthCheckServers:
         def make() -> _ServiceListener:
             return _ServiceListener(host, port, name, count, self._proxy_healthy)
 
-        return call_in_netns(self.netns, make)
+        return run_in_netns(self.netns, make)
 
     def follow(self, proxier: Proxier) -> None:
         """Keep one listener per healthCheckNodePort of `proxier`'s Services, updated after

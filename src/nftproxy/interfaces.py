@@ -19,8 +19,8 @@ import struct
 import threading
 from collections.abc import Iterator
 
-from nftproxy.netlink import NLM_F_REQUEST, NLMSG_ERROR
-from nftproxy.nft import call_in_netns
+from nftproxy.kernel.encoding import NLM_F_REQUEST, NLMSG_ERROR
+from nftproxy.kernel.netns import run_in_netns
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
 NETLINK_ROUTE = 0
@@ -98,7 +98,7 @@ class InterfaceAddresses:
     loopback included; `wait` says when they may have changed."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self._dump, self._events = call_in_netns(
+        self._dump, self._events = run_in_netns(
             netns, lambda: (_socket(), _socket(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         )
         self._dump.settimeout(10.0)  # the kernel answers at once; never hang a sync on it

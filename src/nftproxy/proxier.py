@@ -24,15 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 from nftproxy import applying, verifying
 from nftproxy.config import NodeConfig
 from nftproxy.conntrack import Family, Stale
+from nftproxy.kernel.backend import Backend
+from nftproxy.kernel.errors import NetlinkError, NftError, Unsupported
+from nftproxy.kernel.netlink import MAX_NOTIFIED, Committed, Lost
 from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
-from nftproxy.netlink import MAX_NOTIFIED, Committed, NetlinkError
-from nftproxy.nft import Backend, NftError
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
 from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, check_skeleton, diff
@@ -439,9 +440,7 @@ class Proxier:
             self._services = dict(self._services)
             self._slices = dict(self._slices)
             self._by_service = dict(self._by_service)
-        forget = getattr(self.backend, "forget_caches", None)
-        if forget is not None:
-            forget()
+        self.backend.forget_caches()
         SharedValues.clear_all()
         gc.collect()
         _trim_malloc()
@@ -461,14 +460,10 @@ class Proxier:
 
     def _generation(self) -> int | None:
         """The kernel's nftables generation id (it moves with every commit, anyone's)."""
-        gen = getattr(self.backend, "generation", None)
-        if gen is None:
-            return None
         try:
-            value: int = gen()
-        except (OSError, NftError):
+            return self.backend.generation()
+        except (OSError, NftError):  # Unsupported included
             return None
-        return value
 
     def _commit(self, tx: Transaction, sets: Mapping[str, SetDef]) -> None:
         """Run one transaction, knowing the generation id it leads to: a commit of ours
@@ -480,7 +475,7 @@ class Proxier:
         kernel's cleanup: it made each sync tens of milliseconds slower at 30k Services in
         bench/api.py). Text commits (chains) read it before and after."""
         gen = self._kernel_generation
-        if gen is None or not applying.by_netlink(self.backend, tx, sets):
+        if gen is None or not self.backend.batches(tx, sets):
             gen = self._generation()
             if gen != self._kernel_generation and self._kernel_generation is not None:
                 self._unaccounted()  # someone else committed since our last commit
@@ -540,7 +535,7 @@ class Proxier:
     def _found_record(self, structure: AppliedState) -> verifying.Record | None:
         """The record the table holds (see verifying.Record), read once per full sync."""
         names = [n for n in structure.sets if is_record(n)]
-        lister = cast(verifying.Lister, self.backend)
+        lister = self.backend
         return verifying.read_record(lister, names[0]) if len(names) == 1 else None
 
     def _prefetch(
@@ -551,7 +546,7 @@ class Proxier:
         did (it is then likely to vouch for the table: see _differences)."""
         if found is not None and found.generation == self._generation():
             return None
-        lister = cast(verifying.Lister, self.backend)
+        lister = self.backend
         return lister.dump_sets(verifying.dumped_sets(structure))
 
     def _differences(
@@ -560,7 +555,7 @@ class Proxier:
         found: verifying.Record | None = None,
         dumps: verifying.Dumps | None = None,
     ) -> applying.Compare:
-        lister = cast(verifying.Lister, self.backend)
+        lister = self.backend
 
         def compare(ruleset: Ruleset) -> Scope:
             desired = self._desired
@@ -588,17 +583,19 @@ class Proxier:
         id the record's own commit leads to; the kernel refuses that commit if anyone
         committed since our last one (see verifying.Record). Only a restart reads it."""
         desired, gen = self._desired, self._kernel_generation
-        write = getattr(self.backend, "write_elements", None)
         # Only after commits of ours: a sync that found nothing to change commits nothing.
-        if desired is None or gen is None or write is None or self._repair_due or not self._commits:
+        if desired is None or gen is None or self._repair_due or not self._commits:
             return
         name, digest = desired.names(RECORD), desired.digest
         if name not in desired.ruleset.sets or self._record == verifying.Record(digest, gen):
             return
         record = verifying.Record(digest, (gen + 1) & 0xFFFFFFFF)
-        ops = verifying.record_ops(name, record, replace=self._record is not None)
+        tx = Transaction(list(verifying.record_ops(name, record, replace=self._record is not None)))
+        sets = {name: desired.ruleset.sets[name]}
+        if not self.backend.batches(tx, sets):
+            return  # only a batch is refused unless nobody committed since our last commit
         try:
-            write(ops, {name: verifying.RECORD_TYPE}, generation=gen)
+            self.backend.apply(tx, sets, generation=gen)
         except (NftError, OSError) as exc:
             log.debug("the record was not written: %s", exc)
             self._record = self._read_record()
@@ -753,13 +750,10 @@ class Proxier:
         only transactions that touched our table, and were not ours, lead to a repair, and
         only of the sets they touched. False when the backend cannot (the generation id
         alone then tells, and every foreign commit anywhere costs a full comparison)."""
-        start = getattr(self.backend, "monitor", None)
-        if start is None:
-            return False
-        from nftproxy.netlink import Lost
-
         try:
-            monitor = start(self._ours)
+            monitor = self.backend.monitor(self._ours)
+        except Unsupported:
+            return False
         except OSError as exc:
             log.warning("cannot follow nftables notifications (%s): comparing on any commit", exc)
             return False
@@ -853,7 +847,7 @@ class Proxier:
             befores, whole = verifying.notified_differences(ruleset, notified)
             if only is not None:
                 only = only | whole
-            lister = cast(verifying.Lister, self.backend)
+            lister = self.backend
             scope = verifying.differences(lister, ruleset, structure, only=only)
             for name, before in befores.items():
                 if only is not None and name not in only:

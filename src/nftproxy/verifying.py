@@ -10,7 +10,7 @@ turns it into the smallest repair; when nothing differs there is nothing to comm
 A dump of a large hash set costs the kernel more than its size: it restarts its walk for
 every 32 KiB it returns, so the cost grows quadratically (bench/restart.py, phase
 restart-compare, shows what it comes to). So the sets are dumped two at a time beside the
-caller (`Lister.dump_sets`), and a restart starts the dumps before it builds its desired
+caller (`Backend.dump_sets`), and a restart starts the dumps before it builds its desired
 state. Asking the kernel for each key instead allocates a reply per element, and is
 blind to elements nobody meant.
 
@@ -26,11 +26,10 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-from nftproxy.netlink import (
+from nftproxy.kernel.backend import Backend, Dumps
+from nftproxy.kernel.encoding import (
     ElementType,
     Encoder,
     decode_data,
@@ -39,6 +38,7 @@ from nftproxy.netlink import (
     element_key,
     element_type,
 )
+from nftproxy.kernel.errors import Unsupported
 from nftproxy.ruleset.desired import MISSING, UNKNOWN, Missing, Ruleset, Scope, Unknown
 from nftproxy.ruleset.diff import AppliedState, ChainSummary
 from nftproxy.ruleset.listing import applied_from_json
@@ -48,7 +48,6 @@ from nftproxy.ruleset.transaction import AddElements, DeleteElements
 __all__ = [
     "RECORD_TYPE",
     "Dumps",
-    "Lister",
     "Record",
     "differences",
     "dumped_sets",
@@ -61,30 +60,18 @@ __all__ = [
 # Desired elements encoded at a time: bounds the memory of a comparison beyond the listings.
 _CHUNK = 10_000
 
-Dumps = Mapping[str, "Future[list[bytes] | None]"]
-
-
-class Lister(Protocol):
-    """What the comparison reads from the kernel (`nft.LibNftables` provides it)."""
-
-    def set_elements(self, name: str) -> list[bytes] | None: ...
-
-    def dump_sets(self, names: Sequence[str]) -> Dumps: ...
-
-    def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None: ...
-
 
 Before = dict[ElementKey, ElementValue | Missing | Unknown]
 
 
-def structure(kernel: object) -> AppliedState | None:
+def structure(kernel: Backend) -> AppliedState | None:
     """Names and rule counts of our table, without elements (netlink dumps that carry no
     elements: milliseconds at any size), or None when `kernel` cannot list them that way
     (the nft binary backend)."""
-    objects = getattr(kernel, "objects", None)
-    if objects is None:
+    try:
+        found = kernel.objects()
+    except Unsupported:
         return None
-    found = objects()
     if found is None:
         return AppliedState(with_elements=False)
     return AppliedState(
@@ -103,7 +90,7 @@ def dumped_sets(structure: AppliedState) -> list[str]:
 
 
 def differences(
-    kernel: Lister,
+    kernel: Backend,
     desired: Ruleset,
     structure: AppliedState,
     dumps: Dumps | None = None,
@@ -115,7 +102,7 @@ def differences(
     `desired` lacks), and every set and chain name of either side.
 
     `structure` is the kernel's names and rule counts (`AppliedState` without elements);
-    `dumps`, listings already under way (see Lister.dump_sets); `only`, the sets whose
+    `dumps`, listings already under way (see Backend.dump_sets); `only`, the sets whose
     elements to compare (default: all; those of the desired state missing from the kernel
     always count).
     """
@@ -216,7 +203,7 @@ def _compare_dumped(
     return before
 
 
-def _listed(kernel: Lister, sdef: SetDef) -> dict[ElementKey, ElementValue]:
+def _listed(kernel: Backend, sdef: SetDef) -> dict[ElementKey, ElementValue]:
     doc = kernel.list_set(sdef.name, is_map=sdef.is_map)
     return {} if doc is None else applied_from_json(doc).elements.get(sdef.name, {})
 
@@ -258,7 +245,7 @@ class Record:
     generation: int
 
 
-def read_record(kernel: Lister, set_name: str) -> Record | None:
+def read_record(kernel: Backend, set_name: str) -> Record | None:
     """The record in `set_name`, None when there is none (or it is malformed)."""
     listed = kernel.set_elements(set_name)
     for element in listed or ():

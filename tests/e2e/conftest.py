@@ -9,8 +9,8 @@ import pytest
 from e2e_cluster import ECHO, HTTP, Cluster
 from kernel import require_kernel
 
+from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import Lab, default_topology
-from nftproxy.nft import open_backend
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from typing import Any
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig, node_config
+from nftproxy.kernel.libnftables import LibNftables
 from nftproxy.lab import Lab, Pod
 from nftproxy.model import (
     Endpoint,
@@ -20,7 +21,6 @@ from nftproxy.model import (
     ServicePort,
     SlicePort,
 )
-from nftproxy.nft import LibNftables
 from nftproxy.proxier import Proxier
 from nftproxy.ruleset.compile import compile_all
 from nftproxy.ruleset.desired import DesiredState

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from e2e_cluster import Cluster, endpoint, slice_of, svc
 
-from nftproxy.lab.netns import run_in_netns
+from nftproxy.kernel.netns import run_in_netns
 
 pytestmark = pytest.mark.kernel
 

@@ -35,8 +35,8 @@ from packet_flows import tables as flow_tables
 from raw_sctp import crc32c, probe
 
 from nftproxy import applying
+from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import External, Lab, Node, Pod, Result, Topology
-from nftproxy.nft import open_backend
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset
 

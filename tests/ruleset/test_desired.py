@@ -1,6 +1,6 @@
 """The desired state kept incrementally: endpoint maps stored per frontend, conflicts between
 Services, and the change scope an incremental diff reads. Checked against a fake kernel
-(MemoryTable) and a fresh full build of the same Services."""
+(FakeBackend) and a fresh full build of the same Services."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from builders import NODE, OUTSIDE, build, endpoints, ep, port, reached, send, s
 
 from nftproxy.applying import generation_plan
 from nftproxy.config import NodeConfig
+from nftproxy.kernel.fake import FakeBackend
 from nftproxy.model import EndpointSlice, Service
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import Blocks, DesiredState
 from nftproxy.ruleset.diff import AppliedState, diff
-from nftproxy.ruleset.memory import MemoryTable
 from nftproxy.ruleset.transaction import AddElements, DeleteElements
 
 LB = "198.51.100.1"
@@ -26,7 +26,7 @@ class Cluster:
     def __init__(self, services: list[Service], slices: list[EndpointSlice]) -> None:
         self.names = Names()
         self.desired = DesiredState(NODE, self.names)
-        self.table = MemoryTable()
+        self.table = FakeBackend()
         self.services: dict = {}
         self.apply(services, slices, first=True)
 

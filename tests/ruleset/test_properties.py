@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from strategies import cidr_lists
 
 from nftproxy.applying import generation_plan
+from nftproxy.kernel.fake import FakeBackend
 from nftproxy.model import (
     Endpoint,
     EndpointSlice,
@@ -30,7 +31,6 @@ from nftproxy.model import (
 from nftproxy.ruleset.compile import Names, compile_service, group_slices
 from nftproxy.ruleset.desired import DesiredState
 from nftproxy.ruleset.diff import AppliedState, diff
-from nftproxy.ruleset.memory import MemoryTable
 from nftproxy.selection import select
 
 NODES = ("node-a", "node-b")
@@ -196,7 +196,7 @@ def _fragments(services, slices, names):
 def test_incremental_diffs_of_any_history_equal_a_fresh_full_compile(history):
     names = Names()
     desired = DesiredState(NODE, names)
-    table = MemoryTable()
+    table = FakeBackend()
     previous: dict = {}
     for services, slices in history:
         frags = _fragments(services, slices, names)

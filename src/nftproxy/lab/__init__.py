@@ -5,7 +5,8 @@ run inside it (`python -m nftproxy.lab.echo`, `python -m nftproxy.lab.client`), 
 is what a client reports and `session` a held connection.
 """
 
-from nftproxy.lab.netns import Lab, LabError, Started, new_prefix, run_in_netns
+from nftproxy.kernel.netns import run_in_netns
+from nftproxy.lab.netns import Lab, LabError, Started, new_prefix
 from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession, SessionError
 from nftproxy.lab.topology import (

@@ -39,16 +39,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
+from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession
 from nftproxy.lab.topology import External, Node, Pod, Topology, default_topology
-from nftproxy.nft import call_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,6 @@ def pod_veth(pod: Pod | str) -> str:
 def uplink_peer(name: str) -> str:
     """The bridge namespace's end of a node's (or the external client's) uplink."""
     return _ifname("up", name)
-
-
-def run_in_netns(path: str | Path, fn: Callable[[], T]) -> T:
-    """Call `fn` in a short-lived thread that has entered the network namespace at `path`.
-
-    Sockets it creates belong to that namespace for good and can be used from any thread.
-    The calling thread's namespace is never changed."""
-    return call_in_netns(str(path), fn)
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:

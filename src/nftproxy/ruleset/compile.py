@@ -37,8 +37,11 @@ from nftproxy.model import (
 )
 from nftproxy.ruleset.schema import (
     DROP,
+    PORT_FIELD,
+    PROTO_FIELD,
     RECORD,
     SKELETON_MARK,
+    VERDICT_DATA,
     Atom,
     Chain,
     ClearMarkBits,
@@ -64,9 +67,13 @@ from nftproxy.ruleset.schema import (
     UpdateSet,
     Verdict,
     Vmap,
+    addr_field,
     goto,
     interval_atoms,
     jump,
+    typeof_addr,
+    typeof_numgen,
+    typeof_port,
 )
 from nftproxy.selection import Selection, select
 
@@ -238,12 +245,13 @@ class Fragment:
 def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
     sets: list[SetDef] = []
     for f in FAMILIES:
-        a, ip = _addr(f), _ip(f)
-        frontend = f"{a} . inet_proto . inet_service"
+        a = addr_field(f)
+        frontend = (a, PROTO_FIELD, PORT_FIELD)
+        nodeport = (PROTO_FIELD, PORT_FIELD)
         for name in ("frontends", "short-circuit"):
-            sets.append(SetDef(names(f"{name}{f}"), frontend, "verdict"))
+            sets.append(SetDef(names(f"{name}{f}"), frontend, VERDICT_DATA))
         for name in ("nodeports", "np-short-circuit"):
-            sets.append(SetDef(names(f"{name}{f}"), "inet_proto . inet_service", "verdict"))
+            sets.append(SetDef(names(f"{name}{f}"), nodeport, VERDICT_DATA))
         # One endpoint map per protocol: DNAT to `ip . port` needs the transport protocol
         # known, and nft 1.0.6 cannot re-read a `typeof` holding `th dport` from the kernel
         # (any later rule using the map fails with "conflicting protocols specified").
@@ -252,41 +260,39 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
                 sets.append(
                     SetDef(
                         names.endpoints(f, proto, local=local, nodeport=False),
-                        f"{ip} daddr . {proto} dport . numgen random mod 2",
-                        f"{ip} daddr . {proto} dport",
-                        typeof=True,
+                        (typeof_addr(f), typeof_port(proto), typeof_numgen(2)),
+                        (typeof_addr(f), typeof_port(proto)),
                     )
                 )
                 sets.append(
                     SetDef(
                         names.endpoints(f, proto, local=local, nodeport=True),
-                        f"{proto} dport . numgen random mod 2",
-                        f"{ip} daddr . {proto} dport",
-                        typeof=True,
+                        (typeof_port(proto), typeof_numgen(2)),
+                        (typeof_addr(f), typeof_port(proto)),
                     )
                 )
         sets.append(SetDef(names(f"masq-frontends{f}"), frontend))
-        sets.append(SetDef(names(f"masq-nodeports{f}"), "inet_proto . inet_service"))
+        sets.append(SetDef(names(f"masq-nodeports{f}"), nodeport))
         sets.append(SetDef(names(f"cluster-frontends{f}"), frontend))
         sets.append(SetDef(names(f"firewall{f}"), frontend))
-        sets.append(SetDef(names(f"firewall-allow{f}"), f"{frontend} . {a}", interval=True))
-        sets.append(SetDef(names(f"hairpin{f}"), f"{a} . {a}"))
-        sets.append(SetDef(names(f"cluster-ips{f}"), a))
+        sets.append(SetDef(names(f"firewall-allow{f}"), (*frontend, a), interval=True))
+        sets.append(SetDef(names(f"hairpin{f}"), (a, a)))
+        sets.append(SetDef(names(f"cluster-ips{f}"), (a,)))
         # Always there, empty when no range is known: ServiceCIDR objects come and go
         # without changing the skeleton (a change is an element diff, not a rebuild).
-        sets.append(SetDef(names(f"service-cidrs{f}"), a, interval=True))
+        sets.append(SetDef(names(f"service-cidrs{f}"), (a,), interval=True))
         if node.cluster_cidrs_of(f):
-            sets.append(SetDef(names(f"cluster-cidrs{f}"), a, interval=True))
+            sets.append(SetDef(names(f"cluster-cidrs{f}"), (a,), interval=True))
         if not node.nodeport_match_all(f):
             # This node's own addresses that accept NodePorts (kube-proxy's nodeport-ips):
             # addresses, never the CIDRs, or traffic routed through the node to another
             # host in them would be taken for a NodePort.
-            sets.append(SetDef(names(f"nodeport-ips{f}"), a))
+            sets.append(SetDef(names(f"nodeport-ips{f}"), (a,)))
     sets.append(
         SetDef(
             names(RECORD),
-            "inet_service",
-            "ipv6_addr . ipv4_addr",
+            (PORT_FIELD,),
+            (addr_field(6), addr_field(4)),
             comment="nftproxy: digest of the desired state . generation id after writing it",
             record=True,
         )
@@ -472,7 +478,7 @@ class _FragmentBuilder:
         for b in backends:
             ename = self.names(f"aff{f}-{sid}-{_short_hash(b.ip, b.port, timeout)}")
             self.frag.sets[ename] = SetDef(
-                ename, _addr(f), flags=("dynamic", "timeout"), timeout=timeout
+                ename, (addr_field(f),), flags=("dynamic", "timeout"), timeout=timeout
             )
             self.frag.chains[ename] = Chain(
                 ename,

@@ -12,7 +12,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from nftproxy.model import Family
 
@@ -314,20 +314,76 @@ class Chain:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+FieldType: TypeAlias = Literal["ipv4_addr", "ipv6_addr", "inet_proto", "inet_service", "integer"]
+
+
+@dataclass(frozen=True, slots=True)
+class SetField:
+    """One field of a set's key or of a map's value: its data type and, in a `typeof`
+    declaration, the packet expression nft takes the type from (`ip daddr`, `tcp dport`,
+    `numgen random mod 2`: an `integer` of 32 bits in host order)."""
+
+    type: FieldType
+    expr: str = ""
+
+    def render(self) -> str:
+        return self.expr or self.type
+
+
+PROTO_FIELD = SetField("inet_proto")
+PORT_FIELD = SetField("inet_service")
+
+
+def addr_field(family: Family) -> SetField:
+    return SetField("ipv4_addr" if family == 4 else "ipv6_addr")
+
+
+def typeof_addr(family: Family, which: Literal["saddr", "daddr"] = "daddr") -> SetField:
+    return SetField("ipv4_addr" if family == 4 else "ipv6_addr", f"{_ip(family)} {which}")
+
+
+def typeof_port(proto: str) -> SetField:
+    return SetField("inet_service", f"{proto} dport")
+
+
+def typeof_numgen(modulus: int) -> SetField:
+    return SetField("integer", f"numgen random mod {modulus}")
+
+
+# What a verdict map maps to.
+VERDICT_DATA: Final = "verdict"
+SetData: TypeAlias = tuple[SetField, ...] | Literal["verdict"] | None
+
+
 @dataclass(frozen=True, slots=True)
 class SetDef:
-    """A named set or map. `key` is the type clause after `type`/`typeof`."""
+    """A named set or map: its key's fields and (for a map) its value's, typed."""
 
     name: str
-    key: str
-    data: str | None = None
-    typeof: bool = False
+    key: tuple[SetField, ...]
+    data: SetData = None
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str = ""
     interval: bool = field(default=False)
     # The daemon's record of what it wrote (see RECORD), not part of the desired state.
     record: bool = False
+
+    def __post_init__(self) -> None:
+        fields = (*self.key, *(self.data if isinstance(self.data, tuple) else ()))
+        if not self.key or len({bool(f.expr) for f in fields}) > 1:
+            raise ValueError(f"set {self.name}: a key, every field typed one way")
+
+    @property
+    def typeof(self) -> bool:
+        """Declared by packet expressions (`typeof`) rather than type names (`type`)."""
+        return bool(self.key[0].expr)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether each element is fixed-size key (and value) bytes: no intervals, flags
+        or timeouts. Only those go to the kernel as netlink batches, the rest as nft text."""
+        return not self.interval and not self.flags and self.timeout is None
 
     @property
     def is_map(self) -> bool:
@@ -341,13 +397,13 @@ class SetDef:
 
     @property
     def is_verdict_map(self) -> bool:
-        return self.data == "verdict"
+        return self.data == VERDICT_DATA
 
     def spec(self) -> str:
         clause = "typeof" if self.typeof else "type"
-        text = f"{clause} {self.key}"
+        text = f"{clause} {_fields_text(self.key)}"
         if self.data is not None:
-            text += f" : {self.data}"
+            text += f" : {self.data if isinstance(self.data, str) else _fields_text(self.data)}"
         parts = [text]
         flags = (*self.flags, "interval") if self.interval else self.flags
         if flags:
@@ -361,6 +417,10 @@ class SetDef:
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.spec().encode()).hexdigest()[:16]
+
+
+def _fields_text(fields: tuple[SetField, ...]) -> str:
+    return " . ".join(f.render() for f in fields)
 
 
 ElementValue: TypeAlias = tuple[Atom, ...] | Verdict | None

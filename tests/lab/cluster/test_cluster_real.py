@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from kernel import require_kernel
 
+from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab.cluster import e2e
 from nftproxy.lab.cluster.cluster import Cluster, _hierarchies, bin_dir
 from nftproxy.lab.cluster.config import KUBELET_SYSCTLS, Spec
-from nftproxy.nft import call_in_netns
 
 NEEDED = [
     "etcd",
@@ -100,7 +100,7 @@ def _get(netns: str, host: str, port: int, path: str = "/hostname") -> str:
         finally:
             conn.close()
 
-    return call_in_netns(f"/run/netns/{netns}", fetch)
+    return run_in_netns(f"/run/netns/{netns}", fetch)
 
 
 def _wait_ready(c: Cluster, namespace: str, selector: str, count: int) -> list[str]:

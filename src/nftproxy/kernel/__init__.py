@@ -1,0 +1,1 @@
+"""The one edge to nftables: see backend.Backend."""
