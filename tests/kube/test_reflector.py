@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from apiserver import ControlPlane, start_control_plane
 from builders import service as model_service
+from recording import RecordingSink, wait_for
 
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
 from nftproxy.kube.reflector import (
@@ -35,52 +36,6 @@ SliceKey = tuple[str, str]
 
 # Fast retries so that reconnects fit in a test's budget.
 OPTIONS: dict[str, Any] = {"backoff_initial": 0.2, "backoff_max": 1.0}
-
-
-class RecordingSink:
-    """A Sink that keeps the current picture and every call, for assertions."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.services: dict[ServiceName, Service] = {}
-        self.slices: dict[SliceKey, EndpointSlice] = {}
-        self.service_replaces: list[dict[ServiceName, Service]] = []
-        self.slice_replaces: list[dict[SliceKey, EndpointSlice]] = []
-        self.updates: list[tuple[str, Any, Any]] = []
-
-    def replace_services(self, services: dict[ServiceName, Service]) -> None:
-        with self.lock:
-            self.services = dict(services)
-            self.service_replaces.append(dict(services))
-
-    def update_service(self, sid: ServiceName, svc: Service | None) -> None:
-        with self.lock:
-            self.updates.append(("service", sid, svc))
-            if svc is None:
-                self.services.pop(sid, None)
-            else:
-                self.services[sid] = svc
-
-    def replace_slices(self, slices: dict[SliceKey, EndpointSlice]) -> None:
-        with self.lock:
-            self.slices = dict(slices)
-            self.slice_replaces.append(dict(slices))
-
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
-        with self.lock:
-            self.updates.append(("slice", key, sl))
-            if sl is None:
-                self.slices.pop(key, None)
-            else:
-                self.slices[key] = sl
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def ok(cp: ControlPlane, method: str, path: str, body: Any = None, want: int = 200) -> Any:
