@@ -425,12 +425,6 @@ def test_gone_right_after_a_list_lists_again_after_a_pause(
     assert "too old resource version: 10" in (reflector.stats.last_error or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_list_and_watch takes a 410 that ends the first watch after a list for 'expired "
-    "right after a list' even when that watch delivered events first: it raises to run(), "
-    "which logs a WARNING, counts a failure and pauses before listing; stats.relists stays 0",
-)
 def test_gone_after_events_on_the_first_watch_relists_without_a_pause(
     api: FakeApiServer, start_reflector: Callable[..., AnyReflector]
 ) -> None:

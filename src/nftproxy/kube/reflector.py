@@ -593,22 +593,22 @@ class Reflector(Generic[RawT, KeyT, ValT]):
     # -- layer 2: list, then watch until the history is gone
 
     def _list_and_watch(self) -> None:
-        fresh_list = False
+        listed: str | None = None  # a list's version no watch has moved past yet
         while True:
             self._check_stop()
             if self.resource_version is None:
-                self.resource_version = self._list()
-                fresh_list = True
+                self.resource_version = listed = self._list()
             try:
                 self._watch(self.resource_version)
             except Gone as exc:
+                at_once = self.resource_version == listed
                 self.resource_version = None
-                if fresh_list:
+                if at_once:
                     raise  # expired right after a list: back off rather than spin
                 self.stats.relists += 1
                 log.info("%s: watch history expired (%s); listing again", self.name, exc.message)
                 continue
-            fresh_list = False
+            listed = None
 
     def _list(self) -> str:
         for attempt in range(3):
