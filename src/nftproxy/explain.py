@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Literal
 
 from nftproxy.config import NodeConfig
-from nftproxy.model import Backend
+from nftproxy.model import Destination
 from nftproxy.ruleset.desired import Ruleset
 from nftproxy.ruleset.schema import (
     Atom,
@@ -66,7 +66,7 @@ class Packet:
 class Branch:
     probability: Fraction
     verdict: Literal["dnat", "reject", "drop", "accept"]
-    backend: Backend | None
+    backend: Destination | None
     masquerade: bool
     path: tuple[str, ...]
 
@@ -76,8 +76,8 @@ class Explanation:
     packet: Packet
     branches: list[Branch] = field(default_factory=list)
 
-    def endpoints(self) -> dict[Backend, Fraction]:
-        out: dict[Backend, Fraction] = {}
+    def endpoints(self) -> dict[Destination, Fraction]:
+        out: dict[Destination, Fraction] = {}
         for b in self.branches:
             if b.backend is not None:
                 out[b.backend] = out.get(b.backend, Fraction(0)) + b.probability
@@ -158,7 +158,7 @@ class _End:
 
     state: _State
     kind: Literal["next", "return", "dnat", "reject", "drop", "accept"]
-    backend: Backend | None = None
+    backend: Destination | None = None
 
 
 # What a user sees of each verdict that is no DNAT.
@@ -290,7 +290,7 @@ class _Evaluator:
                     for bucket in range(n):
                         value = data.get((*base, bucket) if k.numgen else base)
                         if isinstance(value, tuple):
-                            backend = Backend(str(value[0]), int(value[1]))
+                            backend = Destination(str(value[0]), int(value[1]))
                             path = (*st.path, f"@{_short(m)}[{bucket}]")
                             ends.append(_End(_State(st.prob / n, mark, path), "dnat", backend))
                         else:
@@ -300,7 +300,7 @@ class _Evaluator:
                         ends.append(_End(_State(st.prob * misses / n, mark, st.path), "next"))
                     return ends
                 case Dnat(ip=ip, port=port):
-                    return [_End(_State(st.prob, mark, st.path), "dnat", Backend(ip, port))]
+                    return [_End(_State(st.prob, mark, st.path), "dnat", Destination(ip, port))]
                 case Reject():
                     return [_End(_State(st.prob, mark, (*st.path, "reject")), "reject")]
                 case Masquerade():
@@ -375,7 +375,7 @@ def explain(ruleset: Ruleset, node: NodeConfig, pkt: Packet) -> Explanation:
     return out
 
 
-def _masquerade(ev: _Evaluator, mark: int, backend: Backend) -> bool:
+def _masquerade(ev: _Evaluator, mark: int, backend: Destination) -> bool:
     """nat-postrouting: our mark bit, or a pod reaching itself (hairpin)."""
     post = ev.rs.chains.get("nat-postrouting")
     if post is None:

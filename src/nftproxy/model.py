@@ -21,6 +21,7 @@ from typing import (
     Literal,
     NamedTuple,
     SupportsIndex,
+    TypeAlias,
     TypeVar,
     cast,
     overload,
@@ -70,6 +71,10 @@ class Protocol(StrEnum):
     TCP = "tcp"
     UDP = "udp"
     SCTP = "sctp"
+
+
+# An EndpointSlice's (namespace, name).
+SliceName: TypeAlias = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,8 +464,8 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True)
-class Backend:
-    """One destination a packet can be DNATed to."""
+class Destination:
+    """One address and port a packet can be DNATed to: an endpoint of a Service port."""
 
     ip: str
     port: int

@@ -33,7 +33,7 @@ from nftproxy.kernel.backend import Backend
 from nftproxy.kernel.errors import NetlinkError, NftError, Unsupported
 from nftproxy.kernel.netlink import MAX_NOTIFIED, Committed, Lost
 from nftproxy.logs import DETAIL
-from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues
+from nftproxy.model import EndpointSlice, Service, ServiceName, SharedValues, SliceName
 from nftproxy.ruleset.compile import Fragment, Names, compile_service
 from nftproxy.ruleset.desired import DesiredState, Ruleset, Scope, bulk_build
 from nftproxy.ruleset.diff import AppliedState, SkeletonMismatch, check_skeleton, diff
@@ -54,8 +54,6 @@ log = logging.getLogger("nftproxy.sync")
 # What a sync may fail with; it is then retried as a full sync, with backoff. KeepRefused:
 # the inputs are incomplete and the change would need a new generation (see applying).
 SYNC_ERRORS = (NftError, OSError, SkeletonMismatch, applying.KeepRefused)
-
-SliceKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +154,7 @@ class Proxier:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._services: dict[ServiceName, Service] = {}
-        self._slices: dict[SliceKey, EndpointSlice] = {}
+        self._slices: dict[SliceName, EndpointSlice] = {}
         # A tuple, not a dict, per Service: nearly all have one slice (6 MB at 30k Services).
         self._by_service: dict[ServiceName, tuple[EndpointSlice, ...]] = {}
         self._dirty: set[ServiceName] = set()
@@ -203,7 +201,7 @@ class Proxier:
     # --- inputs (any thread) --------------------------------------------------------------
 
     def replace_all(
-        self, services: Mapping[ServiceName, Service], slices: Mapping[SliceKey, EndpointSlice]
+        self, services: Mapping[ServiceName, Service], slices: Mapping[SliceName, EndpointSlice]
     ) -> None:
         """A complete new picture (a re-list or a directory reload); only differences count."""
         with self._lock:
@@ -216,7 +214,7 @@ class Proxier:
             changed = self._replace_services(services)
         self._queued(changed, 0)
 
-    def replace_slices(self, slices: Mapping[SliceKey, EndpointSlice]) -> None:
+    def replace_slices(self, slices: Mapping[SliceName, EndpointSlice]) -> None:
         """Every EndpointSlice (a re-list); Services stay as they are."""
         with self._lock:
             changed = self._replace_slices(slices)
@@ -230,7 +228,7 @@ class Proxier:
             changed += self._set_service(sid, svc)
         return changed
 
-    def _replace_slices(self, slices: Mapping[SliceKey, EndpointSlice]) -> int:
+    def _replace_slices(self, slices: Mapping[SliceName, EndpointSlice]) -> int:
         changed = 0
         for key in self._slices.keys() - slices.keys():
             changed += self._set_slice(key, None)
@@ -243,7 +241,7 @@ class Proxier:
             changed = self._set_service(sid, svc)
         self._queued(changed, 0)
 
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
         with self._lock:
             changed = self._set_slice(key, sl)
         self._queued(0, changed)
@@ -330,7 +328,7 @@ class Proxier:
         self._dirty.add(sid)
         return 1
 
-    def _set_slice(self, key: SliceKey, sl: EndpointSlice | None) -> int:
+    def _set_slice(self, key: SliceName, sl: EndpointSlice | None) -> int:
         old = self._slices.get(key)
         if old == sl:
             return 0

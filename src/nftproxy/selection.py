@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from nftproxy.config import NodeConfig
-from nftproxy.model import Backend, EndpointFacts, EndpointSlice, Family, ServicePort
+from nftproxy.model import Destination, EndpointFacts, EndpointSlice, Family, ServicePort
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +21,9 @@ class Selection:
 
     # Used for traffic treated as cluster-wide (ClusterIP unless internalTrafficPolicy Local,
     # and external traffic under externalTrafficPolicy Cluster).
-    cluster: tuple[Backend, ...]
+    cluster: tuple[Destination, ...]
     # This node's endpoints (for the Local policies).
-    local: tuple[Backend, ...]
+    local: tuple[Destination, ...]
     # Whether any usable endpoint exists anywhere: decides reject (none) versus drop
     # (some, but none local) for a policy that finds nothing.
     any_usable: bool
@@ -33,7 +33,7 @@ class Selection:
 
 
 class _Candidate(NamedTuple):
-    backend: Backend
+    backend: Destination
     endpoint: EndpointFacts
 
 
@@ -61,7 +61,7 @@ def _candidates(
             key = (ip, target)
             seen = found.get(key)
             if seen is None or (facts.ready and not seen.endpoint.ready):
-                found[key] = _Candidate(Backend(ip, target), facts)
+                found[key] = _Candidate(Destination(ip, target), facts)
     return [found[k] for k in sorted(found)]
 
 
@@ -82,7 +82,7 @@ def _topology_filter(ready: list[_Candidate], node: NodeConfig) -> list[_Candida
     return in_zone or ready
 
 
-def _with_fallback(cands: list[_Candidate], usable: list[_Candidate]) -> tuple[Backend, ...]:
+def _with_fallback(cands: list[_Candidate], usable: list[_Candidate]) -> tuple[Destination, ...]:
     if usable:
         return tuple(c.backend for c in usable)
     return tuple(c.backend for c in cands if c.endpoint.serving and c.endpoint.terminating)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nftproxy.kube.reflector import SliceKey
+from nftproxy.kube.reflector import SliceName
 from nftproxy.model import EndpointSlice, Service, ServiceName
 
 
@@ -18,9 +18,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.services: dict[ServiceName, Service] = {}
-        self.slices: dict[SliceKey, EndpointSlice] = {}
+        self.slices: dict[SliceName, EndpointSlice] = {}
         self.service_replaces: list[dict[ServiceName, Service]] = []
-        self.slice_replaces: list[dict[SliceKey, EndpointSlice]] = []
+        self.slice_replaces: list[dict[SliceName, EndpointSlice]] = []
         self.updates: list[tuple[str, Any, Any]] = []
 
     def replace_services(self, services: dict[ServiceName, Service]) -> None:
@@ -36,12 +36,12 @@ class RecordingSink:
             else:
                 self.services[sid] = svc
 
-    def replace_slices(self, slices: dict[SliceKey, EndpointSlice]) -> None:
+    def replace_slices(self, slices: dict[SliceName, EndpointSlice]) -> None:
         with self.lock:
             self.slices = dict(slices)
             self.slice_replaces.append(dict(slices))
 
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
         with self.lock:
             self.updates.append(("slice", key, sl))
             if sl is None:

@@ -30,9 +30,7 @@ from nftproxy.kube.reflector import (
     Reflector,
     ServiceResource,
 )
-from nftproxy.model import EndpointSlice, Service, ServiceName
-
-SliceKey = tuple[str, str]
+from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
 
 # Fast retries so that reconnects fit in a test's budget.
 OPTIONS: dict[str, Any] = {"backoff_initial": 0.2, "backoff_max": 1.0}
@@ -381,7 +379,7 @@ class FakeProxier:
     def update_service(self, sid: ServiceName, svc: Service | None) -> None:
         self.updates.append(("service", sid, svc))
 
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
         self.updates.append(("slice", key, sl))
 
 

@@ -44,7 +44,7 @@ from nftproxy.kube.objects import (
     to_service_cidr,
     to_slice,
 )
-from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName, SliceName
 
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier
@@ -62,7 +62,7 @@ __all__ = [
     "Resource",
     "ServiceResource",
     "Sink",
-    "SliceKey",
+    "SliceName",
 ]
 
 log = logging.getLogger("nftproxy.kube")
@@ -70,7 +70,6 @@ log = logging.getLogger("nftproxy.kube")
 HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 
-SliceKey = tuple[str, str]
 
 RawT = TypeVar("RawT")
 KeyT = TypeVar("KeyT")
@@ -87,9 +86,9 @@ class Sink(Protocol):
 
     def update_service(self, sid: ServiceName, svc: Service | None) -> None: ...
 
-    def replace_slices(self, slices: dict[SliceKey, EndpointSlice]) -> None: ...
+    def replace_slices(self, slices: dict[SliceName, EndpointSlice]) -> None: ...
 
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None: ...
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None: ...
 
 
 class ProxierSink:
@@ -104,7 +103,7 @@ class ProxierSink:
         self.proxier = proxier
         self._lock = threading.Lock()
         self._services: dict[ServiceName, Service] | None = None
-        self._slices: dict[SliceKey, EndpointSlice] | None = None
+        self._slices: dict[SliceName, EndpointSlice] | None = None
         self._live = False
 
     @property
@@ -119,7 +118,7 @@ class ProxierSink:
             self._services = dict(services)
             self._go_live_if_complete()
 
-    def replace_slices(self, slices: dict[SliceKey, EndpointSlice]) -> None:
+    def replace_slices(self, slices: dict[SliceName, EndpointSlice]) -> None:
         with self._lock:
             if self._live:
                 self.proxier.replace_slices(slices)
@@ -140,7 +139,7 @@ class ProxierSink:
             elif self._services is not None:
                 _put(self._services, sid, svc)
 
-    def update_slice(self, key: SliceKey, sl: EndpointSlice | None) -> None:
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
         with self._lock:
             if self._live:
                 self.proxier.update_slice(key, sl)
@@ -278,7 +277,7 @@ class ServiceResource(Resource[RawService, ServiceName, Service]):
         self.sink.update_service(key, value)
 
 
-class EndpointSliceResource(Resource[RawEndpointSlice, SliceKey, EndpointSlice]):
+class EndpointSliceResource(Resource[RawEndpointSlice, SliceName, EndpointSlice]):
     kind = "EndpointSlice"
     plural = "endpointslices"
     path = "/apis/discovery.k8s.io/v1/endpointslices"
@@ -298,7 +297,7 @@ class EndpointSliceResource(Resource[RawEndpointSlice, SliceKey, EndpointSlice])
     def meta(self, raw: RawEndpointSlice) -> RawObjectMeta | None:
         return raw.metadata
 
-    def key(self, namespace: str, name: str) -> SliceKey:
+    def key(self, namespace: str, name: str) -> SliceName:
         return (namespace or "default", name)
 
     def convert(
@@ -306,10 +305,10 @@ class EndpointSliceResource(Resource[RawEndpointSlice, SliceKey, EndpointSlice])
     ) -> EndpointSlice | Skip:
         return to_slice(raw, report=report)
 
-    def replace(self, values: dict[SliceKey, EndpointSlice]) -> None:
+    def replace(self, values: dict[SliceName, EndpointSlice]) -> None:
         self.sink.replace_slices(values)
 
-    def update(self, key: SliceKey, value: EndpointSlice | None) -> None:
+    def update(self, key: SliceName, value: EndpointSlice | None) -> None:
         self.sink.update_slice(key, value)
 
 

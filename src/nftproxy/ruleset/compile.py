@@ -27,7 +27,7 @@ from typing import Any
 
 from nftproxy.config import NodeConfig
 from nftproxy.model import (
-    Backend,
+    Destination,
     EndpointSlice,
     Family,
     Service,
@@ -149,7 +149,7 @@ class PickSpec:
 Block = tuple[Atom | None, Sequence[Any]]
 
 
-def block_of(backends: tuple[Backend, ...], family: Family) -> Block:
+def block_of(backends: tuple[Destination, ...], family: Family) -> Block:
     port = backends[0].port if backends else None
     if all(b.port == port for b in backends):
         return port, packed_addresses(tuple([b.ip for b in backends]), family)
@@ -434,7 +434,7 @@ class _FragmentBuilder:
         self._allowed: dict[Family, Firewall] = {}
 
     def nodeport_target(
-        self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
+        self, port: ServicePort, f: Family, backends: tuple[Destination, ...], *, local: bool
     ) -> Verdict:
         if self.svc.affinity_timeout:
             return goto(self._affinity_chain(port, f, backends, local=local))
@@ -448,7 +448,13 @@ class _FragmentBuilder:
         return goto(self.names.pick(f, proto, local=local, nodeport=True, n=n))
 
     def frontend_target(
-        self, port: ServicePort, f: Family, vip: str, backends: tuple[Backend, ...], *, local: bool
+        self,
+        port: ServicePort,
+        f: Family,
+        vip: str,
+        backends: tuple[Destination, ...],
+        *,
+        local: bool,
     ) -> Verdict:
         if self.svc.affinity_timeout:
             return goto(self._affinity_chain(port, f, backends, local=local))
@@ -462,7 +468,7 @@ class _FragmentBuilder:
         return goto(self.names.pick(f, proto, local=local, nodeport=False, n=n))
 
     def _affinity_chain(
-        self, port: ServicePort, f: Family, backends: tuple[Backend, ...], *, local: bool
+        self, port: ServicePort, f: Family, backends: tuple[Destination, ...], *, local: bool
     ) -> str:
         """kube-proxy's ClientIP affinity: one dynamic set of clients per endpoint.
 
@@ -525,7 +531,7 @@ class _FragmentBuilder:
         for ip in sel.maybe_here:
             self.frag.add(hairpin, (ip, ip))
 
-        def frontend(vip: str, backends: tuple[Backend, ...], *, local: bool) -> Verdict:
+        def frontend(vip: str, backends: tuple[Destination, ...], *, local: bool) -> Verdict:
             if not backends:
                 return self.empty_verdict(sel)
             return self.frontend_target(port, f, vip, backends, local=local)
@@ -572,7 +578,7 @@ class _FragmentBuilder:
         if port.node_port:
             key2 = (proto, port.node_port)
 
-            def np_target(backends: tuple[Backend, ...], *, local: bool) -> Verdict:
+            def np_target(backends: tuple[Destination, ...], *, local: bool) -> Verdict:
                 if not backends:
                     return self.empty_verdict(sel)
                 return self.nodeport_target(port, f, backends, local=local)

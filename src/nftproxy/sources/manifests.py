@@ -60,7 +60,7 @@ from nftproxy.kube.objects import (
     to_service_cidr,
     to_slice,
 )
-from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName, SliceName
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -125,18 +125,18 @@ class Manifests:
 
     services: dict[ServiceName, Service] = field(default_factory=dict)
     # Keyed by (namespace, slice name): slice names are unique per namespace, not per Service.
-    slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    slices: dict[SliceName, EndpointSlice] = field(default_factory=dict)
     # Cluster-scoped, by name.
     service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
     errors: list[InvalidObject] = field(default_factory=list)
     # (object description, reason) for valid objects this proxy does not program.
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[SliceName] = field(default_factory=list)
     # Objects of other kinds, counted so a wrong file shows up without flooding the log.
     ignored: Counter[str] = field(default_factory=Counter)
     # EndpointSlices rejected whole, by (namespace, name), and the Service each belongs
     # to: that Service's endpoints are not known, so its rules should stay as they are
     # rather than be rebuilt without them.
-    incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
+    incomplete: dict[SliceName, ServiceName] = field(default_factory=dict)
     # Entries of a directory that were not read, and why (a FIFO, a socket, a device).
     warnings: list[str] = field(default_factory=list)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nftproxy.logs import DETAIL
-from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName, SliceName
 from nftproxy.sources.manifests import (
     DEFAULT_LIMITS,
     Manifests,
@@ -39,12 +39,12 @@ Signature = tuple[int, int, int]
 class _FileState:
     signature: Signature
     services: dict[ServiceName, Service] = field(default_factory=dict)
-    slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    slices: dict[SliceName, EndpointSlice] = field(default_factory=dict)
     service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
     # Never read whole: what it holds is not known (see ManifestDirectory.incomplete).
     unknown: bool = False
     # Its slices rejected without a last good state, and their Services.
-    incomplete: dict[tuple[str, str], ServiceName] = field(default_factory=dict)
+    incomplete: dict[SliceName, ServiceName] = field(default_factory=dict)
 
 
 def _signature(path: Path) -> Signature | None:
@@ -55,7 +55,7 @@ def _signature(path: Path) -> Signature | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-K = TypeVar("K", ServiceName, tuple[str, str], str)
+K = TypeVar("K", ServiceName, SliceName, str)
 V = TypeVar("V", Service, EndpointSlice, ServiceCIDR)
 
 
@@ -245,12 +245,12 @@ class ManifestDirectory:
         )
         return state
 
-    def merged(self) -> tuple[dict[ServiceName, Service], dict[tuple[str, str], EndpointSlice]]:
+    def merged(self) -> tuple[dict[ServiceName, Service], dict[SliceName, EndpointSlice]]:
         """Every Service and slice, the first file in sorted order winning where two define
         one (as the CLI reads them); without the Services some of whose slices are not
         known (so that their rules stay as the table holds them)."""
         services: dict[ServiceName, Service] = {}
-        slices: dict[tuple[str, str], EndpointSlice] = {}
+        slices: dict[SliceName, EndpointSlice] = {}
         unsure: set[ServiceName] = set()
         # A file keeps what it defined while it still does: a file that defines it again
         # later is the duplicate, whatever its name, as the API would refuse a second
