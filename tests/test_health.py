@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 
+from nftproxy.config import BindAddressError, split_host_port
 from nftproxy.health import (
-    BindAddressError,
     HealthCheckServers,
     ProxierHealth,
     go_time,
     health_check_ports,
     local_ready_endpoints,
     serve_healthz,
-    split_host_port,
 )
 from nftproxy.kernel.errors import NftError
 from nftproxy.kernel.fake import FakeBackend

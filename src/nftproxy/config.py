@@ -1,9 +1,7 @@
-"""Node identity and proxy options: everything about *this* node that shapes the ruleset.
-
-Kept apart from the API objects so the compiler stays a pure function of (cluster, node).
-Reading `KubeProxyConfiguration` files belongs to the daemon; this module only validates values.
-Which of the node's addresses accept NodePorts is decided here too (`nodeport_ips_of`); reading
-the addresses of the node's interfaces belongs to the daemon (nftproxy.interfaces).
+"""Node identity and proxy options: everything about *this* node that shapes the ruleset,
+validated (CIDRs, NodePort addresses, bind addresses). Kept apart from the API objects so
+the compiler stays a pure function of (cluster, node); proxyconfig reads kube-proxy's
+config file into these values, and the daemon follows the node's interface addresses.
 """
 
 from __future__ import annotations
@@ -221,3 +219,43 @@ def node_config(
         masquerade_bit=masquerade_bit,
         service_proxy_name=service_proxy_name,
     )
+
+
+def service_cidr_union(flagged: Iterable[str], objects: Iterable[str]) -> tuple[str, ...]:
+    """The ranges of --service-cidr and of ServiceCIDR objects, together and collapsed."""
+    return parse_networks("ServiceCIDR", [*flagged, *objects])
+
+
+# --- bind addresses ----------------------------------------------------------------------
+
+
+class BindAddressError(ValueError):
+    """A bind address that is not HOST:PORT (or a bare HOST where a default port applies)."""
+
+
+def split_host_port(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"0.0.0.0:10256"``, ``"[::]:10256"``; a bare address takes ``default_port``."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BindAddressError(f"{option}: {text!r} has an unclosed '['")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise BindAddressError(f"{option}: {text!r} is not [HOST]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise BindAddressError(f"{option}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise BindAddressError(f"{option}: {text!r} needs a port (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BindAddressError(f"{option}: port {port_text!r} is not in 0..65535")
+    return host, int(port_text)

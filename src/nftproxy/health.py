@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import socket
@@ -44,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nftproxy.config import NodeConfig
+from nftproxy.config import NodeConfig, split_host_port
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.model import EndpointSlice, Service, ServiceName
 
@@ -57,10 +56,6 @@ DEFAULT_HEALTHZ_PORT = 10256
 DEFAULT_HEALTHZ_BIND_ADDRESS = f"0.0.0.0:{DEFAULT_HEALTHZ_PORT}"
 # kube-proxy's ToBeDeletedTaint: set by the cluster autoscaler on nodes it will remove.
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
-
-
-class BindAddressError(ValueError):
-    """A bind address that is not HOST:PORT (or a bare HOST where a default port applies)."""
 
 
 class ListenError(OSError):
@@ -125,34 +120,6 @@ class Retrying:
             server, self.server = self.server, None
         if server is not None:
             server.close()
-
-
-def split_host_port(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
-    """``"0.0.0.0:10256"``, ``"[::]:10256"``; a bare address takes ``default_port``."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise BindAddressError(f"{option}: {text!r} has an unclosed '['")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise BindAddressError(f"{option}: {text!r} is not [HOST]:PORT")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise BindAddressError(f"{option}: {host!r} is not an IP address") from None
-    if not port_text:
-        if default_port is None:
-            raise BindAddressError(f"{option}: {text!r} needs a port (HOST:PORT)")
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise BindAddressError(f"{option}: port {port_text!r} is not in 0..65535")
-    return host, int(port_text)
 
 
 def go_time(t: float | None) -> str:

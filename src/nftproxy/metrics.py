@@ -45,7 +45,8 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from nftproxy.health import HTTPService, split_host_port
+from nftproxy.config import split_host_port
+from nftproxy.health import HTTPService
 
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier, SyncResult, SyncStats

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nftproxy.kube.proxyconfig import (
+from nftproxy.proxyconfig import (
     ProxyConfigError,
     ProxyOptions,
     from_dict,

@@ -42,8 +42,13 @@ from typing import Any
 import yaml
 
 from nftproxy import addresses
-from nftproxy.config import ConfigError, parse_networks, parse_nodeport_addresses
-from nftproxy.health import BindAddressError, split_host_port
+from nftproxy.config import (
+    BindAddressError,
+    ConfigError,
+    parse_networks,
+    parse_nodeport_addresses,
+    split_host_port,
+)
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
