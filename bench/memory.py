@@ -4,9 +4,9 @@
     sudo .venv/bin/python bench/memory.py [--services 30000] [--endpoints 10] [--nodes 3] [--trace]
 
 Builds the JSON of N Services and EndpointSlices (the bodies bench/api.py creates),
-decodes and converts them as the reflectors do (msgspec structs -> model), hands them to a
-ProxierSink and lets the Proxier make its first full sync into a new network namespace
-through the same backend as `nftproxy run`. Prints VmRSS / VmHWM after each stage and,
+decodes and converts them as the reflectors do (msgspec structs -> model), hands them to
+the daemon's ProxierSink and lets the Proxier make its first full sync into a new network
+namespace through the same backend as `nftproxy run`. Prints VmRSS / VmHWM after each stage and,
 with --trace, the Python allocations the model and the desired state hold (tracemalloc;
 tracing slows everything and adds its own memory). The namespace is removed at the end.
 """
@@ -29,9 +29,9 @@ from api import CLUSTER_IP_BASE, POD_IP_BASE, service_body, slice_body
 from common import ip4
 
 from nftproxy.config import node_config
+from nftproxy.daemon import ProxierSink
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kube.objects import RawEndpointSlice, RawService, to_service, to_slice
-from nftproxy.kube.reflector import ProxierSink
 from nftproxy.model import EndpointSlice, Service, ServiceName
 from nftproxy.proxier import Proxier
 

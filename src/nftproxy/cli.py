@@ -17,26 +17,22 @@ import logging
 import math
 import os
 import re
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from nftproxy import __version__, addresses, applying, explain, logs
-from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, parse_networks
+from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, service_cidr_union
 from nftproxy.conntrack import ConntrackSettings
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.errors import NftError
-from nftproxy.kube.proxyconfig import ProxyOptions
 from nftproxy.lab.cluster import command as cluster_command
-from nftproxy.model import Family
-from nftproxy.proxier import DEFAULT_VERIFY_PERIOD, Proxier
+from nftproxy.proxier import DEFAULT_VERIFY_PERIOD
+from nftproxy.proxyconfig import ProxyOptions
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.sources.manifests import DEFAULT_LIMITS, Manifests, ReadLimits, load_paths
-from nftproxy.sources.watching import ManifestDirectory
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -256,11 +252,6 @@ def _load(args: argparse.Namespace, node: NodeConfig) -> Manifests:
     return manifests
 
 
-def service_cidr_union(flagged: Sequence[str], objects: Sequence[str]) -> tuple[str, ...]:
-    """The ranges of --service-cidr and of ServiceCIDR objects, together and collapsed."""
-    return parse_networks("ServiceCIDR", [*flagged, *objects])
-
-
 def with_service_cidrs(
     node: NodeConfig, flagged: Sequence[str], objects: Sequence[str]
 ) -> NodeConfig:
@@ -367,8 +358,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nftproxy import health, metrics
-    from nftproxy.kube import proxyconfig
+    from nftproxy import daemon, proxyconfig
 
     log = logging.getLogger("nftproxy")
     if args.cleanup:
@@ -379,175 +369,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in opts.warnings:
         log.warning("%s: %s", args.config, warning)
     opts = _with_kube_proxy_flags(args, opts, log)
-    node = _node(args, opts)
+    if args.manifests == ["-"]:
+        raise ConfigError("--manifests: standard input cannot be watched; give a path")
     min_sync = args.min_sync_period
     if min_sync is None:
         min_sync = opts.min_sync_period if opts.min_sync_period is not None else 1.0
-    if args.manifests == ["-"]:
-        raise ConfigError("--manifests: standard input cannot be watched; give a path")
-    backend = open_backend(args.netns, prefer=args.backend)
-    # As kube-proxy does, refuse to start without the privilege, rather than fail every
-    # sync: one netlink round trip that needs what every sync needs.
-    backend.generation()
-    proxier = Proxier(
-        backend,
-        node,
+    options = daemon.DaemonOptions(
+        node=_node(args, opts),
+        netns=args.netns,
+        backend=args.backend,
         min_sync_period=min_sync,
         sync_burst=args.sync_burst,
         verify_period=args.verify_period,
+        health_timeout=opts.health_timeout,
+        healthz_bind_address=_choose(
+            args.healthz_bind_address, opts.healthz_bind_address, "0.0.0.0:10256"
+        ),
+        metrics_bind_address=_choose(
+            args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249"
+        ),
+        bind_address_hard_fail=args.bind_address_hard_fail or bool(opts.bind_address_hard_fail),
+        conntrack=conntrack_settings(args, opts),
+        manifests=tuple(args.manifests or ()),
+        poll_interval=args.poll_interval,
+        limits=_limits(args),
+        kubeconfig=args.kubeconfig or opts.kubeconfig,
+        fixed_zone=bool(args.zone),
+        fixed_node_ips=bool(args.node_ip),
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: stopping; the rules stay in place", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    proxy_health = health.ProxierHealth(health_timeout=opts.health_timeout)
-    proxy_health.attach(proxier)
-    proxy_metrics = metrics.Metrics()
-    proxy_metrics.attach(proxier)
-    servers: list[Any] = []
-    hard_fail = args.bind_address_hard_fail or bool(opts.bind_address_hard_fail)
-
-    def listen(start: Any) -> None:
-        # kube-proxy's choice: a port that cannot be bound is retried every 5 s while the
-        # rules are served, unless bindAddressHardFail makes it fatal (exit 1).
-        servers.append(start() if hard_fail else health.Retrying(start))
-
-    healthz = _choose(args.healthz_bind_address, opts.healthz_bind_address, "0.0.0.0:10256")
-    if healthz:
-        listen(lambda: health.serve_healthz(proxy_health, healthz))
-    metrics_at = _choose(args.metrics_bind_address, opts.metrics_bind_address, "127.0.0.1:10249")
-    if metrics_at:
-        listen(lambda: proxy_metrics.serve(metrics_at))
-    check_servers = health.HealthCheckServers(health=proxy_health, netns=args.netns)
-    check_servers.follow(proxier)
-    from nftproxy import conntrack
-
-    cleaner = conntrack.ConntrackCleaner(args.netns)
-    proxier.clear_stale_udp = cleaner.clear_stale
     try:
-        for name, (old, new) in cleaner.apply_settings(conntrack_settings(args, opts)).items():
-            log.info("conntrack: %s %d -> %d", name, old, new)
-    except OSError as exc:  # a read-only /proc/sys (a container without privileges, say)
-        log.warning("could not set the conntrack timeouts: %s", exc)
-    interfaces = _follow_addresses(args.netns, proxier, stop, log)
-    where = f"network namespace {args.netns}" if args.netns else "this network namespace"
-    loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
-    threading.Thread(
-        target=proxier.watch_commits, args=(stop,), name="commits", daemon=True
-    ).start()
-    try:
-        if args.manifests:
-            source = ManifestDirectory(
-                args.manifests, service_proxy_name=node.service_proxy_name, limits=_limits(args)
-            )
-            missing = source.missing()
-            if missing:
-                # A typo must not start a daemon that deletes every Service it does not see.
-                names = ", ".join(map(str, missing))
-                raise InputError(f"--manifests {names}: no such file or directory")
-            flagged = node.service_cidrs
-
-            def load_all() -> None:
-                proxier.set_keep(source.incomplete)
-                services, slices = source.merged()  # also picks the ServiceCIDRs
-                ranges = service_cidr_union(flagged, source.service_cidrs())
-                if ranges != proxier.node.service_cidrs:
-                    proxier.update_node(service_cidrs=ranges)
-                proxier.replace_all(services, slices)
-
-            source.scan()
-            load_all()
-            proxier.request_full_sync()
-            log.info("serving %s from %s", where, ", ".join(args.manifests))
-            loop.start()
-            scanned = proxy_health.watch("manifest scan")
-            while not stop.wait(args.poll_interval):
-                if source.scan():
-                    load_all()
-                scanned()
-        else:
-            watcher = _kube_watcher(args, opts, proxier, log)
-            log.info("serving %s from the Kubernetes API as node %s", where, node.node_name)
-            watcher.start()
-            # Like kube-proxy, no sync before Services and EndpointSlices are both listed:
-            # an empty first sync would only be thrown away (and at 30k cost a generation).
-            while not stop.is_set() and not watcher.wait_synced(1.0):
-                pass
-            if not stop.is_set():
-                loop.start()
-            stop.wait()
-            watcher.stop()
-    finally:
-        stop.set()
-        if loop.is_alive():
-            loop.join(timeout=30)
-        check_servers.close()
-        cleaner.close()
-        if interfaces is not None:
-            interfaces.close()
-        for server in servers:
-            server.close()
+        daemon.run(options)
+    except daemon.MissingInputs as exc:
+        raise InputError(str(exc)) from None
     return EXIT_OK
-
-
-def _nodeport_addresses_text(node: NodeConfig, family: Family) -> str:
-    if node.nodeport_match_all(family):
-        return f"every local IPv{family} address"
-    ips = node.nodeport_ips_of(family)
-    return f"IPv{family} {', '.join(ips)}" if ips else f"no IPv{family} address"
-
-
-def _follow_addresses(
-    netns: str | None, proxier: Proxier, stop: threading.Event, log: logging.Logger
-) -> Any:
-    """With --nodeport-addresses, NodePorts are served on the node's own addresses in
-    them: those of the interfaces of the namespace it programs, read now, again when the
-    kernel says they changed (in a thread of its own) and before each full sync or
-    periodic comparison, plus the configured node IPs."""
-    from nftproxy import interfaces as node_interfaces
-
-    if not proxier.node.nodeport_addresses:
-        return None  # every local address: `fib daddr type local` needs no list
-    interfaces = node_interfaces.InterfaceAddresses(netns)
-    configured = proxier.node.node_ips
-    lock = threading.Lock()
-    served: list[str] = []
-
-    def refresh() -> None:
-        with lock:  # the watching thread and the sync loop's
-            found = {ipaddress.ip_address(a) for a in (*interfaces.read(), *configured)}
-            ips = tuple(str(a) for a in sorted(found, key=lambda a: (a.version, a.packed)))
-            if ips != proxier.node.interface_ips:
-                proxier.update_node(interface_ips=ips)
-            # Also when only the node IPs changed (the Node object): `primary` follows them.
-            node = proxier.node
-            now = [_nodeport_addresses_text(node, f) for f in node.families]
-            if now != served:
-                served[:] = now
-                log.info("NodePorts are served on %s", "; ".join(now))
-                for warning in node.nodeport_warnings():
-                    log.warning("%s", warning)
-
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                if interfaces.wait(0.5):
-                    refresh()
-            except OSError as exc:
-                if stop.is_set():
-                    return
-                log.warning("following the node's addresses: %s; read at each full sync", exc)
-                return
-
-    refresh()
-    proxier.refresh_node = refresh
-    threading.Thread(target=watch, name="addresses", daemon=True).start()
-    return interfaces
 
 
 def _with_kube_proxy_flags(
@@ -569,7 +423,7 @@ def _with_kube_proxy_flags(
 
 
 def _duration_seconds(text: str) -> int:
-    from nftproxy.kube.proxyconfig import ProxyConfigError, parse_duration
+    from nftproxy.proxyconfig import ProxyConfigError, parse_duration
 
     try:
         return round(parse_duration("duration", text))
@@ -611,45 +465,6 @@ def _choose(flag: str | None, config: str | None, default: str) -> str:
     if flag is not None:
         return flag
     return config if config is not None else default
-
-
-def _kube_watcher(
-    args: argparse.Namespace, opts: Any, proxier: Proxier, log: logging.Logger
-) -> Any:
-    from nftproxy.kube import client, reflector
-
-    kubeconfig = args.kubeconfig or opts.kubeconfig
-    if kubeconfig or os.environ.get("KUBECONFIG"):
-        config = client.load_kubeconfig(kubeconfig)
-    else:
-        config = client.in_cluster()
-    node = proxier.node
-    flags_zone, flags_ips = args.zone, bool(args.node_ip)
-
-    def on_node(info: reflector.NodeInfo | None) -> None:
-        # The Node's zone label and addresses fill in what flags did not say.
-        if info is None:
-            return
-        ips = node.node_ips if flags_ips else (*info.internal_ips, *info.external_ips)
-        zone = flags_zone or info.zone or ""
-        if (zone, tuple(ips)) != (proxier.node.zone, proxier.node.node_ips):
-            log.info("node %s: zone %r, addresses %s", info.name, zone, ", ".join(ips))
-            proxier.update_node(zone=zone, node_ips=tuple(ips))
-
-    def on_service_cidrs(cidrs: tuple[str, ...]) -> None:
-        ranges = service_cidr_union(node.service_cidrs, cidrs)
-        if ranges != proxier.node.service_cidrs:
-            log.info("service CIDRs: %s", ", ".join(ranges) or "none")
-            proxier.update_node(service_cidrs=ranges)
-
-    return reflector.KubeWatcher(
-        client.Client(config),
-        reflector.ProxierSink(proxier),
-        node_name=node.node_name or None,
-        on_node=on_node,
-        on_service_cidrs=on_service_cidrs,
-        service_proxy_name=node.service_proxy_name,
-    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

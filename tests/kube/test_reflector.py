@@ -19,13 +19,13 @@ from apiserver import ControlPlane, start_control_plane
 from builders import service as model_service
 from recording import RecordingSink, wait_for
 
+from nftproxy.daemon import ProxierSink
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
 from nftproxy.kube.reflector import (
     EndpointSliceResource,
     KubeWatcher,
     NodeInfo,
     NodeResource,
-    ProxierSink,
     RawNode,
     Reflector,
     ServiceResource,

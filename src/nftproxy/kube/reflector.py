@@ -25,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -45,9 +45,7 @@ from nftproxy.kube.objects import (
     to_slice,
 )
 from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName, SliceName
-
-if TYPE_CHECKING:
-    from nftproxy.proxier import Proxier
+from nftproxy.sink import Sink
 
 __all__ = [
     "HEADLESS_LABEL",
@@ -56,13 +54,10 @@ __all__ = [
     "KubeWatcher",
     "NodeInfo",
     "NodeResource",
-    "ProxierSink",
     "Reflector",
     "ReflectorStats",
     "Resource",
     "ServiceResource",
-    "Sink",
-    "SliceName",
 ]
 
 log = logging.getLogger("nftproxy.kube")
@@ -74,84 +69,6 @@ ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 RawT = TypeVar("RawT")
 KeyT = TypeVar("KeyT")
 ValT = TypeVar("ValT")
-
-
-# --- the consumer -----------------------------------------------------------------------------
-
-
-class Sink(Protocol):
-    """Receives the cluster state: complete pictures after each list, single updates after."""
-
-    def replace_services(self, services: dict[ServiceName, Service]) -> None: ...
-
-    def update_service(self, sid: ServiceName, svc: Service | None) -> None: ...
-
-    def replace_slices(self, slices: dict[SliceName, EndpointSlice]) -> None: ...
-
-    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None: ...
-
-
-class ProxierSink:
-    """Feeds a Proxier.
-
-    Nothing reaches the Proxier until both kinds have been listed once, so it never programs
-    Services without their endpoints: the first list of one kind waits here for the other.
-    From then on the Proxier's own store is the only copy (two dicts of 30k entries less).
-    """
-
-    def __init__(self, proxier: Proxier) -> None:
-        self.proxier = proxier
-        self._lock = threading.Lock()
-        self._services: dict[ServiceName, Service] | None = None
-        self._slices: dict[SliceName, EndpointSlice] | None = None
-        self._live = False
-
-    @property
-    def ready(self) -> bool:
-        return self._live
-
-    def replace_services(self, services: dict[ServiceName, Service]) -> None:
-        with self._lock:
-            if self._live:
-                self.proxier.replace_services(services)
-                return
-            self._services = dict(services)
-            self._go_live_if_complete()
-
-    def replace_slices(self, slices: dict[SliceName, EndpointSlice]) -> None:
-        with self._lock:
-            if self._live:
-                self.proxier.replace_slices(slices)
-                return
-            self._slices = dict(slices)
-            self._go_live_if_complete()
-
-    def _go_live_if_complete(self) -> None:
-        if self._services is not None and self._slices is not None:
-            self.proxier.replace_all(self._services, self._slices)
-            self._services = self._slices = None
-            self._live = True
-
-    def update_service(self, sid: ServiceName, svc: Service | None) -> None:
-        with self._lock:
-            if self._live:
-                self.proxier.update_service(sid, svc)
-            elif self._services is not None:
-                _put(self._services, sid, svc)
-
-    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
-        with self._lock:
-            if self._live:
-                self.proxier.update_slice(key, sl)
-            elif self._slices is not None:
-                _put(self._slices, key, sl)
-
-
-def _put(store: dict[KeyT, ValT], key: KeyT, value: ValT | None) -> None:
-    if value is None:
-        store.pop(key, None)
-    else:
-        store[key] = value
 
 
 # --- wire shapes ------------------------------------------------------------------------------
@@ -846,7 +763,8 @@ class _ContinueExpired(Exception):
 
 
 class KubeWatcher:
-    """The Service, EndpointSlice and (optionally) Node reflectors of one proxy."""
+    """The Service, EndpointSlice and (optionally) Node and ServiceCIDR reflectors of one
+    proxy; all but the Node's feed `sink`."""
 
     def __init__(
         self,
@@ -855,7 +773,7 @@ class KubeWatcher:
         *,
         node_name: str | None = None,
         on_node: Callable[[NodeInfo | None], None] | None = None,
-        on_service_cidrs: Callable[[tuple[str, ...]], None] | None = None,
+        watch_service_cidrs: bool = False,
         service_proxy_name: str | None = None,
         **options: Any,
     ) -> None:
@@ -865,8 +783,8 @@ class KubeWatcher:
         if node_name and on_node is not None:
             self.node = Reflector(client, NodeResource(node_name, on_node), **options)
         self.service_cidrs: Reflector[RawServiceCIDR, str, ServiceCIDR] | None = None
-        if on_service_cidrs is not None:
-            resource = ServiceCIDRResource(on_service_cidrs)
+        if watch_service_cidrs:
+            resource = ServiceCIDRResource(sink.set_service_cidrs)
             self.service_cidrs = Reflector(client, resource, **options)
 
     @property

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from nftproxy.logs import DETAIL
 from nftproxy.model import EndpointSlice, Service, ServiceCIDR, ServiceName, SliceName
+from nftproxy.sink import Sink
 from nftproxy.sources.manifests import (
     DEFAULT_LIMITS,
     Manifests,
@@ -282,6 +283,13 @@ class ManifestDirectory:
         """The ranges of every ServiceCIDR object as of the last `merged` (which picks one
         definition of each, as for Services)."""
         return self._service_cidrs
+
+    def feed(self, sink: Sink) -> None:
+        """Hand what the files say to `sink`: the ServiceCIDR ranges, then every Service
+        and slice (see merged), incomplete while some input is not known."""
+        services, slices = self.merged()
+        sink.set_service_cidrs(self.service_cidrs())
+        sink.replace_all(services, slices, complete=not self.incomplete)
 
     def files(self) -> Iterable[Path]:
         return sorted(self._files)
