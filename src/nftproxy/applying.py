@@ -39,6 +39,28 @@ from nftproxy.ruleset.transaction import (
     chains_in_order,
 )
 
+__all__ = [
+    "CHUNK",
+    "MAX_INCREMENTAL",
+    "ApplyResult",
+    "Build",
+    "Compare",
+    "ElementsLater",
+    "KeepRefused",
+    "Plan",
+    "Run",
+    "cleanup",
+    "describe",
+    "execute",
+    "generation_plan",
+    "generations",
+    "keeping",
+    "make_plan",
+    "names_for",
+    "read_applied",
+    "run_plan",
+]
+
 Build = Callable[[Names], Ruleset]
 # The kernel's differences from a desired ruleset (see nftproxy.verifying.differences).
 Compare = Callable[[Ruleset], Scope]

@@ -34,6 +34,27 @@ from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset, bulk_build
 from nftproxy.sources.manifests import DEFAULT_LIMITS, Manifests, ReadLimits, load_paths
 
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "InputError",
+    "build_ruleset",
+    "cmd_apply",
+    "cmd_cleanup",
+    "cmd_compile",
+    "cmd_demo",
+    "cmd_explain",
+    "cmd_plan",
+    "cmd_run",
+    "conntrack_settings",
+    "main",
+    "normalized",
+    "parser",
+    "with_service_cidrs",
+]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3

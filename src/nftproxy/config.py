@@ -15,6 +15,20 @@ from dataclasses import dataclass, field
 from nftproxy import addresses
 from nftproxy.model import Family
 
+__all__ = [
+    "PRIMARY",
+    "BindAddressError",
+    "ConfigError",
+    "IPNetwork",
+    "NodeConfig",
+    "node_config",
+    "parse_addresses",
+    "parse_networks",
+    "parse_nodeport_addresses",
+    "service_cidr_union",
+    "split_host_port",
+]
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # kube-proxy's special --nodeport-addresses value: the node's primary address of each family.

@@ -41,6 +41,45 @@ from typing import Literal, TypeAlias
 
 from nftproxy.kernel.netns import netns_path, setns
 
+__all__ = [
+    "CTA_IP_V4_DST",
+    "CTA_IP_V4_SRC",
+    "CTA_IP_V6_DST",
+    "CTA_IP_V6_SRC",
+    "CTA_PROTO_DST_PORT",
+    "CTA_PROTO_NUM",
+    "CTA_PROTO_SRC_PORT",
+    "CTA_TUPLE_IP",
+    "CTA_TUPLE_ORIG",
+    "CTA_TUPLE_PROTO",
+    "CTA_TUPLE_REPLY",
+    "CTA_ZONE",
+    "IPCTNL_MSG_CT_DELETE",
+    "IPCTNL_MSG_CT_GET",
+    "NETLINK_NETFILTER",
+    "NFNETLINK_V0",
+    "NFNL_SUBSYS_CTNETLINK",
+    "NLA_F_NESTED",
+    "NLA_TYPE_MASK",
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLM_F_ACK",
+    "NLM_F_DUMP",
+    "NLM_F_REQUEST",
+    "PROTOCOLS",
+    "ConntrackCleaner",
+    "ConntrackError",
+    "ConntrackSettings",
+    "Family",
+    "Flow",
+    "ProtoName",
+    "Stale",
+    "apply_settings",
+    "clear_stale",
+    "delete_flows",
+    "list_flows",
+]
+
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) ---------------------------
 
 NETLINK_NETFILTER = 12

@@ -26,6 +26,15 @@ from typing import TextIO
 from nftproxy.lab import Lab, Pod, default_topology
 from nftproxy.lab.netns import NETNS_DIR
 
+__all__ = [
+    "API_VIP",
+    "HTTP",
+    "DemoUnavailable",
+    "preflight",
+    "redraw",
+    "run",
+]
+
 HTTP = 8080
 WEB_VIP, WEB_LB, WEB_NODEPORT = "10.96.0.10", "198.51.100.10", 30080
 API_VIP = "10.96.0.20"

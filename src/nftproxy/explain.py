@@ -45,6 +45,14 @@ from nftproxy.ruleset.schema import (
     Vmap,
 )
 
+__all__ = [
+    "Branch",
+    "Explanation",
+    "Packet",
+    "Via",
+    "explain",
+]
+
 Via = Literal["clusterip", "nodeport", "external", "node"]
 
 

@@ -47,6 +47,24 @@ from nftproxy.config import NodeConfig, split_host_port
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.model import EndpointSlice, Service, ServiceName
 
+__all__ = [
+    "DEFAULT_HEALTHZ_BIND_ADDRESS",
+    "DEFAULT_HEALTHZ_PORT",
+    "TO_BE_DELETED_TAINT",
+    "HTTPService",
+    "HealthCheckServers",
+    "HealthzServer",
+    "JSONHandler",
+    "ListenError",
+    "ProxierHealth",
+    "Retrying",
+    "go_time",
+    "health_check_hosts",
+    "health_check_ports",
+    "local_ready_endpoints",
+    "serve_healthz",
+]
+
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier, SyncResult
 

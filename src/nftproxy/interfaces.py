@@ -22,6 +22,23 @@ from collections.abc import Iterator
 from nftproxy.kernel.encoding import NLM_F_REQUEST, NLMSG_ERROR
 from nftproxy.kernel.netns import run_in_netns
 
+__all__ = [
+    "IFA_ADDRESS",
+    "IFA_LOCAL",
+    "NETLINK_ROUTE",
+    "NLMSG_DONE",
+    "NLM_F_DUMP",
+    "NLM_F_DUMP_INTR",
+    "RTMGRP_IPV4_IFADDR",
+    "RTMGRP_IPV6_IFADDR",
+    "RTM_DELADDR",
+    "RTM_GETADDR",
+    "RTM_NEWADDR",
+    "InterfaceAddresses",
+    "address_of",
+    "messages",
+]
+
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
 NETLINK_ROUTE = 0
 NLM_F_DUMP = 0x300

@@ -14,6 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+__all__ = [
+    "DETAIL",
+    "HELP",
+    "level",
+    "setup",
+]
+
 # Between DEBUG (10) and INFO (20): shown from --v=2.
 DETAIL: Final = 15
 logging.addLevelName(DETAIL, "DETAIL")

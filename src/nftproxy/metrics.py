@@ -48,6 +48,17 @@ from prometheus_client.registry import Collector
 from nftproxy.config import split_host_port
 from nftproxy.health import HTTPService
 
+__all__ = [
+    "DEFAULT_METRICS_BIND_ADDRESS",
+    "DEFAULT_METRICS_PORT",
+    "PLAIN_PATHS",
+    "PROGRAMMING_BUCKETS",
+    "SYNC_BUCKETS",
+    "Histogram",
+    "Metrics",
+    "MetricsServer",
+]
+
 if TYPE_CHECKING:
     from nftproxy.proxier import Proxier, SyncResult, SyncStats
 

@@ -27,6 +27,26 @@ from typing import (
     overload,
 )
 
+__all__ = [
+    "Destination",
+    "Endpoint",
+    "EndpointFacts",
+    "EndpointSlice",
+    "Family",
+    "Protocol",
+    "Service",
+    "ServiceCIDR",
+    "ServiceName",
+    "ServicePort",
+    "SharedValues",
+    "SliceName",
+    "SlicePort",
+    "V4Addresses",
+    "endpoint_facts",
+    "itself",
+    "packed_addresses",
+]
+
 K = TypeVar("K")
 V = TypeVar("V")
 

@@ -49,6 +49,17 @@ from nftproxy.ruleset.transaction import (
     render_element,
 )
 
+__all__ = [
+    "DEFAULT_VERIFY_PERIOD",
+    "SYNC_ERRORS",
+    "Proxier",
+    "SyncLimiter",
+    "SyncResult",
+    "SyncStats",
+    "stale_udp_endpoints",
+    "udp_frontend_flows",
+]
+
 log = logging.getLogger("nftproxy.sync")
 
 # What a sync may fail with; it is then retried as a full sync, with backoff. KeepRefused:

@@ -50,6 +50,30 @@ from nftproxy.config import (
     split_host_port,
 )
 
+__all__ = [
+    "ANY",
+    "API_VERSION",
+    "BOOL",
+    "BOOLMAP",
+    "DEFAULT_SYNC_PERIOD",
+    "DURATION",
+    "INT",
+    "KIND",
+    "NUMBER",
+    "SCHEMA",
+    "STR",
+    "STRLIST",
+    "UNSUPPORTED",
+    "Check",
+    "ProxyConfigError",
+    "ProxyOptions",
+    "Schema",
+    "from_dict",
+    "load",
+    "parse",
+    "parse_duration",
+]
+
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
 DEFAULT_SYNC_PERIOD = 30.0

@@ -14,6 +14,11 @@ from typing import NamedTuple
 from nftproxy.config import NodeConfig
 from nftproxy.model import Destination, EndpointFacts, EndpointSlice, Family, ServicePort
 
+__all__ = [
+    "Selection",
+    "select",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:

@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nftproxy.kube.reflector import SliceName
-from nftproxy.model import EndpointSlice, Service, ServiceName
+from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
 
 
 class RecordingSink:

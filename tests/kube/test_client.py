@@ -17,9 +17,9 @@ from nftproxy.kube.client import (
     Gone,
     KubeConfigError,
     Unavailable,
-    _status_error,
     in_cluster,
     load_kubeconfig,
+    status_error,
 )
 
 KUBECONFIG = """\
@@ -134,13 +134,13 @@ def test_in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_status_classification() -> None:
     body = b'{"kind":"Status","reason":"Forbidden","message":"services is forbidden: cannot list"}'
-    err = _status_error("GET", "/api/v1/services", 403, "Forbidden", body)
+    err = status_error("GET", "/api/v1/services", 403, "Forbidden", body)
     assert isinstance(err, Forbidden) and "cannot list" in str(err)
-    assert isinstance(_status_error("GET", "/x", 401, "Unauthorized", b""), Forbidden)
-    assert isinstance(_status_error("GET", "/x", 410, "Gone", b"{}"), Gone)
-    assert isinstance(_status_error("GET", "/x", 503, "Unavailable", b"oops"), Unavailable)
-    assert isinstance(_status_error("GET", "/x", 429, "Too Many", b""), Unavailable)
-    other = _status_error("GET", "/x", 404, "Not Found", b"")
+    assert isinstance(status_error("GET", "/x", 401, "Unauthorized", b""), Forbidden)
+    assert isinstance(status_error("GET", "/x", 410, "Gone", b"{}"), Gone)
+    assert isinstance(status_error("GET", "/x", 503, "Unavailable", b"oops"), Unavailable)
+    assert isinstance(status_error("GET", "/x", 429, "Too Many", b""), Unavailable)
+    other = status_error("GET", "/x", 404, "Not Found", b"")
     assert type(other) is ApiError and other.status == 404
 
 

@@ -52,6 +52,23 @@ from nftproxy.kernel.netns import netns_path, setns
 from nftproxy.ruleset.schema import FAMILY, TABLE
 from nftproxy.ruleset.transaction import AddElements, DeleteElements
 
+__all__ = [
+    "MAX_NOTIFIED",
+    "NFT_SET_ANONYMOUS",
+    "NFT_SET_EVAL",
+    "NFT_SET_MAP",
+    "NFT_SET_TIMEOUT",
+    "CommitMonitor",
+    "Committed",
+    "ElementWriter",
+    "Lost",
+    "Ours",
+    "TableObjects",
+    "dump_elements",
+    "list_table_objects",
+    "ruleset_generation",
+]
+
 # --- the writer --------------------------------------------------------------------------
 
 

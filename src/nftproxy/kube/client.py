@@ -42,6 +42,7 @@ __all__ = [
     "WatchStream",
     "in_cluster",
     "load_kubeconfig",
+    "status_error",
 ]
 
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -287,7 +288,7 @@ def in_cluster(account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR) -> Clu
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-def _status_error(method: str, path: str, status: int, reason: str, body: bytes) -> ApiError:
+def status_error(method: str, path: str, status: int, reason: str, body: bytes) -> ApiError:
     """Classify an error response; the message comes from the API's Status object if any."""
     message = ""
     try:
@@ -430,7 +431,7 @@ class Client:
             resp = conn.getresponse()
             if resp.status != 200:
                 body = resp.read()
-                raise _status_error("GET", path, resp.status, resp.reason, body)
+                raise status_error("GET", path, resp.status, resp.reason, body)
         except ApiError:
             conn.close()
             raise

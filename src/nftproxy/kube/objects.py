@@ -36,6 +36,7 @@ __all__ = [
     "SERVICE_NAME_LABEL",
     "InvalidObject",
     "RawEndpointSlice",
+    "RawObjectMeta",
     "RawService",
     "RawServiceCIDR",
     "Skip",

@@ -54,6 +54,7 @@ __all__ = [
     "KubeWatcher",
     "NodeInfo",
     "NodeResource",
+    "RawNode",
     "Reflector",
     "ReflectorStats",
     "Resource",

@@ -24,6 +24,16 @@ from typing import Literal
 
 from nftproxy.lab.result import Result
 
+__all__ = [
+    "Outcome",
+    "Proto",
+    "attempt",
+    "format_target",
+    "main",
+    "parse_target",
+    "run",
+]
+
 Proto = Literal["tcp", "udp"]
 Outcome = tuple[Literal["reply", "refused", "timeout", "other"], str]
 

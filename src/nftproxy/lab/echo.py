@@ -28,6 +28,15 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 
+__all__ = [
+    "FAMILIES",
+    "IP_PKTINFO",
+    "Server",
+    "main",
+    "peer_ip",
+    "serve",
+]
+
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex

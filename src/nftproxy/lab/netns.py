@@ -50,6 +50,30 @@ from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession
 from nftproxy.lab.topology import External, Node, Pod, Topology, default_topology
 
+__all__ = [
+    "BRIDGE",
+    "COMMON_SYSCTLS",
+    "NETNS_DIR",
+    "NODE_SYSCTLS",
+    "POD_GW4",
+    "POD_GW6",
+    "POD_IF",
+    "PREFIX_BASE",
+    "STOP_GRACE",
+    "UPLINK",
+    "Lab",
+    "LabError",
+    "Started",
+    "Who",
+    "descendants",
+    "die_with_parent",
+    "kill_if_unchanged",
+    "new_prefix",
+    "pod_veth",
+    "stop_processes",
+    "uplink_peer",
+]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -10,6 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "Result",
+]
+
 
 @dataclass(slots=True)
 class Result:

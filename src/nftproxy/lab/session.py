@@ -11,6 +11,11 @@ import socket
 import time
 from types import TracebackType
 
+__all__ = [
+    "EchoSession",
+    "SessionError",
+]
+
 
 class SessionError(ConnectionError):
     """The held connection failed: closed, reset, timed out or answered wrongly."""

@@ -21,6 +21,28 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
+__all__ = [
+    "CLUSTER_CIDR4",
+    "CLUSTER_CIDR6",
+    "EXT_IP4",
+    "EXT_IP6",
+    "FIRST_POD_HOST",
+    "LINK4",
+    "LINK6",
+    "LOADBALANCER_CIDR4",
+    "LOADBALANCER_CIDR6",
+    "MAX_NODES",
+    "RESERVED_NAMES",
+    "SERVICE_CIDR4",
+    "SERVICE_CIDR6",
+    "External",
+    "Node",
+    "Pod",
+    "Topology",
+    "TopologyError",
+    "default_topology",
+]
+
 # The shared link between nodes and the external client.
 LINK4 = "192.168.77.0/24"
 LINK6 = "fd00:77::/64"

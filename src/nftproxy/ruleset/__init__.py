@@ -1,1 +1,3 @@
 """Ruleset as data: schema, compile, desired state, diff."""
+
+__all__: list[str] = []

@@ -77,6 +77,28 @@ from nftproxy.ruleset.schema import (
 )
 from nftproxy.selection import Selection, select
 
+__all__ = [
+    "BASE_CHAINS",
+    "FAMILIES",
+    "PROTOCOLS",
+    "Block",
+    "Firewall",
+    "Fragment",
+    "Names",
+    "PickSpec",
+    "block_items",
+    "block_of",
+    "block_values",
+    "compile_all",
+    "compile_service",
+    "firewall_items",
+    "firewall_of",
+    "group_slices",
+    "skeleton_chains",
+    "skeleton_elements",
+    "skeleton_sets",
+]
+
 FAMILIES: tuple[Family, Family] = (4, 6)
 PROTOCOLS = ("tcp", "udp", "sctp")
 BASE_CHAINS = ("nat-prerouting", "nat-output", "nat-postrouting")

@@ -36,6 +36,21 @@ from nftproxy.ruleset.compile import (
 )
 from nftproxy.ruleset.schema import SKELETON_MARK, Chain, ElementKey, ElementValue, SetDef
 
+__all__ = [
+    "MISSING",
+    "UNKNOWN",
+    "Blocks",
+    "DesiredState",
+    "Elements",
+    "Missing",
+    "Owner",
+    "Ruleset",
+    "Scope",
+    "Unknown",
+    "bulk_build",
+    "is_endpoint_map",
+]
+
 Owner = tuple[str, str]
 
 

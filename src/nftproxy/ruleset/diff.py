@@ -27,6 +27,14 @@ from nftproxy.ruleset.transaction import (
     chains_in_order,
 )
 
+__all__ = [
+    "AppliedState",
+    "ChainSummary",
+    "SkeletonMismatch",
+    "check_skeleton",
+    "diff",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class ChainSummary:

@@ -7,6 +7,10 @@ import ipaddress
 from nftproxy.ruleset.diff import AppliedState, ChainSummary
 from nftproxy.ruleset.schema import Atom, ElementKey, ElementValue, Verdict, is_record, network_atom
 
+__all__ = [
+    "applied_from_json",
+]
+
 
 def _atom(value: object) -> Atom:
     if isinstance(value, bool):

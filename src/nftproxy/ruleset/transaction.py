@@ -25,6 +25,25 @@ from nftproxy.ruleset.schema import (
     render_rule,
 )
 
+__all__ = [
+    "AddChain",
+    "AddElements",
+    "AddRules",
+    "AddSet",
+    "AddTable",
+    "DeleteChain",
+    "DeleteElements",
+    "DeleteSet",
+    "DeleteTable",
+    "FlushChain",
+    "Op",
+    "Transaction",
+    "chain_targets",
+    "chains_in_order",
+    "render_atom",
+    "render_element",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class AddTable:

@@ -31,6 +31,11 @@ from nftproxy.sources.manifests import (
     special_file,
 )
 
+__all__ = [
+    "ManifestDirectory",
+    "Signature",
+]
+
 log = logging.getLogger("nftproxy.manifests")
 
 Signature = tuple[int, int, int]

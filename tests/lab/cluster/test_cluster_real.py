@@ -24,7 +24,7 @@ from kernel import require_kernel
 
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab.cluster import e2e
-from nftproxy.lab.cluster.cluster import Cluster, _hierarchies, bin_dir
+from nftproxy.lab.cluster.cluster import Cluster, bin_dir, hierarchies
 from nftproxy.lab.cluster.config import KUBELET_SYSCTLS, Spec
 
 NEEDED = [
@@ -72,7 +72,7 @@ def _vm_state(name: str) -> dict[str, object]:
     for d in ("/var/lib", "/var/log", "/etc", "/opt", Path.home()):
         # Other clusters (default directories) come and go under /var/lib/nftproxy-cluster.
         state[str(d)] = sorted(set(os.listdir(d)) - {"nftproxy-cluster"})
-    state["cgroups"] = sorted(str(p) for h in _hierarchies() for p in h.glob(f"nftproxy-{name}-*"))
+    state["cgroups"] = sorted(str(p) for h in hierarchies() for p in h.glob(f"nftproxy-{name}-*"))
     return state
 
 
@@ -252,7 +252,7 @@ def test_down_after_a_crashed_up_leaves_nothing_behind(
     assert not c.members()
     assert not any(Path("/run/netns", ns).exists() for ns in spec.netns_names())
     node = spec.node(1)
-    assert not any((h / node.cgroup_root.lstrip("/")).exists() for h in _hierarchies())
+    assert not any((h / node.cgroup_root.lstrip("/")).exists() for h in hierarchies())
     assert not spec.dir.exists()
     with open("/proc/self/mountinfo") as f:
         assert str(spec.dir) not in f.read()

@@ -5,3 +5,5 @@ container images its pods run, `cluster` brings it up and down, `e2e` judges it 
 Kubernetes' own e2e tests and `command` is `nftproxy cluster ...`. The binaries come from
 hack/cluster/build.sh.
 """
+
+__all__: list[str] = []

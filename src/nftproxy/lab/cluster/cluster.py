@@ -51,6 +51,19 @@ from nftproxy.lab.cluster.config import (
     resolv_conf,
 )
 
+__all__ = [
+    "CGROUP_FS",
+    "CNI_PLUGINS",
+    "NETNS_DIR",
+    "REPO",
+    "Cluster",
+    "ClusterError",
+    "bin_dir",
+    "default_dir",
+    "hierarchies",
+    "repo_file",
+]
+
 log = logging.getLogger(__name__)
 
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -108,7 +121,7 @@ def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def _hierarchies(kinds: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[Path]:
+def hierarchies(kinds: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[Path]:
     """The cgroup hierarchies mounted under /sys/fs/cgroup: the v1 ones the kubelet uses,
     and (by default) the cgroup2 one of a hybrid mount, where runc puts its pods too."""
     found = []
@@ -123,7 +136,7 @@ def _hierarchies(kinds: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[Path]:
 
 
 def _v1_hierarchies() -> list[Path]:
-    return _hierarchies(("cgroup",))
+    return hierarchies(("cgroup",))
 
 
 class Cluster:
@@ -669,7 +682,7 @@ class Cluster:
             if _ns_inode(pid, "net") in netns or _ns_inode(pid, "mnt") in mntns:
                 found.add(pid)
         for node in self.spec.all_nodes():
-            for hierarchy in _hierarchies():
+            for hierarchy in hierarchies():
                 found.update(_cgroup_procs(hierarchy / node.cgroup_root.lstrip("/")))
         found.discard(os.getpid())
         return sorted(found)
@@ -741,7 +754,7 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         for node in self.spec.all_nodes():
-            for hierarchy in _hierarchies():
+            for hierarchy in hierarchies():
                 path = hierarchy / node.cgroup_root.lstrip("/")
                 if path.exists() and not _remove_cgroup(path):
                     left.append(f"cgroup {path}")

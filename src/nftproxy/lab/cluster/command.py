@@ -14,6 +14,12 @@ from nftproxy.lab.cluster.config import PROXIES, ConfigError, Spec
 from nftproxy.lab.cluster.images import ImageError
 from nftproxy.lab.cluster.pki import PKIError
 
+__all__ = [
+    "DEFAULT_NAME",
+    "add_parser",
+    "cmd_cluster",
+]
+
 DEFAULT_NAME = "nftproxy"
 
 

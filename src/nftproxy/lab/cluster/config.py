@@ -16,6 +16,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "API_PORT",
+    "API_SERVICE_IP",
+    "DNS_DOMAIN",
+    "DNS_SERVICE_IP",
+    "KUBELET_SYSCTLS",
+    "NODE_NET",
+    "POD_NET",
+    "PRIVATE_DIRS",
+    "PROXIES",
+    "SERVICE_NET",
+    "ConfigError",
+    "Node",
+    "Spec",
+    "cni_config",
+    "containerd_config",
+    "coredns_manifests",
+    "corefile",
+    "kube_proxy_config",
+    "kubeconfig",
+    "kubelet_config",
+    "node_mounts",
+    "resolv_conf",
+]
+
 NODE_NET = ipaddress.IPv4Network("10.200.0.0/24")
 POD_NET = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_NET = ipaddress.IPv4Network("10.96.0.0/16")

@@ -23,6 +23,22 @@ from pathlib import Path
 
 from nftproxy.lab.cluster.cluster import Cluster, ClusterError
 
+__all__ = [
+    "ALWAYS_SKIP",
+    "SUITES",
+    "SpecResult",
+    "Suite",
+    "add_arguments",
+    "counts",
+    "load_results",
+    "main",
+    "markdown",
+    "parse_junit",
+    "report_main",
+    "run",
+    "spec_name",
+]
+
 # Never in any suite: they need a cloud provider, break the cluster on purpose, or test
 # something this cluster does not have (IPv6, a second network family, feature gates).
 ALWAYS_SKIP = r"Disruptive|Flaky|LoadBalancer|ESIPP|\[Feature:|GCE|AWS|Azure|IPv6|DualStack"

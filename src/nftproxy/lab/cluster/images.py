@@ -22,6 +22,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+__all__ = [
+    "BUSYBOX_APPLETS",
+    "COREDNS_IMAGE",
+    "E2E",
+    "GROUP",
+    "NSSWITCH",
+    "PASSWD",
+    "PAUSE_IMAGE",
+    "WGET_SHIM",
+    "File",
+    "Image",
+    "ImageError",
+    "base_files",
+    "busybox",
+    "catalog",
+    "host_binary",
+    "layer",
+    "oci_archive",
+    "parse_ldd",
+    "shared_libraries",
+    "write_archives",
+]
+
 # The registry names the e2e suite of k8s.io/kubernetes v1.36.3 asks for
 # (test/utils/image/manifest.go).
 E2E = "registry.k8s.io/e2e-test-images"

@@ -14,6 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "DAYS",
+    "PKIError",
+    "Token",
+    "ensure_ca",
+    "ensure_service_account_key",
+    "issue",
+    "token_file",
+]
+
 DAYS = "3650"
 
 
