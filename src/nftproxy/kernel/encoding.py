@@ -34,11 +34,7 @@ from nftproxy.ruleset.transaction import AddElements, DeleteElements, Transactio
 __all__ = [
     "BE_S32",
     "BE_U32",
-    "DEFAULT_BUFFER",
     "MAX_ELEMENTS_BYTES",
-    "NETLINK_CAP_ACK",
-    "NETLINK_EXT_ACK",
-    "NETLINK_NETFILTER",
     "NFNETLINK_V0",
     "NFNL_BATCH_GENID",
     "NFNL_MSG_BATCH_BEGIN",
@@ -74,9 +70,6 @@ __all__ = [
     "NLM_F_CAPPED",
     "NLM_F_CREATE",
     "NLM_F_REQUEST",
-    "SOL_NETLINK",
-    "SO_RCVBUFFORCE",
-    "SO_SNDBUFFORCE",
     "TABLE_FAMILIES",
     "U32",
     "VERDICT_CODES",
@@ -102,13 +95,6 @@ __all__ = [
 ]
 
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h) --
-
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10  # errors do not echo the (large) failed message back
-NETLINK_EXT_ACK = 11  # errors carry the kernel's message and the failing attribute's offset
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 NLM_F_REQUEST = 0x01
 NLM_F_ACK = 0x04
@@ -167,7 +153,6 @@ TABLE_FAMILIES: dict[str, int] = {
 
 # An attribute's length is 16 bits: the ELEMENTS nest of one message must stay below 64 KiB.
 MAX_ELEMENTS_BYTES = 60 * 1024
-DEFAULT_BUFFER = 16 << 20
 
 _TABLE_OFFSET = 20  # in a set element message: after nlmsghdr and nfgenmsg
 NLATTR = struct.Struct("=HH")  # struct nlattr

@@ -20,10 +20,6 @@ from dataclasses import dataclass, field
 
 from nftproxy.kernel.encoding import (
     BE_U32,
-    DEFAULT_BUFFER,
-    NETLINK_CAP_ACK,
-    NETLINK_EXT_ACK,
-    NETLINK_NETFILTER,
     NFNETLINK_V0,
     NFNL_SUBSYS_NFTABLES,
     NFTA_SET_ELEM_LIST_ELEMENTS,
@@ -33,9 +29,6 @@ from nftproxy.kernel.encoding import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
     NLMSGHDR,
-    SO_RCVBUFFORCE,
-    SO_SNDBUFFORCE,
-    SOL_NETLINK,
     TABLE_FAMILIES,
     Batch,
     ElementType,
@@ -68,6 +61,18 @@ __all__ = [
     "list_table_objects",
     "ruleset_generation",
 ]
+
+# linux/netlink.h, linux/netfilter/nfnetlink.h; the socket options of a netfilter socket
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # errors do not echo the (large) failed message back
+NETLINK_EXT_ACK = 11  # errors carry the kernel's message and the failing attribute's offset
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+# Socket buffers for element batches and notifications, past the sysctl limits where
+# CAP_NET_ADMIN allows (a writer grows its send buffer further for a larger batch).
+DEFAULT_BUFFER = 16 << 20
 
 # --- the writer --------------------------------------------------------------------------
 
@@ -627,7 +632,7 @@ _NFTA_GEN_ID = 1
 def ruleset_generation() -> int:
     """The kernel's nftables generation id for the calling thread's namespace: it changes
     with every committed transaction, whoever made it. One netlink round trip."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.settimeout(2.0)
         body = struct.pack("!BBH", socket.AF_UNSPEC, 0, 0)
