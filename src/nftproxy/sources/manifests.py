@@ -1,34 +1,7 @@
-"""Services and EndpointSlices read from YAML/JSON manifests instead of a live API server.
-
-Lets nftproxy run from `kubectl get svc,endpointslices -A -o yaml` dumps or hand-written
-files (tests, benchmarks, static setups) through exactly the validation the watcher uses.
-
-Whoever can write to a manifest directory must not be able to crash, freeze or exhaust the
-proxy, so every problem is an error naming its file, and ReadLimits bound the cost of a file:
-
-- max_file_bytes (512 MiB): only regular files are read (a FIFO would block, a symlink to
-  /dev/zero never end), and at most this much of each, held in memory while it is decoded.
-- max_document_chars (512 Mi): the text of one YAML document (a JSON file is one), aliases
-  expanded, checked as it is built. It bounds the memory of the built document, the largest
-  thing alive at once (documents are built and converted one at a time): about 3 times its
-  text for kubectl output, up to 25 times for text of nothing but empty mappings.
-  kubectl prints a whole cluster as ONE `kind: List` document: for 30k Services with ten
-  endpoints each, 160 MB of YAML or, indented by 4, 350 MB of JSON. So by default both limits
-  let that through; lower them where files are small or memory is tight.
-- max_depth (100): nesting of mappings and lists, checked before anything recursive sees the
-  data. A Deployment's managedFields inside a List reach 16 levels, deep CRD schemas several
-  dozen.
-- alias_allowance (1 MiB): what aliases may add to a file beyond its own size. Anchors and
-  merge keys in hand-written files fit; a billion-laughs bomb of a few hundred bytes does not.
-
-A YAML problem inside an item of a document's top-level `items` list rejects that item only.
-
-The path `-` is standard input, read within the same limits. In a directory, only regular
-files (and symlinks to them) are read: a FIFO, socket or device there is skipped with a
-warning; named as a path, it is an error. An object defined twice (same kind, namespace and
-name; the API cannot hold both) keeps its first definition, in the order the paths are
-given and files sorted within a directory; the later one is rejected, naming both.
-"""
+"""Services, EndpointSlices and ServiceCIDRs read from YAML/JSON manifests (`kubectl get ...
+-o yaml` dumps, hand-written files, `-` for standard input), through the validation the API
+watcher uses. No file can crash, freeze or exhaust the reader: every problem is an error
+naming its file, and `ReadLimits` bound what a file may cost (docs/daemon.md says why)."""
 
 from __future__ import annotations
 
@@ -93,7 +66,7 @@ _NETWORKING_GROUP: Final = "networking.k8s.io/"
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
-    """What reading one manifest file may cost at most; the module docstring says why."""
+    """What reading one manifest file may cost at most; docs/daemon.md says why."""
 
     # Bytes read from one file, which is held in memory whole while it is decoded.
     max_file_bytes: int = 512 * _MiB
