@@ -1,13 +1,7 @@
-"""Bringing a namespace's `nftproxy` table to a desired ruleset, atomically at every step.
-
-Two ways there:
-- incremental: read what the kernel holds, diff, one transaction (the usual case);
-- a new generation: when the table is missing, its skeleton differs, or the diff is large.
-  All objects of generation N+1 are built beside generation N (elements in bounded chunks,
-  invisible to traffic because no base chain points at them yet), then one small transaction
-  replaces the base chains to point at N+1, then N is deleted. Packets see N or N+1, never
-  a half-built table, and no transaction holds the whole state.
-"""
+"""Bringing a namespace's `nftproxy` table to a desired ruleset, atomically at every step:
+`make_plan` picks nothing, one incremental transaction, or a new generation built beside
+the old one and flipped to (docs/ruleset.md, "Generations"); `run_plan` runs a plan and
+removes a half-built generation when a step fails."""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
-"""The sync loop: turn a stream of cluster states into as few, as small transactions as possible.
-
-Sources (a manifest directory, the Kubernetes API) call `Proxier.replace_*`/`update_*`; the
-loop wakes, waits out the minimum interval so bursts batch into one sync, recompiles only the
-Services that changed, and applies the scoped diff. What the kernel holds is not kept: a
-full sync (start, failure) compares the table with the desired state unless the table's
-record vouches for it, and changes only what differs (nftproxy.verifying); foreign changes,
-followed through nftables' notifications (`watch_commits`), are compared key by key and put
-back (`repair`). Which commits were ours is known from the generation ids they led to.
-"""
+"""The sync loop: turn a stream of cluster states into as few, as small transactions as
+possible. Sources call `Proxier.replace_*`/`update_*` (through the daemon's Sink); the loop
+batches bursts, recompiles only the Services that changed and applies the scoped diff. It
+also repairs foreign changes it learns of from commit notifications and generation ids
+(`watch_commits`, `repair`) and writes the record (docs/ruleset.md, "What the kernel holds")."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Netlink sockets to nftables: element batches written without nft's parser, dumps of
-the table's names and of sets' elements, the generation id, and commit notifications.
-
-At hundreds of thousands of elements, rendering `add element` text and having nft parse it
-costs seconds of CPU; `ElementWriter` sends the encoded batch (see encoding) instead. Like
-the libnftables backend, a writer owns one worker thread that entered the network namespace
-once; its socket is created there, so it talks to that namespace's nftables whatever thread
-calls `write`.
-"""
+"""Netlink sockets to nftables: element batches written without nft's parser (`ElementWriter`,
+see encoding), dumps of the table's names and of sets' elements, the generation id, and
+commit notifications (`CommitMonitor`). Each socket is made by a thread that entered the
+namespace, so it talks to that namespace's nftables whatever thread uses it."""
 
 from __future__ import annotations
 

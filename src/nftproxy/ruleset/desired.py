@@ -1,11 +1,7 @@
-"""The desired ruleset: skeleton plus the union of Service fragments, kept incrementally.
-
-Replacing one Service's fragment costs O(size of that fragment). Elements claimed by several
-owners (a pod IP in the hairpin set of two Services, or two Services fighting over one
-externalIP:port) resolve deterministically: the smallest owner wins, the others wait. A
-frontend's endpoints and its source-range firewall are claimed whole, so the winner's
-apply, never a mixture.
-"""
+"""The desired ruleset: the skeleton plus the union of Service fragments, kept incrementally
+(`DesiredState`): replacing one Service's fragment costs O(size of that fragment) and
+records what it changed (`Scope`). Elements several Services claim resolve deterministically
+(docs/ruleset.md, "Changes are transactions the size of the change")."""
 
 from __future__ import annotations
 

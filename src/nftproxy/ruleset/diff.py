@@ -1,10 +1,6 @@
-"""What the kernel holds, and the smallest transaction from there to the desired ruleset.
-
-The applied side is a summary: set and chain names, rule counts, and every element of the
-static sets. Chains are immutable by name (a changed per-Service chain
-gets a new name), so only a changed skeleton forces a new generation; everything else is
-element adds and deletes plus whole chains added or removed.
-"""
+"""What the kernel holds (`AppliedState`: names, rule counts and, when read, elements), and the
+smallest transaction from there to the desired ruleset (`diff`). Chains never change in
+place, so only a changed skeleton forces a new generation (`check_skeleton`)."""
 
 from __future__ import annotations
 
