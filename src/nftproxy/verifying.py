@@ -48,8 +48,8 @@ Before = dict[ElementKey, ElementValue | Missing | Unknown]
 
 def structure(kernel: Backend) -> AppliedState | None:
     """Names and rule counts of our table, without elements (netlink dumps that carry no
-    elements: milliseconds at any size), or None when `kernel` cannot list them that way
-    (the nft binary backend)."""
+    elements, cheap at any size), or None when `kernel` cannot list them that way (the
+    nft binary backend)."""
     try:
         found = kernel.objects()
     except Unsupported:

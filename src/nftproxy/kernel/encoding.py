@@ -434,7 +434,7 @@ Builder: TypeAlias = Callable[..., list[bytes]]
 @cache
 def _builder(nkey: int, ndata: int, mode: Literal["set", "map", "vmap", "keys"]) -> Builder:
     """A list builder specialised to the number of fields: unpacking each element's atoms
-    into locals (which also checks their count) is about twice as fast as a generic loop.
+    into locals (which also checks their count) is faster than a generic loop.
     The source is made from integers only."""
     ks = [f"k{i}" for i in range(nkey)]
     vs = [f"v{i}" for i in range(ndata)]

@@ -102,7 +102,7 @@ class Names:
 
     def __call__(self, name: str) -> str:
         # Interned: every Service's fragment names the same shared sets, and the desired
-        # state keeps those names per Service (4 MB of copies at 30k Services otherwise).
+        # state keeps those names per Service: one string each, not one per Service.
         return sys.intern(self.prefix + name)
 
     def pick(self, family: Family, proto: str, *, local: bool, nodeport: bool, n: int) -> str:
