@@ -1,13 +1,6 @@
-"""Addresses as Kubernetes reads them: `ipaddress`, plus the legacy spellings it still accepts.
-
-Kubernetes parses Service and EndpointSlice addresses and kube-proxy's flags with
-k8s.io/utils/net's ParseIPSloppy and ParseCIDRSloppy: Go's parser from before Go 1.17, kept
-because API servers have stored such values. It allows leading zeros: an IPv4 part is
-decimal whatever its zeros (`010` is ten, never octal as inet_aton would read it), and an
-IPv6 group may be longer than four digits when the extra ones are zeros. `ipaddress` rejects
-both, so these functions drop the zeros first. Nothing else is relaxed, and the result is
-the standard form, which is all the rest of nftproxy ever sees.
-"""
+"""Addresses as Kubernetes reads them: `ipaddress`, plus the legacy spellings with leading
+zeros that it still accepts (see `without_leading_zeros`). The result is the standard form,
+which is all the rest of nftproxy ever sees."""
 
 from __future__ import annotations
 
@@ -34,7 +27,14 @@ def ip_network(text: str, *, strict: bool = True) -> ipaddress.IPv4Network | ipa
 
 def without_leading_zeros(text: str) -> str:
     """`text` in the standard spelling when it is a legacy one that differs only by leading
-    zeros; otherwise `text` unchanged, for `ipaddress` to accept or reject."""
+    zeros; otherwise `text` unchanged, for `ipaddress` to accept or reject.
+
+    Kubernetes parses Service and EndpointSlice addresses and kube-proxy's flags with
+    k8s.io/utils/net's ParseIPSloppy and ParseCIDRSloppy: Go's parser from before Go 1.17,
+    kept because API servers have stored such values. An IPv4 part is decimal whatever its
+    zeros (`010` is ten, never octal as inet_aton would read it), and an IPv6 group may be
+    longer than four digits when the extra ones are zeros. Nothing else is relaxed.
+    """
     if ":" not in text:
         return _ipv4(text)
     groups = text.split(":")

@@ -1,13 +1,7 @@
-"""Bringing a namespace's `nftproxy` table to a desired ruleset, atomically at every step.
-
-Two ways there:
-- incremental: read what the kernel holds, diff, one transaction (the usual case);
-- a new generation: when the table is missing, its skeleton differs, or the diff is large.
-  All objects of generation N+1 are built beside generation N (elements in bounded chunks,
-  invisible to traffic because no base chain points at them yet), then one small transaction
-  replaces the base chains to point at N+1, then N is deleted. Packets see N or N+1, never
-  a half-built table, and no transaction holds the whole state.
-"""
+"""Bringing a namespace's `nftproxy` table to a desired ruleset, atomically at every step:
+`make_plan` picks nothing, one incremental transaction, or a new generation built beside
+the old one and flipped to (docs/ruleset.md, "Generations"); `run_plan` runs a plan and
+removes a half-built generation when a step fails."""
 
 from __future__ import annotations
 
@@ -68,8 +62,8 @@ Compare = Callable[[Ruleset], Scope]
 # Elements per transaction while building a generation: large enough that the kernel's
 # per-transaction cost is amortised, small enough that no single commit stalls the netlink
 # socket. A chunk's operations and messages exist only while it runs, so this is also the
-# build's memory peak: 50k cost 17 MB more at 30k Services than 10k, and was no faster
-# (bench/memory.py --services 30000).
+# build's memory peak: larger chunks took more memory and were no faster (bench/memory.py,
+# docs/benchmarks.md).
 CHUNK = 10_000
 
 # The largest incremental transaction; a bigger change builds a new generation instead.
@@ -128,10 +122,10 @@ def describe(mode: str, generation: int, changes: int, reason: str = "") -> str:
 class ElementsLater(Transaction):
     """Elements of a generation build, turned into a transaction only when it runs.
 
-    Holding every (key, value) pair of a 30k-Service table at once costs about 60 MB; a
-    plan keeps only which keys (or endpoint-map frontends) each chunk covers, and
-    `concrete()` builds one chunk's operations at a time. The ruleset must not change
-    between planning and running (the sync loop holds it still).
+    Holding every (key, value) pair of a large table at once would be a second copy of
+    its elements: a plan keeps only which keys (or endpoint-map frontends) each chunk
+    covers, and `concrete()` builds one chunk's operations at a time. The ruleset must not
+    change between planning and running (the sync loop holds it still).
     """
 
     __slots__ = ("_count", "_parts")
@@ -172,8 +166,7 @@ class ElementsLater(Transaction):
 def _element_chunks(desired: Ruleset, limit: int) -> Iterator[Transaction]:
     # Sets whose elements only nft's text path can write (intervals: the cluster CIDRs,
     # source ranges) get a transaction of their own: a shared one would send thousands of
-    # map elements through libnftables too, which is slow and keeps them in its cache
-    # (26 MB more at 1k Services with --cluster-cidr).
+    # map elements through libnftables too, which is slow and keeps them in its cache.
     text_only = ElementsLater()
     for name, elems in desired.elements.items():
         sdef = desired.sets[name]

@@ -1,10 +1,6 @@
-"""Command line: compile, plan, apply, explain, cleanup (and the daemon's entry points).
-
-Exit status: 0 success; 1 the kernel refused, an option was wrong, root is needed, or the
-inputs could not all be read (nothing changed); 2 a usage error; 3 some input objects were
-rejected (each reported on stderr), all others were processed, and what the table held for
-the rejected ones stays; 141 the reader of stdout went away (see main).
-"""
+"""Command line: arguments in, calls out. compile, plan, apply, explain and cleanup are here;
+`run`, `demo` and `cluster` hand over to daemon, demo and lab.cluster. The exit statuses
+are the EXIT_* constants (2 is argparse's usage error); what each means: README, "Commands"."""
 
 from __future__ import annotations
 

@@ -1,30 +1,8 @@
-"""Deleting stale conntrack entries of UDP Services, through raw ctnetlink.
-
-UDP has no FIN: a client that keeps sending from the same source port keeps hitting the
-conntrack entry created by its first datagram, and that entry keeps the DNAT chosen then,
-even after the endpoint is gone, and an entry made before the Service was programmed keeps
-no translation at all. Like kube-proxy, the proxier deletes, for each removed UDP endpoint,
-the entries whose original destination is one of the Service's frontends and whose reply
-source is that endpoint; for a frontend that gets its first endpoints, its entries that were
-never translated; and on a full sync, every entry toward a frontend answered by something
-other than one of its current endpoints. New datagrams then go through the rules again.
-
-The kernel interface (linux/netfilter/nfnetlink_conntrack.h), as checked on the wire:
-  * message types are NFNL_SUBSYS_CTNETLINK (1) << 8 | IPCTNL_MSG_CT_GET (1) / _DELETE (2),
-    after the nlmsghdr comes a struct nfgenmsg whose family (AF_INET / AF_INET6) makes a
-    dump list only that family's entries;
-  * CTA_TUPLE_ORIG (1) and CTA_TUPLE_REPLY (2) are nests of CTA_TUPLE_IP (1) and
-    CTA_TUPLE_PROTO (2), themselves nests: CTA_IP_V4_SRC/DST (1, 2: 4 bytes) or
-    CTA_IP_V6_SRC/DST (3, 4: 16 bytes); CTA_PROTO_NUM (1: one byte), CTA_PROTO_SRC_PORT /
-    CTA_PROTO_DST_PORT (2, 3: big-endian u16);
-  * the kernel sets NLA_F_NESTED on the nests it sends (masked off when parsing);
-  * CTA_ZONE (18, big-endian u16) is only present for a non-default zone; deleting an entry
-    of another zone needs it, so it is sent back when it was there;
-  * a delete of an entry that is already gone answers ENOENT.
-
-Netlink sockets belong to the namespace they were created in: the functions here work in
-the calling thread's namespace, `ConntrackCleaner` owns a worker thread that entered one.
-"""
+"""Deleting the conntrack entries that keep UDP clients away from a Service, over raw
+ctnetlink (which entries, and why: README, "The daemon"; which ones a sync makes stale:
+proxier.stale_udp_endpoints), and setting the namespace's conntrack timeouts. Netlink
+sockets belong to the namespace they were made in: the functions here work in the calling
+thread's, `ConntrackCleaner` owns a worker thread that entered one."""
 
 from __future__ import annotations
 
@@ -81,6 +59,11 @@ __all__ = [
 ]
 
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) ---------------------------
+#
+# As checked on the wire: a message's type is NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_*,
+# and after the nlmsghdr comes a struct nfgenmsg whose family (AF_INET or AF_INET6) makes a
+# dump list only that family's entries. Deleting an entry that is already gone answers
+# ENOENT.
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -93,11 +76,16 @@ NLM_F_ACK = 0x04
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLMSG_ERROR = 0x2
 NLMSG_DONE = 0x3
+# The kernel sets NLA_F_NESTED on the nests it sends; it is masked off when parsing.
 NLA_F_NESTED = 1 << 15
 NLA_TYPE_MASK = 0x3FFF
 
+# The original and reply tuples are nests of an IP nest (addresses: 4 or 16 bytes) and a
+# protocol nest (CTA_PROTO_NUM: one byte; ports: big-endian u16).
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
+# Big-endian u16, only present for a non-default zone. Deleting an entry of another zone
+# needs it, so it is sent back when it was there.
 CTA_ZONE = 18
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2

@@ -65,7 +65,7 @@ class ProxierSink:
 
     Nothing reaches the Proxier until both kinds have been listed once, so it never programs
     Services without their endpoints: the first list of one kind waits here for the other.
-    From then on the Proxier's own store is the only copy (two dicts of 30k entries less).
+    From then on the Proxier's own store is the only copy of the cluster's objects.
     ServiceCIDR ranges join `flagged_cidrs`, those of the node's flags.
     """
 
@@ -298,7 +298,7 @@ def _serve_api(
     watcher.start()
     try:
         # Like kube-proxy, no sync before Services and EndpointSlices are both listed:
-        # an empty first sync would only be thrown away (and at 30k cost a generation).
+        # an empty first sync would only be thrown away (and cost a generation build).
         while not stop.is_set() and not watcher.wait_synced(1.0):
             pass
         if not stop.is_set():

@@ -1,14 +1,7 @@
-"""`nftproxy demo`: a small cluster of network namespaces, real traffic, visible balancing.
-
-Builds a lab (2 nodes, pods, an outside client), writes Service and EndpointSlice manifests
-to a directory, runs `nftproxy run --manifests` inside each node's namespace, sends traffic
-and shows connections per endpoint per Service, live. Midway it scales a Service up, then
-down, by rewriting its EndpointSlice, so the rebalancing is visible. Everything it created
-is removed on exit, Ctrl-C or SIGTERM; after Ctrl-C it says what it removed.
-
-On a terminal the view is redrawn in place (cursor up, each line cleared), so the screen
-holds one table, not one per second; elsewhere each second's table is appended.
-"""
+"""`nftproxy demo` (README, "Install and run"): a lab of network namespaces, `nftproxy run
+--manifests` in each node, real traffic and a live table of connections per endpoint, with a
+Service scaled up and down midway. Everything it created is removed on exit, Ctrl-C or
+SIGTERM."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""A pure evaluator of the compiled ruleset: where can this packet go, with what chance?
-
-It interprets the same rule objects that are rendered into the kernel (not the Service
-model), walking nat chains from the hook the packet enters (prerouting for pods and outside
-clients, output for the node itself), forking at every `numgen` with equal weights, then
-postrouting for masquerade. Dynamic affinity sets are taken as empty: a client's first
-connection. Property tests compare its answer with the model's endpoint sets.
-"""
+"""A pure evaluator of the compiled ruleset: where can this packet go, with what chance? It
+walks the same rule objects that are loaded into the kernel (not the Service model), forking
+at every `numgen` with equal weights. Dynamic affinity sets are taken as empty: a client's
+first connection. Property tests compare its answers with the model's endpoint sets."""
 
 from __future__ import annotations
 

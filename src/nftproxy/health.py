@@ -1,34 +1,7 @@
-"""kube-proxy's health contract: /healthz and /livez, and the healthCheckNodePort servers.
-
-Proxy health follows kube-proxy's ``pkg/proxy/healthcheck/proxier_health.go``:
-
-* ``queued_update()`` is called when a Service or EndpointSlice change (or a forced full
-  sync) is queued for the rules; only the *oldest* pending change is remembered.
-* ``updated()`` is called after every successful sync: the pending change is cleared and
-  ``lastUpdated`` becomes now. A failed sync does not call it, so the change stays pending.
-* The proxy is healthy unless a change has been pending for ``health_timeout`` or longer
-  (kube-proxy passes ``2 * syncPeriod``: 60 s with the default 30 s). Before the first
-  sync with nothing pending (starting up) it is healthy, as in kube-proxy. Beyond
-  kube-proxy, a loop that must keep turning (`watch`: the sync loop, the manifest scanner)
-  and has not for ``health_timeout`` makes it unhealthy too: a stuck loop queues nothing.
-* ``/healthz`` is additionally 503 when the Node is not eligible (being deleted, or
-  tainted ``ToBeDeletedByClusterAutoscaler``), so load balancers drain it; ``/livez``
-  ignores eligibility (a liveness probe must not restart a proxy on a draining node).
-  Nodes are eligible until told otherwise (`sync_node`).
-* Both answer 200 or 503 with ``Content-Type: application/json`` and
-  ``X-Content-Type-Options: nosniff``; the body is
-  ``{"lastUpdated": "...", "currentTime": "...", "nodeEligible": true}`` (``/livez``
-  without ``nodeEligible``). When healthy ``lastUpdated`` is reported as the current time
-  (kube-proxy keeps that for compatibility with older releases); when unhealthy it is the
-  last successful sync. Times use Go's ``time.Time.String()`` layout
-  (``2006-01-02 15:04:05.999999999 +0000 UTC``, without the monotonic suffix); the zero
-  time (never synced) is ``0001-01-01 00:00:00 +0000 UTC``.
-
-healthCheckNodePort servers follow ``service_health.go``: one listener per port of a
-LoadBalancer Service with ``externalTrafficPolicy: Local``, answering any path with
-``{"service": {"namespace": ..., "name": ...}, "localEndpoints": N,
-"serviceProxyHealthy": B}``, 200 when N > 0 and the proxy is healthy, else 503.
-"""
+"""kube-proxy's health contract: `/healthz` and `/livez` (`ProxierHealth`) and the
+healthCheckNodePort servers (`HealthCheckServers`), as kube-proxy's pkg/proxy/healthcheck
+(proxier_health.go, service_health.go) computes them. What they answer, and when, is in
+docs/daemon.md."""
 
 from __future__ import annotations
 
@@ -150,7 +123,7 @@ def go_time(t: float | None) -> str:
 
 
 class ProxierHealth:
-    """The proxy's own health, as kube-proxy's ProxierHealthServer computes it (see module)."""
+    """The proxy's own health, as kube-proxy's ProxierHealthServer computes it (docs/daemon.md)."""
 
     def __init__(
         self, health_timeout: float = 60.0, *, clock: Callable[[], float] = time.time
@@ -243,7 +216,7 @@ class ProxierHealth:
         self, healthy: bool, last: float | None, extra: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         now = self.clock()
-        # Healthy: lastUpdated is "now", as kube-proxy reports it (see module docstring).
+        # Healthy: lastUpdated is "now", as kube-proxy reports it for older clients.
         body = {"lastUpdated": go_time(now if healthy else last), "currentTime": go_time(now)}
         return (200 if healthy else 503), body | extra
 

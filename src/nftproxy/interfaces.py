@@ -1,15 +1,7 @@
-"""The addresses of a network namespace's interfaces, read and followed over rtnetlink.
-
-The daemon needs them for --nodeport-addresses: like kube-proxy's nftables mode it accepts
-NodePorts on the node's own addresses within those CIDRs, so it must know them, in the
-namespace it programs, and notice when they change. One RTM_GETADDR dump lists them (a node
-has a handful); a second socket, in the RTMGRP_IPV4_IFADDR and RTMGRP_IPV6_IFADDR groups,
-says when to list again. Both are created by a thread that entered the namespace (as in
-nftproxy.nft), so they belong to it whatever thread reads them. `ip -j -n NAME addr` would
-list them too, but takes a process per read, a named namespace, and gives no notification.
-
-Only addresses are read: not which interface holds them, nor their state or scope.
-"""
+"""The addresses of a network namespace's interfaces, read and followed over rtnetlink, for
+--nodeport-addresses (docs/ruleset.md, "Which addresses accept NodePorts"). Netlink rather
+than `ip -j addr`: no process per read, any namespace, and notifications. Only addresses are
+read: not which interface holds them, nor their state or scope."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""kube-proxy's log verbosity (klog's ``--v``) mapped onto Python logging.
-
-klog always prints errors, warnings and V(0) messages; V(2) adds steady-state detail, V(4)
-debugging. nftproxy's messages fall into the same three bands:
-
-* 0 and 1: errors, warnings and INFO: starting, serving, every full sync, inputs that
-  appear, vanish or break, foreign changes repaired.
-* 2 and 3: also DETAIL: each partial sync and each manifest file read again.
-* 4 and above: also DEBUG.
-"""
+"""kube-proxy's log verbosity (klog's ``--v``) mapped onto Python logging: 0 and 1 show
+errors, warnings and INFO, 2 and 3 also DETAIL (each partial sync, each manifest read), 4
+and above also DEBUG. `HELP` is the text `--help` shows."""
 
 from __future__ import annotations
 

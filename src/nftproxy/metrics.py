@@ -1,30 +1,6 @@
-"""Prometheus metrics under kube-proxy's names (plus a few of nftproxy's own), and their server.
-
-kube-proxy names (``pkg/proxy/metrics``), kept exact so existing dashboards and alerts work:
-
-* ``kubeproxy_sync_proxy_rules_duration_seconds`` (histogram): every successful sync.
-* ``kubeproxy_sync_full_proxy_rules_duration_seconds`` /
-  ``kubeproxy_sync_partial_proxy_rules_duration_seconds`` (histograms): the same, split.
-* ``kubeproxy_network_programming_duration_seconds`` (histogram): from the API change to
-  the rules being in the kernel; observed with `Metrics.observe_programming`.
-* ``kubeproxy_sync_proxy_rules_last_timestamp_seconds`` (gauge): last successful sync.
-* ``kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`` (gauge): last queued change.
-* ``kubeproxy_sync_proxy_rules_endpoint_changes_total`` /
-  ``kubeproxy_sync_proxy_rules_service_changes_total`` (counters): changes queued
-  (`Metrics.queued`).
-* ``kubeproxy_sync_proxy_rules_nftables_sync_failures_total`` (counter): failed syncs.
-  (kube-proxy has no ``kubeproxy_proxy_sync_failures_total``; this is its nftables mode's
-  failure counter.)
-
-nftproxy's own: ``nftproxy_elements`` and ``nftproxy_chains`` (gauges: the desired ruleset
-after the last sync), ``nftproxy_syncs_total{mode="full|partial"}`` and
-``nftproxy_external_changes_total`` (our table was changed by someone else).
-
-Buckets are kube-proxy's. Everything is exposed by one collector reading the state at
-scrape time, so the series are exactly kube-proxy's (no ``_created`` series, which
-prometheus-client's own metric objects would add). It lives in a dedicated
-CollectorRegistry, never the process-global one.
-"""
+"""Prometheus metrics under kube-proxy's names (``pkg/proxy/metrics``, plus a few of
+nftproxy's own) and their server. One collector reads the state at scrape time, on a
+registry of its own, so the series are exactly kube-proxy's. The list: docs/daemon.md."""
 
 from __future__ import annotations
 
@@ -108,7 +84,7 @@ def _le(bound: float) -> str:
 
 
 class Metrics:
-    """The registry and the hooks that feed it (see module docstring for the names)."""
+    """The registry and the hooks that feed it (names: docs/daemon.md)."""
 
     def __init__(
         self,

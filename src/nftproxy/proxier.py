@@ -1,13 +1,8 @@
-"""The sync loop: turn a stream of cluster states into as few, as small transactions as possible.
-
-Sources (a manifest directory, the Kubernetes API) call `Proxier.replace_*`/`update_*`; the
-loop wakes, waits out the minimum interval so bursts batch into one sync, recompiles only the
-Services that changed, and applies the scoped diff. What the kernel holds is not kept: a
-full sync (start, failure) compares the table with the desired state unless the table's
-record vouches for it, and changes only what differs (nftproxy.verifying); foreign changes,
-followed through nftables' notifications (`watch_commits`), are compared key by key and put
-back (`repair`). Which commits were ours is known from the generation ids they led to.
-"""
+"""The sync loop: turn a stream of cluster states into as few, as small transactions as
+possible. Sources call `Proxier.replace_*`/`update_*` (through the daemon's Sink); the loop
+batches bursts, recompiles only the Services that changed and applies the scoped diff. It
+also repairs foreign changes it learns of from commit notifications and generation ids
+(`watch_commits`, `repair`) and writes the record (docs/ruleset.md, "What the kernel holds")."""
 
 from __future__ import annotations
 
@@ -166,7 +161,8 @@ class Proxier:
         self._wake = threading.Event()
         self._services: dict[ServiceName, Service] = {}
         self._slices: dict[SliceName, EndpointSlice] = {}
-        # A tuple, not a dict, per Service: nearly all have one slice (6 MB at 30k Services).
+        # A tuple, not a dict, per Service: nearly every Service has one slice, and dicts
+        # are large.
         self._by_service: dict[ServiceName, tuple[EndpointSlice, ...]] = {}
         self._dirty: set[ServiceName] = set()
         self._desired: DesiredState | None = None
@@ -438,7 +434,8 @@ class Proxier:
         """When the cluster shrank to under half of its size since the last time, give
         the memory of what went away back to the system: Python keeps freed memory in
         arenas that a few survivors (cached values, large dict tables) pin, and glibc
-        keeps freed heap. 30k Services gone: 103 MB resident before, 54 MB after."""
+        keeps freed heap. bench/restart.py's shrink phase measures what comes back
+        (docs/benchmarks.md)."""
         size = len(self._services) + len(self._slices)
         self._peak = max(self._peak, size)
         if self._peak < 1000 or size * 2 > self._peak:
@@ -481,8 +478,8 @@ class Proxier:
         Element batches carry the generation id our last commit led to, so the kernel
         refuses them if anyone committed since, and each leaves it exactly one higher: no
         need to read it (a read right after a commit that deleted elements waits for the
-        kernel's cleanup: it made each sync tens of milliseconds slower at 30k Services in
-        bench/api.py). Text commits (chains) read it before and after."""
+        kernel's cleanup, which slowed every sync in bench/api.py). Text commits (chains)
+        read it before and after."""
         gen = self._kernel_generation
         if gen is None or not self.backend.batches(tx, sets):
             gen = self._generation()
@@ -523,8 +520,8 @@ class Proxier:
         return generation in self._own_generations or pid in self._own_pids
 
     def _pause_monitor(self) -> None:
-        """No notifications during a full sync: its hundreds of thousands of elements
-        would cost the kernel and the monitor seconds. Someone else committing meanwhile
+        """No notifications during a full sync: the kernel would make, and the monitor
+        read, one for each of its elements. Someone else committing meanwhile
         is noticed by the generation ids (see _commit), and the table is then compared."""
         if self._monitor is not None:
             self._monitor_paused = True
@@ -895,9 +892,9 @@ class Proxier:
     def _check_foreign_changes(self, now: float) -> None:
         """Repair the table when someone else changed it (the commit monitor says so, or
         without it the generation id: one netlink round trip a tick), and every
-        `verify_period`. A comparison of every set costs seconds at 30k Services, so under
-        a stream of foreign changes repairs run at most once per twice their duration,
-        and at least half a second apart."""
+        `verify_period`. A comparison of every set grows with the table, so under a
+        stream of foreign changes repairs run at most once per twice their duration, and
+        at least half a second apart."""
         since = now - self._last_verify_at
         periodic = self.verify_period > 0 and since >= self.verify_period
         if since < self._repair_gap or not (periodic or self.kernel_changed_by_others()):

@@ -1,34 +1,7 @@
-"""kube-proxy's ``KubeProxyConfiguration`` file (``--config``), read into nftproxy options.
-
-Only ``kubeproxy.config.k8s.io/v1alpha1`` exists, and only one document per file (as
-kube-proxy reads it). Every field of that version is known here, with its type:
-
-* Fields nftproxy applies are mapped into `ProxyOptions` (see its attributes).
-* Fields it does not apply are *reported*: `ProxyOptions.warnings` names each one by its
-  path (``conntrack.maxPerCore: ...``) when it is set. A field left at its zero value
-  (null, "", false, 0, "0", "0s", [] or {}, which is what kubeadm writes) asks for nothing,
-  so it is not reported.
-* Unknown fields are reported too (kube-proxy's lenient v1alpha1 decoding logs them and
-  carries on).
-* A value of the wrong type, or one that cannot be used (a bad CIDR, duration or bind
-  address), is a `ProxyConfigError` naming the field.
-
-Choices worth knowing:
-
-* ``mode`` may be "" or "nftables"; anything else is reported: nftproxy programs nftables
-  whatever the file says.
-* Sync periods and the masquerade bit come from the ``nftables`` section (kube-proxy's
-  nftables mode reads them there); the ``iptables`` ones are reported as unused, except
-  ``iptables.masqueradeAll`` which is honoured too (either turns masquerade-all on).
-* ``bindAddress`` set to a specific address is the node's IP (as in kube-proxy);
-  0.0.0.0 and :: mean "not set".
-* ``nodePortAddresses`` is a list of CIDRs or ``[primary]``; empty means ``primary``, as
-  in kube-proxy's nftables mode.
-* ``serviceCIDRs`` is nftproxy's own field (kube-proxy has none): ranges whose addresses
-  that no Service holds are dropped, beside those of ServiceCIDR objects.
-* ``detectLocalMode`` may be "" or "ClusterCIDR" (what nftproxy does with
-  ``clusterCIDR``); the other modes are reported.
-"""
+"""kube-proxy's ``KubeProxyConfiguration`` file (``--config``, v1alpha1), read into
+`ProxyOptions`. Every field of that version is known with its type: those nftproxy applies
+are mapped, the others that ask for something (and unknown ones) become warnings, and a
+value that cannot be used is a `ProxyConfigError`. Which field does what: docs/daemon.md."""
 
 from __future__ import annotations
 

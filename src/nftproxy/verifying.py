@@ -1,25 +1,7 @@
-"""Does the kernel's table hold what we meant? Answered element by element, cheaply.
-
-The daemon keeps no copy of what it wrote. At start, after someone else committed to the
-namespace, and every `--verify-period`, it lists each set of its table by a netlink dump
-and compares it with the desired state encoded the same way
-(`netlink.Encoder(as_dumped=True)`). What differs becomes a `Scope`, the same record of
-"what the kernel holds for these keys" that incremental syncs diff against, so `diff`
-turns it into the smallest repair; when nothing differs there is nothing to commit.
-
-A dump of a large hash set costs the kernel more than its size: it restarts its walk for
-every 32 KiB it returns, so the cost grows quadratically (bench/restart.py, phase
-restart-compare, shows what it comes to). So the sets are dumped two at a time beside the
-caller (`Backend.dump_sets`), and a restart starts the dumps before it builds its desired
-state. Asking the kernel for each key instead allocates a reply per element, and is
-blind to elements nobody meant.
-
-Interval sets (a few CIDRs) are listed through nft. Sets the kernel fills (session
-affinity's clients) and the record are not compared. Rules are compared by their number
-per chain (`TableObjects`); their content is not read back (see docs/ruleset.md).
-
-The record (`schema.RECORD`) lets a restart skip all of this: see `read_record`.
-"""
+"""Does the kernel's table hold what we meant? Each set is dumped by netlink and compared with
+the desired elements encoded as the kernel lists them; what differs becomes a `Scope` for
+`diff`. Asking the kernel key by key would cost a reply per element and miss elements nobody
+meant. Also the record (`Record`) that lets a restart skip all this (docs/ruleset.md)."""
 
 from __future__ import annotations
 
@@ -66,8 +48,8 @@ Before = dict[ElementKey, ElementValue | Missing | Unknown]
 
 def structure(kernel: Backend) -> AppliedState | None:
     """Names and rule counts of our table, without elements (netlink dumps that carry no
-    elements: milliseconds at any size), or None when `kernel` cannot list them that way
-    (the nft binary backend)."""
+    elements, cheap at any size), or None when `kernel` cannot list them that way (the
+    nft binary backend)."""
     try:
         found = kernel.objects()
     except Unsupported:

@@ -1,18 +1,7 @@
-"""nfnetlink encoding, pure: set and map elements to the kernel's bytes, batches of them,
-the kernel's answers back to errors, and listed elements back to atoms. No sockets here.
-
-The kernel's interface is simple for fixed-size keys: each element is a nested attribute
-holding its key (and data) as raw bytes, and many elements fit in one NFT_MSG_NEWSETELEM /
-NFT_MSG_DELSETELEM message; a write is one NFNL_MSG_BATCH_BEGIN ... NFNL_MSG_BATCH_END batch,
-committed or aborted as a whole. As nft 1.0.6 encodes them (tests/kernel/test_encoding.py):
-  * a concatenated key or value gives each field its own 32-bit register: the field's bytes
-    first, zero padding up to a multiple of 4 (a single-field key is not padded);
-  * ipv4/ipv6 addresses and inet_service ports are in network byte order, inet_proto is one
-    byte, and `numgen ... mod N` values are 32-bit integers in host byte order;
-  * verdicts are NFTA_DATA_VERDICT {NFTA_VERDICT_CODE (big-endian s32), NFTA_VERDICT_CHAIN}.
-Only shapes with fixed-size fields are handled (`element_type` returns None for the rest,
-interval sets included): those stay nft text.
-"""
+"""nfnetlink encoding, pure: set and map elements to the kernel's bytes, batches of them, the
+kernel's answers back to errors, and listed elements back to atoms. No sockets here. Only
+sets whose fields are all fixed-size are handled (`element_type` is None for the rest,
+interval sets included): those stay nft text."""
 
 from __future__ import annotations
 
@@ -180,6 +169,16 @@ def name_attr(text: str) -> bytes:
 
 
 # --- element types ---------------------------------------------------------------------
+#
+# For fixed-size fields the kernel's interface is simple: each element is a nested attribute
+# holding its key (and data) as raw bytes, many elements fit in one NFT_MSG_NEWSETELEM or
+# NFT_MSG_DELSETELEM message, and a write is one NFNL_MSG_BATCH_BEGIN ... NFNL_MSG_BATCH_END
+# batch, committed or aborted as a whole. As nft 1.0.6 encodes them
+# (tests/kernel/test_encoding.py): in a concatenation each field has its own 32-bit
+# register, its bytes first and zero padding up to a multiple of 4 (see _layout);
+# addresses and ports are in network byte order, inet_proto is one byte, and `numgen ...
+# mod N` values are 32-bit integers in host byte order (the formats below); a verdict is
+# NFTA_DATA_VERDICT {NFTA_VERDICT_CODE (big-endian s32), NFTA_VERDICT_CHAIN}.
 
 FieldKind: TypeAlias = Literal["ipv4", "ipv6", "proto", "port", "u32-host"]
 DataKind: TypeAlias = Literal["ipv4", "ipv6", "proto", "port", "u32-host", "verdict"]
@@ -420,7 +419,7 @@ Builder: TypeAlias = Callable[..., list[bytes]]
 @cache
 def _builder(nkey: int, ndata: int, mode: Literal["set", "map", "vmap", "keys"]) -> Builder:
     """A list builder specialised to the number of fields: unpacking each element's atoms
-    into locals (which also checks their count) is about twice as fast as a generic loop.
+    into locals (which also checks their count) is faster than a generic loop.
     The source is made from integers only."""
     ks = [f"k{i}" for i in range(nkey)]
     vs = [f"v{i}" for i in range(ndata)]
@@ -451,7 +450,8 @@ def _builder(nkey: int, ndata: int, mode: Literal["set", "map", "vmap", "keys"])
 
 
 def _layout(kinds: tuple[str, ...]) -> tuple[str, int, int]:
-    """struct format, value length (what the kernel checks), and length padded to 4."""
+    """struct format, value length (what the kernel checks), and length padded to 4. A
+    single field's value length is not padded; each field of a concatenation is."""
     if len(kinds) == 1:
         length = _SIZES[kinds[0]]
         return _FORMATS[kinds[0]] + "x" * (align(length) - length), length, align(length)

@@ -1,11 +1,8 @@
-"""An in-memory nftables table: a fake kernel, named as such, implementing the Backend
-protocol for fast tests of compile, diff and the sync loop's logic.
-
-It applies a transaction all-or-nothing with the checks the kernel makes that matter here:
-objects exist before use, no duplicates, elements deleted must exist, a chain must not be
-referenced when deleted, a batch's generation id must be current. It takes transactions,
-not nft text. Real-kernel tests cover the same behaviour against nftables.
-"""
+"""An in-memory nftables table, implementing the Backend protocol for fast tests of compile,
+diff and the sync loop. A transaction applies all-or-nothing, with the kernel's checks that
+matter here (objects exist before use, no duplicates, deleted elements and unreferenced
+chains, a current generation id). It takes transactions, not nft text; real-kernel tests
+cover the same behaviour against nftables."""
 
 from __future__ import annotations
 

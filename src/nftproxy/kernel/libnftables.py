@@ -139,8 +139,8 @@ class LibNftables:
         self, tx: Transaction, sets: Mapping[str, SetDef], *, generation: int | None = None
     ) -> bool:
         """One transaction: elements-only ones whose sets are all fixed-size go straight
-        to the kernel as one netlink batch (at hundreds of thousands of elements nft's
-        parser is most of the cost), anything else as nft text. With `generation`, a batch
+        to the kernel as one netlink batch (for large transactions nft's parser is most
+        of the cost), anything else as nft text. With `generation`, a batch
         is refused by the kernel (NetlinkError, ERESTART) unless that is its generation
         id; True when it went that way, so that the id is now exactly one higher."""
         types = transaction_types(tx, sets)

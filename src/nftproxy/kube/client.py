@@ -1,14 +1,7 @@
 """Connecting to the Kubernetes API with the standard library only: kubeconfig, in-cluster
-service-account credentials, and a small HTTP client for LIST and WATCH.
-
-Errors are classified by what a caller should do about them:
-
-* `Forbidden` (401/403): credentials or RBAC; retrying soon will not help, the message says
-  which verb on which resource was denied.
-* `Gone` (410): a resourceVersion or continue token expired; re-list.
-* `Unavailable`: connection problems, timeouts, 429 and 5xx; retry with backoff.
-* `ApiError`: anything else the API server refused.
-"""
+service-account credentials, and a small HTTP client for LIST and WATCH. Errors say what a
+caller should do: `ApiError`, and under it `Forbidden` (do not retry soon), `Gone` (list
+again) and `Unavailable` (retry with backoff)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ MAX_ENDPOINTS: Final = 1000
 MAX_ADDRESSES: Final = 100
 DEFAULT_AFFINITY_TIMEOUT: Final = 10800
 MAX_AFFINITY_TIMEOUT: Final = 86400
-# Error messages quote the values they reject; a 100 MB "address" must not become a log line.
+# Error messages quote the values they reject; a huge "address" must not become a log line.
 MAX_MESSAGE_CHARS: Final = 1000
 
 
@@ -65,8 +65,8 @@ MAX_MESSAGE_CHARS: Final = 1000
 # Every field is optional: the API server and hand-written manifests both omit fields, and Go
 # serialises nil slices as `null`, so arrays accept None. Unknown fields are ignored by msgspec.
 # Arrays decode to tuples and structs use gc=False: decoded trees never form reference cycles,
-# and this keeps the cyclic collector from rescanning hundreds of thousands of endpoint objects,
-# which otherwise costs more than the decoding itself.
+# and this keeps the cyclic collector from rescanning every endpoint object of a large load
+# again and again.
 
 
 class _Raw(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
@@ -396,7 +396,7 @@ def canonical_ip(text: str) -> tuple[str, Family]:
     """Return (`str(addresses.ip_address(text))`, family), rejecting IPv4-mapped and scoped.
     Leading zeros are accepted as Kubernetes accepts them: `10.180.00.001` is 10.180.0.1.
 
-    `ipaddress` costs several microseconds per address, which dominates 100k-endpoint loads.
+    `ipaddress` is slow enough per address to dominate the load of a large cluster.
     Text that inet_pton/inet_ntop round-trips unchanged is already canonical, so it skips
     `ipaddress`; everything else (errors, odd spellings, leading zeros, which inet_pton
     rejects) takes the exact slow path.
@@ -746,7 +746,7 @@ def _endpoints(
 
 
 def _endpoint(raw: RawEndpoint, index: int, family: Family) -> tuple[str, EndpointFacts]:
-    # Runs once per endpoint (100k+ on big clusters): field paths are only built on failure.
+    # Runs once per endpoint: field paths are only built on failure.
     addresses = raw.addresses
     if not addresses:
         raise _Bad(f"endpoints[{index}].addresses", "is required and must not be empty")
@@ -788,11 +788,10 @@ def _endpoint(raw: RawEndpoint, index: int, family: Family) -> tuple[str, Endpoi
 
 
 # Every endpoint names its node and zone, every object its namespace, every port a name
-# ("http"), and a cluster has few of each: one string per name instead of one per use
-# (16 MB at 300k endpoints).
+# ("http"), and a cluster has few of each: one string per name instead of one per use.
 _NAMES: SharedValues[str, str] = SharedValues()
 # Port lists and family tuples repeat too: most Services of a cluster have one of a few
-# (80/TCP "http", no node port), and so do their slices (8 MB at 30k Services).
+# (80/TCP "http", no node port), and so do their slices.
 _VALUES: SharedValues[Any, Any] = SharedValues()
 # Nearly every endpoint repeats one of a few hint sets; sharing them saves an allocation per
 # endpoint.

@@ -1,20 +1,7 @@
-"""Keep a consumer's picture of Services, EndpointSlices and this Node equal to the cluster's.
-
-One thread per resource, in three layers:
-
-1. `Reflector.run`: retry forever with jittered exponential backoff (0.5 s doubling to
-   30 s, reset after a success) until stopped.
-2. `_list_and_watch`: a paginated LIST handed to the consumer as one complete "replace",
-   then WATCHes from the list's resourceVersion. A 410 Gone (HTTP status or ERROR event)
-   means events were lost: list again and replace everything, so the consumer's diff
-   notices deletions that happened in the gap.
-3. `_watch`: one watch request; ADDED/MODIFIED/DELETED become single updates, bookmarks
-   advance the resourceVersion, and no bytes for timeoutSeconds+30 s reconnects.
-
-Objects that this proxy skips or that fail validation are "not present" for the consumer;
-invalid ones are logged once per resourceVersion, and so are the invalid parts left out of
-otherwise valid objects (an EndpointSlice's endpoint with a bad address).
-"""
+"""List+watch from the API: Services, EndpointSlices and ServiceCIDRs into a Sink, this Node
+into a callback. One thread per resource, in three layers: `Reflector.run` retries forever
+with backoff, `_list_and_watch` lists then watches until 410 Gone, `_watch` is one watch
+request. Skipped and invalid objects are absent for the Sink. Timings: docs/daemon.md."""
 
 from __future__ import annotations
 

@@ -1,25 +1,10 @@
-"""Build a `Topology` out of network namespaces, run things in it, tear it all down.
+"""Build a `Topology` out of network namespaces (`Lab`), run things in it, tear it all down:
 
     with Lab.create(default_topology()) as lab:
         lab.start_echo("pod-3", tcp=[8080])
         result = lab.connect("pod-1", "10.244.2.10", 8080, count=5)
 
-Every namespace is named `<prefix>-<name>` with a fresh prefix `nftp-<6 hex>`:
-`<prefix>-net` holds the bridge `br0` that is the shared link of the nodes and the
-external client; each of those has an `eth0` veth into it. Pods hang off their node by
-a veth (`eth0` in the pod, `v-<pod>` in the node), Calico-style: the pod's gateway is
-169.254.1.1 (fe80::1 for IPv6), an address of the node's end, and the node routes the
-pod's /32 (/128) to that veth. Nothing is ever connected to the calling namespace, and
-every command names a namespace this lab created (`ip -n`, `ip netns exec`).
-
-Sysctls set in every lab namespace: IPv6 DAD off (addresses work at once) and
-`rp_filter=0` (new namespaces inherit IPv4 defaults from the host; this makes the lab
-behave the same everywhere). Nodes also forward IPv4 and IPv6.
-
-`destroy()` (also on leaving `with`, at interpreter exit and on SIGTERM/SIGINT unless
-opted out) stops the processes the lab started, by PID (SIGTERM, SIGKILL after 2 s), and
-deletes its namespaces. It is idempotent; building is too (`ensure()`).
-"""
+Nothing is ever connected to the calling namespace. How it is wired: `Lab`."""
 
 from __future__ import annotations
 
@@ -284,7 +269,24 @@ class Started:
 
 
 class Lab:
-    """A built topology. Use `Lab.create(...)`, best as a context manager."""
+    """A built topology. Use `Lab.create(...)`, best as a context manager.
+
+    Every namespace is named `<prefix>-<name>` with a fresh prefix `nftp-<6 hex>`:
+    `<prefix>-net` holds the bridge `br0`, the shared link of the nodes and the external
+    client, each of which has an `eth0` veth into it. Pods hang off their node by a veth
+    (`eth0` in the pod, `v-<pod>` in the node), Calico-style: the pod's gateway is
+    169.254.1.1 (fe80::1 for IPv6), an address of the node's end, and the node routes the
+    pod's /32 (/128) to that veth. Every command names a namespace this lab created
+    (`ip -n`, `ip netns exec`).
+
+    Sysctls in every lab namespace: IPv6 DAD off (addresses work at once) and `rp_filter=0`
+    (new namespaces inherit IPv4 defaults from the host: this makes the lab behave the same
+    everywhere). Nodes also forward IPv4 and IPv6.
+
+    `destroy()` (also on leaving `with`, at interpreter exit and on SIGTERM/SIGINT unless
+    opted out) stops the processes the lab started, by PID (SIGTERM, SIGKILL after 2 s),
+    and deletes its namespaces. It is idempotent; so is building (`ensure()`).
+    """
 
     def __init__(
         self,

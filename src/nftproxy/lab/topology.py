@@ -1,19 +1,8 @@
-"""What a lab looks like: nodes, pods and one external client, as immutable values.
-
-A lab is a small "cluster" made of network namespaces (built by `nftproxy.lab.netns`).
-Nodes share one link (a bridge) with the external client `ext`; each node owns a pod
-CIDR and routes it to its pods over point-to-point veths. Addresses are kept in canonical
-text form (as in `nftproxy.model`), so they compare equal to what a client prints.
-
-Node `i` (1-based) has link addresses 192.168.77.<10+i> and fd00:77::<10+i>, pod CIDRs
-10.244.<i>.0/24 and fd00:244:<i>::/64; its pods get host numbers 10, 11, ... in both
-(the IPv6 host number is written with the same digits: 10.244.1.12 pairs with
-fd00:244:1::12). The external client is 192.168.77.100 and fd00:77::100.
-
-Other layouts are built from the same parts: nodes and the external client may have more
-addresses (`extra_ips`), and the external client may act as the cluster's router
-(`Topology.ext_router`).
-"""
+"""What a lab looks like: nodes, pods and one external client, as immutable values (built by
+`nftproxy.lab.netns`). Nodes share one link with the external client; each owns a pod CIDR
+routed to its pods over point-to-point veths. Addresses are canonical text (as in
+`nftproxy.model`), so they compare equal to what a client prints; the address plan is in
+the constants below and `Node.numbered`."""
 
 from __future__ import annotations
 
@@ -147,7 +136,10 @@ class Node:
 
     @classmethod
     def numbered(cls, index: int, name: str | None = None) -> Node:
-        """Node `index` (1-based) with the lab's standard addresses."""
+        """Node `index` (1-based) with the lab's standard addresses: link 192.168.77.<10+i>
+        and fd00:77::<10+i>, pod CIDRs 10.244.<i>.0/24 and fd00:244:<i>::/64. Its pods get
+        host numbers from FIRST_POD_HOST in both, the IPv6 one written with the same digits
+        (10.244.1.12 pairs with fd00:244:1::12)."""
         if not 1 <= index <= MAX_NODES:
             raise TopologyError(f"node index must be 1..{MAX_NODES}, not {index}")
         return cls(

@@ -1,3 +1,4 @@
-"""Ruleset as data: schema, compile, desired state, diff."""
+"""The ruleset as data: schema, compile, desired state, transactions, diff, and the kernel's
+JSON listing read back."""
 
 __all__: list[str] = []

@@ -1,20 +1,7 @@
-"""Services -> ruleset: a fixed skeleton plus one fragment of elements per Service.
-
-Layout (per address family f, names prefixed by the generation, see `Names`):
-
-  nat chains  services{f}      masquerade marks, LB source-range firewall, then one vmap lookup
-                               `daddr . l4proto . dport -> verdict` in frontends{f}
-              nodeports{f}     the same keyed `l4proto . dport` for addresses of this node
-              pick{f}-N        shared by every frontend with N endpoints: DNAT via one lookup
-                               `daddr . l4proto . dport . numgen mod N -> ip . port`
-  shared maps frontends, endpoints, short-circuit (externalTrafficPolicy Local seen from inside
-              the cluster), their nodeport twins, masquerade sets, firewall sets, hairpin set.
-
-Nothing here grows per Service except under sessionAffinity, which needs per-endpoint dynamic
-sets (no shared form exists in nft 1.0.6: see docs/ruleset.md). A frontend that has no usable
-endpoint maps to the `reject` chain (refused at once); one whose Local policy finds no local
-endpoint maps to `drop`, as kube-proxy does.
-"""
+"""Services -> ruleset: a fixed skeleton (`skeleton_sets`, `skeleton_chains`) plus one
+`Fragment` of elements per Service (`compile_service`). Nothing grows per Service except
+under session affinity, which has no shared form in nft 1.0.6. The layout, and why:
+docs/ruleset.md."""
 
 from __future__ import annotations
 
@@ -115,7 +102,7 @@ class Names:
 
     def __call__(self, name: str) -> str:
         # Interned: every Service's fragment names the same shared sets, and the desired
-        # state keeps those names per Service (4 MB of copies at 30k Services otherwise).
+        # state keeps those names per Service: one string each, not one per Service.
         return sys.intern(self.prefix + name)
 
     def pick(self, family: Family, proto: str, *, local: bool, nodeport: bool, n: int) -> str:

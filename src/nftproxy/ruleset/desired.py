@@ -1,11 +1,7 @@
-"""The desired ruleset: skeleton plus the union of Service fragments, kept incrementally.
-
-Replacing one Service's fragment costs O(size of that fragment). Elements claimed by several
-owners (a pod IP in the hairpin set of two Services, or two Services fighting over one
-externalIP:port) resolve deterministically: the smallest owner wins, the others wait. A
-frontend's endpoints and its source-range firewall are claimed whole, so the winner's
-apply, never a mixture.
-"""
+"""The desired ruleset: the skeleton plus the union of Service fragments, kept incrementally
+(`DesiredState`): replacing one Service's fragment costs O(size of that fragment) and
+records what it changed (`Scope`). Elements several Services claim resolve deterministically
+(docs/ruleset.md, "Changes are transactions the size of the change")."""
 
 from __future__ import annotations
 
@@ -56,8 +52,8 @@ Owner = tuple[str, str]
 
 @contextlib.contextmanager
 def bulk_build() -> Iterator[None]:
-    """Around a build of the whole desired state: it allocates millions of small objects,
-    none of them cyclic garbage, so the cyclic collector would only add seconds and pauses.
+    """Around a build of the whole desired state: it allocates a great many small objects,
+    none of them cyclic garbage, so the cyclic collector would only add time and pauses.
     What survives is frozen out of later collections."""
     gc.disable()
     try:
@@ -83,10 +79,10 @@ def is_endpoint_map(names: Names, set_name: str) -> bool:
 class Blocks(Mapping[ElementKey, ElementValue]):
     """An endpoint map kept as frontend -> Block (its buckets 0..n-1, see compile.Block).
 
-    The endpoint maps hold most elements (300k of 430k at 30k Services x 10 endpoints);
-    one entry per frontend, in the form compile makes it, instead of a key tuple, a value
-    tuple and two dict entries per endpoint: about 60 MB less there. Reads see ordinary
-    (*frontend, bucket) keys and (address, port) values.
+    The endpoint maps hold most elements (one per endpoint of every frontend): one entry
+    per frontend, in the form compile makes it, instead of a key tuple, a value tuple and
+    two dict entries per endpoint. Reads see ordinary (*frontend, bucket) keys and
+    (address, port) values.
     """
 
     __slots__ = ("_len", "blocks")
@@ -200,8 +196,8 @@ class _Claimed:
     """What a Service put in, kept to take it out again (keys only: values live once, in
     the ruleset)."""
 
-    # Flat, one tuple a Service: set name, how many keys, the keys; the next set name...
-    # (a tuple per set cost 8 MB more at 30k Services).
+    # Flat, one tuple a Service rather than one per set: set name, how many keys, the
+    # keys; the next set name...
     keys: tuple[str | int | ElementKey, ...]
     chains: tuple[str, ...]
     sets: tuple[str, ...]
@@ -317,7 +313,7 @@ class DesiredState:
         self._contested: dict[tuple[str, ElementKey], dict[Owner, Any]] = {}
         # Plain sets have no values to disagree on, so no owners: a key stays while anyone
         # claims it. Only keys with more than one claim are counted (a pod IP in the hairpin
-        # sets of several Services): 5 MB less than an owner per key at 30k Services.
+        # sets of several Services), which is far smaller than an owner per key.
         self._claims: dict[tuple[str, ElementKey], int] = {}
         self._firewalls = {
             allow: _Firewalls(self._plain_elements(firewall_of(allow)), self._plain_elements(allow))
@@ -589,7 +585,7 @@ class DesiredState:
                 else:
                     before = self.changes.before.setdefault(set_name, {})
                     # Not `new.keys() - before.keys()`: CPython builds that by walking all
-                    # of `before`, which made a sync of 10k changed Services quadratic.
+                    # of `before`, which made a sync of many changed Services quadratic.
                     for key in new:
                         if key not in before:
                             before[key] = store.get(key, MISSING)
@@ -607,7 +603,7 @@ class DesiredState:
 
     def _shared_picks(self, picks: set[PickSpec]) -> frozenset[PickSpec]:
         # Most Services use one of a handful of pick chains: one frozenset per combination
-        # rather than one per Service (6 MB at 30k Services).
+        # rather than one per Service.
         key = frozenset(picks)
         return self._pick_sets.setdefault(key, key)
 

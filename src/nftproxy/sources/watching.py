@@ -1,13 +1,7 @@
-"""A directory of manifests as a source of cluster state, for standalone load balancing.
-
-Files are polled (mtime, size, inode), so editors that replace files and ConfigMap volumes
-that swap symlinks are both seen. Only changed files are parsed again. A file that fails to
-parse keeps its objects' last good state, and so does each object that became invalid:
-a typo never tears down a working Service. A symlink that cannot be followed (dangling or
-looping) is reported once, as a file error, until it changes; a FIFO, socket or device in
-a directory is skipped with a warning, once. An object defined in two files keeps the
-definition of the first file in sorted order, and the other is reported once.
-"""
+"""A directory of manifests as a source of cluster state (`nftproxy run --manifests`), polled
+by mtime, size and inode so that replaced files and swapped ConfigMap symlinks are seen;
+only changed files are parsed again. What it does with broken files and objects: README,
+"The daemon on a manifest directory"."""
 
 from __future__ import annotations
 
