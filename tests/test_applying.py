@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import build, endpoints, ep, port, service
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from kernel import nft_in
-from strategies import cidr_lists, cidrs
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
@@ -18,6 +15,9 @@ from nftproxy.kernel.errors import NftError
 from nftproxy.kernel.nftbinary import NftBinary
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
+from tests.support.builders import build, endpoints, ep, port, service
+from tests.support.kernel import nft_in
+from tests.support.strategies import cidr_lists, cidrs
 
 pytestmark = pytest.mark.kernel
 

@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from builders import build, endpoints, ep, port, service
-from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
@@ -62,6 +60,8 @@ from nftproxy.ruleset.schema import (
     typeof_port,
 )
 from nftproxy.ruleset.transaction import AddElements, AddSet, AddTable, DeleteElements
+from tests.support.builders import build, endpoints, ep, port, service
+from tests.support.kernel import nft_in
 
 L4PROTO = SetField("inet_proto", "meta l4proto")
 NODE = NodeConfig(cluster_cidrs=("10.244.0.0/16", "fd00:244::/64"))

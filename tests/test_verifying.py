@@ -10,8 +10,6 @@ import re
 import time
 
 import pytest
-from builders import NODE, build, endpoints, ep, port, service
-from kernel import nft_in
 
 from nftproxy import applying, verifying
 from nftproxy.kernel.backend import open_backend
@@ -20,6 +18,8 @@ from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.desired import MISSING, UNKNOWN
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.schema import RECORD
+from tests.support.builders import NODE, build, endpoints, ep, port, service
+from tests.support.kernel import nft_in
 
 pytestmark = pytest.mark.kernel
 

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kernel import nft_in
+
+from tests.support.kernel import nft_in
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.kernel

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from apiserver import ControlPlane, start_control_plane
 
 from nftproxy.kube.objects import (
     RawEndpointSlice,
@@ -20,6 +19,7 @@ from nftproxy.kube.objects import (
     to_service,
     to_slice,
 )
+from tests.kube.apiserver import ControlPlane, start_control_plane
 
 NS = "nftproxy-it"
 SERVICES = f"/api/v1/namespaces/{NS}/services"

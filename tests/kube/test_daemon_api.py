@@ -12,8 +12,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from apiserver import _free_ports, start_control_plane
-from kernel import nft_in
+from tests.kube.apiserver import _free_ports, start_control_plane
+from tests.support.kernel import nft_in
 
 SERVICE = {
     "apiVersion": "v1",
@@ -168,9 +168,8 @@ def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tm
 def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
     """The daemon (in the host namespace, programming a lab node's namespace) follows the
     API; an outside client's connections follow the Service as it changes."""
-    from kernel import require_kernel
-
     from nftproxy.lab import Lab, default_topology
+    from tests.support.kernel import require_kernel
 
     require_kernel()
     with (
@@ -286,7 +285,7 @@ def test_the_daemon_relists_after_a_restart_into_compacted_history_and_applies_t
 
 
 def test_service_cidrs_come_from_the_api_including_the_default_one(netns, tmp_path):
-    from apiserver import SERVICE_CIDR
+    from tests.kube.apiserver import SERVICE_CIDR
 
     def ranges() -> str:
         return table(netns, "g1-service-cidrs4")

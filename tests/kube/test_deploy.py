@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver import ControlPlane, start_control_plane
 
 from nftproxy.kube.proxyconfig import parse
+from tests.kube.apiserver import ControlPlane, start_control_plane
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")

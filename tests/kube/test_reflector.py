@@ -15,9 +15,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from apiserver import ControlPlane, start_control_plane
-from builders import service as model_service
-from recording import RecordingSink, wait_for
 
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
 from nftproxy.kube.reflector import (
@@ -31,6 +28,9 @@ from nftproxy.kube.reflector import (
     ServiceResource,
 )
 from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
+from tests.kube.apiserver import ControlPlane, start_control_plane
+from tests.support.builders import service as model_service
+from tests.support.recording import RecordingSink, wait_for
 
 # Fast retries so that reconnects fit in a test's budget.
 OPTIONS: dict[str, Any] = {"backoff_initial": 0.2, "backoff_max": 1.0}

@@ -6,13 +6,13 @@ to overlapping intervals as one transaction. The forms below were read from the 
 from __future__ import annotations
 
 import pytest
-from builders import OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 from nftproxy.config import NodeConfig
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.listing import applied_from_json
 from nftproxy.ruleset.schema import interval_atoms
 from nftproxy.ruleset.transaction import AddElements, DeleteElements, Transaction
+from tests.support.builders import OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 LB = "198.51.100.10"
 
