@@ -5,7 +5,7 @@
                         [--seconds 60] [--min-sync-period 0] [--quick]
                         [--out bench/results/api-<date>.json] [--markdown docs/benchmarks.md]
 
-For each N: start etcd + kube-apiserver on loopback (tests/kube/apiserver.py), create N
+For each N: start etcd + kube-apiserver on loopback (nftproxy.lab.apiserver), create N
 ClusterIP Services and N EndpointSlices (E endpoints each over 3 nodes), then
 
 1. cold start: start the daemon into a fresh network namespace and time process start ->
@@ -43,13 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import ip4, machine_info, save_report, write_markdown  # bench/common.py
+
+from nftproxy.lab import apiserver as kube
+from nftproxy.lab.netns import die_with_parent, stop_processes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-
-import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
-from common import ip4, machine_info, save_report, write_markdown  # noqa: E402  (bench/)
-
-from nftproxy.lab.netns import die_with_parent, stop_processes  # noqa: E402
 
 TARGETS = {"cold_start_s": 10.0, "event_p99_ms": 50.0, "rss_mb": 150.0}
 MARK_BEGIN = "<!-- api:begin -->"
@@ -923,7 +922,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/api.py needs root (network namespaces, nftables)", file=sys.stderr)
         return 1
-    kube.find_binaries()  # fails early (pytest.skip) when kube-apiserver/etcd are missing
+    try:
+        kube.find_binaries()  # fail early when kube-apiserver/etcd are not built
+    except kube.BinariesMissing as exc:
+        print(f"bench/api.py {exc}", file=sys.stderr)
+        return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

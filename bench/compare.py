@@ -5,7 +5,7 @@
     sudo .venv/bin/python bench/compare.py --quick    # N = 400, 1k (< 5 min)
     .venv/bin/python bench/compare.py --render bench/results/<date>.json   # docs only
 
-One kube-apiserver + etcd (tests/kube/apiserver.py) holds N ClusterIP Services x 10 ready
+One kube-apiserver + etcd (nftproxy.lab.apiserver) holds N ClusterIP Services x 10 ready
 endpoints; sizes run in ascending order and the objects are only ever added. For each N
 and each proxy, in a fresh set of network namespaces:
 
@@ -60,16 +60,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import api as apibench  # bench/api.py: API client, object bodies, processes
+from anchors import kubeproxy, nftlb
+from common import ip4, machine_info, write_markdown
+
+from nftproxy.lab import apiserver as kube
+from nftproxy.lab.netns import descendants, kill_if_unchanged
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-
-import api as apibench  # noqa: E402  (bench/api.py: API client, object bodies, processes)
-import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
-from anchors import kubeproxy, nftlb  # noqa: E402
-from common import ip4, machine_info, write_markdown  # noqa: E402
-
-from nftproxy.lab.netns import descendants, kill_if_unchanged  # noqa: E402
 
 MARK_BEGIN = "<!-- compare:begin -->"
 MARK_END = "<!-- compare:end -->"
@@ -1025,7 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (see bench/README.md)", file=sys.stderr)
         return 1
-    kube.find_binaries()
+    try:
+        kube.find_binaries()
+    except kube.BinariesMissing as exc:
+        print(f"bench/compare.py {exc}", file=sys.stderr)
+        return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from nftproxy.kube.proxyconfig import parse
-from tests.kube.apiserver import ControlPlane, start_control_plane
+from nftproxy.lab.apiserver import ControlPlane
+from tests.support.control_plane import start_control_plane
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")

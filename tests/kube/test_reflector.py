@@ -27,9 +27,10 @@ from nftproxy.kube.reflector import (
     Reflector,
     ServiceResource,
 )
+from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
-from tests.kube.apiserver import ControlPlane, start_control_plane
 from tests.support.builders import service as model_service
+from tests.support.control_plane import start_control_plane
 from tests.support.recording import RecordingSink, wait_for
 
 # Fast retries so that reconnects fit in a test's budget.
