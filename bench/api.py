@@ -13,7 +13,7 @@ ClusterIP Services and N EndpointSlices (E endpoints each over 3 nodes), then
    checked against the number of elements in the frontends map); RSS afterwards;
 2. event-to-kernel: change one endpoint IP per PUT at --rate changes/s for --seconds and
    time each PUT's send -> the kernel's notification of the new IP's map element in the
-   namespace (bench/element_monitor.py).
+   namespace (nftproxy.lab.element_monitor).
 
 Needs root. Everything runs in network namespaces `nftproxy-apibench-<pid>-<n>` and on
 127.0.0.1; the namespaces and every process started here are removed/stopped on exit,
@@ -500,7 +500,7 @@ class WatchProbe:
 
 
 class Monitor:
-    """bench/element_monitor.py in the namespace: when each new IP is committed to a map.
+    """nftproxy.lab.element_monitor in the namespace: when each new IP is committed to a map.
 
     It reads the kernel's nftables notifications (no ruleset load, unlike `nft monitor`)
     and stamps each element with CLOCK_MONOTONIC as it arrives; the same clock as ours.
@@ -518,7 +518,8 @@ class Monitor:
                 "exec",
                 netns,
                 sys.executable,
-                str(ROOT / "bench" / "element_monitor.py"),
+                "-m",
+                "nftproxy.lab.element_monitor",
                 "--prefix",
                 "10.200.",
             ],
@@ -530,7 +531,7 @@ class Monitor:
         self.thread = threading.Thread(target=self._read, name="monitor", daemon=True)
         self.thread.start()
         if not self.ready.wait(10):
-            raise RuntimeError("bench/element_monitor.py did not start")
+            raise RuntimeError("nftproxy.lab.element_monitor did not start")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -878,7 +879,7 @@ def markdown(report: dict[str, Any]) -> str:
         " The elements column says which generation of maps holds them and how many syncs "
         "the daemon made until then (an early sync of the empty skeleton counts). "
         "Event-to-kernel = PUT sent -> the kernel's notification of the new IP's map element "
-        "in the namespace (`bench/element_monitor.py` subscribed to nftables' netlink "
+        "in the namespace (`nftproxy.lab.element_monitor` subscribed to nftables' netlink "
         "group, stamped on arrival), so it includes "
         "the apiserver and etcd write, the watch, the daemon and the kernel. The split next "
         "to it uses a second watch on all EndpointSlices held by this benchmark (same "

@@ -1,7 +1,8 @@
-#!/usr/bin/env python3
 """Print when set elements carrying given IPv4 addresses are committed to nftables.
 
-    ip netns exec <ns> python bench/element_monitor.py [--prefix 10.200.] [--anywhere]
+    ip netns exec <ns> python -m nftproxy.lab.element_monitor [--prefix 10.200.] [--anywhere]
+
+The benchmarks' clock for "in the kernel" (bench/api.py, bench/compare.py).
 
 Subscribes to the kernel's nftables notifications (netlink group NFNLGRP_NFTABLES) and,
 for every new set or map element, prints `<CLOCK_MONOTONIC seconds> <ipv4>` for each IPv4
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             data = sock.recv(1 << 20)
             now = time.monotonic()
-            lines = []
+            lines: list[str] = []
             for kind, start, end in messages(data):
                 if raw is not None:
                     if kind >> 8 == NFNL_SUBSYS_NFTABLES:

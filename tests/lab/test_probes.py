@@ -1,5 +1,5 @@
-"""The benchmarks' instruments, checked against a real kernel: a probe that misses or
-misreads would make every number built on it wrong."""
+"""The benchmarks' instruments (nftproxy.lab's probes), checked against a real kernel: a
+probe that misses or misreads would make every number built on it wrong."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.support.kernel import nft_in
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.kernel
 
 
 def _monitor(netns: str, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, str(BENCH / "element_monitor.py"), *args],
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "nftproxy.lab.element_monitor", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -77,7 +75,7 @@ def test_connect_probe_measures_connects_and_counts_failures(netns):
     )
     try:
         assert server.stdout is not None and b"ready" in server.stdout.readline()
-        probe = [sys.executable, str(BENCH / "connect_probe.py")]
+        probe = [sys.executable, "-m", "nftproxy.lab.connect_probe"]
         out = subprocess.run(
             [
                 *("ip", "netns", "exec", netns, *probe, "latency"),
