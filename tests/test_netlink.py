@@ -3,10 +3,7 @@
 The kernel tests load the same elements twice, through ElementWriter into one namespace and
 through nft text into another, and require identical `nft -j` listings: that pins the byte
 encoding of every set shape nftproxy uses to nft's own. Namespaces are created here and
-deleted whatever happens.
-
-The benchmark at the end runs only when asked:
-    NFTPROXY_NETLINK_BENCH=100000,785000 pytest tests/test_netlink.py -k bench -s
+deleted whatever happens. The benchmark of this write path is bench/netlink.py.
 """
 
 from __future__ import annotations
@@ -15,12 +12,10 @@ import errno
 import json
 import os
 import random
-import resource
 import shutil
 import struct
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -672,83 +667,6 @@ def test_a_missing_namespace_is_an_error() -> None:
     with pytest.raises(NftError, match="does not exist") as info:
         ElementWriter(f"nftp-nl-missing-{uuid.uuid4().hex[:8]}")
     assert info.value.kind == "not-found"
-
-
-# --- benchmark (opt-in) -------------------------------------------------------------------------
-
-
-def bench_ops(n: int) -> list[AddElements | DeleteElements]:
-    """nftproxy's shape: n endpoint elements, 25 per frontend, distinct VIPs and backends."""
-    items = []
-    for i in range(n):
-        f = i // 25
-        vip = f"10.{96 + (f >> 16)}.{f >> 8 & 255}.{f & 255}"
-        proto = ("tcp", "udp", "sctp")[f % 3]
-        backend = f"10.{128 + (i >> 16 & 63)}.{i >> 8 & 255}.{i & 255}"
-        items.append(((vip, proto, 80 + f % 1000, i % 25), (backend, 8080)))
-    return [AddElements("t-endpoints4", tuple(items))]
-
-
-def _cpu() -> tuple[float, float]:
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
-
-
-@pytest.mark.kernel
-def test_bench(make_ns: Callable[[], str]) -> None:
-    sizes = os.environ.get("NFTPROXY_NETLINK_BENCH")
-    if not sizes:
-        pytest.skip("benchmark: set NFTPROXY_NETLINK_BENCH=100000,785000 (and use -s)")
-    skeleton = skeleton_text()
-    for n in map(int, sizes.split(",")):
-        ops = bench_ops(n)
-        rows = []
-        # netlink: encode (Python) then send (kernel work happens inside send())
-        ns = make_ns()
-        nft(ns, "-f", "-", stdin=skeleton)
-        with ElementWriter(ns) as w:
-            w.encode(bench_ops(1000), TYPES)  # warm the generated builders
-            t0, c0 = time.perf_counter(), _cpu()
-            batch = w.encode(ops, TYPES)
-            t1, c1 = time.perf_counter(), _cpu()
-            w.send(batch)
-            t2, c2 = time.perf_counter(), _cpu()
-        rows.append(("netlink: encode", t1 - t0, c1[0] - c0[0], c1[1] - c0[1]))
-        rows.append(("netlink: send+commit", t2 - t1, c2[0] - c1[0], c2[1] - c1[1]))
-        rows.append(("netlink: total", t2 - t0, c2[0] - c0[0], c2[1] - c0[1]))
-        # libnftables: render text, then nft_run_cmd_from_buffer
-        ns = make_ns()
-        nft(ns, "-f", "-", stdin=skeleton)
-        lib = LibNftables(ns)
-        try:
-            t0, c0 = time.perf_counter(), _cpu()
-            text = ops_text(ops)
-            t1, c1 = time.perf_counter(), _cpu()
-            lib.run(text)
-            t2, c2 = time.perf_counter(), _cpu()
-        finally:
-            lib.close()
-        rows.append(("libnftables: render", t1 - t0, c1[0] - c0[0], c1[1] - c0[1]))
-        rows.append(("libnftables: run", t2 - t1, c2[0] - c1[0], c2[1] - c1[1]))
-        rows.append(("libnftables: total", t2 - t0, c2[0] - c0[0], c2[1] - c0[1]))
-        # nft -f (text already rendered)
-        ns = make_ns()
-        nft(ns, "-f", "-", stdin=skeleton)
-        t0, c0 = time.perf_counter(), _cpu()
-        nft(ns, "-f", "-", stdin=text)
-        t1, c1 = time.perf_counter(), _cpu()
-        rows.append(("nft -f (excl. render)", t1 - t0, c1[0] - c0[0], c1[1] - c0[1]))
-        print(
-            f"\n{n} elements, {len(batch.data) / 2**20:.1f} MiB batch, "
-            f"{len(batch.messages)} messages; Python encode "
-            f"{(rows[0][1]) / n * 1e9:.0f} ns/element"
-        )
-        print(f"{'':24} {'wall s':>8} {'user s':>8} {'sys s':>8}")
-        for name, wall, user, sys_ in rows:
-            print(f"{name:24} {wall:8.3f} {user:8.3f} {sys_:8.3f}")
 
 
 FINALIZED_INSIDE_SUBMIT = """
