@@ -1,8 +1,8 @@
-"""Writing set elements as raw nfnetlink batches (nftproxy.kernel.netlink): dumps, all or
-nothing, refusals, the generation id, batches past the default buffer, the writer's
-lifetime. Namespaces are created here and deleted whatever happens (fixtures in
-tests/kernel/conftest.py). The encoding itself: test_encoding.py; the benchmark of this
-write path: bench/netlink.py.
+"""nftables over raw netlink sockets (nftproxy.kernel.netlink): set elements written as
+nfnetlink batches (all or nothing, refusals, the generation id, batches past the default
+buffer, the writer's lifetime), dumps, and the commit monitor. Namespaces are created here
+and deleted whatever happens (fixtures in tests/kernel/conftest.py). The encoding itself:
+test_encoding.py; the benchmark of the write path: bench/netlink.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from nftproxy.ruleset.schema import DROP, ElementKey, goto
 from nftproxy.ruleset.transaction import AddElements, DeleteElements
 from tests.support.elements import CHAINS, TYPES, element_count, listing, ops_text, sample_ops
 from tests.support.kernel import nft_in, require_root
+from tests.support.tables import applied
 
 nft = nft_in
 
@@ -240,3 +242,36 @@ def test_a_backend_dropped_inside_an_executor_submit_is_finalized_without_deadlo
         check=False,
     )
     assert proc.stdout.strip() == "finalized", proc.stdout + proc.stderr
+
+
+# --- kernel: the commit monitor ---------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_the_commit_monitor_reports_transactions_on_our_table_and_nothing_else(netns):
+    backend, _ = applied(netns)
+    monitor = backend.monitor()
+    try:
+        nft_in(netns, "add", "table", "inet", "someone-else")  # not ours: not reported
+        nft_in(netns, "-f", "-", stdin=(
+            "delete element inet nftproxy g1-frontends4 { 10.96.0.11 . tcp . 81 }\n"
+            "add element inet nftproxy g1-hairpin4 { 10.9.9.9 . 10.9.9.9 }\n"
+        ))  # fmt: skip
+        nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
+        seen: list = []
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen += monitor.read(0.2)
+    finally:
+        monitor.close()
+    now = backend.generation()
+    assert [(c.generation, c.sets, c.other) for c in seen] == [
+        (now - 1, frozenset({"g1-frontends4", "g1-hairpin4"}), False),
+        (now, frozenset(), True),
+    ]
+    # Each element as a dump lists it, with whether it came or went.
+    (deleted,) = seen[0].elements["g1-frontends4"]
+    (added,) = seen[0].elements["g1-hairpin4"]
+    assert deleted[0] is False and added[0] is True
+    assert added[1] in backend.set_elements("g1-hairpin4")
+    assert deleted[1] not in backend.set_elements("g1-frontends4")
