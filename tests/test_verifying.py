@@ -113,7 +113,7 @@ def test_the_record_is_one_element_an_operator_can_read(netns):
     assert "digest of the desired state" in listing and "elements = { 1 : " in listing
 
 
-# --- the commit monitor ---------------------------------------------------------------------
+# --- the loop, woken by the commit monitor --------------------------------------------------
 
 
 def test_the_loop_repairs_what_others_change_and_ignores_other_tables(netns, monkeypatch):
