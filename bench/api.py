@@ -5,7 +5,7 @@
                         [--seconds 60] [--min-sync-period 0] [--quick]
                         [--out bench/results/api-<date>.json] [--markdown docs/benchmarks.md]
 
-For each N: start etcd + kube-apiserver on loopback (tests/kube/apiserver.py), create N
+For each N: start etcd + kube-apiserver on loopback (nftproxy.lab.apiserver), create N
 ClusterIP Services and N EndpointSlices (E endpoints each over 3 nodes), then
 
 1. cold start: start the daemon into a fresh network namespace and time process start ->
@@ -13,7 +13,7 @@ ClusterIP Services and N EndpointSlices (E endpoints each over 3 nodes), then
    checked against the number of elements in the frontends map); RSS afterwards;
 2. event-to-kernel: change one endpoint IP per PUT at --rate changes/s for --seconds and
    time each PUT's send -> the kernel's notification of the new IP's map element in the
-   namespace (bench/element_monitor.py).
+   namespace (nftproxy.lab.element_monitor).
 
 Needs root. Everything runs in network namespaces `nftproxy-apibench-<pid>-<n>` and on
 127.0.0.1; the namespaces and every process started here are removed/stopped on exit,
@@ -43,13 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import ip4, machine_info, save_report, write_markdown  # bench/common.py
+
+from nftproxy.lab import apiserver as kube
+from nftproxy.lab.netns import die_with_parent, stop_processes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-
-import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
-from common import ip4, machine_info, save_report, write_markdown  # noqa: E402  (bench/)
-
-from nftproxy.lab.netns import die_with_parent, stop_processes  # noqa: E402
 
 TARGETS = {"cold_start_s": 10.0, "event_p99_ms": 50.0, "rss_mb": 150.0}
 MARK_BEGIN = "<!-- api:begin -->"
@@ -501,7 +500,7 @@ class WatchProbe:
 
 
 class Monitor:
-    """bench/element_monitor.py in the namespace: when each new IP is committed to a map.
+    """nftproxy.lab.element_monitor in the namespace: when each new IP is committed to a map.
 
     It reads the kernel's nftables notifications (no ruleset load, unlike `nft monitor`)
     and stamps each element with CLOCK_MONOTONIC as it arrives; the same clock as ours.
@@ -519,7 +518,8 @@ class Monitor:
                 "exec",
                 netns,
                 sys.executable,
-                str(ROOT / "bench" / "element_monitor.py"),
+                "-m",
+                "nftproxy.lab.element_monitor",
                 "--prefix",
                 "10.200.",
             ],
@@ -531,7 +531,7 @@ class Monitor:
         self.thread = threading.Thread(target=self._read, name="monitor", daemon=True)
         self.thread.start()
         if not self.ready.wait(10):
-            raise RuntimeError("bench/element_monitor.py did not start")
+            raise RuntimeError("nftproxy.lab.element_monitor did not start")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -879,7 +879,7 @@ def markdown(report: dict[str, Any]) -> str:
         " The elements column says which generation of maps holds them and how many syncs "
         "the daemon made until then (an early sync of the empty skeleton counts). "
         "Event-to-kernel = PUT sent -> the kernel's notification of the new IP's map element "
-        "in the namespace (`bench/element_monitor.py` subscribed to nftables' netlink "
+        "in the namespace (`nftproxy.lab.element_monitor` subscribed to nftables' netlink "
         "group, stamped on arrival), so it includes "
         "the apiserver and etcd write, the watch, the daemon and the kernel. The split next "
         "to it uses a second watch on all EndpointSlices held by this benchmark (same "
@@ -923,7 +923,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/api.py needs root (network namespaces, nftables)", file=sys.stderr)
         return 1
-    kube.find_binaries()  # fails early (pytest.skip) when kube-apiserver/etcd are missing
+    try:
+        kube.find_binaries()  # fail early when kube-apiserver/etcd are not built
+    except kube.BinariesMissing as exc:
+        print(f"bench/api.py {exc}", file=sys.stderr)
+        return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

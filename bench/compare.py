@@ -5,7 +5,7 @@
     sudo .venv/bin/python bench/compare.py --quick    # N = 400, 1k (< 5 min)
     .venv/bin/python bench/compare.py --render bench/results/<date>.json   # docs only
 
-One kube-apiserver + etcd (tests/kube/apiserver.py) holds N ClusterIP Services x 10 ready
+One kube-apiserver + etcd (nftproxy.lab.apiserver) holds N ClusterIP Services x 10 ready
 endpoints; sizes run in ascending order and the objects are only ever added. For each N
 and each proxy, in a fresh set of network namespaces:
 
@@ -20,14 +20,15 @@ API proxies) or gets them over its REST API (nftlb), and the script measures:
   Service working means the table is complete); the proxies' own first-sync figure too;
 - one change: an endpoint IP of one Service replaced (PUT of its EndpointSlice; nftlb: its
   REST call) -> the kernel's netlink notification carrying the new address
-  (bench/element_monitor.py --anywhere in the node namespace), 5 Services (3 when they
+  (nftproxy.lab.element_monitor --anywhere in the node namespace), 5 Services (3 when they
   take more than a minute), median and max;
 - peak RSS (VmHWM) of the proxy process, and chains, rules, sets, elements in the node
   namespace's nftables (`nft -j list ruleset`); kube-proxy's iptables mode runs twice,
   on iptables-nft (Debian 12's default) and on iptables-legacy (x_tables, read with
   iptables-legacy-save; its one-change time is kube-proxy's own end-of-sync timestamp);
 - data plane: TCP connect latency p50/p99 from ext to the first, middle and last Service
-  (--connects each), and new connections per second for 3 s (bench/connect_probe.py).
+  (--connects each), and new connections per second for 3 s
+  (nftproxy.lab.connect_probe).
 
 A proxy that has not synced within --limit seconds (default 600) is stopped and recorded
 as "> 10 min"; it is not run at larger N. nftlb holds at most 4095 backends in all, so it
@@ -60,16 +61,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import api as apibench  # bench/api.py: API client, object bodies, processes
+from anchors import kubeproxy, nftlb
+from common import ip4, machine_info, write_markdown
+
+from nftproxy.lab import apiserver as kube
+from nftproxy.lab.netns import descendants, kill_if_unchanged
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-
-import api as apibench  # noqa: E402  (bench/api.py: API client, object bodies, processes)
-import apiserver as kube  # type: ignore[import-not-found]  # noqa: E402  (tests/kube)
-from anchors import kubeproxy, nftlb  # noqa: E402
-from common import ip4, machine_info, write_markdown  # noqa: E402
-
-from nftproxy.lab.netns import descendants, kill_if_unchanged  # noqa: E402
 
 MARK_BEGIN = "<!-- compare:begin -->"
 MARK_END = "<!-- compare:end -->"
@@ -185,10 +185,10 @@ class Topology:
 # --- probes ------------------------------------------------------------------------------
 
 
-def start_probe(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
-    """bench/<script> inside `ns`, once it has printed "ready"."""
+def start_probe(ns: str, probe: str, *args: str) -> subprocess.Popen[str]:
+    """`python -m nftproxy.lab.<probe>` inside `ns`, once it has printed "ready"."""
     proc = apibench.start_proc(
-        ["ip", "netns", "exec", ns, sys.executable, str(BENCH / script), *args],
+        ["ip", "netns", "exec", ns, sys.executable, "-m", f"nftproxy.lab.{probe}", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -197,15 +197,15 @@ def start_probe(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         apibench.stop_proc(proc, grace=2)
-        raise RuntimeError(f"{script} did not start in {ns}")
+        raise RuntimeError(f"nftproxy.lab.{probe} did not start in {ns}")
     return proc
 
 
 class Waiter:
-    """connect_probe.py wait in ext: when a connect to `addr` first succeeds."""
+    """connect_probe wait in ext: when a connect to `addr` first succeeds."""
 
     def __init__(self, ext: str, addr: str, timeout: float) -> None:
-        self.proc = start_probe(ext, "connect_probe.py", "wait", addr, "--timeout", str(timeout))
+        self.proc = start_probe(ext, "connect_probe", "wait", addr, "--timeout", str(timeout))
 
     def result(self) -> tuple[float, str] | None:
         """CLOCK_MONOTONIC of the first success and what the server said, or None at the
@@ -223,12 +223,12 @@ class Waiter:
 
 
 class ChangeMonitor:
-    """element_monitor.py --anywhere in the node namespace: when new addresses land."""
+    """element_monitor --anywhere in the node namespace: when new addresses land."""
 
     def __init__(self, node: str) -> None:
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
-        self.proc = start_probe(node, "element_monitor.py", "--anywhere", "--prefix", "10.201.")
+        self.proc = start_probe(node, "element_monitor", "--anywhere", "--prefix", "10.201.")
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -251,7 +251,7 @@ class ChangeMonitor:
 
 
 def probe_json(ext: str, *args: str) -> dict[str, Any]:
-    out = sh(ext, sys.executable, str(BENCH / "connect_probe.py"), *args, timeout=900)
+    out = sh(ext, sys.executable, "-m", "nftproxy.lab.connect_probe", *args, timeout=900)
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -1025,7 +1025,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (see bench/README.md)", file=sys.stderr)
         return 1
-    kube.find_binaries()
+    try:
+        kube.find_binaries()
+    except kube.BinariesMissing as exc:
+        print(f"bench/compare.py {exc}", file=sys.stderr)
+        return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

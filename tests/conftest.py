@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from daemon import Daemon
-from kernel import ip, require_kernel
+
+from tests.support.daemon import Daemon
+from tests.support.kernel import ip, require_kernel
 
 
 @pytest.fixture

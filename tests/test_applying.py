@@ -5,62 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import build, endpoints, ep, port, service
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from kernel import nft_in
-from strategies import cidr_lists, cidrs
 
 from nftproxy import applying
 from nftproxy.config import NodeConfig
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.errors import NftError
-from nftproxy.kernel.nftbinary import NftBinary
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
+from tests.support.builders import build, endpoints, ep, port, service
+from tests.support.kernel import nft_in
+from tests.support.strategies import cidr_lists, cidrs
+from tests.support.tables import builder, cluster
 
 pytestmark = pytest.mark.kernel
-
-
-def cluster(n_endpoints: int = 3, *, affinity: bool = False):
-    svcs = [
-        service(
-            "web",
-            ports=[port(80, node_port=30080)],
-            cluster_ips=("10.96.0.10", "fd00:96::10"),
-            load_balancer_ips=("198.51.100.10",),
-            load_balancer_source_ranges=("203.0.113.0/24",),
-        ),
-        service(
-            "dns",
-            cluster_ips=("10.96.0.53",),
-            ports=[port(53, name="dns", proto="udp")],
-            affinity_timeout=300 if affinity else None,
-        ),
-        service("empty", cluster_ips=("10.96.0.99",)),
-    ]
-    slices = [
-        endpoints(
-            "web",
-            [
-                ep(f"10.244.{i % 2}.{i + 2}", "node-a" if i % 2 else "node-b")
-                for i in range(n_endpoints)
-            ],
-        ),
-        endpoints("web", [ep("fd00:244::5")], family=6),
-        endpoints(
-            "dns",
-            [ep("10.244.0.53"), ep("10.244.1.53", "node-b")],
-            name="dns",
-            proto="udp",
-            target=53,
-        ),
-    ]
-    return svcs, slices
-
-
-def builder(svcs, slices):
-    return lambda names: build(svcs, slices, names=names)
 
 
 def test_apply_then_read_back_equals_the_desired_state_element_by_element(netns):
@@ -233,23 +192,6 @@ def test_cleanup_removes_only_nftproxy_and_leaves_other_tables_byte_identical(ne
     assert applying.cleanup(backend) is True
     assert nft_in(netns, "list", "ruleset") == before
     assert applying.cleanup(backend) is False
-
-
-def test_the_nft_binary_backend_gives_the_same_table_as_libnftables(netns, make_netns):
-    svcs, slices = cluster(affinity=True)
-    lib = open_backend(netns, prefer="lib")
-    applying.run_plan(lib, applying.make_plan(builder(svcs, slices), None))
-    other = make_netns()
-    binary = NftBinary(other)
-    applying.run_plan(binary, applying.make_plan(builder(svcs, slices), None))
-    assert applying.read_applied(lib) == applying.read_applied(binary)
-    doc = json.loads(nft_in(other, "-j", "list", "table", "inet", "nftproxy"))
-    assert any("map" in item for item in doc["nftables"])
-
-
-def test_opening_a_missing_namespace_is_a_clear_error():
-    with pytest.raises(NftError, match="does not exist"):
-        open_backend("nftproxy-no-such-namespace")
 
 
 def test_new_chains_come_first_and_removals_last(netns):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kernel import nft_in
-from samples import frontends, two_files
 
 from nftproxy import cli
 from nftproxy.proxier import Proxier
+from tests.support.kernel import nft_in
+from tests.support.samples import frontends, two_files
 
 DATA = Path(__file__).parent / "data"
 CLUSTER = str(DATA / "cluster.yaml")

@@ -8,21 +8,16 @@ prove the entry is stuck, then that `clear_stale` unsticks it.
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from kernel import require_kernel
 
 from nftproxy import conntrack
 from nftproxy.conntrack import ConntrackCleaner, Flow, Stale
-
-sys.path.insert(0, str(Path(__file__).parent / "e2e"))
-from e2e_cluster import HTTP, Cluster, endpoint, slice_of, svc
-
 from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import Lab, default_topology
+from tests.support.e2e_cluster import HTTP, Cluster, endpoint, slice_of, svc
+from tests.support.kernel import require_kernel
 
 VIP = "10.96.0.53"
 PORT = 53

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import FEATURES, FEATURES_NODE, run_args
-from kernel import nft_in, require_kernel
-from samples import dns, frontends, two_files, web
 
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab import Lab, default_topology
+from tests.support.daemon import FEATURES, FEATURES_NODE, run_args
+from tests.support.kernel import nft_in, require_kernel
+from tests.support.samples import dns, frontends, two_files, web
 
 pytestmark = pytest.mark.kernel
 

@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from kernel import require_kernel
+
+from tests.support.kernel import require_kernel
 
 
 def namespaces() -> set[str]:

@@ -4,9 +4,9 @@ in namespaces the tests create."""
 from __future__ import annotations
 
 import pytest
-from kernel import ip
 
 from nftproxy.interfaces import InterfaceAddresses
+from tests.support.kernel import ip
 
 pytestmark = pytest.mark.kernel
 

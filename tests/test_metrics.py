@@ -8,12 +8,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from builders import NODE, endpoints, ep, port, service
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from nftproxy.metrics import PROGRAMMING_BUCKETS, SYNC_BUCKETS, Metrics
 from nftproxy.proxier import SyncResult, SyncStats
+from tests.support.builders import NODE, endpoints, ep, port, service
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

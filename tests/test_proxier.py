@@ -9,9 +9,6 @@ import weakref
 from pathlib import Path
 
 import pytest
-from builders import NODE, build, endpoints, ep, port, service
-from daemon import run_args
-from kernel import nft_in
 
 from nftproxy import applying
 from nftproxy.kernel.backend import open_backend
@@ -19,6 +16,9 @@ from nftproxy.kernel.errors import NftError
 from nftproxy.proxier import Proxier, SyncLimiter
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
+from tests.support.builders import NODE, build, endpoints, ep, port, service
+from tests.support.daemon import run_args
+from tests.support.kernel import nft_in
 
 WEB = service("web", ports=[port(80, node_port=30080)])
 

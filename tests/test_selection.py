@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from builders import NODE, endpoints, ep, port
-
 from nftproxy.selection import select
+from tests.support.builders import NODE, endpoints, ep, port
 
 HTTP = port(80)
 

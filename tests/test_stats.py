@@ -1,4 +1,4 @@
-"""The statistical test support (tests/stats.py), checked against independent computations:
+"""The statistical test support (tests/support/stats.py), checked against independent computations:
 exact combinatorics for the coupon collector, numerical integration of the density and
 published table values for chi-squared."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from stats import (
+
+from tests.support.stats import (
     FALSE_FAILURE,
     chi2_critical,
     chi2_even,

@@ -10,8 +10,6 @@ import re
 import time
 
 import pytest
-from builders import NODE, build, endpoints, ep, port, service
-from kernel import nft_in
 
 from nftproxy import applying, verifying
 from nftproxy.kernel.backend import open_backend
@@ -20,22 +18,11 @@ from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.desired import MISSING, UNKNOWN
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.schema import RECORD
+from tests.support.builders import NODE, build, endpoints, ep
+from tests.support.kernel import nft_in
+from tests.support.tables import API, SLICES, WEB, applied
 
 pytestmark = pytest.mark.kernel
-
-WEB = service("web", ports=[port(80, node_port=30080)], load_balancer_ips=("198.51.100.1",))
-API = service("api", cluster_ips=("10.96.0.11",), ports=[port(81)])
-SLICES = [
-    endpoints("web", [ep("10.244.1.1"), ep("10.244.1.2"), ep("10.244.2.3", "node-b")]),
-    endpoints("api", [ep("10.244.1.9")], target=9090),
-]
-
-
-def applied(netns: str):
-    backend = open_backend(netns)
-    ruleset = build([WEB, API], SLICES, names=Names("g1-"))
-    applying.run_plan(backend, applying.make_plan(lambda names: ruleset, None))
-    return backend, ruleset
 
 
 def structure(backend) -> AppliedState:
@@ -126,36 +113,7 @@ def test_the_record_is_one_element_an_operator_can_read(netns):
     assert "digest of the desired state" in listing and "elements = { 1 : " in listing
 
 
-# --- the commit monitor ---------------------------------------------------------------------
-
-
-def test_the_commit_monitor_reports_transactions_on_our_table_and_nothing_else(netns):
-    backend, _ = applied(netns)
-    monitor = backend.monitor()
-    try:
-        nft_in(netns, "add", "table", "inet", "someone-else")  # not ours: not reported
-        nft_in(netns, "-f", "-", stdin=(
-            "delete element inet nftproxy g1-frontends4 { 10.96.0.11 . tcp . 81 }\n"
-            "add element inet nftproxy g1-hairpin4 { 10.9.9.9 . 10.9.9.9 }\n"
-        ))  # fmt: skip
-        nft_in(netns, "add", "rule", "inet", "nftproxy", "g1-services4", "counter")
-        seen: list = []
-        deadline = time.monotonic() + 5
-        while len(seen) < 2 and time.monotonic() < deadline:
-            seen += monitor.read(0.2)
-    finally:
-        monitor.close()
-    now = backend.generation()
-    assert [(c.generation, c.sets, c.other) for c in seen] == [
-        (now - 1, frozenset({"g1-frontends4", "g1-hairpin4"}), False),
-        (now, frozenset(), True),
-    ]
-    # Each element as a dump lists it, with whether it came or went.
-    (deleted,) = seen[0].elements["g1-frontends4"]
-    (added,) = seen[0].elements["g1-hairpin4"]
-    assert deleted[0] is False and added[0] is True
-    assert added[1] in backend.set_elements("g1-hairpin4")
-    assert deleted[1] not in backend.set_elements("g1-frontends4")
+# --- the loop, woken by the commit monitor --------------------------------------------------
 
 
 def test_the_loop_repairs_what_others_change_and_ignores_other_tables(netns, monkeypatch):

@@ -1,5 +1,5 @@
 // Throwaway module that builds a real kube-apiserver and etcd for the
-// nftproxy integration tests (see build.sh and tests/kube/apiserver.py), and
+// nftproxy integration tests (see build.sh and src/nftproxy/lab/apiserver.py), and
 // on request the upstream kube-proxy for the comparison benchmark.
 // Nothing here is shipped; the module exists only to pin versions.
 module nftproxy.invalid/hack/k8s

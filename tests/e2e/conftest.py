@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_cluster import ECHO, HTTP, Cluster
-from kernel import require_kernel
 
 from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import Lab, default_topology
+from tests.support.e2e_cluster import ECHO, HTTP, Cluster
+from tests.support.kernel import require_kernel
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from e2e_cluster import Cluster, endpoint, slice_of, svc
 
 from nftproxy.kernel.netns import run_in_netns
+from tests.support.e2e_cluster import Cluster, endpoint, slice_of, svc
 
 pytestmark = pytest.mark.kernel
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel import require_kernel
 
 from nftproxy.lab import Lab, default_topology
+from tests.support.kernel import require_kernel
 
 pytestmark = pytest.mark.kernel
 

@@ -29,16 +29,25 @@ import math
 from collections.abc import Callable, Iterator
 
 import pytest
-from kernel import require_kernel
-from packet_flows import DROP, REJECT, UNCHANGED, Flow, Outcome, Table, endpoint_text, join
-from packet_flows import tables as flow_tables
-from raw_sctp import crc32c, probe
 
 from nftproxy import applying
 from nftproxy.kernel.backend import open_backend
 from nftproxy.lab import External, Lab, Node, Pod, Result, Topology
 from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import DesiredState, Ruleset
+from tests.support.kernel import require_kernel
+from tests.support.packet_flows import (
+    DROP,
+    REJECT,
+    UNCHANGED,
+    Flow,
+    Outcome,
+    Table,
+    endpoint_text,
+    join,
+)
+from tests.support.packet_flows import tables as flow_tables
+from tests.support.raw_sctp import crc32c, probe
 
 pytestmark = pytest.mark.kernel
 

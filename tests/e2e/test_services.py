@@ -13,8 +13,9 @@ import time
 from collections import Counter
 
 import pytest
-from e2e_cluster import ECHO, HTTP, Cluster, endpoint, slice_of, svc
-from stats import chi2_critical, chi2_even, samples_to_see_all
+
+from tests.support.e2e_cluster import ECHO, HTTP, Cluster, endpoint, slice_of, svc
+from tests.support.stats import chi2_critical, chi2_even, samples_to_see_all
 
 pytestmark = pytest.mark.kernel
 
@@ -23,7 +24,7 @@ NODE2_PODS = ("pod-4", "pod-5", "pod-6")
 ALL_PODS = NODE1_PODS + NODE2_PODS
 # Endpoints are picked at random, so "every endpoint answered" can fail a correct proxy by
 # chance. Each such check sends samples_to_see_all(k) connections for k endpoints: then it
-# fails with probability at most k * (1 - 1/k)^n <= 1e-7 (tests/stats.py), i.e. 99
+# fails with probability at most k * (1 - 1/k)^n <= 1e-7 (tests/support/stats.py), i.e. 99
 # connections for 6 endpoints, 43 for 3, 25 for 2.
 SEE_6 = samples_to_see_all(6)
 SEE_3 = samples_to_see_all(3)

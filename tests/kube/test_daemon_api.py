@@ -12,8 +12,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from apiserver import _free_ports, start_control_plane
-from kernel import nft_in
+from nftproxy.lab.apiserver import free_ports
+from tests.support.control_plane import start_control_plane
+from tests.support.kernel import nft_in
 
 SERVICE = {
     "apiVersion": "v1",
@@ -78,7 +79,7 @@ def user_binding(role: str) -> dict:
 def test_the_daemon_follows_the_api_and_serves_health_and_metrics(netns, tmp_path):
     with start_control_plane(tmp_path / "cp") as cp:
         kubeconfig = cp.kubeconfig(tmp_path / "kubeconfig", cp.admin_token)
-        health_port, metrics_port = _free_ports(2)
+        health_port, metrics_port = free_ports(2)
         proc = subprocess.Popen(
             daemon_argv(
                 kubeconfig,
@@ -168,9 +169,8 @@ def test_the_deployed_cluster_role_is_enough_and_less_is_a_clear_error(netns, tm
 def test_api_changes_reach_real_traffic_in_the_lab(tmp_path):
     """The daemon (in the host namespace, programming a lab node's namespace) follows the
     API; an outside client's connections follow the Service as it changes."""
-    from kernel import require_kernel
-
     from nftproxy.lab import Lab, default_topology
+    from tests.support.kernel import require_kernel
 
     require_kernel()
     with (
@@ -286,7 +286,7 @@ def test_the_daemon_relists_after_a_restart_into_compacted_history_and_applies_t
 
 
 def test_service_cidrs_come_from_the_api_including_the_default_one(netns, tmp_path):
-    from apiserver import SERVICE_CIDR
+    from nftproxy.lab.apiserver import SERVICE_CIDR
 
     def ranges() -> str:
         return table(netns, "g1-service-cidrs4")

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver import ControlPlane, start_control_plane
 
+from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.proxyconfig import parse
+from tests.support.control_plane import start_control_plane
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")

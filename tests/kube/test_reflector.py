@@ -15,9 +15,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from apiserver import ControlPlane, start_control_plane
-from builders import service as model_service
-from recording import RecordingSink, wait_for
 
 from nftproxy.daemon import ProxierSink
 from nftproxy.kube.client import Client, ClusterConfig, Forbidden, load_kubeconfig
@@ -30,7 +27,11 @@ from nftproxy.kube.reflector import (
     Reflector,
     ServiceResource,
 )
+from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
+from tests.support.builders import service as model_service
+from tests.support.control_plane import start_control_plane
+from tests.support.recording import RecordingSink, wait_for
 
 # Fast retries so that reconnects fit in a test's budget.
 OPTIONS: dict[str, Any] = {"backoff_initial": 0.2, "backoff_max": 1.0}

@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 import pytest
-from recording import RecordingSink, wait_for
 
 from nftproxy.kube.client import Client, ClusterConfig
 from nftproxy.kube.objects import PROXY_NAME_LABEL
@@ -35,6 +34,7 @@ from nftproxy.kube.reflector import (
     ServiceResource,
 )
 from nftproxy.model import Service, ServiceName
+from tests.support.recording import RecordingSink, wait_for
 
 Json = dict[str, Any]
 AnyReflector = Reflector[Any, Any, Any]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from builders import NODE, OUTSIDE, build, endpoints, ep, port, reached, send, service
-
 from nftproxy.applying import generation_plan
 from nftproxy.config import NodeConfig
 from nftproxy.kernel.fake import FakeBackend
@@ -16,6 +14,7 @@ from nftproxy.ruleset.compile import Names, compile_all
 from nftproxy.ruleset.desired import Blocks, DesiredState
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.transaction import AddElements, DeleteElements
+from tests.support.builders import NODE, OUTSIDE, build, endpoints, ep, port, reached, send, service
 
 LB = "198.51.100.1"
 

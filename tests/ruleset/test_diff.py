@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from builders import build, endpoints, ep, service
-
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.ruleset.transaction import AddElements, DeleteElements, Transaction
+from tests.support.builders import build, endpoints, ep, service
 
 
 def test_a_summary_without_elements_stays_without_them_while_recording_changes():

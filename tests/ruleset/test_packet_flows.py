@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from builders import build
-from packet_flows import Flow, Table, outcome_of, tables
 
 from nftproxy.explain import explain
 from nftproxy.ruleset.desired import Ruleset
+from tests.support.builders import build
+from tests.support.packet_flows import Flow, Table, outcome_of, tables
 
 TABLES = tables()
 FLOWS = [(table, flow) for table in TABLES for flow in table.flows]

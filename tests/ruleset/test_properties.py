@@ -12,10 +12,8 @@ from __future__ import annotations
 import ipaddress
 from fractions import Fraction
 
-from builders import NODE, build, send
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import cidr_lists
 
 from nftproxy.applying import generation_plan
 from nftproxy.kernel.fake import FakeBackend
@@ -32,6 +30,8 @@ from nftproxy.ruleset.compile import Names, compile_service, group_slices
 from nftproxy.ruleset.desired import DesiredState
 from nftproxy.ruleset.diff import AppliedState, diff
 from nftproxy.selection import select
+from tests.support.builders import NODE, build, send
+from tests.support.strategies import cidr_lists
 
 NODES = ("node-a", "node-b")
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from builders import NODE, OUTSIDE, POD, build, endpoints, ep, port, reached, send, service
-
 from nftproxy.config import node_config
+from tests.support.builders import (
+    NODE,
+    OUTSIDE,
+    POD,
+    build,
+    endpoints,
+    ep,
+    port,
+    reached,
+    send,
+    service,
+)
 
 THIRD = Fraction(1, 3)
 HALF = Fraction(1, 2)

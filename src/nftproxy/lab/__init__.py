@@ -2,7 +2,10 @@
 
 `topology` describes it, `netns` builds it (`Lab`), `echo` and `client` are the programs
 run inside it (`python -m nftproxy.lab.echo`, `python -m nftproxy.lab.client`), `result`
-is what a client reports and `session` a held connection.
+is what a client reports and `session` a held connection. Shared by tests and benchmarks
+too: `apiserver`, a real etcd + kube-apiserver on loopback, and the benchmarks' probes
+`element_monitor` (when an address reaches nftables) and `connect_probe` (TCP connects),
+both run inside a namespace with `python -m`.
 """
 
 from nftproxy.kernel.netns import run_in_netns

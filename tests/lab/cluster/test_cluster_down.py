@@ -71,7 +71,7 @@ def test_up_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
 
 
 def test_namespaces_left_by_a_deleted_directory_go_only_with_force(tmp_path: Path) -> None:
-    from kernel import require_kernel
+    from tests.support.kernel import require_kernel
 
     require_kernel()
     spec = Spec(name="f" + str(os.getpid() % 10**6), dir=tmp_path / "deleted", nodes=1)

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel import require_kernel
 
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab.cluster import e2e
 from nftproxy.lab.cluster.cluster import Cluster, bin_dir, hierarchies
 from nftproxy.lab.cluster.config import KUBELET_SYSCTLS, Spec
+from tests.support.kernel import require_kernel
 
 NEEDED = [
     "etcd",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernel import nft_in
+from tests.support.kernel import nft_in
 
 WEB = """apiVersion: v1
 kind: Service

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """TCP connects from inside a network namespace, for bench/compare.py.
 
-    ip netns exec <ns> python bench/connect_probe.py wait IP:PORT [--timeout 600]
-    ip netns exec <ns> python bench/connect_probe.py latency IP:PORT... [--count 1000]
-    ip netns exec <ns> python bench/connect_probe.py rate IP:PORT... [--seconds 3] [--workers 4]
+    ip netns exec <ns> python -m nftproxy.lab.connect_probe wait IP:PORT [--timeout 600]
+    ip netns exec <ns> python -m nftproxy.lab.connect_probe latency IP:PORT... [--count 1000]
+    ip netns exec <ns> python -m nftproxy.lab.connect_probe rate IP:PORT... [--seconds 3]
 
 wait:    connect every 10 ms until one succeeds; print the CLOCK_MONOTONIC time it did
          (the same clock as the parent's time.monotonic()) and the first line the server
@@ -25,6 +24,18 @@ import socket
 import struct
 import sys
 import time
+
+__all__ = [
+    "LINGER_RESET",
+    "cmd_latency",
+    "cmd_rate",
+    "cmd_wait",
+    "connect_once",
+    "greeting",
+    "main",
+    "quantile",
+    "target",
+]
 
 LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST: no TIME_WAIT on this side
 

@@ -1,4 +1,4 @@
-"""The real control plane fixture (apiserver.py): objects in and out over REST, RBAC,
+"""The real control plane (nftproxy.lab.apiserver): objects in and out over REST, RBAC,
 an apiserver restart, and 410 Gone for a watch from before an etcd compaction."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from apiserver import ControlPlane, start_control_plane
 
 from nftproxy.kube.objects import (
     RawEndpointSlice,
@@ -20,6 +20,8 @@ from nftproxy.kube.objects import (
     to_service,
     to_slice,
 )
+from nftproxy.lab.apiserver import BinariesMissing, ControlPlane, find_binaries
+from tests.support.control_plane import start_control_plane
 
 NS = "nftproxy-it"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
@@ -115,3 +117,17 @@ def test_control_plane(tmp_path: Path) -> None:
         assert event["type"] == "ERROR", event
         assert event["object"]["code"] == 410
         assert event["object"]["reason"] == "Expired"
+
+
+def test_missing_binaries_name_what_to_build_and_skip_a_test_unless_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NFTPROXY_K8S_CACHE", str(tmp_path))  # nothing built there
+    with pytest.raises(BinariesMissing, match=r"hack/k8s/build\.sh.*kube-apiserver, etcd"):
+        find_binaries()
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="kube-apiserver"):
+        start_control_plane(tmp_path / "cp")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BinariesMissing):
+        start_control_plane(tmp_path / "cp")

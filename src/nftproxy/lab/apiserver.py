@@ -1,9 +1,10 @@
-"""A real etcd + kube-apiserver on loopback, for tests that talk to the Kubernetes API.
+"""A real etcd + kube-apiserver on loopback, for the tests and benchmarks that talk to the
+Kubernetes API.
 
 The binaries are built once by ``hack/k8s/build.sh`` into
 ``${NFTPROXY_K8S_CACHE:-~/.cache/nftproxy/k8s}/<kubernetes version>/``; the version is the
-one pinned in ``hack/k8s/go.mod``. When they are missing the tests are skipped, except
-under ``CI=true`` where that is an error.
+one pinned in ``hack/k8s/go.mod`` of the source checkout. When they are missing,
+`BinariesMissing` says what to build (the tests skip on it, except under ``CI=true``).
 
     with start_control_plane(tmp_path) as cp:
         status, body = cp.request("GET", "/api/v1/namespaces")
@@ -30,11 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import pytest
-
 from nftproxy.lab.netns import die_with_parent, stop_processes
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/nftproxy/lab/apiserver.py
 GO_MOD = REPO / "hack" / "k8s" / "go.mod"
 BUILD_HINT = "kube-apiserver (run hack/k8s/build.sh)"
 
@@ -46,6 +45,10 @@ TEST_USER = "nftproxy"
 
 class ControlPlaneError(RuntimeError):
     """The control plane did not come up (or an etcd call failed); carries the log tails."""
+
+
+class BinariesMissing(ControlPlaneError):
+    """kube-apiserver or etcd is not built; the message names what and how to build it."""
 
 
 # --- binaries ------------------------------------------------------------------------
@@ -66,15 +69,12 @@ def binary_dir() -> Path:
 
 
 def find_binaries() -> tuple[Path, Path]:
-    """(kube-apiserver, etcd); skips the test (raises under CI=true) when not built."""
+    """(kube-apiserver, etcd); BinariesMissing when they are not built."""
     where = binary_dir()
     apiserver, etcd = where / "kube-apiserver", where / "etcd"
     missing = [p.name for p in (apiserver, etcd) if not os.access(p, os.X_OK)]
     if missing:
-        msg = f"needs {BUILD_HINT}: {', '.join(missing)} missing from {where}"
-        if os.environ.get("CI") == "true":
-            raise ControlPlaneError(msg)
-        pytest.skip(msg)
+        raise BinariesMissing(f"needs {BUILD_HINT}: {', '.join(missing)} missing from {where}")
     return apiserver, etcd
 
 
@@ -94,7 +94,7 @@ _OPENER = urllib.request.build_opener(
 )
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """n distinct free loopback ports (held open together so they differ)."""
     socks = []
     try:
@@ -238,7 +238,7 @@ class ControlPlane:
         self.dir = Path(tmpdir)
         self.timeout = timeout
         apiserver_bin, etcd_bin = find_binaries()
-        client_port, peer_port, self.port = _free_ports(3)
+        client_port, peer_port, self.port = free_ports(3)
         self.etcd_url = f"http://127.0.0.1:{client_port}"
         self.url = f"https://127.0.0.1:{self.port}"
         self.admin_token = secrets.token_hex(16)
@@ -484,7 +484,8 @@ def start_control_plane(
     """Start etcd and kube-apiserver on free loopback ports; return once /readyz is ok.
 
     Files (etcd data, certificates, keys, tokens, logs) go into ``tmpdir``. On failure
-    the processes are stopped and ControlPlaneError carries the end of both logs.
+    the processes are stopped and ControlPlaneError carries the end of both logs;
+    BinariesMissing (one) before anything starts when the binaries are not built.
 
     ``watch_cache=False`` (``--watch-cache=false``) sends every watch to etcd. Only then
     does compact() decide which resourceVersions expire: with the watch cache (the
@@ -501,9 +502,13 @@ def start_control_plane(
 
 __all__ = [
     "BUILD_HINT",
+    "SERVICE_CIDR",
+    "BinariesMissing",
     "ControlPlane",
     "ControlPlaneError",
+    "binary_dir",
     "find_binaries",
+    "free_ports",
     "kubernetes_version",
     "rsa_key_pair",
     "start_control_plane",

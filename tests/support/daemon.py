@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-FEATURES = Path(__file__).parent / "data" / "features.yaml"
+FEATURES = Path(__file__).parents[1] / "data" / "features.yaml"
 # The node options tests/data/features.yaml is written for.
 FEATURES_NODE = [
     "--node-name",

@@ -21,7 +21,7 @@ from nftproxy.explain import Explanation, Packet
 from nftproxy.model import EndpointSlice, Service
 from nftproxy.sources import manifests
 
-DATA = Path(__file__).parent / "data" / "packet_flows"
+DATA = Path(__file__).parents[1] / "data" / "packet_flows"
 
 # The node of upstream's NewFakeProxier, which every table starts from: its name, its
 # addresses (192.168.99.11, an external IP in some tests, is one of them), the pod CIDR that

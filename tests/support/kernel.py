@@ -53,3 +53,17 @@ def nft_in(netns: str, *args: str, stdin: str | None = None) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"nft {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout
+
+
+def require_root() -> None:
+    """require_kernel without libnftables: what the element-writer tests need."""
+    missing = None
+    if os.geteuid() != 0:
+        missing = "root (network namespaces and nftables need CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+    elif shutil.which("ip") is None or shutil.which("nft") is None:
+        missing = "the `ip` and `nft` commands (Debian packages iproute2, nftables)"
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run kernel tests, but this machine lacks {missing}")
+    pytest.skip(f"needs {missing}")

@@ -1,7 +1,8 @@
-#!/usr/bin/env python3
 """Print when set elements carrying given IPv4 addresses are committed to nftables.
 
-    ip netns exec <ns> python bench/element_monitor.py [--prefix 10.200.] [--anywhere]
+    ip netns exec <ns> python -m nftproxy.lab.element_monitor [--prefix 10.200.] [--anywhere]
+
+The benchmarks' clock for "in the kernel" (bench/api.py, bench/compare.py).
 
 Subscribes to the kernel's nftables notifications (netlink group NFNLGRP_NFTABLES) and,
 for every new set or map element, prints `<CLOCK_MONOTONIC seconds> <ipv4>` for each IPv4
@@ -29,6 +30,26 @@ import socket
 import struct
 import sys
 import time
+
+__all__ = [
+    "NETLINK_ADD_MEMBERSHIP",
+    "NETLINK_NETFILTER",
+    "NETLINK_NO_ENOBUFS",
+    "NFNLGRP_NFTABLES",
+    "NFNL_SUBSYS_NFTABLES",
+    "NFTA_DATA_VALUE",
+    "NFTA_LIST_ELEM",
+    "NFTA_SET_ELEM_DATA",
+    "NFTA_SET_ELEM_KEY",
+    "NFTA_SET_ELEM_LIST_ELEMENTS",
+    "NFT_MSG_NEWSETELEM",
+    "NLA_TYPE_MASK",
+    "SOL_NETLINK",
+    "attrs",
+    "element_addresses",
+    "main",
+    "messages",
+]
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -117,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             data = sock.recv(1 << 20)
             now = time.monotonic()
-            lines = []
+            lines: list[str] = []
             for kind, start, end in messages(data):
                 if raw is not None:
                     if kind >> 8 == NFNL_SUBSYS_NFTABLES:
