@@ -46,7 +46,7 @@ from typing import Any
 from common import ip4, machine_info, save_report, write_markdown  # bench/common.py
 
 from nftproxy.lab import apiserver as kube
-from nftproxy.lab.netns import die_with_parent, stop_processes
+from nftproxy.lab.processes import die_with_parent, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

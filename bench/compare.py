@@ -66,7 +66,7 @@ from anchors import kubeproxy, nftlb
 from common import ip4, machine_info, write_markdown
 
 from nftproxy.lab import apiserver as kube
-from nftproxy.lab.netns import descendants, kill_if_unchanged
+from nftproxy.lab.processes import descendants, kill_if_unchanged
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

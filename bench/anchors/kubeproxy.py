@@ -122,7 +122,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 from nftproxy.kernel.netns import run_in_netns as lab_run_in_netns
-from nftproxy.lab.netns import descendants, die_with_parent, kill_if_unchanged, stop_processes
+from nftproxy.lab.processes import descendants, die_with_parent, kill_if_unchanged, stop_processes
 
 T = TypeVar("T")
 # "iptables" is kube-proxy's iptables mode on the iptables-nft backend, "iptables-legacy"

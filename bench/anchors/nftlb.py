@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nftproxy.kernel.netns import run_in_netns as lab_run_in_netns
-from nftproxy.lab.netns import die_with_parent, stop_processes
+from nftproxy.lab.processes import die_with_parent, stop_processes
 
 T = TypeVar("T")
 

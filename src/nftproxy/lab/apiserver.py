@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from nftproxy.lab.netns import die_with_parent, stop_processes
+from nftproxy.lab.processes import die_with_parent, stop_processes
 
 REPO = Path(__file__).resolve().parents[3]  # the checkout: src/nftproxy/lab/apiserver.py
 GO_MOD = REPO / "hack" / "k8s" / "go.mod"

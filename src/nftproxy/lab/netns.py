@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import hashlib
 import ipaddress
 import logging
@@ -28,9 +27,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from nftproxy.kernel.netns import run_in_netns
+from nftproxy.lab.processes import stop_processes
 from nftproxy.lab.result import Result
 from nftproxy.lab.session import EchoSession
 from nftproxy.lab.topology import External, Node, Pod, Topology, default_topology
@@ -44,18 +44,13 @@ __all__ = [
     "POD_GW6",
     "POD_IF",
     "PREFIX_BASE",
-    "STOP_GRACE",
     "UPLINK",
     "Lab",
     "LabError",
     "Started",
     "Who",
-    "descendants",
-    "die_with_parent",
-    "kill_if_unchanged",
     "new_prefix",
     "pod_veth",
-    "stop_processes",
     "uplink_peer",
 ]
 
@@ -69,7 +64,6 @@ UPLINK = "eth0"
 POD_IF = "eth0"
 POD_GW4 = "169.254.1.1"
 POD_GW6 = "fe80::1"
-STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
 COMMON_SYSCTLS = (
     "net.ipv6.conf.all.accept_dad=0",
@@ -113,59 +107,6 @@ def uplink_peer(name: str) -> str:
     """The bridge namespace's end of a node's (or the external client's) uplink."""
     return _ifname("up", name)
 
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """For `preexec_fn`: the kernel sends `sig` to the child when the thread that forked it
-    exits, so a crashed test or benchmark leaves no server behind. Start long-lived children
-    from a thread that lives as long as they should (the main thread)."""
-    _prctl(_PR_SET_PDEATHSIG, sig)
-
-
-_PR_SET_PDEATHSIG = 1
-# Resolved here, not in the forked child, where loading a library could wait forever on a
-# lock another thread of the parent held at fork time.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every process below `pid` and below them: what a stopped
-    process may leave running (kube-proxy's iptables-restore can outlive it for minutes)."""
-    out: list[tuple[int, str]] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with (
-                    contextlib.suppress(OSError),
-                    open(f"/proc/{parent}/task/{task}/children") as f,
-                ):
-                    for child in map(int, f.read().split()):
-                        started = _start_time(child)
-                        if started is not None:
-                            out.append((child, started))
-                            todo.append(child)
-    return out
-
-
-def kill_if_unchanged(found: Iterable[tuple[int, str]]) -> None:
-    """SIGKILL each process `descendants` found, by PID, unless that PID now belongs to
-    another process (its start time differs) or is gone."""
-    for pid, started in found:
-        if _start_time(pid) == started:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-# -- process-wide cleanup on exit and signals ---------------------------------------------
 
 _live: list[Lab] = []
 _saved_handlers: dict[int, object] = {}
@@ -790,21 +731,3 @@ class Lab:
                 _unregister(self)
         if errors:
             raise LabError(f"tearing down lab {self.prefix}: " + "; ".join(errors))
-
-
-def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace: float = STOP_GRACE) -> None:
-    """SIGTERM each (by its PID), wait up to `grace` seconds in all, SIGKILL the rest, reap
-    all."""
-    running = [p for p in procs if p.poll() is None]
-    for p in running:
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in running:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for p in running:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            p.wait(timeout=10)
