@@ -17,11 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from nftproxy.config import NodeConfig
+from nftproxy.daemon import ProxierSink
 from nftproxy.kernel.backend import open_backend
+from nftproxy.kernel.fake import FakeBackend
 from nftproxy.kernel.netns import run_in_netns
 from nftproxy.lab import Lab, default_topology
+from nftproxy.proxier import Proxier
+from tests.support.builders import service as model_service
 from tests.support.daemon import FEATURES, FEATURES_NODE, run_args
 from tests.support.kernel import nft_in, require_kernel
+from tests.support.recording import RecordingProxier
 from tests.support.samples import dns, frontends, two_files, web
 
 pytestmark = pytest.mark.kernel
@@ -468,3 +474,46 @@ def test_the_daemon_sets_kube_proxys_conntrack_timeouts_in_the_namespace_it_serv
     again.wait_for("full sync: ")
     assert _sysctl(netns, "nf_conntrack_tcp_timeout_close_wait") == 3600
     assert {n: _sysctl(None, n) for n in root_before} == root_before
+
+
+# --- the Sink in front of the Proxier ----------------------------------------------------------
+
+
+def test_proxier_sink_waits_for_both_lists_then_forwards_each_kind() -> None:
+    proxier = RecordingProxier()
+    sink = ProxierSink(proxier)  # type: ignore[arg-type]
+    svc_web, svc_api = model_service("web"), model_service("api")
+    web, api = svc_web.id, svc_api.id
+    sink.replace_services({web: svc_web})
+    sink.update_service(api, svc_api)  # held: the slices are not listed yet
+    sink.update_service(web, None)
+    assert not sink.ready and not proxier.replaced and not proxier.updates
+    sink.replace_slices({})
+    assert sink.ready
+    assert proxier.replaced == [({api: svc_api}, {})]
+    # Live: a re-list of one kind goes to the Proxier alone, which keeps the other.
+    sink.replace_services({web: svc_web})
+    sink.update_slice(("shop", "web-1"), None)
+    assert proxier.updates == [
+        ("services", None, {web: svc_web}),
+        ("slice", ("shop", "web-1"), None),
+    ]
+
+
+def test_proxier_sink_hands_a_whole_picture_over_at_once_and_says_when_it_is_incomplete() -> None:
+    proxier = Proxier(FakeBackend(), NodeConfig(node_name="node-a"))
+    sink = ProxierSink(proxier)
+    svc = model_service("web")
+    sink.replace_all({svc.id: svc}, {}, complete=False)
+    assert sink.ready and proxier.keep  # nothing is deleted while inputs are unreadable
+    sink.replace_all({svc.id: svc}, {})
+    assert not proxier.keep
+
+
+def test_proxier_sink_adds_the_flagged_service_cidrs_to_those_of_the_objects() -> None:
+    proxier = Proxier(FakeBackend(), NodeConfig(node_name="node-a"))
+    sink = ProxierSink(proxier, flagged_cidrs=("10.100.0.0/16",))
+    sink.set_service_cidrs(("10.96.0.0/16", "fd00:96::/112"))
+    assert proxier.node.service_cidrs == ("10.96.0.0/16", "10.100.0.0/16", "fd00:96::/112")
+    sink.set_service_cidrs(())
+    assert proxier.node.service_cidrs == ("10.100.0.0/16",)

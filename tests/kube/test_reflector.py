@@ -28,10 +28,9 @@ from nftproxy.kube.reflector import (
     ServiceResource,
 )
 from nftproxy.lab.apiserver import ControlPlane
-from nftproxy.model import EndpointSlice, Service, ServiceName, SliceName
-from tests.support.builders import service as model_service
+from nftproxy.model import Service, ServiceName
 from tests.support.control_plane import start_control_plane
-from tests.support.recording import RecordingSink, wait_for
+from tests.support.recording import RecordingProxier, RecordingSink, wait_for
 
 # Fast retries so that reconnects fit in a test's budget.
 OPTIONS: dict[str, Any] = {"backoff_initial": 0.2, "backoff_max": 1.0}
@@ -325,7 +324,7 @@ def test_node_and_proxier_sink(
     }
     ok(cp, "PUT", f"/api/v1/nodes/{node_name}/status", status)
 
-    proxier = FakeProxier()
+    proxier = RecordingProxier()
     sink = ProxierSink(proxier)  # type: ignore[arg-type]
     ok(cp, "POST", services_path(ns), service("web"), want=201)
     ok(cp, "POST", slices_path(ns), endpoint_slice("web-1", "web", "10.244.0.9"), want=201)
@@ -361,48 +360,6 @@ def test_node_addresses_are_read_as_kube_proxy_reads_them() -> None:
     )
     info = NodeResource("node-a", lambda _: None).convert(raw, lambda _: None)
     assert info == NodeInfo("node-a", None, ("10.0.0.7",), ("2001:db8::7",))
-
-
-class FakeProxier:
-    def __init__(self) -> None:
-        self.replaced: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
-        self.updates: list[tuple[str, Any, Any]] = []
-
-    def replace_all(self, services: Any, slices: Any) -> None:
-        self.replaced.append((dict(services), dict(slices)))
-
-    def replace_services(self, services: Any) -> None:
-        self.updates.append(("services", None, dict(services)))
-
-    def replace_slices(self, slices: Any) -> None:
-        self.updates.append(("slices", None, dict(slices)))
-
-    def update_service(self, sid: ServiceName, svc: Service | None) -> None:
-        self.updates.append(("service", sid, svc))
-
-    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
-        self.updates.append(("slice", key, sl))
-
-
-def test_proxier_sink_waits_for_both_lists_then_forwards_each_kind() -> None:
-    proxier = FakeProxier()
-    sink = ProxierSink(proxier)  # type: ignore[arg-type]
-    svc_web, svc_api = model_service("web"), model_service("api")
-    web, api = svc_web.id, svc_api.id
-    sink.replace_services({web: svc_web})
-    sink.update_service(api, svc_api)  # held: the slices are not listed yet
-    sink.update_service(web, None)
-    assert not sink.ready and not proxier.replaced and not proxier.updates
-    sink.replace_slices({})
-    assert sink.ready
-    assert proxier.replaced == [({api: svc_api}, {})]
-    # Live: a re-list of one kind goes to the Proxier alone, which keeps the other.
-    sink.replace_services({web: svc_web})
-    sink.update_slice(("shop", "web-1"), None)
-    assert proxier.updates == [
-        ("services", None, {web: svc_web}),
-        ("slice", ("shop", "web-1"), None),
-    ]
 
 
 # --- canned responses -------------------------------------------------------------------------

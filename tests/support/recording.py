@@ -56,3 +56,26 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+class RecordingProxier:
+    """Stands in for a Proxier behind a ProxierSink: records what reaches it."""
+
+    def __init__(self) -> None:
+        self.replaced: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
+        self.updates: list[tuple[str, Any, Any]] = []
+
+    def replace_all(self, services: Any, slices: Any) -> None:
+        self.replaced.append((dict(services), dict(slices)))
+
+    def replace_services(self, services: Any) -> None:
+        self.updates.append(("services", None, dict(services)))
+
+    def replace_slices(self, slices: Any) -> None:
+        self.updates.append(("slices", None, dict(slices)))
+
+    def update_service(self, sid: ServiceName, svc: Service | None) -> None:
+        self.updates.append(("service", sid, svc))
+
+    def update_slice(self, key: SliceName, sl: EndpointSlice | None) -> None:
+        self.updates.append(("slice", key, sl))
