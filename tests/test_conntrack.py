@@ -121,16 +121,16 @@ def test_delete_request_layout():
     """CTA_TUPLE_ORIG { CTA_TUPLE_IP { V4_SRC, V4_DST }, CTA_TUPLE_PROTO { NUM, SPORT, DPORT } },
     nests flagged, ports big-endian; CTA_ZONE only for a non-default zone."""
     f = flow()
-    raw = conntrack._encode_orig(f)
-    top = conntrack._attrs(raw)
+    raw = conntrack.encode_orig(f)
+    top = conntrack.attributes(raw)
     assert list(top) == [conntrack.CTA_TUPLE_ORIG]
     assert int.from_bytes(raw[2:4], "little") & conntrack.NLA_F_NESTED
-    assert conntrack._parse_tuple(top[conntrack.CTA_TUPLE_ORIG], 4) == conntrack._Tuple(
+    assert conntrack.parse_tuple(top[conntrack.CTA_TUPLE_ORIG], 4) == conntrack.ConnTuple(
         f.orig_src, f.orig_dst, f.orig_sport, f.orig_dport, 17
     )
-    proto = conntrack._attrs(conntrack._attrs(top[conntrack.CTA_TUPLE_ORIG])[2])
+    proto = conntrack.attributes(conntrack.attributes(top[conntrack.CTA_TUPLE_ORIG])[2])
     assert proto == {1: b"\x11", 2: (40000).to_bytes(2, "big"), 3: (53).to_bytes(2, "big")}
-    zoned = conntrack._attrs(conntrack._encode_orig(flow(zone=7)))
+    zoned = conntrack.attributes(conntrack.encode_orig(flow(zone=7)))
     assert zoned[conntrack.CTA_ZONE] == b"\x00\x07"
 
 

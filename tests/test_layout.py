@@ -68,3 +68,36 @@ def test_imports_of_nftproxy_names_are_exported_ones() -> None:
             if private or exports is None or name not in exports:
                 wrong.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
     assert not wrong, "private or unexported names imported:\n" + "\n".join(wrong)
+
+
+def _private_module_attributes(path: Path) -> Iterator[tuple[int, str]]:
+    """`module._name` where `module` is an nftproxy module bound by an import."""
+    tree = ast.parse(path.read_text())
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in MODULES:
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES and alias.asname:
+                    modules.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.endswith("__")
+        ):
+            yield node.lineno, f"{node.value.id}.{node.attr}"
+
+
+def test_no_private_module_attributes_are_reached_from_outside() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in _users()
+        for line, name in _private_module_attributes(path)
+    ]
+    assert not wrong, "private names of other modules used:\n" + "\n".join(wrong)

@@ -13,6 +13,7 @@ import pytest
 from nftproxy import applying
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.errors import NftError
+from nftproxy.kernel.fake import FakeBackend
 from nftproxy.proxier import Proxier, SyncLimiter
 from nftproxy.ruleset.compile import Names
 from nftproxy.ruleset.diff import AppliedState
@@ -429,3 +430,26 @@ def test_udp_frontends_that_gain_endpoints_are_named_for_their_un_nated_entries(
         ],
         key=repr,
     )
+
+
+def test_the_sync_loop_runs_on_the_fake_kernel_and_a_restart_trusts_its_record(caplog):
+    # The fake implements the whole Backend: generation builds, partial syncs, the record
+    # (a batch that checks the generation id) and the restart that reads it back.
+    fake = FakeBackend()
+    proxier = Proxier(fake, NODE)
+    proxier.replace_all({WEB.id: WEB}, slices_of("10.244.1.1", "10.244.1.2"))
+    assert proxier.sync().mode == "generation"
+    new = slices_of("10.244.1.1", "10.244.1.3")
+    proxier.replace_slices(new)
+    assert proxier.sync().mode == "incremental"
+    expected = AppliedState.of(build([WEB], new.values(), names=Names("g1-")))
+    assert fake.state == expected
+    written = fake.generation()
+
+    restarted = Proxier(fake, NODE)
+    restarted.replace_all({WEB.id: WEB}, new)
+    with caplog.at_level("INFO", logger="nftproxy"):
+        assert restarted.sync().mode == "noop"
+    assert "the table's record matches the desired state" in caplog.messages
+    assert fake.generation() == written  # nothing was committed
+    assert fake.state == expected

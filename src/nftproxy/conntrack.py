@@ -45,6 +45,7 @@ __all__ = [
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
     "PROTOCOLS",
+    "ConnTuple",
     "ConntrackCleaner",
     "ConntrackError",
     "ConntrackSettings",
@@ -53,9 +54,12 @@ __all__ = [
     "ProtoName",
     "Stale",
     "apply_settings",
+    "attributes",
     "clear_stale",
     "delete_flows",
+    "encode_orig",
     "list_flows",
+    "parse_tuple",
 ]
 
 # --- constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) ---------------------------
@@ -154,7 +158,9 @@ def _nest(kind: int, payload: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, payload)
 
 
-def _attrs(data: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+def attributes(
+    data: bytes | memoryview, start: int = 0, end: int | None = None
+) -> dict[int, bytes]:
     """The attributes in data[start:end], by type (nested flag masked off)."""
     end = len(data) if end is None else end
     out: dict[int, bytes] = {}
@@ -169,7 +175,7 @@ def _attrs(data: bytes | memoryview, start: int = 0, end: int | None = None) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _Tuple:
+class ConnTuple:
     src: str
     dst: str
     sport: int
@@ -177,17 +183,17 @@ class _Tuple:
     proto: int
 
 
-def _parse_tuple(raw: bytes, family: Family) -> _Tuple | None:
-    top = _attrs(raw)
-    ip = _attrs(top.get(CTA_TUPLE_IP, b""))
-    proto = _attrs(top.get(CTA_TUPLE_PROTO, b""))
+def parse_tuple(raw: bytes, family: Family) -> ConnTuple | None:
+    top = attributes(raw)
+    ip = attributes(top.get(CTA_TUPLE_IP, b""))
+    proto = attributes(top.get(CTA_TUPLE_PROTO, b""))
     src_attr, dst_attr = _IP_ATTRS[family]
     if src_attr not in ip or dst_attr not in ip or CTA_PROTO_NUM not in proto:
         return None
     af = _AF[family]
     sport = _BE16.unpack(proto[CTA_PROTO_SRC_PORT])[0] if CTA_PROTO_SRC_PORT in proto else 0
     dport = _BE16.unpack(proto[CTA_PROTO_DST_PORT])[0] if CTA_PROTO_DST_PORT in proto else 0
-    return _Tuple(
+    return ConnTuple(
         socket.inet_ntop(af, ip[src_attr]),
         socket.inet_ntop(af, ip[dst_attr]),
         sport,
@@ -199,8 +205,8 @@ def _parse_tuple(raw: bytes, family: Family) -> _Tuple | None:
 def _parse_flow(attrs: dict[int, bytes], family: Family) -> Flow | None:
     if CTA_TUPLE_ORIG not in attrs or CTA_TUPLE_REPLY not in attrs:
         return None
-    orig = _parse_tuple(attrs[CTA_TUPLE_ORIG], family)
-    reply = _parse_tuple(attrs[CTA_TUPLE_REPLY], family)
+    orig = parse_tuple(attrs[CTA_TUPLE_ORIG], family)
+    reply = parse_tuple(attrs[CTA_TUPLE_REPLY], family)
     if orig is None or reply is None:
         return None
     zone = _BE16.unpack(attrs[CTA_ZONE])[0] if len(attrs.get(CTA_ZONE, b"")) >= 2 else 0
@@ -209,7 +215,7 @@ def _parse_flow(attrs: dict[int, bytes], family: Family) -> Flow | None:
     )
 
 
-def _encode_orig(flow: Flow) -> bytes:
+def encode_orig(flow: Flow) -> bytes:
     af = _AF[flow.family]
     src_attr, dst_attr = _IP_ATTRS[flow.family]
     ip = _attr(src_attr, socket.inet_pton(af, flow.orig_src)) + _attr(
@@ -259,7 +265,7 @@ def _dump(sock: socket.socket, family: Family) -> Iterator[dict[int, bytes]]:
                     if err:
                         raise ConntrackError(-err, f"conntrack dump: {os.strerror(-err)}")
                     return
-                yield _attrs(data, offset + 20, offset + length)
+                yield attributes(data, offset + 20, offset + length)
             offset += _align(length)
 
 
@@ -267,7 +273,7 @@ def _delete(sock: socket.socket, flow: Flow) -> bool:
     """Delete one entry; False when it was already gone."""
     seq = next(_seq)
     flags = NLM_F_REQUEST | NLM_F_ACK
-    sock.send(_message(IPCTNL_MSG_CT_DELETE, flags, seq, flow.family, _encode_orig(flow)))
+    sock.send(_message(IPCTNL_MSG_CT_DELETE, flags, seq, flow.family, encode_orig(flow)))
     while True:
         data = sock.recv(_RECV_SIZE)
         offset = 0

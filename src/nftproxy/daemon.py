@@ -4,6 +4,7 @@ metrics servers, healthCheckNodePort servers, conntrack cleaning and the node's 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -103,9 +104,14 @@ class ProxierSink:
         slices: Mapping[SliceName, EndpointSlice],
         *,
         complete: bool = True,
+        service_cidrs: tuple[str, ...] | None = None,
     ) -> None:
         with self._lock:
+            # Whether to keep what is unknown first: the sync that the new ranges may
+            # wake must already know it.
             self.proxier.set_keep(not complete)
+            if service_cidrs is not None:
+                self.set_service_cidrs(service_cidrs)
             self.proxier.replace_all(services, slices)
             self._services = self._slices = None
             self._live = True
@@ -146,8 +152,23 @@ def _put(store: dict[Any, Any], key: Any, value: Any | None) -> None:
 
 def run(options: DaemonOptions, stop: threading.Event | None = None) -> None:
     """Serve until `stop` is set (by default: SIGTERM or SIGINT, which needs the main
-    thread). The rules stay in place when it returns."""
+    thread). The rules stay in place when it returns; everything it started is closed,
+    also when starting fails half-way."""
+    with contextlib.ExitStack() as started:
+        _serve(options, stop, started)
+
+
+def _serve(
+    options: DaemonOptions, stop: threading.Event | None, started: contextlib.ExitStack
+) -> None:
     backend = open_backend(options.netns, prefer=options.backend)
+    loop: threading.Thread | None = None
+
+    def close_backend() -> None:
+        if loop is None or not loop.is_alive():  # never under a sync still running
+            backend.close()
+
+    started.callback(close_backend)
     # As kube-proxy does, refuse to start without the privilege, rather than fail every
     # sync: one netlink round trip that needs what every sync needs.
     backend.generation()
@@ -164,10 +185,13 @@ def run(options: DaemonOptions, stop: threading.Event | None = None) -> None:
     proxy_health.attach(proxier)
     proxy_metrics = metrics.Metrics()
     proxy_metrics.attach(proxier)
-    servers = _start_servers(options, proxy_health, proxy_metrics)
+    for server in _start_servers(options, proxy_health, proxy_metrics):
+        started.callback(server.close)
     check_servers = health.HealthCheckServers(health=proxy_health, netns=options.netns)
+    started.callback(check_servers.close)
     check_servers.follow(proxier)
     cleaner = conntrack.ConntrackCleaner(options.netns)
+    started.callback(cleaner.close)
     proxier.clear_stale_udp = cleaner.clear_stale
     try:
         for name, (old, new) in cleaner.apply_settings(options.conntrack).items():
@@ -175,26 +199,24 @@ def run(options: DaemonOptions, stop: threading.Event | None = None) -> None:
     except OSError as exc:  # a read-only /proc/sys (a container without privileges, say)
         log.warning("could not set the conntrack timeouts: %s", exc)
     interfaces = _follow_addresses(options.netns, proxier, stop)
+    if interfaces is not None:
+        started.callback(interfaces.close)
     loop = threading.Thread(target=proxier.run, args=(stop,), name="sync", daemon=True)
     threading.Thread(
         target=proxier.watch_commits, args=(stop,), name="commits", daemon=True
     ).start()
-    sink = ProxierSink(proxier, options.node.service_cidrs)
-    try:
-        if options.manifests:
-            _serve_manifests(options, sink, proxy_health, loop, stop)
-        else:
-            _serve_api(options, sink, loop, stop)
-    finally:
+
+    def stop_the_loop() -> None:
         stop.set()
-        if loop.is_alive():
+        if loop is not None and loop.is_alive():
             loop.join(timeout=30)
-        check_servers.close()
-        cleaner.close()
-        if interfaces is not None:
-            interfaces.close()
-        for server in servers:
-            server.close()
+
+    started.callback(stop_the_loop)
+    sink = ProxierSink(proxier, options.node.service_cidrs)
+    if options.manifests:
+        _serve_manifests(options, sink, proxy_health, loop, stop)
+    else:
+        _serve_api(options, sink, loop, stop)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -31,9 +31,10 @@ class Sink(Protocol):
         slices: Mapping[SliceName, EndpointSlice],
         *,
         complete: bool = True,
+        service_cidrs: tuple[str, ...] | None = None,
     ) -> None:
-        """Both at once. Not `complete`: some inputs could not be read, so what they
-        described must stay as it is."""
+        """Both at once, and the ServiceCIDR ranges when given. Not `complete`: some inputs
+        could not be read, so what they described must stay as it is."""
 
     def set_service_cidrs(self, cidrs: tuple[str, ...]) -> None:
         """The ranges of the ServiceCIDR objects."""

@@ -733,7 +733,7 @@ def test_standard_spellings_never_reach_the_slow_parser(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(objects, "_canonical_ip_slow", slow)
     assert canonical_ip("10.180.0.1") == ("10.180.0.1", 4)
-    if objects._FAST_IPV6:
+    if objects.FAST_IPV6:
         assert canonical_ip("fd00::1") == ("fd00::1", 6)
 
 

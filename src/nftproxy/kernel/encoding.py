@@ -444,7 +444,9 @@ def _builder(nkey: int, ndata: int, mode: Literal["set", "map", "vmap", "keys"])
         f"    return {expr}\n"
     )
     namespace: dict[str, Any] = {}
-    exec(compile(src, f"<nftproxy.netlink builder {nkey}/{ndata}/{mode}>", "exec"), namespace)
+    exec(
+        compile(src, f"<nftproxy.kernel.encoding builder {nkey}/{ndata}/{mode}>", "exec"), namespace
+    )
     builder: Builder = namespace["build"]
     return builder
 

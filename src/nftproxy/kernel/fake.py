@@ -10,10 +10,13 @@ import copy
 import errno
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
+from nftproxy.kernel.encoding import Encoder, element_type, transaction_types
 from nftproxy.kernel.errors import NetlinkError, NftError, Unsupported
 from nftproxy.kernel.netlink import (
+    NFT_SET_EVAL,
     NFT_SET_MAP,
     NFT_SET_TIMEOUT,
     CommitMonitor,
@@ -21,7 +24,7 @@ from nftproxy.kernel.netlink import (
     TableObjects,
 )
 from nftproxy.ruleset.diff import AppliedState, ChainSummary
-from nftproxy.ruleset.schema import SetDef, Verdict
+from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef, Verdict
 from nftproxy.ruleset.transaction import (
     AddChain,
     AddElements,
@@ -46,14 +49,28 @@ class FakeRefused(NftError):
     """The fake kernel refused a transaction; nothing was applied."""
 
 
+@dataclass(slots=True)
+class _Table:
+    """What a transaction works on: a copy, swapped in only when every operation passed."""
+
+    state: AppliedState | None = None
+    # chain -> chains and "@sets" its rules use (for the "still referenced" checks)
+    refs: dict[str, set[str]] = field(default_factory=dict)
+    defs: dict[str, SetDef] = field(default_factory=dict)
+    # The elements of sets `state` does not compare (the record, affinity sets).
+    kept: dict[str, dict[ElementKey, ElementValue]] = field(default_factory=dict)
+
+
 class FakeBackend:
     """A table in memory; `state` is what a real kernel would list (None: no table)."""
 
     def __init__(self) -> None:
-        self.state: AppliedState | None = None
-        # chain -> chains its rules jump to (for the "still referenced" check)
-        self._refs: dict[str, set[str]] = {}
+        self._table = _Table()
         self._generation = 1
+
+    @property
+    def state(self) -> AppliedState | None:
+        return self._table.state
 
     def apply(
         self,
@@ -62,34 +79,63 @@ class FakeBackend:
         *,
         generation: int | None = None,
     ) -> bool:
-        if generation is not None and generation != self._generation:
+        checked = generation is not None and self.batches(tx, sets or {})
+        if checked and generation != self._generation:
             raise NetlinkError("generation id is not current", errno=errno.ERESTART)
-        state = copy.deepcopy(self.state)
-        refs = copy.deepcopy(self._refs)
+        table = copy.deepcopy(self._table)
         for op in tx.ops:
-            state = self._op(op, state, refs)
-        self.state, self._refs = state, refs
-        self._generation += 1
-        return generation is not None
+            table.state = self._op(op, table)
+        self._table = table
+        self._generation = (self._generation + 1) & 0xFFFFFFFF
+        return checked
 
-    def batches(self, tx: Transaction, sets: Mapping[str, SetDef] | None = None) -> bool:
-        return bool(tx.ops) and all(isinstance(op, AddElements | DeleteElements) for op in tx.ops)
+    def batches(self, tx: Transaction, sets: Mapping[str, SetDef]) -> bool:
+        """As the libnftables backend: elements-only transactions of fixed-size sets."""
+        return transaction_types(tx, sets) is not None
 
     def generation(self) -> int:
         return self._generation
 
     def objects(self) -> TableObjects | None:
-        if self.state is None:
+        table = self._table
+        if table.state is None:
             return None
-        state = self.state
         return TableObjects(
-            chains={n: c.rules for n, c in state.chains.items()},
-            sets={
-                n: (NFT_SET_MAP if n in state.maps else 0)
-                | (NFT_SET_TIMEOUT if n in state.dynamic else 0)
-                for n in state.sets
-            },
+            chains={n: c.rules for n, c in table.state.chains.items()},
+            sets={n: _flags(sdef) for n, sdef in table.defs.items()},
         )
+
+    def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
+        """The set as `nft -j list set|map` shows it, in the form ruleset.listing reads."""
+        elements = self._elements(name)
+        if elements is None:
+            return None
+        if is_map:
+            listed: list[Any] = [[_json_key(k), _json_value(v)] for k, v in elements.items()]
+        else:
+            listed = [_json_key(k) for k in elements]
+        return {"nftables": [{"map" if is_map else "set": {"name": name, "elem": listed}}]}
+
+    def set_elements(self, name: str) -> list[bytes] | None:
+        """The set's elements encoded as a netlink dump lists them."""
+        elements = self._elements(name)
+        if elements is None:
+            return None
+        etype = element_type(self._table.defs[name])
+        if etype is None:
+            raise Unsupported(f"set {name}: not fixed-size, listed as nft JSON only")
+        return Encoder(as_dumped=True).elements(list(elements.items()), etype)
+
+    def dump_sets(self, names: Sequence[str]) -> Mapping[str, Future[list[bytes] | None]]:
+        dumps: dict[str, Future[list[bytes] | None]] = {}
+        for name in names:
+            done: Future[list[bytes] | None] = Future()
+            try:
+                done.set_result(self.set_elements(name))
+            except NftError as exc:
+                done.set_exception(exc)
+            dumps[name] = done
+        return dumps
 
     def run(self, script: str) -> None:
         raise Unsupported(_TEXT)
@@ -100,15 +146,6 @@ class FakeBackend:
     def list_table(self) -> dict[str, Any] | None:
         raise Unsupported(_TEXT)
 
-    def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
-        raise Unsupported(_TEXT)
-
-    def set_elements(self, name: str) -> list[bytes] | None:
-        raise Unsupported("the fake kernel keeps elements as values, not bytes")
-
-    def dump_sets(self, names: Sequence[str]) -> Mapping[str, Future[list[bytes] | None]]:
-        raise Unsupported("the fake kernel keeps elements as values, not bytes")
-
     def monitor(self, ours: Ours | None = None) -> CommitMonitor:
         raise Unsupported("the fake kernel sends no notifications")
 
@@ -118,15 +155,23 @@ class FakeBackend:
     def close(self) -> None:
         pass
 
-    def _op(
-        self, op: object, state: AppliedState | None, refs: dict[str, set[str]]
-    ) -> AppliedState | None:
+    def _elements(self, name: str) -> dict[ElementKey, ElementValue] | None:
+        table = self._table
+        if table.state is None or name not in table.state.sets:
+            return None
+        found = table.state.elements.get(name)
+        return found if found is not None else table.kept.get(name, {})
+
+    def _op(self, op: object, table: _Table) -> AppliedState | None:
+        state, refs = table.state, table.refs
         if isinstance(op, AddTable):
             return state or AppliedState()
         if isinstance(op, DeleteTable):
             if state is None:
                 raise FakeRefused("delete table: no such table")
             refs.clear()
+            table.defs.clear()
+            table.kept.clear()
             return None
         if state is None:
             raise FakeRefused(f"{type(op).__name__}: no table")
@@ -135,10 +180,12 @@ class FakeBackend:
                 if sdef.name in state.sets:
                     raise FakeRefused(f"set {sdef.name} exists")
                 state.sets.add(sdef.name)
+                table.defs[sdef.name] = sdef
                 if sdef.is_map:
                     state.maps.add(sdef.name)
                 if not sdef.compared:
                     state.dynamic.add(sdef.name)
+                    table.kept[sdef.name] = {}
                 else:
                     state.elements[sdef.name] = {}
             case DeleteSet(name=name):
@@ -151,6 +198,8 @@ class FakeBackend:
                 state.maps.discard(name)
                 state.dynamic.discard(name)
                 state.elements.pop(name, None)
+                table.defs.pop(name, None)
+                table.kept.pop(name, None)
             case AddChain(chain=chain):
                 if chain.name in state.chains:
                     raise FakeRefused(f"chain {chain.name} exists")
@@ -188,24 +237,44 @@ class FakeBackend:
                 del state.chains[name]
                 refs.pop(name, None)
             case AddElements(set=set_name, items=items):
-                if set_name not in state.elements:
+                held = state.elements.get(set_name, table.kept.get(set_name))
+                if held is None:
                     raise FakeRefused(f"set {set_name}: not found")
-                elems = state.elements[set_name]
                 for key, value in items:
                     target = value.target if isinstance(value, Verdict) else None
                     if target and target not in state.chains:
                         raise FakeRefused(f"{set_name}: chain {target} not found")
-                    if key in elems and elems[key] != value:
+                    if key in held and held[key] != value:
                         raise FakeRefused(f"{set_name}: element {key} exists")
-                    elems[key] = value
+                    held[key] = value
             case DeleteElements(set=set_name, keys=keys):
-                if set_name not in state.elements:
+                held = state.elements.get(set_name, table.kept.get(set_name))
+                if held is None:
                     raise FakeRefused(f"set {set_name}: not found")
-                elems = state.elements[set_name]
                 for key in keys:
-                    if key not in elems:
+                    if key not in held:
                         raise FakeRefused(f"{set_name}: element {key} not found")
-                    del elems[key]
+                    del held[key]
             case _:
                 raise FakeRefused(f"unknown operation {op!r}")
         return state
+
+
+def _flags(sdef: SetDef) -> int:
+    """NFT_SET_* flags as the kernel reports them for this definition."""
+    flags = NFT_SET_MAP if sdef.is_map else 0
+    if sdef.timeout is not None or "timeout" in sdef.flags:
+        flags |= NFT_SET_TIMEOUT
+    if "dynamic" in sdef.flags:
+        flags |= NFT_SET_EVAL
+    return flags
+
+
+def _json_key(key: ElementKey) -> Any:
+    return key[0] if len(key) == 1 else {"concat": list(key)}
+
+
+def _json_value(value: ElementValue) -> Any:
+    if isinstance(value, Verdict):
+        return {value.kind: {"target": value.target}} if value.target else {value.kind: None}
+    return _json_key(value) if value is not None else None

@@ -32,6 +32,7 @@ from nftproxy.model import (
 )
 
 __all__ = [
+    "FAST_IPV6",
     "PROXY_NAME_LABEL",
     "SERVICE_NAME_LABEL",
     "InvalidObject",
@@ -389,7 +390,7 @@ def _ntop_matches_ipaddress() -> bool:
         return False
 
 
-_FAST_IPV6: Final = _ntop_matches_ipaddress()
+FAST_IPV6: Final = _ntop_matches_ipaddress()
 
 
 def canonical_ip(text: str) -> tuple[str, Family]:
@@ -405,7 +406,7 @@ def canonical_ip(text: str) -> tuple[str, Family]:
         if ":" not in text:
             if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text:
                 return text, 4
-        elif _FAST_IPV6 and "." not in text:
+        elif FAST_IPV6 and "." not in text:
             packed = socket.inet_pton(socket.AF_INET6, text)
             if packed[:12] != _MAPPED_PREFIX and socket.inet_ntop(socket.AF_INET6, packed) == text:
                 return text, 6

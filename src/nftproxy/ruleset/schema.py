@@ -424,6 +424,8 @@ class SetDef:
         fields = (*self.key, *(self.data if isinstance(self.data, tuple) else ()))
         if not self.key or len({bool(f.expr) for f in fields}) > 1:
             raise ValueError(f"set {self.name}: a key, every field typed one way")
+        if any(f.type == "integer" and not f.expr for f in fields):
+            raise ValueError(f"set {self.name}: an integer field needs its expression")
 
     @property
     def typeof(self) -> bool:

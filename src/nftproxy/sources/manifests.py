@@ -103,7 +103,7 @@ class Manifests:
     service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
     errors: list[InvalidObject] = field(default_factory=list)
     # (object description, reason) for valid objects this proxy does not program.
-    skipped: list[SliceName] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     # Objects of other kinds, counted so a wrong file shows up without flooding the log.
     ignored: Counter[str] = field(default_factory=Counter)
     # EndpointSlices rejected whole, by (namespace, name), and the Service each belongs

@@ -287,8 +287,8 @@ class ManifestDirectory:
         """Hand what the files say to `sink`: the ServiceCIDR ranges, then every Service
         and slice (see merged), incomplete while some input is not known."""
         services, slices = self.merged()
-        sink.set_service_cidrs(self.service_cidrs())
-        sink.replace_all(services, slices, complete=not self.incomplete)
+        cidrs = self.service_cidrs()
+        sink.replace_all(services, slices, complete=not self.incomplete, service_cidrs=cidrs)
 
     def files(self) -> Iterable[Path]:
         return sorted(self._files)
