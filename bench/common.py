@@ -72,3 +72,30 @@ def save_report(
     if markdown_path and report["results"]:
         write_markdown(Path(markdown_path), markdown(report), *markers)
         log(f"updated {markdown_path}")
+
+
+# --- network namespaces the benchmark creates, removed again whatever happens --------------
+
+_created: list[str] = []
+
+
+def netns_add(name: str) -> str:
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    _created.append(name)
+    return name
+
+
+def netns_del(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    if name in _created:
+        _created.remove(name)
+
+
+def netns_del_all() -> None:
+    for name in list(_created):
+        netns_del(name)
+
+
+def on_signal(signum: int, _frame: object) -> None:
+    """For SIGTERM/SIGHUP: an exception, so that every `finally` (namespace removal) runs."""
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import machine_info
+from common import machine_info, netns_add, netns_del, netns_del_all, on_signal
 
 from nftproxy.config import NodeConfig
 from nftproxy.kernel.encoding import ElementType, element_type
@@ -54,33 +54,6 @@ TYPES: dict[str, ElementType] = {
 
 Ops = Sequence[AddElements | DeleteElements]
 Row = tuple[str, float, float, float]  # step, wall s, user s, sys s
-
-
-# --- network namespaces ----------------------------------------------------------------
-
-_created: list[str] = []
-
-
-def netns_add(name: str) -> str:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    _created.append(name)
-    return name
-
-
-def netns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    if name in _created:
-        _created.remove(name)
-
-
-def netns_del_all() -> None:
-    for name in list(_created):
-        netns_del(name)
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    # Turn SIGTERM/SIGHUP into an exception so every `finally` (namespace removal) runs.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def nft(netns: str, *args: str, stdin: str | None = None) -> str:
@@ -234,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, on_signal)
 
     report: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

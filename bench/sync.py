@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ip4, machine_info, save_report
+from common import ip4, machine_info, netns_add, netns_del, netns_del_all, on_signal, save_report
 
 from nftproxy.applying import execute, make_plan, names_for, read_applied, run_plan
 from nftproxy.config import NodeConfig, node_config
@@ -85,33 +85,6 @@ HAS_BULK = "track_changes" in inspect.signature(DesiredState.__init__).parameter
 
 def now() -> float:
     return time.perf_counter()
-
-
-# --- network namespaces ----------------------------------------------------------------
-
-_created: list[str] = []
-
-
-def netns_add(name: str) -> str:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    _created.append(name)
-    return name
-
-
-def netns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    if name in _created:
-        _created.remove(name)
-
-
-def netns_del_all() -> None:
-    for name in list(_created):
-        netns_del(name)
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    # Turn SIGTERM/SIGHUP into an exception so every `finally` (namespace removal) runs.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def nft_in(netns: str, *args: str, keep: bool = True) -> tuple[str, dict[str, float]]:
@@ -888,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, on_signal)
 
     start = now()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -4,6 +4,9 @@ classified once from nft's text or the kernel's errno, the original text kept.""
 from __future__ import annotations
 
 import errno as errno_codes
+import json
+from collections.abc import Callable
+from typing import Any
 
 from nftproxy.ruleset.schema import ElementKey
 
@@ -15,6 +18,7 @@ __all__ = [
     "Unsupported",
     "classify",
     "kind_of",
+    "listed_or_none",
     "raise_for",
 ]
 
@@ -97,3 +101,16 @@ class NetlinkError(NftError):
         self.op = op
         self.detail = detail
         self.errors = errors
+
+
+def listed_or_none(read: Callable[[], str]) -> dict[str, Any] | None:
+    """The JSON `read` returns (an `nft -j list` command), or None when nft says that what
+    it lists does not exist."""
+    try:
+        out = read()
+    except NftError as exc:
+        if exc.kind == "not-found":
+            return None
+        raise
+    doc: dict[str, Any] = json.loads(out)
+    return doc

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from nftproxy.kernel.encoding import transaction_types
-from nftproxy.kernel.errors import NftError, raise_for
+from nftproxy.kernel.errors import NftError, listed_or_none, raise_for
 from nftproxy.kernel.netlink import (
     CommitMonitor,
     ElementWriter,
@@ -93,20 +92,13 @@ class LibNftables:
 
     def _listing(self, command: str) -> dict[str, Any] | None:
         """A `list` command's JSON; None when what it lists does not exist."""
-        try:
-            out = self._pool.submit(self._run, command, json_out=True).result()
-        except NftError as exc:
-            if exc.kind == "not-found":
-                return None
-            raise
-        doc: dict[str, Any] = json.loads(out)
-        return doc
+        return listed_or_none(lambda: self._pool.submit(self._run, command, json_out=True).result())
 
     def generation(self) -> int:
         return self._pool.submit(ruleset_generation).result()
 
     def objects(self) -> TableObjects | None:
-        """Chain and set names of our table without elements (see netlink)."""
+        """Chain and set names of our table without elements (see netlink.list_table_objects)."""
         return self._pool.submit(list_table_objects).result()
 
     def set_elements(self, name: str) -> list[bytes] | None:

@@ -166,7 +166,7 @@ class ElementWriter:
         """Apply `ops` in order as one transaction: all of it, or (on NetlinkError) none.
 
         `set_types` gives the ElementType of every set the ops name. With `generation`
-        (see `nft.ruleset_generation`), the kernel refuses the batch (ERESTART) when the
+        (see `ruleset_generation`), the kernel refuses the batch (ERESTART) when the
         ruleset changed since that generation was read.
         """
         self._pool.submit(self._write, ops, set_types, table_family, table, generation).result()

@@ -5,13 +5,12 @@ cannot."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from nftproxy.kernel.errors import NftError, Unsupported, raise_for
+from nftproxy.kernel.errors import Unsupported, listed_or_none, raise_for
 from nftproxy.kernel.netlink import CommitMonitor, Ours, TableObjects, ruleset_generation
 from nftproxy.kernel.netns import netns_path, thread_in
 from nftproxy.ruleset.schema import FAMILY, TABLE, SetDef
@@ -50,25 +49,11 @@ class NftBinary:
         self._exec(["-c", "-f", "-"], script)
 
     def list_table(self) -> dict[str, Any] | None:
-        try:
-            out = self._exec(["-j", "list", "table", FAMILY, TABLE])
-        except NftError as exc:
-            if exc.kind == "not-found":
-                return None
-            raise
-        doc: dict[str, Any] = json.loads(out)
-        return doc
+        return listed_or_none(lambda: self._exec(["-j", "list", "table", FAMILY, TABLE]))
 
     def list_set(self, name: str, *, is_map: bool) -> dict[str, Any] | None:
         kind = "map" if is_map else "set"
-        try:
-            out = self._exec(["-j", "list", kind, FAMILY, TABLE, name])
-        except NftError as exc:
-            if exc.kind == "not-found":
-                return None
-            raise
-        doc: dict[str, Any] = json.loads(out)
-        return doc
+        return listed_or_none(lambda: self._exec(["-j", "list", kind, FAMILY, TABLE, name]))
 
     def apply(
         self, tx: Transaction, sets: Mapping[str, SetDef], *, generation: int | None = None
