@@ -1,0 +1,219 @@
+"""The dashboard's helm edge against the real parts: helm v4 built from the Go module proxy,
+a real kube-apiserver, a chart repository on loopback, and users who are service accounts
+with their own RBAC rights."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nftproxy.dashboard.helm import (
+    ApiServer,
+    Credentials,
+    Helm,
+    HelmError,
+    HelmMissing,
+    check_namespace,
+    check_release_name,
+    find_helm,
+)
+from nftproxy.lab.apiserver import ControlPlane
+from nftproxy.lab.charts import HttpChartRepo, write_chart
+from tests.support.control_plane import start_control_plane
+
+BUILD = Path(__file__).resolve().parents[2] / "hack" / "dashboard" / "build.sh"
+CONFIGMAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-greeting
+data:
+  greeting: {{ .Values.greeting | quote }}
+"""
+
+
+def pinned_helm_version() -> str:
+    found = re.search(r"^helm_version=(\S+)$", BUILD.read_text(), re.M)
+    assert found, f"no helm_version= in {BUILD}"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def helm_binary() -> Path:
+    try:
+        return find_helm()
+    except HelmMissing as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="module")
+def helm(helm_binary: Path, cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    server = ApiServer(cp.url, insecure=True)
+    return Helm(helm_binary, server, tmp_path_factory.mktemp("helm-homes"))
+
+
+@pytest.fixture(scope="module")
+def repo(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
+    sources = tmp_path_factory.mktemp("charts")
+    charts = [
+        write_chart(
+            sources, "hello", v, values='greeting: "hello"\n', templates={"cm.yaml": CONFIGMAP}
+        )
+        for v in ("0.1.0", "0.2.0")
+    ]
+    with HttpChartRepo(helm, tmp_path_factory.mktemp("repo")) as served:
+        served.publish(charts)
+        yield served
+
+
+def ok(cp: ControlPlane, method: str, path: str, body: Any = None, want: int = 201) -> Any:
+    status, got = cp.request(method, path, body)
+    assert status == want, f"{method} {path}: {status} {got}"
+    return got
+
+
+def namespace(cp: ControlPlane) -> str:
+    name = f"apps-{uuid.uuid4().hex[:8]}"
+    ok(cp, "POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    return name
+
+
+def user(cp: ControlPlane, ns: str, name: str, rules: list[dict[str, Any]]) -> Credentials:
+    """A service account in `ns` with a Role of `rules` there, and a token for it."""
+    ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": name}})
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+    ok(cp, "POST", f"{rbac}/roles", {"metadata": {"name": name}, "rules": rules})
+    binding = {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }
+    ok(cp, "POST", f"{rbac}/rolebindings", binding)
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    got = ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token", request)
+    return Credentials(got["status"]["token"])
+
+
+EVERYTHING = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+VIEW = [{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]
+
+
+def greeting(cp: ControlPlane, ns: str, release: str) -> str | None:
+    status, got = cp.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{release}-greeting")
+    return got["data"]["greeting"] if status == 200 else None
+
+
+def test_helm_is_the_pinned_build(helm: Helm) -> None:
+    assert helm.version() == pinned_helm_version()
+
+
+def test_a_user_installs_upgrades_rolls_back_and_deletes_with_their_own_rights(
+    cp: ControlPlane, helm: Helm, repo: HttpChartRepo
+) -> None:
+    ns = namespace(cp)
+    alice = user(cp, ns, "alice", EVERYTHING)
+    done = helm.install(
+        alice, "web", "hello", ns, {"greeting": "hi"}, version="0.1.0", repo=repo.url
+    )
+    assert done["info"]["status"] == "deployed" and done["version"] == 1
+    assert greeting(cp, ns, "web") == "hi"
+
+    helm.upgrade(alice, "web", "hello", ns, {"greeting": "hey"}, version="0.2.0", repo=repo.url)
+    assert greeting(cp, ns, "web") == "hey"
+    [listed] = helm.releases(alice, ns)
+    assert (listed["name"], listed["chart"], listed["revision"]) == ("web", "hello-0.2.0", "2")
+
+    helm.rollback(alice, "web", ns, 1)
+    assert greeting(cp, ns, "web") == "hi"
+    history = helm.history(alice, "web", ns)
+    assert [h["revision"] for h in history] == [1, 2, 3]
+    assert history[-1]["chart"] == "hello-0.1.0"
+
+    helm.uninstall(alice, "web", ns)
+    assert greeting(cp, ns, "web") is None
+    assert helm.releases(alice, ns) == []
+
+
+def test_rbac_decides_what_each_user_may_do(
+    cp: ControlPlane, helm: Helm, repo: HttpChartRepo
+) -> None:
+    ns, other = namespace(cp), namespace(cp)
+    viewer = user(cp, ns, "viewer", VIEW)
+    with pytest.raises(HelmError, match="forbidden") as refused:
+        helm.install(viewer, "web", "hello", ns, {}, version="0.1.0", repo=repo.url)
+    assert refused.value.command == "helm install"
+    assert greeting(cp, ns, "web") is None
+
+    owner = user(cp, other, "owner", EVERYTHING)  # all rights, but in another namespace
+    with pytest.raises(HelmError, match="forbidden"):
+        helm.install(owner, "web", "hello", ns, {}, version="0.1.0", repo=repo.url)
+    assert greeting(cp, ns, "web") is None
+    assert helm.releases(viewer, ns) == []
+
+
+def test_a_token_reaches_helm_by_its_environment_only(
+    cp: ControlPlane, helm: Helm, repo: HttpChartRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = namespace(cp)
+    wrong = Credentials("not-a-token-" + uuid.uuid4().hex)
+    seen: list[list[str]] = []
+    real_run: Callable[..., Any] = subprocess.run
+
+    def spy(argv: list[str], **kwargs: Any) -> Any:
+        seen.append(list(argv))
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    with pytest.raises(HelmError) as refused:
+        helm.install(
+            wrong, "web", "hello", ns, {"secret": "s3cr3t"}, version="0.1.0", repo=repo.url
+        )
+    assert "provide credentials" in refused.value.message, refused.value.message
+    assert "level=" not in refused.value.message
+    assert wrong.token not in refused.value.message and wrong.token not in repr(wrong)
+    assert seen and all(wrong.token not in arg and "s3cr3t" not in arg for arg in seen[-1])
+    assert helm.environment(wrong, Path("/h"))["HELM_KUBETOKEN"] == wrong.token
+
+
+def test_each_user_gets_a_helm_home_of_their_own(helm: Helm) -> None:
+    a, b = Credentials("token-a"), Credentials("token-b")
+    home_a, home_b = (
+        helm.environment(a, Path("/x"))["HOME"],
+        helm.environment(b, Path("/y"))["HOME"],
+    )
+    assert home_a != home_b
+    assert a.key != b.key and "token" not in a.key
+    env = helm.environment(None, Path("/z"))
+    assert "HELM_KUBETOKEN" not in env and "HELM_KUBEAPISERVER" not in env
+
+
+def test_template_renders_a_chart_without_the_cluster(helm: Helm, repo: HttpChartRepo) -> None:
+    text = helm.template("web", "hello", "apps", {"greeting": "rendered"}, repo=repo.url)
+    assert "name: web-greeting" in text and 'greeting: "rendered"' in text
+
+
+@pytest.mark.parametrize("name", ["", "Web", "-web", "web-", "a" * 54, "we b", "web;rm"])
+def test_bad_release_names_are_refused_before_helm_runs(name: str) -> None:
+    with pytest.raises(ValueError, match="release name"):
+        check_release_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "Apps", "apps.x", "a" * 64, "../etc"])
+def test_bad_namespaces_are_refused_before_helm_runs(name: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        check_namespace(name)
