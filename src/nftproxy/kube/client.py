@@ -88,7 +88,7 @@ class ClusterConfig:
     """Where the API server is and how to authenticate to it."""
 
     server: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line
     # Read again whenever it changes: projected service-account tokens rotate.
     token_file: str | None = None
     client_cert_file: str | None = None
@@ -364,7 +364,8 @@ class WatchStream:
 
 
 class Client:
-    """GETs against one API server. Thread-safe: every request has its own connection."""
+    """Requests to one API server (GETs, watches, reviews). Thread-safe: every request has
+    its own connection."""
 
     def __init__(
         self, config: ClusterConfig, *, timeout: float = 60.0, user_agent: str = USER_AGENT
@@ -414,35 +415,58 @@ class Client:
         return headers
 
     def _open(
-        self, path: str, params: Mapping[str, str] | None, timeout: float
+        self,
+        path: str,
+        params: Mapping[str, str] | None,
+        timeout: float,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, socket.socket | None]:
         conn = self._connect(timeout)
+        headers = self._headers()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            conn.request("GET", self._target(path, params), headers=self._headers())
+            conn.request(method, self._target(path, params), body=body, headers=headers)
             # Kept before getresponse(), which drops conn.sock when the server will close.
             sock: socket.socket | None = conn.sock
             resp = conn.getresponse()
-            if resp.status != 200:
-                body = resp.read()
-                raise status_error("GET", path, resp.status, resp.reason, body)
+            if resp.status not in (200, 201):
+                raise status_error(method, path, resp.status, resp.reason, resp.read())
         except ApiError:
             conn.close()
             raise
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             text = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
-            raise Unavailable("GET", path, 0, "", f"{self.config.server}: {text}") from None
+            raise Unavailable(method, path, 0, "", f"{self.config.server}: {text}") from None
         return conn, resp, sock
 
     def get(
         self, path: str, params: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> bytes:
         """One GET; the response body (JSON) on 200, else a classified ApiError."""
-        conn, resp, _ = self._open(path, params, self.timeout if timeout is None else timeout)
+        return self._call("GET", path, params, None, timeout)
+
+    def post(self, path: str, body: Mapping[str, Any], *, timeout: float | None = None) -> bytes:
+        """One POST of a JSON object (a review, say); the response body on 200 or 201."""
+        return self._call("POST", path, None, json.dumps(body).encode(), timeout)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        timeout: float | None,
+    ) -> bytes:
+        wait = self.timeout if timeout is None else timeout
+        conn, resp, _ = self._open(path, params, wait, method=method, body=body)
         try:
             return resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable("GET", path, 0, "", f"reading the response: {exc}") from None
+            raise Unavailable(method, path, 0, "", f"reading the response: {exc}") from None
         finally:
             conn.close()
 
