@@ -27,6 +27,7 @@ from nftproxy.dashboard.helm import (
 from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.lab.charts import HttpChartRepo, write_chart
 from tests.support.control_plane import start_control_plane
+from tests.support.users import EVERYTHING, VIEW, namespace, user
 
 BUILD = Path(__file__).resolve().parents[2] / "hack" / "dashboard" / "build.sh"
 CONFIGMAP = """\
@@ -79,38 +80,6 @@ def repo(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpC
     with HttpChartRepo(helm, tmp_path_factory.mktemp("repo")) as served:
         served.publish(charts)
         yield served
-
-
-def ok(cp: ControlPlane, method: str, path: str, body: Any = None, want: int = 201) -> Any:
-    status, got = cp.request(method, path, body)
-    assert status == want, f"{method} {path}: {status} {got}"
-    return got
-
-
-def namespace(cp: ControlPlane) -> str:
-    name = f"apps-{uuid.uuid4().hex[:8]}"
-    ok(cp, "POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-    return name
-
-
-def user(cp: ControlPlane, ns: str, name: str, rules: list[dict[str, Any]]) -> Credentials:
-    """A service account in `ns` with a Role of `rules` there, and a token for it."""
-    ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": name}})
-    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
-    ok(cp, "POST", f"{rbac}/roles", {"metadata": {"name": name}, "rules": rules})
-    binding = {
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-    }
-    ok(cp, "POST", f"{rbac}/rolebindings", binding)
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
-    got = ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token", request)
-    return Credentials(got["status"]["token"])
-
-
-EVERYTHING = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
-VIEW = [{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]
 
 
 def greeting(cp: ControlPlane, ns: str, release: str) -> str | None:
