@@ -43,6 +43,7 @@ __all__ = [
     "broken_symlink",
     "load_paths",
     "manifest_files",
+    "read_yaml_document",
     "special_file",
 ]
 
@@ -441,6 +442,25 @@ def _yaml_documents(
         yield from reader.documents()
     finally:
         loader.dispose()
+
+
+def read_yaml_document(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> object:
+    """The first document of a YAML stream, read within `limits` (size, nesting, what
+    aliases add): for other YAML the project reads from outside, such as a chart
+    repository's index. ValueError says what is wrong and where."""
+    if len(data) > limits.max_file_bytes:
+        raise ValueError(f"larger than the limit of {limits.max_file_bytes:,} bytes")
+    first: object = None
+    try:
+        # Read to the end: a syntax error anywhere in the stream counts.
+        for index, document, problems in _yaml_documents(data, limits):
+            if problems:
+                raise ValueError("; ".join(f"{p.where}: {p.message}" for p in problems))
+            if index == 1 and document is not _REJECTED:
+                first = document
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid YAML: {' '.join(str(exc).split())}") from None
+    return first
 
 
 class _YamlReader:
