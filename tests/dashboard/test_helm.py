@@ -4,7 +4,6 @@ with their own RBAC rights."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import uuid
@@ -19,10 +18,8 @@ from nftproxy.dashboard.helm import (
     Credentials,
     Helm,
     HelmError,
-    HelmMissing,
     check_namespace,
     check_release_name,
-    find_helm,
 )
 from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.lab.charts import HttpChartRepo, write_chart
@@ -44,16 +41,6 @@ def pinned_helm_version() -> str:
     found = re.search(r"^helm_version=(\S+)$", BUILD.read_text(), re.M)
     assert found, f"no helm_version= in {BUILD}"
     return found.group(1)
-
-
-@pytest.fixture(scope="module")
-def helm_binary() -> Path:
-    try:
-        return find_helm()
-    except HelmMissing as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
