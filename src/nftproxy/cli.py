@@ -21,6 +21,7 @@ from typing import Any
 from nftproxy import __version__, addresses, applying, explain, logs
 from nftproxy.config import PRIMARY, ConfigError, NodeConfig, node_config, service_cidr_union
 from nftproxy.conntrack import ConntrackSettings
+from nftproxy.dashboard import command as dashboard_command
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.errors import NftError
 from nftproxy.lab.cluster import command as cluster_command
@@ -787,6 +788,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     cluster_command.add_parser(sub)
+    dashboard_command.add_parser(sub)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)

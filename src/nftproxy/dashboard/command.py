@@ -1,0 +1,136 @@
+"""`nftproxy dashboard`: serve the app dashboard. The dashboard's own identity (a kubeconfig
+or its in-cluster service account) only lists namespaces; users act with their own tokens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the rest is imported when the command runs: other commands start faster
+    from nftproxy.dashboard.catalog import RepoConfig
+    from nftproxy.kube.client import ClusterConfig
+
+__all__ = ["add_parser", "cmd_dashboard", "repo_option"]
+
+
+def repo_option(text: str) -> RepoConfig:
+    from nftproxy.dashboard.catalog import RepoConfig
+
+    name, sep, url = text.partition("=")
+    if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=http(s)://URL")
+    return RepoConfig(name.strip(), url.strip())
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the app dashboard: Helm charts deployed by users with their own rights",
+    )
+    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--kubeconfig", help="the dashboard's own identity (default: in-cluster)")
+    p.add_argument(
+        "--repo",
+        action="append",
+        type=repo_option,
+        default=[],
+        metavar="NAME=URL",
+        help="a chart repository (index.yaml at URL), repeatable",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="offer this namespace (repeatable) instead of listing them all",
+    )
+    p.add_argument(
+        "--token-header",
+        help="trust this request header (set by an authenticating proxy) for the user's token",
+    )
+    p.add_argument("--helm", help="the helm binary (default: hack/dashboard/build.sh's)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (cookies then TLS-only)")
+    p.add_argument("--tls-key", help="... and this key")
+    p.set_defaults(func=cmd_dashboard)
+
+
+def _own_identity(kubeconfig: str | None) -> ClusterConfig:
+    from nftproxy.kube import client
+
+    if kubeconfig or os.environ.get("KUBECONFIG"):
+        return client.load_kubeconfig(kubeconfig)
+    return client.in_cluster()
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from nftproxy.config import BindAddressError, split_host_port
+    from nftproxy.dashboard.catalog import CatalogError
+    from nftproxy.dashboard.helm import ApiServer, HelmMissing, find_helm
+    from nftproxy.kube.client import ApiError, Client, KubeConfigError
+
+    try:
+        import uvicorn
+
+        from nftproxy.dashboard.app import DashboardConfig, create_app
+    except ImportError as exc:
+        print(
+            f"nftproxy dashboard: {exc.name} is missing: pip install 'nftproxy[dashboard]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        host, port = split_host_port("--listen", args.listen)
+        own = _own_identity(args.kubeconfig)
+        helm = Path(args.helm) if args.helm else find_helm()
+    except (BindAddressError, KubeConfigError, HelmMissing, CatalogError) as exc:
+        print(f"nftproxy dashboard: {exc}", file=sys.stderr)
+        return 1
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("nftproxy dashboard: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 1
+    server = ApiServer(
+        own.server, Path(own.ca_file) if own.ca_file else None, insecure=own.insecure
+    )
+    lister = Client(own, timeout=10)
+    fixed = sorted(set(args.namespace))
+
+    def namespaces() -> list[str]:
+        if fixed:
+            return fixed
+        found = json.loads(lister.get("/api/v1/namespaces"))
+        return [str(item["metadata"]["name"]) for item in found.get("items", [])]
+
+    try:
+        namespaces()  # the dashboard's own rights, checked once at start
+    except ApiError as exc:
+        print(
+            f"nftproxy dashboard: cannot list namespaces ({exc}); give --namespace", file=sys.stderr
+        )
+        return 1
+    homes = Path(tempfile.mkdtemp(prefix="nftproxy-dashboard-"))
+    config = DashboardConfig(
+        server=server,
+        helm=helm,
+        homes=homes,
+        namespaces=namespaces,
+        repos=tuple(args.repo),
+        token_header=args.token_header,
+        secure_cookies=bool(args.tls_cert),
+    )
+    print(
+        f"nftproxy dashboard on {'https' if args.tls_cert else 'http'}://{args.listen}/",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+    )
+    return 0

@@ -1,0 +1,228 @@
+"""The dashboard's web pages (nftproxy.dashboard.app) through HTTP, against the real
+kube-apiserver, real helm and a chart repository on loopback: sign-in with a user's own
+token, sessions and CSRF, the apps a user may see, the catalog. (The browser tests come
+with the forms.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from nftproxy.dashboard.app import SESSION_COOKIE, DashboardConfig, create_app
+from nftproxy.dashboard.catalog import RepoConfig
+from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
+from nftproxy.lab.apiserver import ControlPlane, free_ports
+from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.processes import stop_processes
+from tests.support.control_plane import start_control_plane
+from tests.support.users import EVERYTHING, VIEW, namespace, user
+
+CONFIGMAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-cm
+data:
+  a: "1"
+"""
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="module")
+def repo(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
+    packager = Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("h"))
+    src = tmp_path_factory.mktemp("charts")
+    with HttpChartRepo(packager, tmp_path_factory.mktemp("repo")) as served:
+        served.publish(
+            [
+                write_chart(src, "hello", "0.1.0", templates={"cm.yaml": CONFIGMAP}),
+                write_chart(src / "w", "web", "1.0.0"),
+            ]
+        )
+        # A description is text from a repository: it must never become markup.
+        chart = write_chart(src / "x", "sneaky", "1.0.0")
+        chart_yaml = chart / "Chart.yaml"
+        chart_yaml.write_text(
+            chart_yaml.read_text().replace(
+                "description: sneaky for tests", "description: '<script>alert(1)</script>'"
+            )
+        )
+        served.publish([chart])
+        yield served
+
+
+@pytest.fixture(scope="module")
+def world(cp: ControlPlane) -> dict[str, str]:
+    """Two namespaces: alice deploys in hers; bob may only look at his."""
+    mine, theirs = namespace(cp), namespace(cp)
+    return {
+        "mine": mine,
+        "theirs": theirs,
+        "alice": user(cp, mine, "alice", EVERYTHING).token,
+        "bob": user(cp, theirs, "bob", VIEW).token,
+    }
+
+
+@pytest.fixture
+def client(
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[TestClient]:
+    config = DashboardConfig(
+        server=ApiServer(cp.url, insecure=True),
+        helm=helm_binary,
+        homes=tmp_path / "homes",
+        namespaces=lambda: [world["mine"], world["theirs"], "default"],
+        repos=(RepoConfig("main", repo.url),),
+    )
+    with TestClient(create_app(config), base_url="http://testserver") as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    marker = 'name="csrf" value="'
+    start = html.index(marker) + len(marker)
+    return html[start : html.index('"', start)]
+
+
+def sign_in(client: TestClient, token: str) -> str:
+    form = client.get("/signin")
+    answer = client.post(
+        "/signin", data={"csrf": csrf_of(form.text), "token": token}, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text
+    return answer.headers["set-cookie"]
+
+
+def test_pages_need_a_signed_in_user(client: TestClient) -> None:
+    for path in ("/", "/apps", "/catalog"):
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/signin"
+
+
+def test_a_token_the_cluster_refuses_gets_a_clear_page_and_no_session(client: TestClient) -> None:
+    form = client.get("/signin")
+    answer = client.post("/signin", data={"csrf": csrf_of(form.text), "token": "made-up-token"})
+    assert answer.status_code == 401
+    assert "does not accept this token" in answer.text
+    assert "made-up-token" not in answer.text and "Traceback" not in answer.text
+    assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_signing_in_without_the_forms_csrf_token_is_refused(
+    client: TestClient, world: dict[str, str]
+) -> None:
+    client.get("/signin")
+    answer = client.post("/signin", data={"csrf": "forged", "token": world["alice"]})
+    assert answer.status_code == 403
+    assert client.get("/apps", follow_redirects=False).status_code == 303
+
+
+def test_a_user_sees_the_namespaces_and_apps_their_rights_allow(
+    client: TestClient,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Someone else installs with the helm CLI (here: as the cluster's admin).
+    admin = Helm(helm_binary, ApiServer(cp.url, insecure=True), tmp_path / "admin")
+    admin.install(
+        Credentials(cp.admin_token), "cli-made", "hello", world["mine"], {}, repo=repo.url
+    )
+
+    cookie = sign_in(client, world["alice"])
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    page = client.get("/apps")
+    assert page.status_code == 200
+    assert f"system:serviceaccount:{world['mine']}:alice" in page.text
+    assert world["mine"] in page.text and world["theirs"] not in page.text
+    assert "cli-made" in page.text and "hello-0.1.0" in page.text
+    assert "deploy" in page.text
+
+
+def test_a_viewer_sees_their_namespace_as_view_only(
+    client: TestClient, world: dict[str, str]
+) -> None:
+    sign_in(client, world["bob"])
+    page = client.get("/apps").text
+    assert world["theirs"] in page and world["mine"] not in page
+    assert "view only" in page
+
+
+def test_the_catalog_lists_and_searches_the_repository_and_escapes_its_text(
+    client: TestClient, world: dict[str, str]
+) -> None:
+    sign_in(client, world["bob"])
+    everything = client.get("/catalog").text
+    assert "hello" in everything and "web" in everything
+    assert "<script>alert(1)</script>" not in everything
+    assert "&lt;script&gt;" in everything
+    found = client.get("/catalog", params={"q": "web"}).text
+    assert ">web<" in found and ">hello<" not in found
+
+
+def test_signing_out_needs_the_sessions_csrf_token_and_ends_the_session(
+    client: TestClient, world: dict[str, str]
+) -> None:
+    sign_in(client, world["alice"])
+    page = client.get("/apps").text
+    assert client.post("/signout", data={"csrf": "forged"}).status_code == 403
+    assert client.get("/apps", follow_redirects=False).status_code == 200
+    answer = client.post("/signout", data={"csrf": csrf_of(page)}, follow_redirects=False)
+    assert answer.status_code == 303
+    assert client.get("/apps", follow_redirects=False).status_code == 303
+
+
+def test_the_command_serves_the_sign_in_page(
+    cp: ControlPlane, helm_binary: Path, tmp_path: Path, world: dict[str, str]
+) -> None:
+    [port] = free_ports(1)
+    kubeconfig = cp.kubeconfig(tmp_path / "kc", cp.admin_token)
+    argv = [
+        sys.executable,
+        "-m",
+        "nftproxy",
+        "dashboard",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--helm",
+        str(helm_binary),
+    ]
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/signin", timeout=2) as page:
+                    assert (
+                        page.status == 200
+                        and "Paste a Kubernetes bearer token" in page.read().decode()
+                    )
+                    break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the dashboard did not answer"
+                time.sleep(0.2)
+    finally:
+        stop_processes([proc])
