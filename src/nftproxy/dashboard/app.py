@@ -27,7 +27,14 @@ from nftproxy.dashboard.catalog import Catalog, RepoConfig
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm, HelmError
 from nftproxy.kube.client import ApiError
 
-__all__ = ["DashboardConfig", "Session", "Sessions", "create_app"]
+__all__ = [
+    "SESSION_COOKIE",
+    "SIGNIN_COOKIE",
+    "DashboardConfig",
+    "Session",
+    "Sessions",
+    "create_app",
+]
 
 log = logging.getLogger("nftproxy.dashboard")
 
