@@ -11,11 +11,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from nftproxy.dashboard.app import SESSION_COOKIE, DashboardConfig, create_app
+from nftproxy.dashboard.app import SECURITY_HEADERS, DashboardConfig, create_app
 from nftproxy.dashboard.catalog import RepoConfig
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
 from nftproxy.lab.apiserver import ControlPlane, free_ports
@@ -75,6 +76,24 @@ def world(cp: ControlPlane) -> dict[str, str]:
     }
 
 
+def make_config(
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    homes: Path,
+    **kw: Any,
+) -> DashboardConfig:
+    return DashboardConfig(
+        server=ApiServer(cp.url, insecure=True),
+        helm=helm_binary,
+        homes=homes,
+        namespaces=lambda: [world["mine"], world["theirs"], "default"],
+        repos=(RepoConfig("main", repo.url),),
+        **kw,
+    )
+
+
 @pytest.fixture
 def client(
     cp: ControlPlane,
@@ -83,13 +102,7 @@ def client(
     world: dict[str, str],
     tmp_path: Path,
 ) -> Iterator[TestClient]:
-    config = DashboardConfig(
-        server=ApiServer(cp.url, insecure=True),
-        helm=helm_binary,
-        homes=tmp_path / "homes",
-        namespaces=lambda: [world["mine"], world["theirs"], "default"],
-        repos=(RepoConfig("main", repo.url),),
-    )
+    config = make_config(cp, helm_binary, repo, world, tmp_path / "homes")
     with TestClient(create_app(config), base_url="http://testserver") as c:
         yield c
 
@@ -110,7 +123,8 @@ def sign_in(client: TestClient, token: str) -> str:
 
 
 def test_pages_need_a_signed_in_user(client: TestClient) -> None:
-    for path in ("/", "/apps", "/catalog"):
+    assert client.get("/", follow_redirects=False).headers["location"] == "/apps"
+    for path in ("/apps", "/catalog"):
         answer = client.get(path, follow_redirects=False)
         assert answer.status_code == 303 and answer.headers["location"] == "/signin"
 
@@ -121,7 +135,7 @@ def test_a_token_the_cluster_refuses_gets_a_clear_page_and_no_session(client: Te
     assert answer.status_code == 401
     assert "does not accept this token" in answer.text
     assert "made-up-token" not in answer.text and "Traceback" not in answer.text
-    assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+    assert "nftproxy_session" not in answer.headers.get("set-cookie", "")
 
 
 def test_signing_in_without_the_forms_csrf_token_is_refused(
@@ -154,7 +168,9 @@ def test_a_user_sees_the_namespaces_and_apps_their_rights_allow(
     assert f"system:serviceaccount:{world['mine']}:alice" in page.text
     assert world["mine"] in page.text and world["theirs"] not in page.text
     assert "cli-made" in page.text and "hello-0.1.0" in page.text
-    assert "deploy" in page.text
+    assert '<span class="badge">deploy</span>' in page.text
+    for name, value in SECURITY_HEADERS.items():
+        assert page.headers[name] == value
 
 
 def test_a_viewer_sees_their_namespace_as_view_only(
@@ -226,3 +242,55 @@ def test_the_command_serves_the_sign_in_page(
                 time.sleep(0.2)
     finally:
         stop_processes([proc])
+
+
+def test_a_token_with_a_line_break_is_refused_plainly_and_never_echoed(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    form = client.get("/signin")
+    secret = "first-half-of-a-token\nsecond-half-of-it"
+    answer = client.post("/signin", data={"csrf": csrf_of(form.text), "token": secret})
+    assert answer.status_code == 400 and "That is not a token" in answer.text
+    assert "first-half" not in answer.text and "second-half" not in answer.text
+    assert not any("second-half" in r.getMessage() for r in caplog.records)
+
+
+def test_forms_beyond_what_the_pages_send_are_refused_unread(client: TestClient) -> None:
+    form = client.get("/signin")
+    csrf = csrf_of(form.text)
+    big = client.post("/signin", data={"csrf": csrf, "token": "x" * (70 << 10)})
+    assert big.status_code == 413
+    upload = client.post("/signin", data={"csrf": csrf}, files={"token": ("t", b"abc")})
+    assert upload.status_code == 413
+
+
+def test_under_tls_cookies_are_secure_host_cookies(
+    cp: ControlPlane, helm_binary: Path, repo: HttpChartRepo, world: dict[str, str], tmp_path: Path
+) -> None:
+    config = make_config(cp, helm_binary, repo, world, tmp_path / "h", secure_cookies=True)
+    with TestClient(create_app(config), base_url="https://testserver") as secure:
+        cookie = sign_in(secure, world["alice"])
+        assert cookie.startswith("__Host-nftproxy_session=") and "Secure" in cookie
+        assert secure.get("/apps").status_code == 200
+
+
+def test_behind_a_proxy_its_header_says_who_on_every_request(
+    cp: ControlPlane, helm_binary: Path, repo: HttpChartRepo, world: dict[str, str], tmp_path: Path
+) -> None:
+    config = make_config(
+        cp, helm_binary, repo, world, tmp_path / "h", token_header="X-Forwarded-Access-Token"
+    )
+    app = create_app(config)
+    with TestClient(app) as proxied:
+        alice = {"X-Forwarded-Access-Token": world["alice"]}
+        bob = {"X-Forwarded-Access-Token": world["bob"]}
+        assert f":{world['mine']}:alice" in proxied.get("/apps", headers=alice).text
+        # Someone else at the proxy, same browser: their identity, not the last one's.
+        page = proxied.get("/apps", headers=bob).text
+        assert f":{world['theirs']}:bob" in page and world["mine"] not in page
+        assert proxied.get("/apps", follow_redirects=False).status_code == 303  # no header
+        made_up = {"X-Forwarded-Access-Token": "made-up"}
+        assert proxied.get("/apps", headers=made_up, follow_redirects=False).status_code == 303
+        for _ in range(5):
+            proxied.get("/apps", headers=alice)
+        assert len(app.state.sessions) == 2  # one per user, not one per request

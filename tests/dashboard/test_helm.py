@@ -147,15 +147,41 @@ def test_a_token_reaches_helm_by_its_environment_only(
 
 
 def test_each_user_gets_a_helm_home_of_their_own(helm: Helm) -> None:
-    a, b = Credentials("token-a"), Credentials("token-b")
-    home_a, home_b = (
-        helm.environment(a, Path("/x"))["HOME"],
-        helm.environment(b, Path("/y"))["HOME"],
-    )
-    assert home_a != home_b
-    assert a.key != b.key and "token" not in a.key
+    a, b = Credentials("token-a-" + uuid.uuid4().hex), Credentials("token-b-" + uuid.uuid4().hex)
+    for someone in (a, b):
+        helm.run(["version"], someone)  # creates their home
+    homes = [helm.homes / a.key, helm.homes / b.key]
+    assert homes[0] != homes[1] and all(h.is_dir() for h in homes)
+    assert all(h.stat().st_mode & 0o777 == 0o700 for h in homes)
+    assert not any(u.token in str(h) for u in (a, b) for h in helm.homes.iterdir())
     env = helm.environment(None, Path("/z"))
     assert "HELM_KUBETOKEN" not in env and "HELM_KUBEAPISERVER" not in env
+
+
+def test_helms_messages_never_carry_the_token(tmp_path: Path) -> None:
+    # A fake helm (named as such): the real one never prints a token, so the redaction
+    # of a message that does can only be staged.
+    fake = tmp_path / "fake-helm"
+    fake.write_text(
+        '#!/bin/sh\necho "Error: rejected $HELM_KUBETOKEN at $HELM_KUBEAPISERVER" >&2\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    helm = Helm(fake, ApiServer("https://10.0.0.1:6443"), tmp_path / "homes")
+    sekrit = Credentials("sekrit-" + uuid.uuid4().hex)
+    with pytest.raises(HelmError) as refused:
+        helm.uninstall(sekrit, "web", "apps")
+    assert refused.value.message == "rejected <token> at https://10.0.0.1:6443"
+
+
+@pytest.mark.parametrize(
+    ("chart", "version"),
+    [("--help", None), ("-x", None), ("hello", "--devel"), ("oci://-bad/x", None), ("a b", None)],
+)
+def test_nothing_a_user_gives_becomes_a_helm_flag(
+    helm: Helm, chart: str, version: str | None
+) -> None:
+    with pytest.raises(ValueError):
+        helm.template("web", chart, "apps", {}, version=version, repo="http://127.0.0.1:1")
 
 
 def test_template_renders_a_chart_without_the_cluster(helm: Helm, repo: HttpChartRepo) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -28,21 +32,46 @@ from nftproxy.dashboard.helm import ApiServer, Credentials, Helm, HelmError
 from nftproxy.kube.client import ApiError
 
 __all__ = [
-    "SESSION_COOKIE",
-    "SIGNIN_COOKIE",
+    "MAX_FORM_BYTES",
+    "SECURITY_HEADERS",
     "DashboardConfig",
     "Session",
     "Sessions",
+    "cookie_name",
     "create_app",
+    "valid_token",
 ]
 
 log = logging.getLogger("nftproxy.dashboard")
 
-SESSION_COOKIE = "nftproxy_session"
-SIGNIN_COOKIE = "nftproxy_signin"  # the sign-in form's CSRF token, before any session
 MAX_TOKEN_CHARS = 16_384
+MAX_FORM_BYTES = 64 << 10
+MAX_SESSIONS = 10_000
 CATALOG_REFRESH = 300.0
 TEMPLATES = Path(__file__).parent / "templates"
+# Pages hold a CSRF token and the user's name: not cached, not framed, no foreign scripts.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+        "form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_TOKEN = re.compile(rf"[!-~]{{1,{MAX_TOKEN_CHARS}}}")
+
+
+def valid_token(text: str) -> bool:
+    """A bearer token is printable ASCII without spaces; anything else is refused before it
+    reaches an HTTP header (where a line break would end up in an error message)."""
+    return _TOKEN.fullmatch(text) is not None
+
+
+def cookie_name(base: str, secure: bool) -> str:
+    """`__Host-` cookies (TLS only, this host only, path /) cannot be planted by a
+    neighbouring subdomain."""
+    return f"__Host-{base}" if secure else base
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +81,12 @@ class DashboardConfig:
     homes: Path  # per-user helm homes
     namespaces: Callable[[], list[str]]  # candidate namespaces, listed by the dashboard itself
     repos: tuple[RepoConfig, ...] = ()
-    token_header: str | None = None  # an authenticating proxy's header with the user's token
-    secure_cookies: bool = False  # served over TLS: cookies only over TLS too
+    # An authenticating proxy's header with the user's token. Only safe when the dashboard
+    # is reachable through that proxy alone, and the proxy sets the header on every request.
+    token_header: str | None = None
+    secure_cookies: bool = False  # served over TLS (here or at the proxy)
     session_idle: float = 1800.0
+    session_max: float = 8 * 3600.0
 
 
 @dataclass(slots=True)
@@ -63,24 +95,41 @@ class Session:
     user: Credentials
     username: str
     csrf: str = field(repr=False)
+    created: float
     last_seen: float
 
 
 class Sessions:
     """Signed-in users, in memory only: a token lives as long as its session."""
 
-    def __init__(self, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        idle: float,
+        lifetime: float,
+        *,
+        limit: int = MAX_SESSIONS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.idle = idle
+        self.lifetime = lifetime
+        self.limit = limit
         self.clock = clock
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
+        self._by_user: dict[str, str] = {}  # Credentials.key -> session id (proxy mode)
 
     def new(self, user: Credentials, username: str) -> Session:
+        now = self.clock()
         session = Session(
-            secrets.token_urlsafe(32), user, username, secrets.token_urlsafe(32), self.clock()
+            secrets.token_urlsafe(32), user, username, secrets.token_urlsafe(32), now, now
         )
         with self._lock:
+            self._expire(now)
+            while len(self._by_id) >= self.limit:  # the least recently used goes
+                oldest = min(self._by_id.values(), key=lambda s: s.last_seen)
+                self._remove(oldest.id)
             self._by_id[session.id] = session
+            self._by_user[user.key] = session.id
         return session
 
     def get(self, session_id: str | None) -> Session | None:
@@ -88,20 +137,52 @@ class Sessions:
             return None
         now = self.clock()
         with self._lock:
-            for stale in [k for k, s in self._by_id.items() if now - s.last_seen > self.idle]:
-                del self._by_id[stale]
+            self._expire(now)
             session = self._by_id.get(session_id)
             if session is not None:
                 session.last_seen = now
             return session
 
+    def of_user(self, user: Credentials) -> Session | None:
+        with self._lock:
+            session_id = self._by_user.get(user.key)
+        return self.get(session_id)
+
     def drop(self, session_id: str) -> None:
         with self._lock:
-            self._by_id.pop(session_id, None)
+            self._remove(session_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def _expire(self, now: float) -> None:
+        for s in list(self._by_id.values()):
+            if now - s.last_seen > self.idle or now - s.created > self.lifetime:
+                self._remove(s.id)
+
+    def _remove(self, session_id: str) -> None:
+        session = self._by_id.pop(session_id, None)
+        if session is not None and self._by_user.get(session.user.key) == session_id:
+            del self._by_user[session.user.key]
 
 
 def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+
+
+class _FormTooLarge(Exception):
+    pass
+
+
+async def _small_form(request: Request) -> FormData:
+    """The urlencoded form of a request, refused beyond MAX_FORM_BYTES before it is read."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    length = request.headers.get("content-length", "")
+    if kind != "application/x-www-form-urlencoded" or not length.isdigit():
+        raise _FormTooLarge
+    if int(length) > MAX_FORM_BYTES:
+        raise _FormTooLarge
+    return await request.form(max_files=0, max_fields=8, max_part_size=MAX_FORM_BYTES)
 
 
 def create_app(config: DashboardConfig) -> Starlette:
@@ -111,11 +192,13 @@ def create_app(config: DashboardConfig) -> Starlette:
         undefined=jinja2.StrictUndefined,
     )
     templates = Jinja2Templates(env=env)
-    sessions = Sessions(config.session_idle)
+    sessions = Sessions(config.session_idle, config.session_max)
     helm = Helm(config.helm, config.server, config.homes)
     catalog = Catalog(config.repos)
     refreshed: list[float] = []
     catalog_lock = threading.Lock()
+    session_cookie = cookie_name("nftproxy_session", config.secure_cookies)
+    signin_cookie = cookie_name("nftproxy_signin", config.secure_cookies)
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
         context.setdefault("session", None)
@@ -125,24 +208,23 @@ def create_app(config: DashboardConfig) -> Starlette:
     def error(request: Request, title: str, message: str, status: int, **context: Any) -> Response:
         return page(request, "error.html", status, title=title, message=message, **context)
 
-    def set_session_cookie(response: Response, session: Session) -> None:
+    def set_cookie(response: Response, name: str, value: str) -> None:
         response.set_cookie(
-            SESSION_COOKIE,
-            session.id,
-            httponly=True,
-            samesite="strict",
-            secure=config.secure_cookies,
-            path="/",
+            name, value, httponly=True, samesite="strict", secure=config.secure_cookies, path="/"
         )
 
     def current(request: Request) -> Session | None:
-        session = sessions.get(request.cookies.get(SESSION_COOKIE))
-        if session is not None or not config.token_header:
-            return session
+        """The signed-in user. Behind an authenticating proxy, its header says who on every
+        request (a cookie from someone before never does); else the session cookie."""
+        if not config.token_header:
+            return sessions.get(request.cookies.get(session_cookie))
         token = request.headers.get(config.token_header, "").removeprefix("Bearer ").strip()
-        if not token or len(token) > MAX_TOKEN_CHARS:
+        if not valid_token(token):
             return None
         user = Credentials(token)
+        session = sessions.of_user(user)
+        if session is not None:
+            return session
         try:
             name = UserAccess(config.server, user).username()
         except (BadToken, ApiError):
@@ -155,65 +237,65 @@ def create_app(config: DashboardConfig) -> Starlette:
             session = await run_in_threadpool(current, request)
             if session is None:
                 return RedirectResponse("/signin", status_code=303)
-            response = await run_in_threadpool(handler, request, session)
-            if request.cookies.get(SESSION_COOKIE) != session.id:
-                set_session_cookie(response, session)  # signed in by the proxy's header
-            return response
+            return await run_in_threadpool(handler, request, session)
 
         return endpoint
 
     async def home(request: Request) -> Response:
-        session = await run_in_threadpool(current, request)
-        return RedirectResponse("/apps" if session else "/signin", status_code=303)
+        return RedirectResponse("/apps", status_code=303)
 
-    async def signin_form(request: Request) -> Response:
+    def signin_page(request: Request, status: int = 200, problem: str | None = None) -> Response:
         token = secrets.token_urlsafe(32)
-        response = page(request, "signin.html", csrf=token, error=None)
-        response.set_cookie(
-            SIGNIN_COOKIE, token, httponly=True, samesite="strict", secure=config.secure_cookies
-        )
+        response = page(request, "signin.html", status, csrf=token, error=problem)
+        set_cookie(response, signin_cookie, token)
         return response
 
+    async def signin_form(request: Request) -> Response:
+        return signin_page(request)
+
     async def signin(request: Request) -> Response:
-        form = await request.form()
-        if not _same(str(form.get("csrf", "")), request.cookies.get(SIGNIN_COOKIE)):
+        try:
+            form = await _small_form(request)
+        except _FormTooLarge:
+            return error(request, "Refused", "The form is not one this page sends.", 413)
+        if not _same(str(form.get("csrf", "")), request.cookies.get(signin_cookie)):
             return error(request, "Refused", "The form has expired: sign in again.", 403)
         token = str(form.get("token", "")).strip()
-        retry = secrets.token_urlsafe(32)
-
-        def again(message: str, status: int) -> Response:
-            response = page(request, "signin.html", status, csrf=retry, error=message, session=None)
-            response.set_cookie(
-                SIGNIN_COOKIE, retry, httponly=True, samesite="strict", secure=config.secure_cookies
-            )
-            return response
-
-        if not token or len(token) > MAX_TOKEN_CHARS:
-            return again("Paste a token to sign in.", 400)
+        if not token:
+            return signin_page(request, 400, "Paste a token to sign in.")
+        if not valid_token(token):
+            return signin_page(request, 400, "That is not a token: printable characters only.")
         user = Credentials(token)
         try:
             name = await run_in_threadpool(UserAccess(config.server, user).username)
         except BadToken as exc:
-            return again(f"Not signed in: {exc}.", 401)
+            return signin_page(request, 401, f"Not signed in: {exc}.")
         except ApiError as exc:
-            return again(f"The cluster cannot be asked right now: {exc.message}", 503)
+            log.warning("sign-in: the API server could not be asked: %s", exc)
+            return signin_page(request, 503, "The cluster cannot be asked right now; try again.")
+        old = request.cookies.get(session_cookie)
+        if old:
+            sessions.drop(old)
         session = sessions.new(user, name)
         log.info("signed in: %s", name)
         response = RedirectResponse("/apps", status_code=303)
-        set_session_cookie(response, session)
-        response.delete_cookie(SIGNIN_COOKIE)
+        set_cookie(response, session_cookie, session.id)
+        response.delete_cookie(signin_cookie, path="/", secure=config.secure_cookies)
         return response
 
     async def signout(request: Request) -> Response:
         session = await run_in_threadpool(current, request)
-        form = await request.form()
+        try:
+            form = await _small_form(request)
+        except _FormTooLarge:
+            return error(request, "Refused", "The form is not one this page sends.", 413)
         if session is None:
             return RedirectResponse("/signin", status_code=303)
         if not _same(str(form.get("csrf", "")), session.csrf):
             return error(request, "Refused", "The form has expired: reload the page.", 403)
         sessions.drop(session.id)
         response = RedirectResponse("/signin", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(session_cookie, path="/", secure=config.secure_cookies)
         return response
 
     def apps(request: Request, session: Session) -> Response:
@@ -222,8 +304,9 @@ def create_app(config: DashboardConfig) -> Starlette:
             namespaces: list[NamespaceAccess] = access.namespaces(config.namespaces())
         except BadToken as exc:
             sessions.drop(session.id)
-            return error(request, "Signed out", f"{exc}: sign in again.", 401, session=None)
+            return error(request, "Signed out", f"{exc}: sign in again.", 401)
         except ApiError as exc:
+            log.warning("apps of %s: %s", session.username, exc)
             return error(request, "Cluster unavailable", exc.message, 503, session=session)
         releases: dict[str, list[dict[str, Any]]] = {}
         problems: dict[str, str] = {}
@@ -243,13 +326,18 @@ def create_app(config: DashboardConfig) -> Starlette:
             problems=problems,
         )
 
-    def refresh_catalog(force: bool = False) -> dict[str, str]:
-        with catalog_lock:
+    def refresh_catalog() -> dict[str, str]:
+        """Refresh when due; while one request refreshes, the others serve what is cached."""
+        if not catalog_lock.acquire(blocking=False):
+            return {}
+        try:
             now = time.monotonic()
-            if force or not refreshed or now - refreshed[-1] > CATALOG_REFRESH:
+            if not refreshed or now - refreshed[-1] > CATALOG_REFRESH:
                 refreshed[:] = [now]
                 return catalog.refresh()
-        return {}
+            return {}
+        finally:
+            catalog_lock.release()
 
     def catalog_page(request: Request, session: Session) -> Response:
         query = request.query_params.get("q", "")[:200]
@@ -263,6 +351,13 @@ def create_app(config: DashboardConfig) -> Starlette:
             errors=errors,
         )
 
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     routes = [
         Route("/", home),
         Route("/signin", signin_form, methods=["GET"]),
@@ -271,7 +366,10 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/apps", signed_in(apps)),
         Route("/catalog", signed_in(catalog_page)),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)]
+    )
     app.state.sessions = sessions
     app.state.catalog = catalog
+    app.state.cookies = (session_cookie, signin_cookie)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -50,9 +51,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--token-header",
-        help="trust this request header (set by an authenticating proxy) for the user's token",
+        help="take the user's token from this request header, set by an authenticating "
+        "proxy; only safe when the dashboard is reachable through that proxy alone",
     )
     p.add_argument("--helm", help="the helm binary (default: hack/dashboard/build.sh's)")
+    p.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="cookies only over TLS: set when a proxy ends TLS in front (default with "
+        "--tls-cert or --token-header)",
+    )
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (cookies then TLS-only)")
     p.add_argument("--tls-key", help="... and this key")
     p.set_defaults(func=cmd_dashboard)
@@ -111,6 +119,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             f"nftproxy dashboard: cannot list namespaces ({exc}); give --namespace", file=sys.stderr
         )
         return 1
+    if args.token_header and host not in ("127.0.0.1", "::1"):
+        print(
+            f"nftproxy dashboard: warning: --token-header {args.token_header} trusts that "
+            f"header from anyone who can reach {args.listen}: only a proxy should",
+            file=sys.stderr,
+        )
     homes = Path(tempfile.mkdtemp(prefix="nftproxy-dashboard-"))
     config = DashboardConfig(
         server=server,
@@ -119,18 +133,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         repos=tuple(args.repo),
         token_header=args.token_header,
-        secure_cookies=bool(args.tls_cert),
+        secure_cookies=bool(args.tls_cert or args.secure_cookies or args.token_header),
     )
     print(
         f"nftproxy dashboard on {'https' if args.tls_cert else 'http'}://{args.listen}/",
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        log_level="warning",
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-    )
+    try:
+        uvicorn.run(
+            create_app(config),
+            host=host,
+            port=port,
+            log_level="warning",
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+        )
+    finally:
+        shutil.rmtree(homes, ignore_errors=True)  # users' helm homes go with the sessions
     return 0

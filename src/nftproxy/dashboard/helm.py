@@ -21,8 +21,11 @@ __all__ = [
     "Helm",
     "HelmError",
     "HelmMissing",
+    "check_chart",
     "check_namespace",
     "check_release_name",
+    "check_repo_url",
+    "check_version",
     "find_helm",
 ]
 
@@ -33,6 +36,13 @@ _RELEASE_NAME_MAX = 53
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _NAMESPACE_MAX = 63
 _REDACTED = "<token>"
+# A chart in a repository by name, or an OCI reference; never something helm reads as a flag.
+_CHART = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}|oci://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[A-Za-z0-9._-]+)+"
+)
+# A version or a constraint (">=1.2, <2"), not starting with '-'.
+_VERSION = re.compile(r"[0-9A-Za-z.+~^<>=*][0-9A-Za-z.+~^<>=*, -]{0,99}")
+_MAX_OUTPUT = 32 << 20  # bytes of helm's answer kept (rendered manifests included)
 
 
 class HelmMissing(RuntimeError):
@@ -88,6 +98,24 @@ def check_namespace(name: str) -> str:
     return name
 
 
+def check_chart(chart: str) -> str:
+    if not _CHART.fullmatch(chart):
+        raise ValueError(f"chart {chart[:80]!r}: a chart name or an oci:// reference")
+    return chart
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"version {version[:80]!r}: a version or a version constraint")
+    return version
+
+
+def check_repo_url(url: str) -> str:
+    if not re.fullmatch(r"https?://[^\s]{1,2000}", url):
+        raise ValueError(f"repository {url[:80]!r}: an http(s) URL")
+    return url
+
+
 def find_helm() -> Path:
     """$NFTPROXY_HELM, else the one hack/dashboard/build.sh built, else helm on PATH."""
     given = os.environ.get("NFTPROXY_HELM")
@@ -138,9 +166,10 @@ class Helm:
     ) -> dict[str, Any]:
         """Install `chart` (a name in `repo`, an oci:// reference or a .tgz) as `release`;
         helm's JSON account of the release. Values go through stdin, never argv."""
-        args = ["install", check_release_name(release), chart, *self._source(version, repo)]
-        args += ["--namespace", check_namespace(namespace), "--values", "-", "--output", "json"]
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))))
+        args = ["install", *self._source(version, repo), "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--output", "json", "--", check_release_name(release)]
+        args.append(check_chart(chart))
+        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
 
     def upgrade(
         self,
@@ -153,31 +182,31 @@ class Helm:
         version: str | None = None,
         repo: str | None = None,
     ) -> dict[str, Any]:
-        args = ["upgrade", check_release_name(release), chart, *self._source(version, repo)]
-        args += ["--namespace", check_namespace(namespace), "--values", "-", "--output", "json"]
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))))
+        args = ["upgrade", *self._source(version, repo), "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--output", "json", "--", check_release_name(release)]
+        args.append(check_chart(chart))
+        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
 
     def rollback(self, user: Credentials, release: str, namespace: str, revision: int) -> None:
         if revision < 1:
             raise ValueError(f"revision {revision}: revisions start at 1")
-        args = ["rollback", check_release_name(release), str(revision)]
-        self.run([*args, "--namespace", check_namespace(namespace)], user)
+        args = ["rollback", "--namespace", check_namespace(namespace), "--"]
+        self.run([*args, check_release_name(release), str(revision)], user)
 
     def uninstall(self, user: Credentials, release: str, namespace: str) -> None:
-        args = ["uninstall", check_release_name(release), "--namespace", check_namespace(namespace)]
-        self.run(args, user)
+        args = ["uninstall", "--namespace", check_namespace(namespace), "--"]
+        self.run([*args, check_release_name(release)], user)
 
     def releases(self, user: Credentials, namespace: str) -> list[dict[str, Any]]:
         # Every state a user should see, not only helm's default (deployed or failed).
         states = ["--deployed", "--failed", "--pending", "--uninstalling"]
         args = ["list", "--namespace", check_namespace(namespace), *states, "--output", "json"]
-        found = json.loads(self.run(args, user) or "[]")
-        return found if isinstance(found, list) else []
+        return self._json_list(self.run(args, user), args)
 
     def history(self, user: Credentials, release: str, namespace: str) -> list[dict[str, Any]]:
-        args = ["history", check_release_name(release), "--namespace", check_namespace(namespace)]
-        found = json.loads(self.run([*args, "--output", "json"], user) or "[]")
-        return found if isinstance(found, list) else []
+        args = ["history", "--namespace", check_namespace(namespace), "--output", "json", "--"]
+        args.append(check_release_name(release))
+        return self._json_list(self.run(args, user), args)
 
     def template(
         self,
@@ -190,8 +219,8 @@ class Helm:
         repo: str | None = None,
     ) -> str:
         """The manifests an install would create, rendered without the cluster."""
-        args = ["template", check_release_name(release), chart, *self._source(version, repo)]
-        args += ["--namespace", check_namespace(namespace), "--values", "-"]
+        args = ["template", *self._source(version, repo), "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--", check_release_name(release), check_chart(chart)]
         return self.run(args, stdin=json.dumps(dict(values)))
 
     # -- running it ------------------------------------------------------------------------
@@ -219,8 +248,14 @@ class Helm:
                 returncode=-1,
             ) from None
         if proc.returncode != 0:
-            text = _clean(proc.stderr or proc.stdout, user)
+            text = _clean((proc.stderr or proc.stdout)[-65536:], user)
             raise HelmError(text, command=_command(args), returncode=proc.returncode)
+        if len(proc.stdout) > _MAX_OUTPUT:
+            raise HelmError(
+                f"helm answered more than {_MAX_OUTPUT:,} characters",
+                command=_command(args),
+                returncode=0,
+            )
         return proc.stdout
 
     def environment(self, user: Credentials | None, home: Path) -> dict[str, str]:
@@ -247,6 +282,7 @@ class Helm:
     def _home(self, user: Credentials | None) -> Path:
         home = self.homes / (user.key if user is not None else "anonymous")
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o700)  # also when it was there before
         # An empty kubeconfig: nothing of the dashboard's own environment reaches helm.
         (home / "no-kubeconfig").touch(mode=0o600, exist_ok=True)
         return home
@@ -255,19 +291,33 @@ class Helm:
     def _source(version: str | None, repo: str | None) -> list[str]:
         out: list[str] = []
         if version:
-            out += ["--version", version]
+            out += ["--version", check_version(version)]
         if repo:
-            out += ["--repo", repo]
+            out += ["--repo", check_repo_url(repo)]
         return out
 
     @staticmethod
-    def _json(text: str) -> dict[str, Any]:
-        doc = json.loads(text)
+    def _json(text: str, args: Sequence[str]) -> dict[str, Any]:
+        doc = _decoded(text, args)
         if not isinstance(doc, dict):
             raise HelmError(
-                "helm answered something other than a release", command="", returncode=0
+                "helm did not answer with a release", command=_command(args), returncode=0
             )
         return doc
+
+    @staticmethod
+    def _json_list(text: str, args: Sequence[str]) -> list[dict[str, Any]]:
+        doc = _decoded(text or "[]", args)
+        if not isinstance(doc, list):
+            raise HelmError("helm did not answer with a list", command=_command(args), returncode=0)
+        return [item for item in doc if isinstance(item, dict)]
+
+
+def _decoded(text: str, args: Sequence[str]) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise HelmError("helm's answer is not JSON", command=_command(args), returncode=0) from None
 
 
 def _command(args: Sequence[str]) -> str:

@@ -441,6 +441,12 @@ class Client:
             conn.close()
             text = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             raise Unavailable(method, path, 0, "", f"{self.config.server}: {text}") from None
+        except ValueError:
+            # http.client names the header value in its message: a token must not travel on.
+            conn.close()
+            raise ApiError(
+                method, path, 0, "", "a header value HTTP cannot carry (a token with a line break?)"
+            ) from None
         return conn, resp, sock
 
     def get(
