@@ -5,6 +5,7 @@ with the forms.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -35,6 +36,25 @@ data:
 """
 
 
+SCHEMA = {
+    "type": "object",
+    "required": ["replicas"],
+    "properties": {
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 5},
+        "color": {"enum": ["blue", "green"]},
+    },
+}
+SETTINGS = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-settings
+data:
+  replicas: {{ .Values.replicas | quote }}
+  color: {{ .Values.color | quote }}
+"""
+
+
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
@@ -50,6 +70,18 @@ def repo(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             [
                 write_chart(src, "hello", "0.1.0", templates={"cm.yaml": CONFIGMAP}),
                 write_chart(src / "w", "web", "1.0.0"),
+            ]
+        )
+        served.publish(
+            [
+                write_chart(
+                    src / "c",
+                    "configurable",
+                    "1.0.0",
+                    values="replicas: 2\ncolor: blue\n",
+                    schema=json.dumps(SCHEMA),
+                    templates={"cm.yaml": SETTINGS},
+                )
             ]
         )
         # A description is text from a repository: it must never become markup.
@@ -294,3 +326,115 @@ def test_behind_a_proxy_its_header_says_who_on_every_request(
         for _ in range(5):
             proxied.get("/apps", headers=alice)
         assert len(app.state.sessions) == 2  # one per user, not one per request
+
+
+def deploy_form(client: TestClient) -> str:
+    page = client.get(
+        "/deploy", params={"repo": "main", "chart": "configurable", "version": "1.0.0"}
+    )
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+def settings(cp: ControlPlane, ns: str, release: str) -> dict[str, str] | None:
+    status, got = cp.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{release}-settings")
+    return got["data"] if status == 200 else None
+
+
+def test_the_deploy_form_comes_from_the_charts_schema_and_values(
+    client: TestClient, world: dict[str, str]
+) -> None:
+    sign_in(client, world["alice"])
+    page = deploy_form(client)
+    assert 'name="replicas" value="2"' in page and 'min="1"' in page and 'max="5"' in page
+    assert '<option value="green" >green</option>' in page or ">green</option>" in page
+    assert "replicas: 2\ncolor: blue" in page  # the YAML editor holds the same values
+    assert f'<option value="{world["mine"]}"' in page and world["theirs"] not in page
+
+
+def test_a_value_the_schema_refuses_is_named_and_nothing_is_deployed(
+    client: TestClient, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    sign_in(client, world["alice"])
+    form = deploy_form(client)
+    answer = client.post(
+        "/deploy",
+        data={
+            "csrf": csrf_of(form),
+            "repo": "main",
+            "chart": "configurable",
+            "version": "1.0.0",
+            "release": "too-many",
+            "namespace": world["mine"],
+            "source": "form",
+            "replicas": "9",
+            "color": "green",
+        },
+    )
+    assert answer.status_code == 422
+    assert "9 is greater than the maximum of 5" in answer.text
+    assert settings(cp, world["mine"], "too-many") is None
+
+
+def test_deploying_from_the_form_and_from_yaml_installs_as_the_user(
+    client: TestClient, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    sign_in(client, world["alice"])
+    common = {
+        "repo": "main",
+        "chart": "configurable",
+        "version": "1.0.0",
+        "namespace": world["mine"],
+    }
+    answer = client.post(
+        "/deploy",
+        data={
+            **common,
+            "csrf": csrf_of(deploy_form(client)),
+            "release": "by-form",
+            "source": "form",
+            "replicas": "3",
+            "color": "green",
+        },
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert settings(cp, world["mine"], "by-form") == {"replicas": "3", "color": "green"}
+    answer = client.post(
+        "/deploy",
+        data={
+            **common,
+            "csrf": csrf_of(deploy_form(client)),
+            "release": "by-yaml",
+            "source": "yaml",
+            "values_yaml": "replicas: 4\ncolor: blue\n",
+        },
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert settings(cp, world["mine"], "by-yaml") == {"replicas": "4", "color": "blue"}
+    assert "by-form" in client.get("/apps").text
+
+
+def test_a_viewer_who_tries_to_deploy_gets_a_clear_refusal_and_nothing_changes(
+    client: TestClient, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    sign_in(client, world["bob"])
+    form = deploy_form(client)
+    answer = client.post(
+        "/deploy",
+        data={
+            "csrf": csrf_of(form),
+            "repo": "main",
+            "chart": "configurable",
+            "version": "1.0.0",
+            "release": "not-allowed",
+            "namespace": world["theirs"],
+            "source": "form",
+            "replicas": "1",
+            "color": "blue",
+        },
+    )
+    assert answer.status_code == 403 and "forbidden" in answer.text
+    assert settings(cp, world["theirs"], "not-allowed") is None
+    assert client.post("/deploy", data={"csrf": "forged"}).status_code == 403

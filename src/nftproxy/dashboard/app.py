@@ -10,12 +10,13 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -27,9 +28,21 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from nftproxy.dashboard.access import BadToken, NamespaceAccess, UserAccess
-from nftproxy.dashboard.catalog import Catalog, RepoConfig
-from nftproxy.dashboard.helm import ApiServer, Credentials, Helm, HelmError
+from nftproxy.dashboard.catalog import Catalog, ChartVersion, RepoConfig
+from nftproxy.dashboard.charts import ChartFiles, ChartReadError, fetch_archive, read_archive
+from nftproxy.dashboard.forms import MAX_FIELDS, values_from_form
+from nftproxy.dashboard.forms import fields as form_fields
+from nftproxy.dashboard.forms import validate as validate_values
+from nftproxy.dashboard.helm import (
+    ApiServer,
+    Credentials,
+    Helm,
+    HelmError,
+    check_namespace,
+    check_release_name,
+)
 from nftproxy.kube.client import ApiError
+from nftproxy.sources.manifests import ReadLimits, read_yaml_document
 
 __all__ = [
     "MAX_FORM_BYTES",
@@ -46,6 +59,8 @@ log = logging.getLogger("nftproxy.dashboard")
 
 MAX_TOKEN_CHARS = 16_384
 MAX_FORM_BYTES = 64 << 10
+MAX_DEPLOY_FORM_BYTES = 1 << 20  # the values YAML rides along
+CHART_CACHE = 64
 MAX_SESSIONS = 10_000
 CATALOG_REFRESH = 300.0
 TEMPLATES = Path(__file__).parent / "templates"
@@ -66,6 +81,20 @@ def valid_token(text: str) -> bool:
     """A bearer token is printable ASCII without spaces; anything else is refused before it
     reaches an HTTP header (where a line break would end up in an error message)."""
     return _TOKEN.fullmatch(text) is not None
+
+
+VALUES_LIMITS = ReadLimits(max_file_bytes=MAX_DEPLOY_FORM_BYTES, max_document_chars=4 << 20)
+
+
+def _yaml(values: Mapping[str, Any], original: str) -> str:
+    """The values as the YAML editor shows them: the chart's own text while unchanged."""
+    if original:
+        try:
+            if read_yaml_document(original.encode(), VALUES_LIMITS) == dict(values):
+                return original
+        except ValueError:
+            pass
+    return yaml.safe_dump(dict(values), sort_keys=False, default_flow_style=False)
 
 
 def cookie_name(base: str, secure: bool) -> str:
@@ -174,15 +203,17 @@ class _FormTooLarge(Exception):
     pass
 
 
-async def _small_form(request: Request) -> FormData:
-    """The urlencoded form of a request, refused beyond MAX_FORM_BYTES before it is read."""
+async def _small_form(
+    request: Request, limit: int = MAX_FORM_BYTES, max_fields: int = 8
+) -> FormData:
+    """The urlencoded form of a request, refused beyond `limit` bytes before it is read."""
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     length = request.headers.get("content-length", "")
     if kind != "application/x-www-form-urlencoded" or not length.isdigit():
         raise _FormTooLarge
-    if int(length) > MAX_FORM_BYTES:
+    if int(length) > limit:
         raise _FormTooLarge
-    return await request.form(max_files=0, max_fields=8, max_part_size=MAX_FORM_BYTES)
+    return await request.form(max_files=0, max_fields=max_fields, max_part_size=limit)
 
 
 def create_app(config: DashboardConfig) -> Starlette:
@@ -351,6 +382,161 @@ def create_app(config: DashboardConfig) -> Starlette:
             errors=errors,
         )
 
+    chart_cache: dict[tuple[str, str, str], tuple[RepoConfig, ChartVersion, ChartFiles]] = {}
+
+    def chart_files(
+        repo: str, name: str, version: str
+    ) -> tuple[RepoConfig, ChartVersion, ChartFiles]:
+        """A chart version the catalog lists, its archive fetched and read once."""
+        key = (repo, name, version)
+        if key in chart_cache:
+            return chart_cache[key]
+        refresh_catalog()
+        config_repo = next((r for r in config.repos if r.name == repo), None)
+        listed = next((v for v in catalog.versions(repo, name) if v.version == version), None)
+        if config_repo is None or listed is None:
+            raise ChartReadError(f"{repo}/{name} {version}: not in the catalog")
+        found = (config_repo, listed, read_archive(fetch_archive(config_repo, listed)))
+        if len(chart_cache) >= CHART_CACHE:
+            chart_cache.pop(next(iter(chart_cache)))
+        chart_cache[key] = found
+        return found
+
+    def deploy_page(
+        request: Request,
+        session: Session,
+        picked: tuple[RepoConfig, ChartVersion, ChartFiles],
+        *,
+        values: Mapping[str, Any] | None = None,
+        errors: Mapping[str, str] | None = None,
+        release: str = "",
+        namespace: str = "",
+        source: str = "form",
+        values_yaml: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        repo, listed, files = picked
+        access = UserAccess(config.server, session.user)
+        namespaces = [n.name for n in access.namespaces(config.namespaces()) if n.deploy]
+        shown = dict(values if values is not None else files.values)
+        return page(
+            request,
+            "deploy.html",
+            status,
+            session=session,
+            repo=repo.name,
+            chart=listed,
+            fields=form_fields(files.schema, shown) if files.schema else [],
+            values_yaml=values_yaml if values_yaml is not None else _yaml(shown, files.values_yaml),
+            namespaces=namespaces,
+            namespace=namespace or (namespaces[0] if namespaces else ""),
+            release=release,
+            source=source,
+            errors=dict(errors or {}),
+        )
+
+    def deploy_form(request: Request, session: Session) -> Response:
+        params = request.query_params
+        try:
+            picked = chart_files(
+                params.get("repo", ""), params.get("chart", ""), params.get("version", "")
+            )
+        except ChartReadError as exc:
+            return error(request, "Chart unavailable", str(exc), 404, session=session)
+        return deploy_page(request, session, picked)
+
+    def deploy(request: Request, session: Session, form: FormData) -> Response:
+        if not _same(str(form.get("csrf", "")), session.csrf):
+            return error(
+                request, "Refused", "The form has expired: reload the page.", 403, session=session
+            )
+        answers = {k: str(v) for k, v in form.items()}
+        try:
+            picked = chart_files(
+                answers.get("repo", ""), answers.get("chart", ""), answers.get("version", "")
+            )
+        except ChartReadError as exc:
+            return error(request, "Chart unavailable", str(exc), 404, session=session)
+        repo, listed, files = picked
+        release, namespace = answers.get("release", "").strip(), answers.get("namespace", "")
+        source = "yaml" if answers.get("source") == "yaml" else "form"
+        errors: dict[str, str] = {}
+        for name, check in (("release", check_release_name), ("namespace", check_namespace)):
+            try:
+                check(release if name == "release" else namespace)
+            except ValueError as exc:
+                errors[name] = str(exc)
+        if source == "yaml":
+            text = answers.get("values_yaml", "")
+            try:
+                parsed = read_yaml_document(text.encode(), VALUES_LIMITS)
+            except ValueError as exc:
+                parsed, errors["values_yaml"] = None, f"not YAML the chart can take: {exc}"
+            values = parsed if isinstance(parsed, dict) else {}
+            if parsed is not None and not isinstance(parsed, dict):
+                errors["values_yaml"] = "the values must be a mapping"
+        else:
+            values, form_errors = values_from_form(files.schema or {}, answers, files.values)
+            errors.update(form_errors)
+        if not errors and files.schema:
+            errors.update(validate_values(files.schema, values))
+        again = {"release": release, "namespace": namespace, "source": source}
+        if errors:
+            yaml_text = answers.get("values_yaml") if source == "yaml" else None
+            return deploy_page(
+                request,
+                session,
+                picked,
+                values=values,
+                errors=errors,
+                values_yaml=yaml_text,
+                status=422,
+                **again,
+            )
+        try:
+            helm.install(
+                session.user,
+                release,
+                listed.name,
+                namespace,
+                values,
+                version=listed.version,
+                repo=repo.url,
+            )
+        except HelmError as exc:
+            status = 403 if "forbidden" in exc.message.lower() else 422
+            return deploy_page(
+                request,
+                session,
+                picked,
+                values=values,
+                errors={"": exc.message},
+                status=status,
+                **again,
+            )
+        log.info(
+            "%s deployed %s/%s %s as %s in %s",
+            session.username,
+            repo.name,
+            listed.name,
+            listed.version,
+            release,
+            namespace,
+        )
+        return RedirectResponse("/apps", status_code=303)
+
+    async def deploy_endpoint(request: Request) -> Response:
+        session = await run_in_threadpool(current, request)
+        if session is None:
+            return RedirectResponse("/signin", status_code=303)
+        try:
+            form = await _small_form(request, MAX_DEPLOY_FORM_BYTES, max_fields=MAX_FIELDS + 16)
+        except _FormTooLarge:
+            return error(
+                request, "Refused", "The form is not one this page sends.", 413, session=session
+            )
+        return await run_in_threadpool(deploy, request, session, form)
+
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -365,6 +551,8 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/signout", signout, methods=["POST"]),
         Route("/apps", signed_in(apps)),
         Route("/catalog", signed_in(catalog_page)),
+        Route("/deploy", signed_in(deploy_form), methods=["GET"]),
+        Route("/deploy", deploy_endpoint, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)]
