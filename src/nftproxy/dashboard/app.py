@@ -383,23 +383,26 @@ def create_app(config: DashboardConfig) -> Starlette:
         )
 
     chart_cache: dict[tuple[str, str, str], tuple[RepoConfig, ChartVersion, ChartFiles]] = {}
+    chart_lock = threading.Lock()
 
     def chart_files(
         repo: str, name: str, version: str
     ) -> tuple[RepoConfig, ChartVersion, ChartFiles]:
         """A chart version the catalog lists, its archive fetched and read once."""
         key = (repo, name, version)
-        if key in chart_cache:
-            return chart_cache[key]
+        with chart_lock:
+            if key in chart_cache:
+                return chart_cache[key]
         refresh_catalog()
         config_repo = next((r for r in config.repos if r.name == repo), None)
         listed = next((v for v in catalog.versions(repo, name) if v.version == version), None)
         if config_repo is None or listed is None:
             raise ChartReadError(f"{repo}/{name} {version}: not in the catalog")
         found = (config_repo, listed, read_archive(fetch_archive(config_repo, listed)))
-        if len(chart_cache) >= CHART_CACHE:
-            chart_cache.pop(next(iter(chart_cache)))
-        chart_cache[key] = found
+        with chart_lock:
+            if len(chart_cache) >= CHART_CACHE:
+                chart_cache.pop(next(iter(chart_cache)))
+            chart_cache[key] = found
         return found
 
     def deploy_page(
@@ -417,7 +420,11 @@ def create_app(config: DashboardConfig) -> Starlette:
     ) -> Response:
         repo, listed, files = picked
         access = UserAccess(config.server, session.user)
-        namespaces = [n.name for n in access.namespaces(config.namespaces()) if n.deploy]
+        try:
+            namespaces = [n.name for n in access.namespaces(config.namespaces()) if n.deploy]
+        except (BadToken, ApiError) as exc:
+            log.warning("deploy page of %s: %s", session.username, exc)
+            namespaces = []  # the form says so; submitting it shows the cluster's answer
         shown = dict(values if values is not None else files.values)
         return page(
             request,
