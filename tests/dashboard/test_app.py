@@ -438,3 +438,81 @@ def test_a_viewer_who_tries_to_deploy_gets_a_clear_refusal_and_nothing_changes(
     assert answer.status_code == 403 and "forbidden" in answer.text
     assert settings(cp, world["theirs"], "not-allowed") is None
     assert client.post("/deploy", data={"csrf": "forged"}).status_code == 403
+
+
+NOTES = "Thanks for installing {{ .Release.Name }}.\n"
+
+
+def installed(
+    cp: ControlPlane, helm_binary: Path, repo: HttpChartRepo, ns: str, name: str, tmp_path: Path
+) -> None:
+    """Revisions 1 (hello 0.1.0) and 2 (its values changed), made with helm as the admin."""
+    admin = Helm(helm_binary, ApiServer(cp.url, insecure=True), tmp_path / "admin")
+    who = Credentials(cp.admin_token)
+    admin.install(who, name, "configurable", ns, {"replicas": 1}, repo=repo.url)
+    admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, repo=repo.url)
+
+
+def test_an_apps_page_shows_its_history_and_values_and_rolls_back(
+    client: TestClient,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    installed(cp, helm_binary, repo, world["mine"], "shop", tmp_path)
+    sign_in(client, world["alice"])
+    page = client.get(f"/apps/{world['mine']}/shop")
+    assert page.status_code == 200, page.text
+    assert "configurable-1.0.0" in page.text and "replicas: 5" in page.text
+    assert "Roll back to 1" in page.text and "Roll back to 2" not in page.text
+    assert (
+        client.post(
+            f"/apps/{world['mine']}/shop/rollback", data={"csrf": "x", "revision": "1"}
+        ).status_code
+        == 403
+    )
+    answer = client.post(
+        f"/apps/{world['mine']}/shop/rollback",
+        data={"csrf": csrf_of(page.text), "revision": "1"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert settings(cp, world["mine"], "shop") == {"replicas": "1", "color": "blue"}
+    assert "Roll back to 2" in client.get(f"/apps/{world['mine']}/shop").text  # now revision 3
+
+
+def test_deleting_needs_the_name_typed_and_the_rights(
+    client: TestClient,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    installed(cp, helm_binary, repo, world["theirs"], "kept", tmp_path)
+    sign_in(client, world["bob"])  # may look, not change
+    page = client.get(f"/apps/{world['theirs']}/kept").text
+    answer = client.post(
+        f"/apps/{world['theirs']}/kept/delete", data={"csrf": csrf_of(page), "confirm": "wrong"}
+    )
+    assert answer.status_code == 422 and "Type the release" in answer.text
+    answer = client.post(
+        f"/apps/{world['theirs']}/kept/delete", data={"csrf": csrf_of(page), "confirm": "kept"}
+    )
+    assert answer.status_code == 403 and "may not delete" in answer.text
+    assert settings(cp, world["theirs"], "kept") is not None
+
+    installed(cp, helm_binary, repo, world["mine"], "gone", tmp_path)
+    sign_in(client, world["alice"])
+    page = client.get(f"/apps/{world['mine']}/gone").text
+    answer = client.post(
+        f"/apps/{world['mine']}/gone/delete",
+        data={"csrf": csrf_of(page), "confirm": "gone"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/apps"
+    assert settings(cp, world["mine"], "gone") is None
+    assert client.get(f"/apps/{world['mine']}/gone").status_code == 404
+    assert client.get("/apps/Bad_Name/x").status_code == 404

@@ -544,6 +544,99 @@ def create_app(config: DashboardConfig) -> Starlette:
             )
         return await run_in_threadpool(deploy, request, session, form)
 
+    def named(request: Request) -> tuple[str, str]:
+        """The namespace and release a path names, checked (ValueError otherwise)."""
+        namespace = check_namespace(str(request.path_params["namespace"]))
+        return namespace, check_release_name(str(request.path_params["release"]))
+
+    def app_page(
+        request: Request, session: Session, problem: str | None = None, status: int = 200
+    ) -> Response:
+        try:
+            namespace, release = named(request)
+        except ValueError as exc:
+            return error(request, "No such app", str(exc), 404, session=session)
+        try:
+            history = helm.history(session.user, release, namespace)
+            values = helm.values(session.user, release, namespace)
+            notes = helm.notes(session.user, release, namespace)
+        except HelmError as exc:
+            lost = "not found" in exc.message.lower()
+            code = 404 if lost else 403 if "forbidden" in exc.message.lower() else 502
+            return error(request, "App unavailable", exc.message, code, session=session)
+        return page(
+            request,
+            "app.html",
+            status,
+            session=session,
+            namespace=namespace,
+            release=release,
+            history=history,
+            values_yaml=yaml.safe_dump(values, sort_keys=False) if values else "{}\n",
+            notes=notes.strip(),
+            problem=problem,
+        )
+
+    def app_view(request: Request, session: Session) -> Response:
+        return app_page(request, session)
+
+    def change(request: Request, session: Session, form: FormData, verb: str) -> Response:
+        if not _same(str(form.get("csrf", "")), session.csrf):
+            return error(
+                request, "Refused", "The form has expired: reload the page.", 403, session=session
+            )
+        try:
+            namespace, release = named(request)
+        except ValueError as exc:
+            return error(request, "No such app", str(exc), 404, session=session)
+        revision = str(form.get("revision", ""))
+        if verb == "rollback" and not revision.isdigit():
+            return app_page(request, session, "Pick a revision to roll back to.", 422)
+        if verb == "delete" and str(form.get("confirm", "")).strip() != release:
+            return app_page(request, session, "Type the release's name to delete it.", 422)
+        # helm 4 says only "failed to delete release" when RBAC refuses: ask RBAC first,
+        # in words the user can act on (it decides again when helm acts).
+        needed = ("create", "roll back") if verb == "rollback" else ("delete", "delete")
+        try:
+            allowed = UserAccess(config.server, session.user).can(needed[0], "secrets", namespace)
+        except (BadToken, ApiError) as exc:
+            return error(request, "Not done", str(exc), 503, session=session)
+        if not allowed:
+            return app_page(
+                request,
+                session,
+                f"You may not {needed[1]} releases in {namespace}: your rights there do not "
+                f"allow to {needed[0]} Secrets, where helm keeps releases.",
+                403,
+            )
+        try:
+            if verb == "rollback":
+                helm.rollback(session.user, release, namespace, int(revision))
+            else:
+                helm.uninstall(session.user, release, namespace)
+        except (HelmError, ValueError) as exc:
+            message = exc.message if isinstance(exc, HelmError) else str(exc)
+            code = 403 if "forbidden" in message.lower() else 422
+            return app_page(request, session, message, code)
+        log.info("%s: %s %s in %s", session.username, verb, release, namespace)
+        target = "/apps" if verb == "delete" else f"/apps/{namespace}/{release}"
+        return RedirectResponse(target, status_code=303)
+
+    def changing(verb: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            session = await run_in_threadpool(current, request)
+            if session is None:
+                return RedirectResponse("/signin", status_code=303)
+            try:
+                form = await _small_form(request)
+            except _FormTooLarge:
+                return error(
+                    request, "Refused", "The form is not one this page sends.", 413, session=session
+                )
+            return await run_in_threadpool(change, request, session, form, verb)
+
+        return endpoint
+
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -560,6 +653,9 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/catalog", signed_in(catalog_page)),
         Route("/deploy", signed_in(deploy_form), methods=["GET"]),
         Route("/deploy", deploy_endpoint, methods=["POST"]),
+        Route("/apps/{namespace}/{release}", signed_in(app_view), methods=["GET"]),
+        Route("/apps/{namespace}/{release}/rollback", changing("rollback"), methods=["POST"]),
+        Route("/apps/{namespace}/{release}/delete", changing("delete"), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)]

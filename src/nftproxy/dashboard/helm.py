@@ -208,6 +208,22 @@ class Helm:
         args.append(check_release_name(release))
         return self._json_list(self.run(args, user), args)
 
+    def values(self, user: Credentials, release: str, namespace: str) -> dict[str, Any]:
+        """The values the user gave the release (not the chart's defaults)."""
+        args = ["get", "values", "--namespace", check_namespace(namespace), "--output", "json"]
+        args += ["--", check_release_name(release)]
+        text = self.run(args, user).strip()
+        return {} if text in ("", "null") else self._json(text, args)
+
+    def notes(self, user: Credentials, release: str, namespace: str) -> str:
+        args = ["get", "notes", "--namespace", check_namespace(namespace), "--"]
+        try:
+            return self.run([*args, check_release_name(release)], user)
+        except HelmError as exc:
+            if "no notes" in exc.message.lower():
+                return ""
+            raise
+
     def template(
         self,
         release: str,
