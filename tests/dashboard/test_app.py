@@ -81,7 +81,15 @@ def repo(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     values="replicas: 2\ncolor: blue\n",
                     schema=json.dumps(SCHEMA),
                     templates={"cm.yaml": SETTINGS},
-                )
+                ),
+                write_chart(
+                    src / "c11",
+                    "configurable",
+                    "1.1.0",
+                    values="replicas: 2\ncolor: blue\n",
+                    schema=json.dumps(SCHEMA),
+                    templates={"cm.yaml": SETTINGS + '  edition: "1.1"\n'},
+                ),
             ]
         )
         # A description is text from a repository: it must never become markup.
@@ -449,8 +457,8 @@ def installed(
     """Revisions 1 (hello 0.1.0) and 2 (its values changed), made with helm as the admin."""
     admin = Helm(helm_binary, ApiServer(cp.url, insecure=True), tmp_path / "admin")
     who = Credentials(cp.admin_token)
-    admin.install(who, name, "configurable", ns, {"replicas": 1}, repo=repo.url)
-    admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, repo=repo.url)
+    admin.install(who, name, "configurable", ns, {"replicas": 1}, version="1.0.0", repo=repo.url)
+    admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, version="1.0.0", repo=repo.url)
 
 
 def test_an_apps_page_shows_its_history_and_values_and_rolls_back(
@@ -516,3 +524,53 @@ def test_deleting_needs_the_name_typed_and_the_rights(
     assert settings(cp, world["mine"], "gone") is None
     assert client.get(f"/apps/{world['mine']}/gone").status_code == 404
     assert client.get("/apps/Bad_Name/x").status_code == 404
+
+
+def test_an_upgrade_shows_both_diffs_before_it_is_confirmed(
+    client: TestClient,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    installed(cp, helm_binary, repo, world["mine"], "up", tmp_path)  # 1.0.0, replicas 5
+    sign_in(client, world["alice"])
+    url = f"/apps/{world['mine']}/up/upgrade"
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    assert '<option value="1.1.0" selected>' in page.text and "replicas: 5" in page.text
+    fields = {"csrf": csrf_of(page.text), "version": "1.1.0", "source": "yaml"}
+    # Confirming what was never previewed only previews it.
+    answer = client.post(url, data={**fields, "values_yaml": "replicas: 3\n", "action": "confirm"})
+    assert answer.status_code == 200 and "What changes" in answer.text
+    assert "-replicas: 5" in answer.text and "+replicas: 3" in answer.text
+    assert "+  edition: &#34;1.1&#34;" in answer.text or "+  edition:" in answer.text
+    assert settings(cp, world["mine"], "up") == {"replicas": "5", "color": "blue"}
+    previewed = answer.text.split('name="previewed" value="')[1].split('"')[0]
+    # Other values than those previewed: previewed again, not applied.
+    answer = client.post(
+        url,
+        data={
+            **fields,
+            "values_yaml": "replicas: 4\n",
+            "action": "confirm",
+            "previewed": previewed,
+        },
+    )
+    assert answer.status_code == 200 and "+replicas: 4" in answer.text
+    assert settings(cp, world["mine"], "up") == {"replicas": "5", "color": "blue"}
+    answer = client.post(
+        url,
+        data={
+            **fields,
+            "values_yaml": "replicas: 3\n",
+            "action": "confirm",
+            "previewed": previewed,
+        },
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert settings(cp, world["mine"], "up") == {"replicas": "3", "color": "blue", "edition": "1.1"}
+    bad = client.post(url, data={**fields, "values_yaml": "replicas: 0\n", "action": "preview"})
+    assert bad.status_code == 422 and "less than the minimum of 1" in bad.text

@@ -4,7 +4,9 @@ Every call to the cluster is made with the signed-in user's token."""
 
 from __future__ import annotations
 
+import difflib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -95,6 +97,44 @@ def _yaml(values: Mapping[str, Any], original: str) -> str:
         except ValueError:
             pass
     return yaml.safe_dump(dict(values), sort_keys=False, default_flow_style=False)
+
+
+def read_values(
+    answers: Mapping[str, str], files: ChartFiles, source: str, base: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values a deploy or upgrade form gives: from its YAML editor, or its fields over
+    `base`; then checked against the chart's schema. Errors by field name."""
+    errors: dict[str, str] = {}
+    if source == "yaml":
+        try:
+            parsed = read_yaml_document(answers.get("values_yaml", "").encode(), VALUES_LIMITS)
+        except ValueError as exc:
+            return {}, {"values_yaml": f"not YAML the chart can take: {exc}"}
+        if parsed is not None and not isinstance(parsed, dict):
+            return {}, {"values_yaml": "the values must be a mapping"}
+        values: dict[str, Any] = parsed or {}
+    else:
+        values, errors = values_from_form(files.schema or {}, answers, base)
+    if not errors and files.schema:
+        errors.update(validate_values(files.schema, values))
+    return values, errors
+
+
+MAX_DIFF_CHARS = 256 << 10
+
+
+def _diff(before: str, after: str, what: str) -> str:
+    """A unified diff, cut at MAX_DIFF_CHARS (saying so)."""
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"{what} now",
+        tofile=f"{what} after",
+    )
+    text = "".join(lines)
+    if len(text) > MAX_DIFF_CHARS:
+        return text[:MAX_DIFF_CHARS] + "\n... (the rest is not shown)\n"
+    return text
 
 
 def cookie_name(base: str, secure: bool) -> str:
@@ -473,20 +513,8 @@ def create_app(config: DashboardConfig) -> Starlette:
                 check(release if name == "release" else namespace)
             except ValueError as exc:
                 errors[name] = str(exc)
-        if source == "yaml":
-            text = answers.get("values_yaml", "")
-            try:
-                parsed = read_yaml_document(text.encode(), VALUES_LIMITS)
-            except ValueError as exc:
-                parsed, errors["values_yaml"] = None, f"not YAML the chart can take: {exc}"
-            values = parsed if isinstance(parsed, dict) else {}
-            if parsed is not None and not isinstance(parsed, dict):
-                errors["values_yaml"] = "the values must be a mapping"
-        else:
-            values, form_errors = values_from_form(files.schema or {}, answers, files.values)
-            errors.update(form_errors)
-        if not errors and files.schema:
-            errors.update(validate_values(files.schema, values))
+        values, value_errors = read_values(answers, files, source, files.values)
+        errors.update(value_errors)
         again = {"release": release, "namespace": namespace, "source": source}
         if errors:
             yaml_text = answers.get("values_yaml") if source == "yaml" else None
@@ -637,6 +665,110 @@ def create_app(config: DashboardConfig) -> Starlette:
 
         return endpoint
 
+    def upgrade_page(
+        request: Request,
+        session: Session,
+        form: FormData | None = None,
+    ) -> Response:
+        try:
+            namespace, release = named(request)
+        except ValueError as exc:
+            return error(request, "No such app", str(exc), 404, session=session)
+        user = session.user
+        asked = form if form is not None else request.query_params
+        try:
+            meta = helm.metadata(user, release, namespace)
+            current_values = helm.values(user, release, namespace)
+        except HelmError as exc:
+            code = 404 if "not found" in exc.message.lower() else 502
+            return error(request, "App unavailable", exc.message, code, session=session)
+        chart, current = str(meta.get("chart", "")), str(meta.get("version", ""))
+        refresh_catalog()
+        repo = next((r for r in config.repos if catalog.versions(r.name, chart)), None)
+        if repo is None:
+            message = f"no configured repository has the chart {chart!r}"
+            return error(request, "Nothing to upgrade to", message, 404, session=session)
+        versions = [v.version for v in catalog.versions(repo.name, chart)]
+        version = str(asked.get("version") or versions[0])
+        if version not in versions:
+            return error(
+                request, "No such version", f"{chart} {version[:40]}", 404, session=session
+            )
+        try:
+            _, _, files = chart_files(repo.name, chart, version)
+        except ChartReadError as exc:
+            return error(request, "Chart unavailable", str(exc), 502, session=session)
+        context: dict[str, Any] = {
+            "session": session,
+            "namespace": namespace,
+            "release": release,
+            "repo": repo.name,
+            "current_chart": chart,
+            "current_version": current,
+            "versions": versions,
+            "version": version,
+            "errors": {},
+            "preview": None,
+            "values_yaml": _yaml(current_values, "") if current_values else "{}\n",
+        }
+        if form is None:
+            return page(request, "upgrade.html", **context)
+        answers = {k: str(v) for k, v in form.items()}
+        context["values_yaml"] = answers.get("values_yaml", "")
+        values, errors = read_values(answers, files, "yaml", current_values)
+        if errors:
+            context["errors"] = errors
+            return page(request, "upgrade.html", 422, **context)
+        seen = json.dumps([namespace, release, version, values], sort_keys=True, default=str)
+        token = hmac.new(session.csrf.encode(), seen.encode(), "sha256").hexdigest()
+        try:
+            if answers.get("action") == "confirm" and _same(answers.get("previewed"), token):
+                helm.upgrade(
+                    user, release, chart, namespace, values, version=version, repo=repo.url
+                )
+                log.info(
+                    "%s upgraded %s in %s to %s %s",
+                    session.username,
+                    release,
+                    namespace,
+                    chart,
+                    version,
+                )
+                return RedirectResponse(f"/apps/{namespace}/{release}", status_code=303)
+            rendered = helm.template(
+                release, chart, namespace, values, version=version, repo=repo.url
+            )
+            deployed = helm.manifest(user, release, namespace)
+        except HelmError as exc:
+            code = 403 if "forbidden" in exc.message.lower() else 422
+            context["errors"] = {"": exc.message}
+            return page(request, "upgrade.html", code, **context)
+        context["preview"] = {
+            "values_diff": _diff(_yaml(current_values, ""), _yaml(values, ""), "values"),
+            "manifest_diff": _diff(deployed, rendered, "manifests"),
+            "token": token,
+        }
+        return page(request, "upgrade.html", **context)
+
+    def upgrade_view(request: Request, session: Session) -> Response:
+        return upgrade_page(request, session)
+
+    async def upgrade_endpoint(request: Request) -> Response:
+        session = await run_in_threadpool(current, request)
+        if session is None:
+            return RedirectResponse("/signin", status_code=303)
+        try:
+            form = await _small_form(request, MAX_DEPLOY_FORM_BYTES)
+        except _FormTooLarge:
+            return error(
+                request, "Refused", "The form is not one this page sends.", 413, session=session
+            )
+        if not _same(str(form.get("csrf", "")), session.csrf):
+            return error(
+                request, "Refused", "The form has expired: reload the page.", 403, session=session
+            )
+        return await run_in_threadpool(upgrade_page, request, session, form)
+
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -654,6 +786,8 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/deploy", signed_in(deploy_form), methods=["GET"]),
         Route("/deploy", deploy_endpoint, methods=["POST"]),
         Route("/apps/{namespace}/{release}", signed_in(app_view), methods=["GET"]),
+        Route("/apps/{namespace}/{release}/upgrade", signed_in(upgrade_view), methods=["GET"]),
+        Route("/apps/{namespace}/{release}/upgrade", upgrade_endpoint, methods=["POST"]),
         Route("/apps/{namespace}/{release}/rollback", changing("rollback"), methods=["POST"]),
         Route("/apps/{namespace}/{release}/delete", changing("delete"), methods=["POST"]),
     ]

@@ -215,6 +215,16 @@ class Helm:
         text = self.run(args, user).strip()
         return {} if text in ("", "null") else self._json(text, args)
 
+    def metadata(self, user: Credentials, release: str, namespace: str) -> dict[str, Any]:
+        """The deployed revision's chart name and version, app version, status."""
+        args = ["get", "metadata", "--namespace", check_namespace(namespace), "--output", "json"]
+        return self._json(self.run([*args, "--", check_release_name(release)], user), args)
+
+    def manifest(self, user: Credentials, release: str, namespace: str) -> str:
+        """The manifests the deployed revision made."""
+        args = ["get", "manifest", "--namespace", check_namespace(namespace), "--"]
+        return self.run([*args, check_release_name(release)], user)
+
     def notes(self, user: Credentials, release: str, namespace: str) -> str:
         args = ["get", "notes", "--namespace", check_namespace(namespace), "--"]
         try:
