@@ -24,7 +24,7 @@ from nftproxy.kernel.errors import Unsupported
 from nftproxy.ruleset.desired import MISSING, UNKNOWN, Missing, Ruleset, Scope, Unknown
 from nftproxy.ruleset.diff import AppliedState, ChainSummary
 from nftproxy.ruleset.listing import applied_from_json
-from nftproxy.ruleset.schema import ElementKey, ElementValue, SetDef, is_record
+from nftproxy.ruleset.schema import RECORD, ElementKey, ElementValue, SetDef, is_record, record_set
 from nftproxy.ruleset.transaction import AddElements, DeleteElements
 
 __all__ = [
@@ -213,8 +213,15 @@ def _chunks(
 
 # --- the record -------------------------------------------------------------------------
 
-# The record set's one element: 1 : <digest as an IPv6 address> . <generation id as IPv4>.
-RECORD_TYPE = ElementType(("port",), ("ipv6", "ipv4"))
+
+def _record_type() -> ElementType:
+    etype = element_type(record_set(RECORD))
+    assert etype is not None, "the record set has fixed-size fields"
+    return etype
+
+
+# How the record's one element is encoded (the set is schema.record_set).
+RECORD_TYPE = _record_type()
 _RECORD_KEY: ElementKey = (1,)
 
 

@@ -58,6 +58,7 @@ from nftproxy.ruleset.schema import (
     goto,
     interval_atoms,
     jump,
+    record_set,
     typeof_addr,
     typeof_numgen,
     typeof_port,
@@ -112,14 +113,6 @@ class Names:
     def endpoints(self, family: Family, proto: str, *, local: bool, nodeport: bool) -> str:
         kind = ("np-" if nodeport else "") + ("endpoints-local" if local else "endpoints")
         return self(f"{kind}{family}-{proto}")
-
-
-def _addr(family: Family) -> str:
-    return "ipv4_addr" if family == 4 else "ipv6_addr"
-
-
-def _ip(family: Family) -> str:
-    return "ip" if family == 4 else "ip6"
 
 
 def _family_of(ip: str) -> Family:
@@ -297,15 +290,7 @@ def skeleton_sets(names: Names, node: NodeConfig) -> dict[str, SetDef]:
             # addresses, never the CIDRs, or traffic routed through the node to another
             # host in them would be taken for a NodePort.
             sets.append(SetDef(names(f"nodeport-ips{f}"), (a,)))
-    sets.append(
-        SetDef(
-            names(RECORD),
-            (PORT_FIELD,),
-            (addr_field(6), addr_field(4)),
-            comment="nftproxy: digest of the desired state . generation id after writing it",
-            record=True,
-        )
-    )
+    sets.append(record_set(names(RECORD)))
     return {s.name: s for s in sets}
 
 

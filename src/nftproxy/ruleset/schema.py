@@ -61,6 +61,7 @@ __all__ = [
     "is_record",
     "jump",
     "network_atom",
+    "record_set",
     "render_rule",
     "typeof_addr",
     "typeof_numgen",
@@ -477,6 +478,18 @@ def _fields_text(fields: tuple[SetField, ...]) -> str:
 
 
 ElementValue: TypeAlias = tuple[Atom, ...] | Verdict | None
+
+
+def record_set(name: str) -> SetDef:
+    """The set that holds the daemon's record (see RECORD): one element, 1 : <digest as an
+    IPv6 address> . <generation id as an IPv4 address>."""
+    return SetDef(
+        name,
+        (PORT_FIELD,),
+        (addr_field(6), addr_field(4)),
+        comment="nftproxy: digest of the desired state . generation id after writing it",
+        record=True,
+    )
 
 
 # --- interval elements -------------------------------------------------------------------
