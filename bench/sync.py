@@ -33,7 +33,7 @@ from typing import Any
 
 from common import ip4, machine_info, netns_add, netns_del, netns_del_all, on_signal, save_report
 
-from nftproxy.applying import execute, make_plan, names_for, read_applied, run_plan
+from nftproxy.applying import make_plan, names_for, read_applied, run_plan
 from nftproxy.config import NodeConfig, node_config
 from nftproxy.kernel.backend import open_backend
 from nftproxy.model import (
@@ -570,7 +570,7 @@ def one_size(
             t5 = now()
             # As the daemon runs it: new chains, then elements (netlink), then removals.
             for part in tx.split():
-                execute(backend, part, ruleset.sets)
+                backend.apply(part, ruleset.sets)
             t6 = now()
             update_applied(applied, tx)
             t7 = now()

@@ -55,7 +55,7 @@ def test_every_foreign_difference_is_found_and_the_diff_repairs_it(netns):
         ("g1-hairpin4", ("10.9.9.9", "10.9.9.9")): UNKNOWN,
     }
     for tx in diff(ruleset, structure(backend), scope).split():
-        applying.execute(backend, tx, ruleset.sets)
+        backend.apply(tx, ruleset.sets)
     assert applying.read_applied(backend) == AppliedState.of(ruleset)
 
 

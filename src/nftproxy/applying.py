@@ -45,7 +45,6 @@ __all__ = [
     "Run",
     "cleanup",
     "describe",
-    "execute",
     "generation_plan",
     "generations",
     "keeping",
@@ -344,28 +343,16 @@ class ApplyResult:
     seconds: float
 
 
-def execute(
-    backend: Backend,
-    tx: Transaction,
-    sets: Mapping[str, SetDef],
-    *,
-    generation: int | None = None,
-) -> bool:
-    """Run one transaction (see Backend.apply): True when the kernel checked that
-    `generation` was its id, which is now exactly one higher."""
-    return backend.apply(tx, sets, generation=generation)
-
-
 Run = Callable[[Transaction, Mapping[str, SetDef]], None]
 
 
 def run_plan(backend: Backend, plan: Plan, run: Run | None = None) -> ApplyResult:
-    """Run the plan's transactions in order (each by `run`, default `execute`). A failed
+    """Run the plan's transactions in order (each by `run`, default `Backend.apply`). A failed
     build step removes the half-built generation and re-raises; the previous generation
     keeps serving."""
     start = time.perf_counter()
     flipped = False
-    commit = run or (lambda tx, sets: execute(backend, tx, sets))
+    commit = run or (lambda tx, sets: backend.apply(tx, sets))
     try:
         sets = plan.desired.sets if plan.desired is not None else {}
         for step in plan.transactions:

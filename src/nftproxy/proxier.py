@@ -486,7 +486,7 @@ class Proxier:
             if gen != self._kernel_generation and self._kernel_generation is not None:
                 self._unaccounted()  # someone else committed since our last commit
         try:
-            checked = applying.execute(self.backend, tx, sets, generation=gen)
+            checked = self.backend.apply(tx, sets, generation=gen)
         except NetlinkError as exc:
             if exc.errno != errno.ERESTART:
                 raise
@@ -494,7 +494,7 @@ class Proxier:
             # monitor tells (without it, or while it is paused, the table is compared).
             self._unaccounted()
             gen = self._generation()
-            checked = applying.execute(self.backend, tx, sets, generation=gen)
+            checked = self.backend.apply(tx, sets, generation=gen)
         self._commits += 1
         after = (gen + 1) & 0xFFFFFFFF if checked and gen is not None else self._generation()
         self._kernel_generation = after
