@@ -493,10 +493,6 @@ def create_app(config: DashboardConfig) -> Starlette:
         return deploy_page(request, session, picked)
 
     def deploy(request: Request, session: Session, form: FormData) -> Response:
-        if not _same(str(form.get("csrf", "")), session.csrf):
-            return error(
-                request, "Refused", "The form has expired: reload the page.", 403, session=session
-            )
         answers = {k: str(v) for k, v in form.items()}
         try:
             picked = chart_files(
@@ -539,7 +535,7 @@ def create_app(config: DashboardConfig) -> Starlette:
                 repo=repo.url,
             )
         except HelmError as exc:
-            status = 403 if "forbidden" in exc.message.lower() else 422
+            status = 403 if exc.forbidden else 422
             return deploy_page(
                 request,
                 session,
@@ -560,17 +556,36 @@ def create_app(config: DashboardConfig) -> Starlette:
         )
         return RedirectResponse("/apps", status_code=303)
 
-    async def deploy_endpoint(request: Request) -> Response:
-        session = await run_in_threadpool(current, request)
-        if session is None:
-            return RedirectResponse("/signin", status_code=303)
-        try:
-            form = await _small_form(request, MAX_DEPLOY_FORM_BYTES, max_fields=MAX_FIELDS + 16)
-        except _FormTooLarge:
-            return error(
-                request, "Refused", "The form is not one this page sends.", 413, session=session
-            )
-        return await run_in_threadpool(deploy, request, session, form)
+    def posted(
+        handler: Callable[[Request, Session, FormData], Response],
+        *,
+        limit: int = MAX_FORM_BYTES,
+        max_fields: int = 8,
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A change a signed-in user asks for: its form read within `limit`, its CSRF token
+        checked against the session's, then `handler` run off the event loop."""
+
+        async def endpoint(request: Request) -> Response:
+            session = await run_in_threadpool(current, request)
+            if session is None:
+                return RedirectResponse("/signin", status_code=303)
+            try:
+                form = await _small_form(request, limit, max_fields=max_fields)
+            except _FormTooLarge:
+                return error(
+                    request, "Refused", "The form is not one this page sends.", 413, session=session
+                )
+            if not _same(str(form.get("csrf", "")), session.csrf):
+                return error(
+                    request,
+                    "Refused",
+                    "The form has expired: reload the page.",
+                    403,
+                    session=session,
+                )
+            return await run_in_threadpool(handler, request, session, form)
+
+        return endpoint
 
     def named(request: Request) -> tuple[str, str]:
         """The namespace and release a path names, checked (ValueError otherwise)."""
@@ -589,8 +604,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             values = helm.values(session.user, release, namespace)
             notes = helm.notes(session.user, release, namespace)
         except HelmError as exc:
-            lost = "not found" in exc.message.lower()
-            code = 404 if lost else 403 if "forbidden" in exc.message.lower() else 502
+            code = 404 if exc.not_found else 403 if exc.forbidden else 502
             return error(request, "App unavailable", exc.message, code, session=session)
         return page(
             request,
@@ -609,10 +623,6 @@ def create_app(config: DashboardConfig) -> Starlette:
         return app_page(request, session)
 
     def change(request: Request, session: Session, form: FormData, verb: str) -> Response:
-        if not _same(str(form.get("csrf", "")), session.csrf):
-            return error(
-                request, "Refused", "The form has expired: reload the page.", 403, session=session
-            )
         try:
             namespace, release = named(request)
         except ValueError as exc:
@@ -642,28 +652,16 @@ def create_app(config: DashboardConfig) -> Starlette:
                 helm.rollback(session.user, release, namespace, int(revision))
             else:
                 helm.uninstall(session.user, release, namespace)
-        except (HelmError, ValueError) as exc:
-            message = exc.message if isinstance(exc, HelmError) else str(exc)
-            code = 403 if "forbidden" in message.lower() else 422
-            return app_page(request, session, message, code)
+        except HelmError as exc:
+            return app_page(request, session, exc.message, 403 if exc.forbidden else 422)
+        except ValueError as exc:
+            return app_page(request, session, str(exc), 422)
         log.info("%s: %s %s in %s", session.username, verb, release, namespace)
         target = "/apps" if verb == "delete" else f"/apps/{namespace}/{release}"
         return RedirectResponse(target, status_code=303)
 
     def changing(verb: str) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            session = await run_in_threadpool(current, request)
-            if session is None:
-                return RedirectResponse("/signin", status_code=303)
-            try:
-                form = await _small_form(request)
-            except _FormTooLarge:
-                return error(
-                    request, "Refused", "The form is not one this page sends.", 413, session=session
-                )
-            return await run_in_threadpool(change, request, session, form, verb)
-
-        return endpoint
+        return posted(lambda request, session, form: change(request, session, form, verb))
 
     def upgrade_page(
         request: Request,
@@ -680,7 +678,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             meta = helm.metadata(user, release, namespace)
             current_values = helm.values(user, release, namespace)
         except HelmError as exc:
-            code = 404 if "not found" in exc.message.lower() else 502
+            code = 404 if exc.not_found else 502
             return error(request, "App unavailable", exc.message, code, session=session)
         chart, current = str(meta.get("chart", "")), str(meta.get("version", ""))
         refresh_catalog()
@@ -740,7 +738,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             )
             deployed = helm.manifest(user, release, namespace)
         except HelmError as exc:
-            code = 403 if "forbidden" in exc.message.lower() else 422
+            code = 403 if exc.forbidden else 422
             context["errors"] = {"": exc.message}
             return page(request, "upgrade.html", code, **context)
         context["preview"] = {
@@ -752,22 +750,6 @@ def create_app(config: DashboardConfig) -> Starlette:
 
     def upgrade_view(request: Request, session: Session) -> Response:
         return upgrade_page(request, session)
-
-    async def upgrade_endpoint(request: Request) -> Response:
-        session = await run_in_threadpool(current, request)
-        if session is None:
-            return RedirectResponse("/signin", status_code=303)
-        try:
-            form = await _small_form(request, MAX_DEPLOY_FORM_BYTES)
-        except _FormTooLarge:
-            return error(
-                request, "Refused", "The form is not one this page sends.", 413, session=session
-            )
-        if not _same(str(form.get("csrf", "")), session.csrf):
-            return error(
-                request, "Refused", "The form has expired: reload the page.", 403, session=session
-            )
-        return await run_in_threadpool(upgrade_page, request, session, form)
 
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -784,10 +766,18 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/apps", signed_in(apps)),
         Route("/catalog", signed_in(catalog_page)),
         Route("/deploy", signed_in(deploy_form), methods=["GET"]),
-        Route("/deploy", deploy_endpoint, methods=["POST"]),
+        Route(
+            "/deploy",
+            posted(deploy, limit=MAX_DEPLOY_FORM_BYTES, max_fields=MAX_FIELDS + 16),
+            methods=["POST"],
+        ),
         Route("/apps/{namespace}/{release}", signed_in(app_view), methods=["GET"]),
         Route("/apps/{namespace}/{release}/upgrade", signed_in(upgrade_view), methods=["GET"]),
-        Route("/apps/{namespace}/{release}/upgrade", upgrade_endpoint, methods=["POST"]),
+        Route(
+            "/apps/{namespace}/{release}/upgrade",
+            posted(upgrade_page, limit=MAX_DEPLOY_FORM_BYTES),
+            methods=["POST"],
+        ),
         Route("/apps/{namespace}/{release}/rollback", changing("rollback"), methods=["POST"]),
         Route("/apps/{namespace}/{release}/delete", changing("delete"), methods=["POST"]),
     ]

@@ -58,6 +58,15 @@ class HelmError(Exception):
         self.command = command  # `helm install` and the like: never arguments or values
         self.returncode = returncode
 
+    @property
+    def forbidden(self) -> bool:
+        """The cluster's RBAC refused it (helm passes the API server's words on)."""
+        return "forbidden" in self.message.lower()
+
+    @property
+    def not_found(self) -> bool:
+        return "not found" in self.message.lower()
+
 
 @dataclass(frozen=True, slots=True)
 class ApiServer:
