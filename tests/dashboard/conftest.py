@@ -4,11 +4,14 @@ these tests skip and say so, except under CI=true, where they fail."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nftproxy.dashboard.helm import HelmMissing, find_helm
+from nftproxy.dashboard.helm import ApiServer, Helm, HelmMissing, find_helm
+from nftproxy.lab.apiserver import ControlPlane
+from tests.support.control_plane import start_control_plane
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +22,16 @@ def helm_binary() -> Path:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real kube-apiserver and etcd, one per test module."""
+    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="module")
+def packager(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """helm for packaging and indexing charts, which needs no cluster."""
+    return Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("homes"))

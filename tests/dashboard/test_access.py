@@ -3,21 +3,12 @@ kube-apiserver: service-account users, their Roles, a bad token."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from nftproxy.dashboard.access import BadToken, NamespaceAccess, UserAccess
 from nftproxy.dashboard.helm import ApiServer, Credentials
 from nftproxy.lab.apiserver import ControlPlane
-from tests.support.control_plane import start_control_plane
 from tests.support.users import EVERYTHING, VIEW, namespace, user
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
-        yield plane
 
 
 def test_users_see_only_the_namespaces_their_roles_open_and_how_far(cp: ControlPlane) -> None:

@@ -23,7 +23,6 @@ from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
 from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import HttpChartRepo, write_chart
 from nftproxy.lab.processes import stop_processes
-from tests.support.control_plane import start_control_plane
 from tests.support.users import EVERYTHING, VIEW, namespace, user
 
 CONFIGMAP = """\
@@ -44,6 +43,8 @@ SCHEMA = {
         "color": {"enum": ["blue", "green"]},
     },
 }
+# The chart version the deploy tests deploy, as the deploy form names it.
+CONFIGURABLE = {"repo": "main", "chart": "configurable", "version": "1.0.0"}
 SETTINGS = """\
 apiVersion: v1
 kind: ConfigMap
@@ -56,14 +57,7 @@ data:
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
-        yield plane
-
-
-@pytest.fixture(scope="module")
-def repo(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
-    packager = Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("h"))
+def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
     src = tmp_path_factory.mktemp("charts")
     with HttpChartRepo(packager, tmp_path_factory.mktemp("repo")) as served:
         served.publish(
@@ -337,9 +331,7 @@ def test_behind_a_proxy_its_header_says_who_on_every_request(
 
 
 def deploy_form(client: TestClient) -> str:
-    page = client.get(
-        "/deploy", params={"repo": "main", "chart": "configurable", "version": "1.0.0"}
-    )
+    page = client.get("/deploy", params=CONFIGURABLE)
     assert page.status_code == 200, page.text
     return page.text
 
@@ -369,9 +361,7 @@ def test_a_value_the_schema_refuses_is_named_and_nothing_is_deployed(
         "/deploy",
         data={
             "csrf": csrf_of(form),
-            "repo": "main",
-            "chart": "configurable",
-            "version": "1.0.0",
+            **CONFIGURABLE,
             "release": "too-many",
             "namespace": world["mine"],
             "source": "form",
@@ -389,9 +379,7 @@ def test_deploying_from_the_form_and_from_yaml_installs_as_the_user(
 ) -> None:
     sign_in(client, world["alice"])
     common = {
-        "repo": "main",
-        "chart": "configurable",
-        "version": "1.0.0",
+        **CONFIGURABLE,
         "namespace": world["mine"],
     }
     answer = client.post(
@@ -433,9 +421,7 @@ def test_a_viewer_who_tries_to_deploy_gets_a_clear_refusal_and_nothing_changes(
         "/deploy",
         data={
             "csrf": csrf_of(form),
-            "repo": "main",
-            "chart": "configurable",
-            "version": "1.0.0",
+            **CONFIGURABLE,
             "release": "not-allowed",
             "namespace": world["theirs"],
             "source": "form",

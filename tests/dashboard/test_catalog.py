@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from nftproxy.dashboard.catalog import Catalog, RepoConfig, version_key
-from nftproxy.dashboard.helm import ApiServer, Helm
+from nftproxy.dashboard.helm import Helm
 from nftproxy.lab.charts import HttpChartRepo, write_chart
-
-
-@pytest.fixture(scope="module")
-def packager(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    # Packaging and indexing need no cluster.
-    return Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("homes"))
 
 
 @pytest.fixture

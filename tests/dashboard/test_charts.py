@@ -9,21 +9,19 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from nftproxy.dashboard.catalog import Catalog, RepoConfig
 from nftproxy.dashboard.charts import MAX_FILE_BYTES, ChartReadError, fetch_archive, read_archive
-from nftproxy.dashboard.helm import ApiServer, Helm
+from nftproxy.dashboard.helm import Helm
 from nftproxy.lab.charts import HttpChartRepo, write_chart
 
 SCHEMA = {"type": "object", "properties": {"replicas": {"type": "integer", "minimum": 1}}}
 
 
 @pytest.fixture(scope="module")
-def repo(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
-    packager = Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("h"))
+def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
     src = tmp_path_factory.mktemp("charts")
     chart = write_chart(src, "hello", "0.1.0", values="replicas: 2\n", schema=json.dumps(SCHEMA))
     (chart / "README.md").write_text("# hello\n\nSays hello.\n")

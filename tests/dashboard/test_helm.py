@@ -23,7 +23,6 @@ from nftproxy.dashboard.helm import (
 )
 from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.lab.charts import HttpChartRepo, write_chart
-from tests.support.control_plane import start_control_plane
 from tests.support.users import EVERYTHING, VIEW, namespace, user
 
 BUILD = Path(__file__).resolve().parents[2] / "hack" / "dashboard" / "build.sh"
@@ -41,12 +40,6 @@ def pinned_helm_version() -> str:
     found = re.search(r"^helm_version=(\S+)$", BUILD.read_text(), re.M)
     assert found, f"no helm_version= in {BUILD}"
     return found.group(1)
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with start_control_plane(tmp_path_factory.mktemp("cp")) as plane:
-        yield plane
 
 
 @pytest.fixture(scope="module")
