@@ -43,7 +43,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ip4, machine_info, save_report, write_markdown  # bench/common.py
+from common import (  # bench/common.py
+    ip4,
+    machine_info,
+    netns_add,
+    netns_del,
+    netns_del_all,
+    on_signal,
+    save_report,
+    write_markdown,
+)
 
 from nftproxy.lab import apiserver as kube
 from nftproxy.lab.processes import die_with_parent, stop_processes
@@ -92,20 +101,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 # --- cleanup: namespaces and processes we started ------------------------------------
 
-_netns: list[str] = []
 _procs: list[subprocess.Popen[Any]] = []
-
-
-def netns_add(name: str) -> str:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    _netns.append(name)
-    return name
-
-
-def netns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    if name in _netns:
-        _netns.remove(name)
 
 
 def stop_proc(proc: subprocess.Popen[Any], grace: float = 30.0) -> int | None:
@@ -119,13 +115,7 @@ def stop_proc(proc: subprocess.Popen[Any], grace: float = 30.0) -> int | None:
 def cleanup_all() -> None:
     for proc in list(_procs):
         stop_proc(proc, grace=10)
-    for name in list(_netns):
-        netns_del(name)
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    # SIGTERM/SIGHUP become an exception, so every `finally` runs (processes, namespaces).
-    raise KeyboardInterrupt(f"signal {signum}")
+    netns_del_all()
 
 
 def start_proc(argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
@@ -930,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, on_signal)
 
     start = mono()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
