@@ -20,6 +20,7 @@ from nftproxy.health import (
     go_time,
     health_check_ports,
     local_ready_endpoints,
+    rfc3339,
     serve_healthz,
 )
 from nftproxy.kernel.errors import NftError
@@ -86,11 +87,22 @@ def test_healthy_while_starting_and_after_syncs(
     assert headers["X-Content-Type-Options"] == "nosniff"
     # Healthy: lastUpdated reads "now", as kube-proxy reports it.
     now = go_time(clock.now)
-    assert body == {"lastUpdated": now, "currentTime": now, "nodeEligible": True}
+    assert body == {
+        "lastUpdated": now,
+        "currentTime": now,
+        "lastSynced": None,  # nftproxy's own fields: never synced, nothing waits
+        "pendingSince": None,
+        "nodeEligible": True,
+    }
     health.queued_update()
+    queued = clock.now
     clock.now += 59.9
-    assert get(healthz + "/healthz")[0] == 200  # pending, not late yet
+    status, _, body = get(healthz + "/healthz")
+    assert status == 200  # pending, not late yet
+    assert (body["lastSynced"], body["pendingSince"]) == (None, rfc3339(queued))
     health.updated()
+    _, _, body = get(healthz + "/healthz")
+    assert (body["lastSynced"], body["pendingSince"]) == (rfc3339(clock.now), None)
     clock.now += 600  # nothing pending: healthy however long ago the last sync was
     assert get(healthz + "/healthz")[0] == 200
     assert get(healthz + "/livez")[0] == 200
@@ -111,11 +123,13 @@ def test_a_change_pending_for_the_timeout_is_unhealthy(
     assert body == {
         "lastUpdated": go_time(synced),
         "currentTime": go_time(clock.now),
+        "lastSynced": rfc3339(synced),
+        "pendingSince": rfc3339(synced + 5),
         "nodeEligible": True,
     }
     status, _, body = get(healthz + "/livez")
     assert status == 503
-    assert body == {"lastUpdated": go_time(synced), "currentTime": go_time(clock.now)}
+    assert body["lastUpdated"] == go_time(synced)
     health.updated()
     assert get(healthz + "/healthz")[0] == 200
 

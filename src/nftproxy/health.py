@@ -35,6 +35,7 @@ __all__ = [
     "health_check_hosts",
     "health_check_ports",
     "local_ready_endpoints",
+    "rfc3339",
     "serve_healthz",
 ]
 
@@ -120,6 +121,17 @@ def go_time(t: float | None) -> str:
     when = dt.datetime.fromtimestamp(t, dt.UTC)
     frac = f"{when.microsecond:06d}".rstrip("0")
     return when.strftime("%Y-%m-%d %H:%M:%S") + (f".{frac}" if frac else "") + " +0000 UTC"
+
+
+def rfc3339(t: float | None) -> str | None:
+    """A Unix time as RFC 3339 in UTC with microseconds; None stays None."""
+    if t is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(t, dt.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class ProxierHealth:
@@ -216,8 +228,18 @@ class ProxierHealth:
         self, healthy: bool, last: float | None, extra: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         now = self.clock()
-        # Healthy: lastUpdated is "now", as kube-proxy reports it for older clients.
-        body = {"lastUpdated": go_time(now if healthy else last), "currentTime": go_time(now)}
+        with self._lock:
+            pending = self._oldest_pending
+        # Healthy: lastUpdated is "now", as kube-proxy reports it for older clients. The two
+        # fields after it are nftproxy's own: when the rules last took in every change, and
+        # since when a change waits (the app dashboard tells from them whether this node
+        # has programmed a Service's latest change).
+        body = {
+            "lastUpdated": go_time(now if healthy else last),
+            "currentTime": go_time(now),
+            "lastSynced": rfc3339(last),
+            "pendingSince": rfc3339(pending),
+        }
         return (200 if healthy else 503), body | extra
 
 

@@ -407,8 +407,8 @@ class Client:
         query = urllib.parse.urlencode(params) if params else ""
         return f"{self._prefix}{path}?{query}" if query else f"{self._prefix}{path}"
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": self.user_agent}
         token = self.config.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -422,9 +422,10 @@ class Client:
         *,
         method: str = "GET",
         body: bytes | None = None,
+        accept: str = "application/json",
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, socket.socket | None]:
         conn = self._connect(timeout)
-        headers = self._headers()
+        headers = self._headers(accept)
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -450,10 +451,16 @@ class Client:
         return conn, resp, sock
 
     def get(
-        self, path: str, params: Mapping[str, str] | None = None, *, timeout: float | None = None
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+        accept: str = "application/json",
     ) -> bytes:
-        """One GET; the response body (JSON) on 200, else a classified ApiError."""
-        return self._call("GET", path, params, None, timeout)
+        """One GET; the response body (JSON) on 200, else a classified ApiError. `accept`
+        may ask for another representation (metadata only, say)."""
+        return self._call("GET", path, params, None, timeout, accept)
 
     def post(self, path: str, body: Mapping[str, Any], *, timeout: float | None = None) -> bytes:
         """One POST of a JSON object (a review, say); the response body on 200 or 201."""
@@ -466,9 +473,10 @@ class Client:
         params: Mapping[str, str] | None,
         body: bytes | None,
         timeout: float | None,
+        accept: str = "application/json",
     ) -> bytes:
         wait = self.timeout if timeout is None else timeout
-        conn, resp, _ = self._open(path, params, wait, method=method, body=body)
+        conn, resp, _ = self._open(path, params, wait, method=method, body=body, accept=accept)
         try:
             return resp.read()
         except (OSError, http.client.HTTPException) as exc:

@@ -44,6 +44,7 @@ __all__ = [
     "load_paths",
     "manifest_files",
     "read_yaml_document",
+    "read_yaml_documents",
     "special_file",
 ]
 
@@ -461,6 +462,26 @@ def read_yaml_document(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> obje
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid YAML: {' '.join(str(exc).split())}") from None
     return first
+
+
+def read_yaml_documents(
+    data: bytes, limits: ReadLimits = DEFAULT_LIMITS
+) -> tuple[list[object], list[str]]:
+    """Every document of a YAML stream read within `limits` (a chart's rendered manifests,
+    say): (the documents that could be read, in order; what was wrong with the others).
+    A syntax error ends the stream there and is reported; empty documents are left out."""
+    if len(data) > limits.max_file_bytes:
+        return [], [f"larger than the limit of {limits.max_file_bytes:,} bytes"]
+    documents: list[object] = []
+    errors: list[str] = []
+    try:
+        for index, document, problems in _yaml_documents(data, limits):
+            errors += [f"document {index}: {p.where}: {p.message}" for p in problems]
+            if document is not _REJECTED and document is not None and not problems:
+                documents.append(document)
+    except yaml.YAMLError as exc:
+        errors.append(f"invalid YAML: {' '.join(str(exc).split())}")
+    return documents, errors
 
 
 class _YamlReader:
