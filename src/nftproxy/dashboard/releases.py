@@ -1,0 +1,351 @@
+"""Helm releases read straight from the Secrets helm keeps them in, with the user's own token.
+
+helm stores every revision of a release as a Secret of type `helm.sh/release.v1` in the
+release's namespace, labelled `owner=helm`, `name`, `version` (the revision) and `status`;
+its `release` key holds the release as gzipped JSON, base64-encoded once more by helm.
+Reading them here costs one API call per namespace (or one for the whole cluster when the
+user may list Secrets everywhere) instead of one helm process each, and the list of
+revisions comes as metadata only: a release is decoded once per revision and remembered by
+its Secret's resourceVersion. Changes still go through helm.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nftproxy.dashboard.helm import ApiServer, Credentials, check_namespace, check_release_name
+from nftproxy.kube.client import ApiError, Client, ClusterConfig
+
+__all__ = [
+    "LIVE_STATES",
+    "MAX_RELEASE_BYTES",
+    "Release",
+    "ReleaseDetail",
+    "ReleaseError",
+    "ReleaseReader",
+    "Releases",
+    "decode_release",
+    "latest_revisions",
+    "summary",
+    "timestamp_text",
+]
+
+MAX_RELEASE_BYTES = 32 << 20  # decompressed; a release Secret itself is at most 1 MiB
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+# A revision that is the release's current one is in one of these states: listing only
+# them leaves out every superseded revision's data.
+LIVE_STATES = (
+    "deployed",
+    "failed",
+    "pending-install",
+    "pending-upgrade",
+    "pending-rollback",
+    "uninstalling",
+    "unknown",
+)
+_LISTS_AT_ONCE = 8
+_CACHED = 20_000
+
+
+class ReleaseError(Exception):
+    """A release Secret that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What the app list shows of a release's revision."""
+
+    name: str
+    namespace: str
+    revision: int
+    status: str
+    chart: str
+    chart_version: str
+    app_version: str
+    updated: str  # as helm wrote it (RFC 3339)
+    description: str = ""
+
+    @property
+    def chart_label(self) -> str:
+        return f"{self.chart}-{self.chart_version}"
+
+    @property
+    def updated_text(self) -> str:
+        return timestamp_text(self.updated)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDetail:
+    """One revision in full, as the app page needs it."""
+
+    release: Release
+    values: Mapping[str, Any]  # the values the user gave (not the chart's defaults)
+    manifest: str
+    notes: str
+
+
+@dataclass(frozen=True, slots=True)
+class Releases:
+    """The releases a user may see in some namespaces, and which namespaces said no."""
+
+    by_namespace: Mapping[str, list[Release]]
+    refused: frozenset[str]  # namespaces where the user may not list releases
+    problems: Mapping[str, str]  # namespace -> why it could not be read
+
+
+def timestamp_text(text: str) -> str:
+    """helm's RFC 3339 time (nanoseconds, any offset) as `2026-12-07 03:55:12 UTC`."""
+    if not text:
+        return ""
+    head, _, _ = text.partition(".")
+    zone = text[len(head) :].lstrip(".0123456789") if "." in text else text[19:]
+    try:
+        when = datetime.fromisoformat(head[:19] + (zone if zone not in ("", "Z") else "+00:00"))
+    except ValueError:
+        return text[:40]
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def decode_release(data: str | bytes, what: str = "release") -> dict[str, Any]:
+    """A release as helm stores it: base64 of gzipped JSON (plain JSON also read), within
+    MAX_RELEASE_BYTES once decompressed."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ReleaseError(f"{what}: not base64") from None
+    if raw[:2] == b"\x1f\x8b":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(raw, MAX_RELEASE_BYTES + 1)
+        except zlib.error as exc:
+            raise ReleaseError(f"{what}: not gzip: {exc}") from None
+        if len(raw) > MAX_RELEASE_BYTES or inflater.unconsumed_tail:
+            raise ReleaseError(f"{what}: larger than {MAX_RELEASE_BYTES >> 20} MiB unpacked")
+    try:
+        release = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{what}: not JSON: {exc}") from None
+    if not isinstance(release, dict):
+        raise ReleaseError(f"{what}: not a release object")
+    return release
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _obj(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def summary(release: Mapping[str, Any], namespace: str) -> Release:
+    """The app list's view of a decoded release."""
+    info = _obj(release.get("info"))
+    meta = _obj(_obj(release.get("chart")).get("metadata"))
+    version = release.get("version")
+    return Release(
+        name=_text(release.get("name")),
+        namespace=_text(release.get("namespace")) or namespace,
+        revision=version if isinstance(version, int) else 0,
+        status=_text(info.get("status")) or "unknown",
+        chart=_text(meta.get("name")),
+        chart_version=_text(meta.get("version")),
+        app_version=_text(meta.get("appVersion")),
+        updated=_text(info.get("last_deployed")) or _text(info.get("first_deployed")),
+        description=_text(info.get("description")),
+    )
+
+
+def _revision(labels: Mapping[str, Any]) -> int:
+    text = str(labels.get("version", ""))
+    return int(text) if text.isdigit() else 0
+
+
+def latest_revisions(
+    items: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """The newest revision's Secret metadata of each release, by (namespace, release)."""
+    newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for item in items:
+        meta = item.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get("owner") != "helm" or not labels.get("name"):
+            continue
+        key = (str(meta.get("namespace", "")), str(labels["name"]))
+        seen = newest.get(key)
+        if seen is None or _revision(labels) > _revision(seen.get("labels") or {}):
+            newest[key] = meta
+    return newest
+
+
+def _secret_release(secret: Mapping[str, Any]) -> dict[str, Any]:
+    meta = secret.get("metadata") or {}
+    what = f"Secret {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+    data = (secret.get("data") or {}).get("release")
+    if not isinstance(data, str):
+        raise ReleaseError(f"{what}: no release in it")
+    try:
+        inner = base64.b64decode(data, validate=True)  # the API's own base64 of Secret data
+    except (binascii.Error, ValueError):
+        raise ReleaseError(f"{what}: data.release is not base64") from None
+    return decode_release(inner, what)
+
+
+class ReleaseReader:
+    """Reads releases with each user's token; remembers decoded summaries by Secret
+    resourceVersion (shared between users: a summary is only handed to a user whose own
+    list named that Secret's resourceVersion)."""
+
+    def __init__(self, server: ApiServer, *, timeout: float = 10.0, cached: int = _CACHED):
+        self.server = server
+        self.timeout = timeout
+        self._cached = cached
+        self._lock = threading.Lock()
+        self._summaries: OrderedDict[tuple[str, str, str], Release] = OrderedDict()
+
+    def client(self, user: Credentials) -> Client:
+        config = ClusterConfig(
+            server=self.server.url,
+            token=user.token,
+            ca_file=str(self.server.ca_file) if self.server.ca_file is not None else None,
+            insecure=self.server.insecure,
+        )
+        return Client(config, timeout=self.timeout)
+
+    # --- the app list ---------------------------------------------------------------------
+
+    def current(self, user: Credentials, namespaces: Iterable[str]) -> Releases:
+        """The current revision of every release in `namespaces` the user may see."""
+        wanted = sorted(set(namespaces))
+        client = self.client(user)
+        selector = {"labelSelector": "owner=helm"}
+        metas: list[Mapping[str, Any]] = []
+        refused: set[str] = set()
+        problems: dict[str, str] = {}
+        try:  # one call when the user may list Secrets in every namespace
+            everything = client.get("/api/v1/secrets", selector, accept=METADATA_LIST)
+            metas = [
+                i for i in json.loads(everything).get("items") or [] if _namespace(i) in wanted
+            ]
+        except ApiError as exc:
+            if exc.status not in (401, 403):
+                raise
+
+            def one(ns: str) -> tuple[str, list[Mapping[str, Any]] | ApiError]:
+                path = f"/api/v1/namespaces/{ns}/secrets"
+                try:
+                    text = client.get(path, selector, accept=METADATA_LIST)
+                except ApiError as exc:
+                    return ns, exc
+                return ns, list(json.loads(text).get("items") or [])
+
+            with ThreadPoolExecutor(_LISTS_AT_ONCE, thread_name_prefix="releases") as pool:
+                for ns, answer in pool.map(one, wanted):
+                    if isinstance(answer, ApiError):
+                        if answer.status == 401:
+                            raise answer from None
+                        if answer.status == 403:
+                            refused.add(ns)
+                        else:
+                            problems[ns] = answer.message
+                    else:
+                        metas.extend(answer)
+        newest = latest_revisions(metas)
+        found = self._summaries_of(client, newest)
+        by_namespace: dict[str, list[Release]] = {
+            ns: [] for ns in wanted if ns not in refused and ns not in problems
+        }
+        for (ns, _), release in sorted(found.items()):
+            if release.status != "uninstalled" and ns in by_namespace:
+                by_namespace[ns].append(release)
+        return Releases(by_namespace, frozenset(refused), problems)
+
+    def _summaries_of(
+        self, client: Client, newest: Mapping[tuple[str, str], Mapping[str, Any]]
+    ) -> dict[tuple[str, str], Release]:
+        found: dict[tuple[str, str], Release] = {}
+        missing: dict[str, dict[str, tuple[str, str]]] = {}  # namespace -> secret -> key
+        with self._lock:
+            for key, meta in newest.items():
+                cache_key = (key[0], str(meta.get("name")), str(meta.get("resourceVersion")))
+                hit = self._summaries.get(cache_key)
+                if hit is not None:
+                    self._summaries.move_to_end(cache_key)
+                    found[key] = hit
+                else:
+                    missing.setdefault(key[0], {})[str(meta.get("name"))] = key
+
+        def read(ns: str) -> list[tuple[tuple[str, str], Release, str]]:
+            # One Secret is fetched alone; several at once by a list of the live states,
+            # which leaves out the superseded revisions' data.
+            wanted = missing[ns]
+            if len(wanted) == 1:
+                name = next(iter(wanted))
+                secrets = [json.loads(client.get(f"/api/v1/namespaces/{ns}/secrets/{name}"))]
+            else:
+                states = ",".join(LIVE_STATES)
+                selector = {"labelSelector": f"owner=helm,status in ({states})"}
+                answer = client.get(f"/api/v1/namespaces/{ns}/secrets", selector)
+                secrets = json.loads(answer).get("items") or []
+            out = []
+            for secret in secrets:
+                meta = secret.get("metadata") or {}
+                key = wanted.get(str(meta.get("name")))
+                if key is None:
+                    continue
+                try:
+                    release = summary(_secret_release(secret), ns)
+                except ReleaseError as exc:
+                    release = _unreadable(key, str(exc))
+                out.append((key, release, str(meta.get("resourceVersion"))))
+            return out
+
+        with ThreadPoolExecutor(_LISTS_AT_ONCE, thread_name_prefix="decode") as pool:
+            for batch in pool.map(read, sorted(missing)):
+                with self._lock:
+                    for key, release, version in batch:
+                        found[key] = release
+                        self._summaries[(key[0], str(newest[key].get("name")), version)] = release
+                    while len(self._summaries) > self._cached:
+                        self._summaries.popitem(last=False)
+        return found
+
+    # --- one release ----------------------------------------------------------------------
+
+    def revisions(self, user: Credentials, namespace: str, name: str) -> list[ReleaseDetail]:
+        """Every revision of one release, oldest first ([] when there is none)."""
+        namespace, name = check_namespace(namespace), check_release_name(name)
+        selector = {"labelSelector": f"owner=helm,name={name}"}
+        answer = self.client(user).get(f"/api/v1/namespaces/{namespace}/secrets", selector)
+        details = [_detail(s, namespace) for s in json.loads(answer).get("items") or []]
+        return sorted(details, key=lambda d: d.release.revision)
+
+
+def _namespace(item: Mapping[str, Any]) -> str:
+    return str((item.get("metadata") or {}).get("namespace", ""))
+
+
+def _unreadable(key: tuple[str, str], why: str) -> Release:
+    return Release(key[1], key[0], 0, "unreadable", "", "", "", "", why)
+
+
+def _detail(secret: Mapping[str, Any], namespace: str) -> ReleaseDetail:
+    release = _secret_release(secret)
+    info = _obj(release.get("info"))
+    config = release.get("config")
+    return ReleaseDetail(
+        release=summary(release, namespace),
+        values=config if isinstance(config, dict) else {},
+        manifest=_text(release.get("manifest")),
+        notes=_text(info.get("notes")),
+    )
