@@ -24,6 +24,7 @@ from nftproxy.conntrack import ConntrackSettings
 from nftproxy.dashboard import command as dashboard_command
 from nftproxy.kernel.backend import open_backend
 from nftproxy.kernel.errors import NftError
+from nftproxy.lab import dashboard_demo
 from nftproxy.lab.cluster import command as cluster_command
 from nftproxy.proxier import DEFAULT_VERIFY_PERIOD
 from nftproxy.proxyconfig import ProxyOptions
@@ -789,6 +790,7 @@ def parser() -> argparse.ArgumentParser:
 
     cluster_command.add_parser(sub)
     dashboard_command.add_parser(sub)
+    dashboard_demo.add_parser(sub)
 
     p = sub.add_parser("cleanup", help="remove everything nftproxy owns in a namespace")
     with_kernel(p)

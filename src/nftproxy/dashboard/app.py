@@ -4,6 +4,7 @@ Every call to the cluster is made with the signed-in user's token."""
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hmac
 import json
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 import yaml
@@ -25,8 +26,9 @@ from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from nftproxy.dashboard.access import BadToken, NamespaceAccess, UserAccess
@@ -43,6 +45,15 @@ from nftproxy.dashboard.helm import (
     check_namespace,
     check_release_name,
 )
+from nftproxy.dashboard.network import (
+    node_health,
+    node_infos,
+    preview,
+    service_networks,
+    sync_state,
+)
+from nftproxy.dashboard.releases import ReleaseError, ReleaseReader
+from nftproxy.dashboard.resources import live_resources, object_refs
 from nftproxy.kube.client import ApiError
 from nftproxy.sources.manifests import ReadLimits, read_yaml_document
 
@@ -54,6 +65,7 @@ __all__ = [
     "Sessions",
     "cookie_name",
     "create_app",
+    "memo",
     "valid_token",
 ]
 
@@ -65,7 +77,14 @@ MAX_DEPLOY_FORM_BYTES = 1 << 20  # the values YAML rides along
 CHART_CACHE = 64
 MAX_SESSIONS = 10_000
 CATALOG_REFRESH = 300.0
+NAMESPACES_TTL = 10.0  # the dashboard's own list of namespaces
+ACCESS_TTL = 30.0  # a user's rights, as access reviews answered them
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+LIVE_MAX = 600.0  # a live page's stream ends after this; the browser opens another
+LIVE_KEEPALIVE = 15.0
+LIVE_PER_SESSION = 8
+LIVE_STREAMS = 1000
 # Pages hold a CSRF token and the user's name: not cached, not framed, no foreign scripts.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -114,7 +133,14 @@ def read_values(
             return {}, {"values_yaml": "the values must be a mapping"}
         values: dict[str, Any] = parsed or {}
     else:
-        values, errors = values_from_form(files.schema or {}, answers, base)
+        # The YAML editor holds what the form cannot show; the form's answers go over it.
+        try:
+            held = read_yaml_document(answers.get("values_yaml", "").encode(), VALUES_LIMITS)
+        except ValueError:
+            held = None
+        values, errors = values_from_form(
+            files.schema or {}, answers, held if isinstance(held, dict) else base
+        )
     if not errors and files.schema:
         errors.update(validate_values(files.schema, values))
     return values, errors
@@ -156,6 +182,16 @@ class DashboardConfig:
     secure_cookies: bool = False  # served over TLS (here or at the proxy)
     session_idle: float = 1800.0
     session_max: float = 8 * 3600.0
+    # The Node objects (API JSON), listed by the dashboard itself: the network panel
+    # compiles each app's Services for every node.
+    nodes: Callable[[], list[dict[str, Any]]] = list
+    # Each node's proxy health endpoint ({address}: the node's first InternalIP).
+    proxy_health: str = "http://{address}:10256/healthz"
+    cluster_cidrs: tuple[str, ...] = ()  # the pod network, as the proxies are told
+    # Every Service of the cluster (API JSON), listed by the dashboard itself: a network
+    # preview names what an install would take from another Service.
+    services: Callable[[], list[dict[str, Any]]] = list
+    live_interval: float = 2.0  # seconds between looks for live pages
 
 
 @dataclass(slots=True)
@@ -166,6 +202,8 @@ class Session:
     csrf: str = field(repr=False)
     created: float
     last_seen: float
+    # Answers remembered for a while (rights, say): key -> (when, value).
+    memo: dict[str, tuple[float, Any]] = field(default_factory=dict, repr=False)
 
 
 class Sessions:
@@ -235,6 +273,21 @@ class Sessions:
             del self._by_user[session.user.key]
 
 
+_T = TypeVar("_T")
+
+
+def memo(store: dict[str, tuple[float, Any]], key: str, ttl: float, ask: Callable[[], _T]) -> _T:
+    """`ask()`'s answer, remembered in `store` for `ttl` seconds."""
+    now = time.monotonic()
+    kept = store.get(key)
+    if kept is not None and now - kept[0] < ttl:
+        value: _T = kept[1]
+        return value
+    answer = ask()
+    store[key] = (now, answer)
+    return answer
+
+
 def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
 
@@ -266,6 +319,8 @@ def create_app(config: DashboardConfig) -> Starlette:
     sessions = Sessions(config.session_idle, config.session_max)
     helm = Helm(config.helm, config.server, config.homes)
     catalog = Catalog(config.repos)
+    releases_reader = ReleaseReader(config.server)
+    shared_memo: dict[str, tuple[float, Any]] = {}
     refreshed: list[float] = []
     catalog_lock = threading.Lock()
     session_cookie = cookie_name("nftproxy_session", config.secure_cookies)
@@ -369,32 +424,81 @@ def create_app(config: DashboardConfig) -> Starlette:
         response.delete_cookie(session_cookie, path="/", secure=config.secure_cookies)
         return response
 
+    def candidates() -> list[str]:
+        """The namespaces the dashboard knows of (its own listing), asked again every
+        NAMESPACES_TTL seconds."""
+        return memo(shared_memo, "namespaces", NAMESPACES_TTL, config.namespaces)
+
+    def deployable(session: Session) -> set[str]:
+        """Where the user may deploy (create Secrets, where helm keeps releases); asked once
+        for the whole cluster, else per namespace, and remembered for ACCESS_TTL seconds."""
+
+        def ask() -> set[str]:
+            access = UserAccess(config.server, session.user)
+            names = candidates()
+            if access.can("create", "secrets", ""):
+                return set(names)
+            return {a.name for a in access.namespaces(names) if a.deploy}
+
+        return memo(session.memo, "deploy", ACCESS_TTL, ask)
+
+    def app_list(session: Session) -> dict[str, Any]:
+        """What the app list shows the user: namespaces they may see, their releases, and
+        an upgrade badge where a configured repository has a newer chart version."""
+        refresh_catalog()
+        found = releases_reader.current(session.user, candidates())
+        may_deploy = deployable(session)
+        namespaces = [
+            NamespaceAccess(ns, view=True, deploy=ns in may_deploy)
+            for ns in sorted({*found.by_namespace, *found.problems})
+        ]
+        namespaces += [
+            NamespaceAccess(ns, view=False, deploy=True)
+            for ns in sorted(may_deploy & found.refused)
+        ]
+        upgrades = {
+            (r.namespace, r.name): newer.version
+            for listed in found.by_namespace.values()
+            for r in listed
+            if (newer := newest_chart(r.chart, r.chart_version)) is not None
+        }
+        return {
+            "namespaces": namespaces,
+            "releases": found.by_namespace,
+            "problems": found.problems,
+            "upgrades": upgrades,
+        }
+
+    def newest_chart(chart: str, version: str) -> ChartVersion | None:
+        for repo in config.repos:
+            newer = catalog.newer(repo.name, chart, version)
+            if newer is not None:
+                return newer
+        return None
+
     def apps(request: Request, session: Session) -> Response:
-        access = UserAccess(config.server, session.user)
         try:
-            namespaces: list[NamespaceAccess] = access.namespaces(config.namespaces())
+            shown = app_list(session)
         except BadToken as exc:
             sessions.drop(session.id)
             return error(request, "Signed out", f"{exc}: sign in again.", 401)
         except ApiError as exc:
+            if exc.status == 401:
+                sessions.drop(session.id)
+                return error(
+                    request,
+                    "Signed out",
+                    "The cluster no longer accepts your token: sign in again.",
+                    401,
+                )
             log.warning("apps of %s: %s", session.username, exc)
             return error(request, "Cluster unavailable", exc.message, 503, session=session)
-        releases: dict[str, list[dict[str, Any]]] = {}
-        problems: dict[str, str] = {}
-        for ns in namespaces:
-            if not ns.view:
-                continue
-            try:
-                releases[ns.name] = helm.releases(session.user, ns.name)
-            except HelmError as exc:
-                problems[ns.name] = exc.message
         return page(
             request,
             "apps.html",
             session=session,
-            namespaces=namespaces,
-            releases=releases,
-            problems=problems,
+            listing=fragment("apps_list.html", **shown),
+            **shown,
         )
 
     def refresh_catalog() -> dict[str, str]:
@@ -457,11 +561,11 @@ def create_app(config: DashboardConfig) -> Starlette:
         source: str = "form",
         values_yaml: str | None = None,
         status: int = 200,
+        network: dict[str, Any] | None = None,
     ) -> Response:
         repo, listed, files = picked
-        access = UserAccess(config.server, session.user)
         try:
-            namespaces = [n.name for n in access.namespaces(config.namespaces()) if n.deploy]
+            namespaces = sorted(deployable(session))
         except (BadToken, ApiError) as exc:
             log.warning("deploy page of %s: %s", session.username, exc)
             namespaces = []  # the form says so; submitting it shows the cluster's answer
@@ -480,6 +584,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             release=release,
             source=source,
             errors=dict(errors or {}),
+            network=network,
         )
 
     def deploy_form(request: Request, session: Session) -> Response:
@@ -511,7 +616,7 @@ def create_app(config: DashboardConfig) -> Starlette:
                 errors[name] = str(exc)
         values, value_errors = read_values(answers, files, source, files.values)
         errors.update(value_errors)
-        again = {"release": release, "namespace": namespace, "source": source}
+        again: dict[str, Any] = {"release": release, "namespace": namespace, "source": source}
         if errors:
             yaml_text = answers.get("values_yaml") if source == "yaml" else None
             return deploy_page(
@@ -522,6 +627,26 @@ def create_app(config: DashboardConfig) -> Starlette:
                 errors=errors,
                 values_yaml=yaml_text,
                 status=422,
+                **again,
+            )
+        if answers.get("action") == "preview":
+            try:
+                rendered = helm.template(
+                    release, listed.name, namespace, values, version=listed.version, repo=repo.url
+                )
+            except HelmError as exc:
+                rendered, problem = "", exc.message
+            else:
+                problem = ""
+            yaml_text = answers.get("values_yaml") if source == "yaml" else None
+            return deploy_page(
+                request,
+                session,
+                picked,
+                values=values,
+                values_yaml=yaml_text,
+                errors={"": problem} if problem else {},
+                network=network_preview(session, namespace, rendered, "") if rendered else None,
                 **again,
             )
         try:
@@ -555,6 +680,34 @@ def create_app(config: DashboardConfig) -> Starlette:
             namespace,
         )
         return RedirectResponse("/apps", status_code=303)
+
+    def values_sync(request: Request, session: Session, form: FormData) -> Response:
+        """Keeps a values form and its YAML editor in step: the form's answers put into the
+        YAML (keeping what only the YAML holds), or the YAML's values shown in the form;
+        either way checked against the chart's schema, errors by field."""
+        answers = {k: str(v) for k, v in form.items()}
+        try:
+            _, _, files = chart_files(
+                answers.get("repo", ""), answers.get("chart", ""), answers.get("version", "")
+            )
+        except ChartReadError as exc:
+            return JSONResponse({"errors": {"": str(exc)}}, status_code=404)
+        schema = files.schema or {}
+        try:
+            held = read_yaml_document(answers.get("values_yaml", "").encode(), VALUES_LIMITS)
+        except ValueError as exc:
+            return JSONResponse({"errors": {"values_yaml": f"not YAML the chart can take: {exc}"}})
+        if held is not None and not isinstance(held, dict):
+            return JSONResponse({"errors": {"values_yaml": "the values must be a mapping"}})
+        values: dict[str, Any] = held or {}
+        errors: dict[str, str] = {}
+        if answers.get("direction") == "form":
+            values, errors = values_from_form(schema, answers, values)
+        if not errors and schema:
+            errors = validate_values(schema, values)
+        shown = {f.name: f.value for f in form_fields(schema, values)} if schema else {}
+        body = {"values_yaml": _yaml(values, answers.get("values_yaml", "")), "fields": shown}
+        return JSONResponse(body | {"errors": errors})
 
     def posted(
         handler: Callable[[Request, Session, FormData], Response],
@@ -600,12 +753,25 @@ def create_app(config: DashboardConfig) -> Starlette:
         except ValueError as exc:
             return error(request, "No such app", str(exc), 404, session=session)
         try:
-            history = helm.history(session.user, release, namespace)
-            values = helm.values(session.user, release, namespace)
-            notes = helm.notes(session.user, release, namespace)
-        except HelmError as exc:
-            code = 404 if exc.not_found else 403 if exc.forbidden else 502
+            revisions = releases_reader.revisions(session.user, namespace, release)
+        except ApiError as exc:
+            code = 403 if exc.status == 403 else 502
             return error(request, "App unavailable", exc.message, code, session=session)
+        except ReleaseError as exc:
+            return error(request, "App unreadable", str(exc), 502, session=session)
+        if not revisions:
+            message = f"there is no release {release} in {namespace}"
+            return error(request, "No such app", message, 404, session=session)
+        latest = revisions[-1]
+        try:
+            live_part = fragment(
+                "app_live.html",
+                namespace=namespace,
+                release=release,
+                **app_live(session, namespace, release),
+            )
+        except (ApiError, ReleaseError) as exc:
+            live_part = fragment("problem.html", message=str(exc))
         return page(
             request,
             "app.html",
@@ -613,14 +779,146 @@ def create_app(config: DashboardConfig) -> Starlette:
             session=session,
             namespace=namespace,
             release=release,
-            history=history,
-            values_yaml=yaml.safe_dump(values, sort_keys=False) if values else "{}\n",
-            notes=notes.strip(),
+            live_part=live_part,
+            latest=latest.release,
+            history=[d.release for d in revisions],
+            values_yaml=_yaml(latest.values, "") if latest.values else "{}\n",
+            notes=latest.notes.strip(),
             problem=problem,
         )
 
     def app_view(request: Request, session: Session) -> Response:
         return app_page(request, session)
+
+    def cluster_nodes() -> list[dict[str, Any]]:
+        try:
+            return config.nodes()
+        except ApiError as exc:
+            log.warning("the dashboard cannot list nodes: %s", exc)
+            return []
+
+    def app_live(session: Session, namespace: str, release: str) -> dict[str, Any]:
+        """The app's live part: its objects now, and its Services' network as every node
+        programs it, with each node's sync state."""
+        revisions = releases_reader.revisions(session.user, namespace, release)
+        if not revisions:
+            return {"gone": True}
+        latest = revisions[-1]
+        refs, unreadable = object_refs(latest.manifest, namespace)
+        live = live_resources(releases_reader.client(session.user), refs)
+        nodes = node_infos(memo(shared_memo, "nodes", NAMESPACES_TTL, cluster_nodes))
+        networks = service_networks(live.services, live.slices, nodes, config.cluster_cidrs)
+        health = memo(
+            shared_memo,
+            "health",
+            config.live_interval,
+            lambda: node_health(nodes, config.proxy_health),
+        )
+        syncs = {
+            (n.namespace, n.name): [sync_state(h, n.changed) for h in health] for n in networks
+        }
+        return {
+            "gone": False,
+            "latest": latest.release,
+            "resources": live.resources,
+            "unreadable": unreadable,
+            "networks": networks,
+            "syncs": syncs,
+            "nodes": nodes,
+        }
+
+    def network_preview(
+        session: Session, namespace: str, rendered: str, deployed: str
+    ) -> dict[str, Any]:
+        """What the rendered manifests change on the nodes, against the live cluster."""
+        client = releases_reader.client(session.user)
+        seen: dict[str, list[dict[str, Any]]] = {}
+        notes: list[str] = []
+        for what, path in (
+            ("EndpointSlices", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"),
+            ("Pods", f"/api/v1/namespaces/{namespace}/pods"),
+        ):
+            try:
+                seen[what] = json.loads(client.get(path)).get("items") or []
+            except ApiError as exc:
+                seen[what] = []
+                notes.append(f"{what} of {namespace} could not be read: {exc.message}")
+        try:
+            everything = memo(shared_memo, "services", NAMESPACES_TTL, config.services)
+        except ApiError as exc:
+            everything = []
+            notes.append(f"the cluster's Services could not be listed: {exc.message}")
+        changes, errors = preview(
+            rendered, deployed, namespace, everything, seen["EndpointSlices"], seen["Pods"]
+        )
+        return {"changes": changes, "notes": notes + errors}
+
+    def fragment(name: str, **context: Any) -> str:
+        return env.get_template(name).render(**context)
+
+    streams: dict[str, int] = {}
+    streams_lock = threading.Lock()
+
+    def live(render: Callable[[Request, Session], str]) -> Callable[[Request], Awaitable[Response]]:
+        """A page part kept current by server-sent events: `render` is run every
+        `live_interval` seconds and sent when its HTML changed."""
+
+        async def endpoint(request: Request) -> Response:
+            session = await run_in_threadpool(current, request)
+            if session is None:
+                return Response("sign in first", status_code=401, media_type="text/plain")
+            with streams_lock:
+                if (
+                    streams.get(session.id, 0) >= LIVE_PER_SESSION
+                    or sum(streams.values()) >= LIVE_STREAMS
+                ):
+                    return Response("too many live pages", status_code=429, media_type="text/plain")
+                streams[session.id] = streams.get(session.id, 0) + 1
+
+            async def events() -> Any:
+                last, quiet, started = None, time.monotonic(), time.monotonic()
+                try:
+                    yield f"retry: {int(config.live_interval * 1000) + 1000}\n\n"
+                    while time.monotonic() - started < LIVE_MAX:
+                        if await request.is_disconnected() or sessions.get(session.id) is None:
+                            return
+                        try:
+                            html = await run_in_threadpool(render, request, session)
+                        except (ApiError, BadToken, ReleaseError, ValueError) as exc:
+                            html = fragment("problem.html", message=str(exc))
+                        if html != last:
+                            last, quiet = html, time.monotonic()
+                            data = "".join(f"data: {line}\n" for line in html.splitlines())
+                            yield f"event: update\n{data}\n"
+                        elif time.monotonic() - quiet > LIVE_KEEPALIVE:
+                            quiet = time.monotonic()
+                            yield ": still here\n\n"
+                        await asyncio.sleep(config.live_interval)
+                finally:
+                    with streams_lock:
+                        streams[session.id] -= 1
+                        if not streams[session.id]:
+                            del streams[session.id]
+
+            return StreamingResponse(
+                events(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+
+        return endpoint
+
+    def apps_fragment(request: Request, session: Session) -> str:
+        return fragment("apps_list.html", **app_list(session))
+
+    def app_fragment(request: Request, session: Session) -> str:
+        namespace, release = named(request)
+        return fragment(
+            "app_live.html",
+            namespace=namespace,
+            release=release,
+            **app_live(session, namespace, release),
+        )
 
     def change(request: Request, session: Session, form: FormData, verb: str) -> Response:
         try:
@@ -675,12 +973,15 @@ def create_app(config: DashboardConfig) -> Starlette:
         user = session.user
         asked = form if form is not None else request.query_params
         try:
-            meta = helm.metadata(user, release, namespace)
-            current_values = helm.values(user, release, namespace)
-        except HelmError as exc:
-            code = 404 if exc.not_found else 502
-            return error(request, "App unavailable", exc.message, code, session=session)
-        chart, current = str(meta.get("chart", "")), str(meta.get("version", ""))
+            revisions = releases_reader.revisions(user, namespace, release)
+        except (ApiError, ReleaseError) as exc:
+            return error(request, "App unavailable", str(exc), 502, session=session)
+        if not revisions:
+            message = f"there is no release {release} in {namespace}"
+            return error(request, "No such app", message, 404, session=session)
+        deployed = revisions[-1]
+        current_values = dict(deployed.values)
+        chart, current = deployed.release.chart, deployed.release.chart_version
         refresh_catalog()
         repo = next((r for r in config.repos if catalog.versions(r.name, chart)), None)
         if repo is None:
@@ -707,13 +1008,22 @@ def create_app(config: DashboardConfig) -> Starlette:
             "version": version,
             "errors": {},
             "preview": None,
+            "network": None,
             "values_yaml": _yaml(current_values, "") if current_values else "{}\n",
+            "source": "yaml",
+            "fields": form_fields(files.schema, current_values) if files.schema else [],
         }
         if form is None:
             return page(request, "upgrade.html", **context)
         answers = {k: str(v) for k, v in form.items()}
-        context["values_yaml"] = answers.get("values_yaml", "")
-        values, errors = read_values(answers, files, "yaml", current_values)
+        source = "form" if answers.get("source") == "form" else "yaml"
+        values, errors = read_values(answers, files, source, current_values)
+        context["source"] = source
+        context["values_yaml"] = (
+            answers.get("values_yaml", "") if source == "yaml" or errors else _yaml(values, "")
+        )
+        if files.schema:
+            context["fields"] = form_fields(files.schema, values if not errors else current_values)
         if errors:
             context["errors"] = errors
             return page(request, "upgrade.html", 422, **context)
@@ -736,16 +1046,16 @@ def create_app(config: DashboardConfig) -> Starlette:
             rendered = helm.template(
                 release, chart, namespace, values, version=version, repo=repo.url
             )
-            deployed = helm.manifest(user, release, namespace)
         except HelmError as exc:
             code = 403 if exc.forbidden else 422
             context["errors"] = {"": exc.message}
             return page(request, "upgrade.html", code, **context)
         context["preview"] = {
             "values_diff": _diff(_yaml(current_values, ""), _yaml(values, ""), "values"),
-            "manifest_diff": _diff(deployed, rendered, "manifests"),
+            "manifest_diff": _diff(deployed.manifest, rendered, "manifests"),
             "token": token,
         }
+        context["network"] = network_preview(session, namespace, rendered, deployed.manifest)
         return page(request, "upgrade.html", **context)
 
     def upgrade_view(request: Request, session: Session) -> Response:
@@ -764,6 +1074,12 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/signin", signin, methods=["POST"]),
         Route("/signout", signout, methods=["POST"]),
         Route("/apps", signed_in(apps)),
+        Route("/apps/live", live(apps_fragment)),
+        Route(
+            "/values",
+            posted(values_sync, limit=MAX_DEPLOY_FORM_BYTES, max_fields=MAX_FIELDS + 16),
+            methods=["POST"],
+        ),
         Route("/catalog", signed_in(catalog_page)),
         Route("/deploy", signed_in(deploy_form), methods=["GET"]),
         Route(
@@ -772,14 +1088,16 @@ def create_app(config: DashboardConfig) -> Starlette:
             methods=["POST"],
         ),
         Route("/apps/{namespace}/{release}", signed_in(app_view), methods=["GET"]),
+        Route("/apps/{namespace}/{release}/live", live(app_fragment), methods=["GET"]),
         Route("/apps/{namespace}/{release}/upgrade", signed_in(upgrade_view), methods=["GET"]),
         Route(
             "/apps/{namespace}/{release}/upgrade",
-            posted(upgrade_page, limit=MAX_DEPLOY_FORM_BYTES),
+            posted(upgrade_page, limit=MAX_DEPLOY_FORM_BYTES, max_fields=MAX_FIELDS + 16),
             methods=["POST"],
         ),
         Route("/apps/{namespace}/{release}/rollback", changing("rollback"), methods=["POST"]),
         Route("/apps/{namespace}/{release}/delete", changing("delete"), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
         routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)]

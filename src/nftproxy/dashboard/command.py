@@ -1,5 +1,6 @@
 """`nftproxy dashboard`: serve the app dashboard. The dashboard's own identity (a kubeconfig
-or its in-cluster service account) only lists namespaces; users act with their own tokens."""
+or its in-cluster service account) only lists namespaces, nodes and Services; users act
+with their own tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the rest is imported when the command runs: other commands start faster
     from nftproxy.dashboard.catalog import RepoConfig
@@ -55,6 +56,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "proxy; only safe when the dashboard is reachable through that proxy alone",
     )
     p.add_argument("--helm", help="the helm binary (default: hack/dashboard/build.sh's)")
+    p.add_argument(
+        "--proxy-health",
+        default="http://{address}:10256/healthz",
+        metavar="URL",
+        help="each node's proxy health endpoint, {address} the node's first InternalIP and "
+        "{node} its name (default http://{address}:10256/healthz): the network panel says "
+        "from it whether a node has synced a Service's last change",
+    )
+    p.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="the pod network as the proxies are told it (repeatable; default: the nodes' "
+        "podCIDRs): decides which traffic the network panel shows masqueraded",
+    )
     p.add_argument(
         "--secure-cookies",
         action="store_true",
@@ -110,7 +127,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         if fixed:
             return fixed
         found = json.loads(lister.get("/api/v1/namespaces"))
-        return [str(item["metadata"]["name"]) for item in found.get("items", [])]
+        return [str(item["metadata"]["name"]) for item in found.get("items") or []]
+
+    def listed(path: str) -> list[dict[str, Any]]:
+        found = json.loads(lister.get(path))
+        return [item for item in found.get("items") or [] if isinstance(item, dict)]
 
     try:
         namespaces()  # the dashboard's own rights, checked once at start
@@ -134,6 +155,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         repos=tuple(args.repo),
         token_header=args.token_header,
         secure_cookies=bool(args.tls_cert or args.secure_cookies or args.token_header),
+        nodes=lambda: listed("/api/v1/nodes"),
+        services=lambda: listed("/api/v1/services"),
+        proxy_health=args.proxy_health,
+        cluster_cidrs=tuple(args.cluster_cidr),
     )
     print(
         f"nftproxy dashboard on {'https' if args.tls_cert else 'http'}://{args.listen}/",

@@ -144,14 +144,16 @@ def values_from_form(
     schema: Mapping[str, Any], form: Mapping[str, str], base: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """`base` (the chart's values, or what the YAML editor holds) with the form's answers
-    put in, and the answers that could not be read, by field name. An empty optional field
-    is left as `base` has it."""
+    put in, and the answers that could not be read, by field name. A field left as it
+    showed `base`, or an empty optional one, is left as `base` has it."""
     values = copy.deepcopy(dict(base))
     errors: dict[str, str] = {}
     for f in fields(schema, base):
         if f.name not in form:
             continue
         text = form[f.name]
+        if text == f.value:
+            continue  # as `base` has it (or the schema's default): nothing to write
         if not text.strip() and f.kind not in ("boolean", "list"):
             if f.required:
                 errors[f.name] = "required"

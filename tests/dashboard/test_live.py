@@ -1,0 +1,397 @@
+"""The dashboard's live parts against the real kube-apiserver, real helm and a chart
+repository on loopback, the dashboard served by uvicorn: releases read from helm's Secrets
+with the user's token, the app list following changes made with the helm CLI (server-sent
+events), an app page's objects, and its Services' network as nftproxy compiles it for each
+node, matched against `nftproxy explain` and followed when an EndpointSlice changes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from nftproxy.dashboard.app import DashboardConfig, create_app
+from nftproxy.dashboard.catalog import RepoConfig
+from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
+from nftproxy.dashboard.releases import ReleaseReader
+from nftproxy.health import ProxierHealth, serve_healthz
+from nftproxy.lab.apiserver import ControlPlane, free_ports
+from nftproxy.lab.charts import HttpChartRepo, write_chart
+from tests.support.users import EVERYTHING, namespace, ok, user
+
+DEADLINE = 60.0  # for a live page to show a change; it comes within a few intervals
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector:
+    matchLabels: {app: {{ .Release.Name }}}
+  template:
+    metadata:
+      labels: {app: {{ .Release.Name }}}
+    spec:
+      containers:
+      - name: web
+        image: registry.example/web:1
+"""
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  type: NodePort
+  selector: {app: {{ .Release.Name }}}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
+    src = tmp_path_factory.mktemp("charts")
+    with HttpChartRepo(packager, tmp_path_factory.mktemp("repo")) as served:
+        served.publish(
+            [
+                write_chart(
+                    src,
+                    "webapp",
+                    "1.0.0",
+                    values="replicas: 2\n",
+                    templates={"deployment.yaml": DEPLOYMENT, "service.yaml": SERVICE},
+                ),
+                write_chart(src / "n", "note", "0.1.0", templates={}),
+            ]
+        )
+        yield served
+
+
+@pytest.fixture(scope="module")
+def health() -> Iterator[tuple[ProxierHealth, int]]:
+    """The health endpoint of `nftproxy run`, served on loopback: the node's proxy."""
+    proxier = ProxierHealth()
+    with serve_healthz(proxier, "127.0.0.1:0") as server:
+        yield proxier, server.port
+
+
+@pytest.fixture(scope="module")
+def world(cp: ControlPlane, health: tuple[ProxierHealth, int]) -> dict[str, str]:
+    mine, other = namespace(cp), namespace(cp)
+    # One node, as a kubelet would register it; its proxy answers on loopback.
+    node = {
+        "metadata": {"name": "node-a"},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+    }
+    created = ok(cp, "POST", "/api/v1/nodes", node)
+    created["status"] = {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}
+    ok(cp, "PUT", "/api/v1/nodes/node-a/status", created, want=200)
+    return {
+        "mine": mine,
+        "other": other,
+        "alice": user(cp, mine, "alice", EVERYTHING).token,
+    }
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    health: tuple[ProxierHealth, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The dashboard served by uvicorn on loopback, as `nftproxy dashboard` serves it."""
+
+    def nodes() -> list[dict[str, Any]]:
+        return list(cp.request("GET", "/api/v1/nodes")[1]["items"])
+
+    config = DashboardConfig(
+        server=ApiServer(cp.url, insecure=True),
+        helm=helm_binary,
+        homes=tmp_path_factory.mktemp("homes"),
+        namespaces=lambda: [world["mine"], world["other"]],
+        repos=(RepoConfig("main", repo.url),),
+        nodes=nodes,
+        proxy_health=f"http://{{address}}:{health[1]}/healthz",
+        cluster_cidrs=("10.244.0.0/16",),
+        live_interval=0.3,
+    )
+    [port] = free_ports(1)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class Browser:
+    """A signed-in user's HTTP session (cookies kept), enough for pages and streams."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.cookies: dict[str, str] = {}
+        form = self.get("/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form[1])
+        assert csrf is not None
+        status, text = self.post("/signin", {"csrf": csrf[1], "token": token})
+        assert status == 303, text
+        assert "nftproxy_session" in self.cookies
+
+    def _connection(self) -> http.client.HTTPConnection:
+        url = urllib.parse.urlsplit(self.base)
+        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+
+    def _keep(self, answer: http.client.HTTPResponse) -> None:
+        for header in answer.headers.get_all("set-cookie") or []:
+            name, _, value = header.split(";")[0].partition("=")
+            if value.strip('"'):
+                self.cookies[name] = value
+            else:
+                self.cookies.pop(name, None)
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = self._connection()
+        conn.request("GET", path, headers=self._headers())
+        answer = conn.getresponse()
+        text = answer.read().decode()
+        self._keep(answer)
+        conn.close()
+        return answer.status, text
+
+    def post(self, path: str, form: dict[str, str]) -> tuple[int, str]:
+        conn = self._connection()
+        headers = self._headers() | {"Content-Type": "application/x-www-form-urlencoded"}
+        conn.request("POST", path, body=urllib.parse.urlencode(form), headers=headers)
+        answer = conn.getresponse()
+        text = answer.read().decode()
+        self._keep(answer)
+        conn.close()
+        return answer.status, text
+
+    def events(self, path: str) -> Iterator[str]:
+        """The `update` events of a live part, as they come (bounded by DEADLINE each)."""
+        conn = self._connection()
+        conn.request("GET", path, headers=self._headers() | {"Accept": "text/event-stream"})
+        answer = conn.getresponse()
+        assert answer.status == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        try:
+            event, data = "", []
+            for raw in answer:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif not line and event:
+                    if event == "update":
+                        yield "\n".join(data)
+                    event, data = "", []
+        finally:
+            conn.close()
+
+
+def until(events: Iterator[str], wanted: str, *, absent: bool = False) -> str:
+    deadline = time.monotonic() + DEADLINE
+    for html in events:
+        if (wanted in html) != absent:
+            return html
+        assert time.monotonic() < deadline, (
+            f"no update {'without' if absent else 'with'} {wanted!r}"
+        )
+    raise AssertionError("the stream ended")
+
+
+@pytest.fixture(scope="module")
+def admin_helm(
+    cp: ControlPlane, helm_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Helm:
+    return Helm(helm_binary, ApiServer(cp.url, insecure=True), tmp_path_factory.mktemp("admin"))
+
+
+def test_releases_read_from_secrets_agree_with_helm_list(
+    cp: ControlPlane, admin_helm: Helm, repo: HttpChartRepo, world: dict[str, str]
+) -> None:
+    admin = Credentials(cp.admin_token)
+    alice = Credentials(world["alice"])
+    admin_helm.install(admin, "first", "note", world["mine"], {}, repo=repo.url)
+    admin_helm.install(admin, "second", "note", world["other"], {}, repo=repo.url)
+    admin_helm.upgrade(admin, "first", "note", world["mine"], {"x": 1}, repo=repo.url)
+    reader = ReleaseReader(ApiServer(cp.url, insecure=True))
+    # Alice may list Secrets in her namespace only: the other says no, per namespace.
+    hers = reader.current(alice, [world["mine"], world["other"]])
+    assert hers.refused == {world["other"]}
+    [first] = [r for r in hers.by_namespace[world["mine"]] if r.name == "first"]
+    listed = {r["name"]: r for r in admin_helm.releases(admin, world["mine"])}
+    assert (first.revision, first.status, first.chart_label, first.app_version) == (
+        int(listed["first"]["revision"]),
+        listed["first"]["status"],
+        listed["first"]["chart"],
+        listed["first"]["app_version"],
+    )
+    # The admin may list Secrets everywhere: one call, both namespaces.
+    everything = reader.current(admin, [world["mine"], world["other"]])
+    assert not everything.refused
+    assert "second" in {r.name for r in everything.by_namespace[world["other"]]}
+    history = reader.revisions(alice, world["mine"], "first")
+    assert [d.release.revision for d in history] == [1, 2]
+    assert history[-1].values == {"x": 1} and history[0].values == {}
+    assert reader.revisions(alice, world["mine"], "never-installed") == []
+
+
+def test_a_release_made_with_the_helm_cli_appears_live_and_goes(
+    dashboard: str, cp: ControlPlane, admin_helm: Helm, repo: HttpChartRepo, world: dict[str, str]
+) -> None:
+    browser = Browser(dashboard, world["alice"])
+    events = browser.events("/apps/live")
+    first = next(events)
+    assert "cli-live" not in first and world["mine"] in first
+    admin = Credentials(cp.admin_token)
+    admin_helm.install(admin, "cli-live", "note", world["mine"], {}, repo=repo.url)
+    shown = until(events, "cli-live")
+    assert f'href="/apps/{world["mine"]}/cli-live"' in shown
+    admin_helm.uninstall(admin, "cli-live", world["mine"])
+    until(events, "cli-live", absent=True)
+
+
+def service_json(cp: ControlPlane, ns: str, name: str) -> tuple[dict[str, Any], list[Any]]:
+    status, svc = cp.request("GET", f"/api/v1/namespaces/{ns}/services/{name}")
+    assert status == 200, svc
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+    status, slices = cp.request("GET", f"{path}?labelSelector=kubernetes.io/service-name={name}")
+    assert status == 200, slices
+    # A list's items carry no kind; `kubectl get -o json` adds it, as here.
+    items = [
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", **i} for i in slices["items"]
+    ]
+    return svc, items
+
+
+def explain_cli(objects: list[Any], tmp: Path, to: str) -> dict[str, str]:
+    """`nftproxy explain` on `kubectl get -o json`-like objects: endpoint -> percent."""
+    file = tmp / "objects.json"
+    file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    argv = [sys.executable, "-m", "nftproxy", "explain", "--json", "--to", to]
+    argv += ["--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16", "--from", "10.244.0.2"]
+    out = subprocess.run([*argv, str(file)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return {r["endpoint"]: f"{r['probability']:.1%}" for r in json.loads(out.stdout)["results"]}
+
+
+def panel_shares(html: str) -> dict[str, str]:
+    """The ClusterIP path of the network panel: endpoint -> percent as the page shows it."""
+    table = html[html.index("<caption>ClusterIP ") :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r'<tr class="share">\s*<td>([^<]+)</td>\s*<td>([^<]+)</td>', table)
+    return {endpoint.strip(): percent.strip() for percent, endpoint in rows}
+
+
+def endpoint_slice(ns: str, owner: str, ips: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{owner}-live",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": owner},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-a"} for ip in ips
+        ],
+    }
+
+
+def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
+    dashboard: str,
+    cp: ControlPlane,
+    world: dict[str, str],
+    health: tuple[ProxierHealth, int],
+    tmp_path: Path,
+) -> None:
+    ns = world["mine"]
+    browser = Browser(dashboard, world["alice"])
+    status, form = browser.get("/deploy?repo=main&chart=webapp&version=1.0.0")
+    assert status == 200, form
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    deploy = {
+        "csrf": csrf[1],
+        "repo": "main",
+        "chart": "webapp",
+        "version": "1.0.0",
+        "release": "shop",
+        "namespace": ns,
+        "source": "yaml",
+        "values_yaml": "replicas: 2\n",
+    }
+    status, text = browser.post("/deploy", deploy)
+    assert status == 303, text
+    # No controller manager runs here: an EndpointSlice is written as its controller would.
+    ok(
+        cp,
+        "POST",
+        f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        endpoint_slice(ns, "shop", ["10.244.0.5", "10.244.0.6"]),
+    )
+    proxy, _ = health
+    proxy.queued_update()
+    status, page = browser.get(f"/apps/{ns}/shop")
+    assert status == 200, page
+    assert "Deployment" in page and "0/2 ready" in page  # honest: nothing runs pods here
+    assert "No Pods yet" in page
+    svc, slices = service_json(cp, ns, "shop")
+    cluster_ip = svc["spec"]["clusterIP"]
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    assert f"ClusterIP {cluster_ip}" in page and f"NodePort {node_port}" in page
+    shares = panel_shares(page)
+    assert shares == {"10.244.0.5:8080": "50.0%", "10.244.0.6:8080": "50.0%"}
+    assert shares == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
+    assert "node-a: healthy; it does not say when it synced" in page  # nothing synced yet
+    # The slice gains an endpoint and the proxy syncs: the page follows, and still
+    # matches explain.
+    events = browser.events(f"/apps/{ns}/shop/live")
+    next(events)
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/shop-live"
+    current = cp.request("GET", path)[1]
+    current["endpoints"] = endpoint_slice(ns, "shop", ["10.244.0.5", "10.244.0.6", "10.244.0.7"])[
+        "endpoints"
+    ]
+    status, body = cp.request("PUT", path, current)
+    assert status == 200, body
+    proxy.updated()  # the node's proxy syncs after the change
+    html = until(events, "node-a: synced since the last change")
+    html = until(events, "33.3%") if "33.3%" not in html else html
+    svc, slices = service_json(cp, ns, "shop")
+    assert panel_shares(html) == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
+    assert len(panel_shares(html)) == 3
