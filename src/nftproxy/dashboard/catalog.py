@@ -8,7 +8,7 @@ refreshed within limits. No database. Two kinds of repository:
   that the registry's `/v2/_catalog` lists, or, for a registry that does not list its
   catalog to everyone (most public ones), the charts named after `#`:
   `oci://registry.example/charts#nginx,redis`. Versions are a chart's tags (helm writes
-  a version's `+` as `_` in a tag); the newest few versions are described from their
+  a version's `+` as `_` in a tag); the newest three versions are described from their
   manifests' config blob (Chart.yaml as JSON), cached by digest. Anonymous access, with
   the bearer-token challenge registries answer anonymous clients with."""
 
@@ -64,10 +64,14 @@ MAX_CONFIG_BYTES = 1 << 20  # a chart's Chart.yaml as JSON
 PAGE_SIZE = 1000
 MAX_PAGES = 20  # of a catalog or a tag list
 MAX_REPOSITORIES = 20_000  # in a registry's catalog, charts or not
-MAX_OCI_CHARTS = 500
+MAX_OCI_CHARTS = 200
 MAX_TAGS = 2000
-DESCRIBED_VERSIONS = 5  # the newest versions of each chart whose metadata is read
-MAX_REQUESTS = 5000  # per repository and refresh
+# The newest versions of each chart whose manifest is read at every refresh (a tag can be
+# pushed again), and whose config blob is read once: the catalog shows the newest's
+# metadata, the deploy page the picked version's. So a refresh asks at most
+# MAX_OCI_CHARTS * (1 + 2 * DESCRIBED_VERSIONS) + a catalog's pages, all in bounds below.
+DESCRIBED_VERSIONS = 3
+MAX_REQUESTS = 2000  # per repository and refresh
 MAX_DESCRIPTIONS = 10_000  # cached by config digest, per repository
 # A registry's repository path component (the distribution spec's grammar), and a host.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -337,7 +341,7 @@ class Registry:
                 data: bytes = answer.read(limit + 1)
                 headers: Message = answer.headers
         except urllib.error.HTTPError:
-            raise
+            raise  # an OSError too, but an answer: the caller decides what its status means
         except (OSError, ValueError) as exc:
             raise CatalogError(f"{self.what}: {url}: {exc}") from None
         if len(data) > limit:
