@@ -202,7 +202,8 @@ class Helm:
         source, ref = self._source(chart, version, repo)
         args = ["install", *source, "--namespace", check_namespace(namespace)]
         args += ["--values", "-", "--output", "json", "--", check_release_name(release), ref]
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
+        out = self.run(args, user, stdin=json.dumps(dict(values)))
+        return self._json(_after_pull_notes(out, "{"), args)
 
     def upgrade(
         self,
@@ -218,7 +219,8 @@ class Helm:
         source, ref = self._source(chart, version, repo)
         args = ["upgrade", *source, "--namespace", check_namespace(namespace)]
         args += ["--values", "-", "--output", "json", "--", check_release_name(release), ref]
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
+        out = self.run(args, user, stdin=json.dumps(dict(values)))
+        return self._json(_after_pull_notes(out, "{"), args)
 
     def rollback(self, user: Credentials, release: str, namespace: str, revision: int) -> None:
         if revision < 1:
@@ -281,7 +283,7 @@ class Helm:
         source, ref = self._source(chart, version, repo)
         args = ["template", *source, "--namespace", check_namespace(namespace)]
         args += ["--values", "-", "--", check_release_name(release), ref]
-        return self.run(args, stdin=json.dumps(dict(values)))
+        return _after_pull_notes(self.run(args, stdin=json.dumps(dict(values))), "---")
 
     # -- running it ------------------------------------------------------------------------
 
@@ -384,6 +386,16 @@ def _decoded(text: str, args: Sequence[str]) -> Any:
         return json.loads(text)
     except ValueError:
         raise HelmError("helm's answer is not JSON", command=_command(args), returncode=0) from None
+
+
+def _after_pull_notes(text: str, start: str) -> str:
+    """helm's answer without what it says on the same standard output when it pulls a chart
+    from an OCI registry ("Pulled: ...", "Digest: ..." and, for a version with '+', a note
+    on tags): the answer starts at the first line that starts with `start`."""
+    if not text.startswith("Pulled: "):
+        return text
+    lines = text.splitlines(keepends=True)
+    return next(("".join(lines[i:]) for i, line in enumerate(lines) if line.startswith(start)), "")
 
 
 def _command(args: Sequence[str]) -> str:
