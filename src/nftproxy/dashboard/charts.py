@@ -1,6 +1,7 @@
 """A chart's own files, read from its archive within limits and never unpacked to disk:
 Chart.yaml, values.yaml, values.schema.json and README.md, which the catalog shows and the
-deploy form is made from. The archive is checked against the digest its index gives."""
+deploy form is made from. The archive is checked against the digest its index gives, or,
+from an OCI registry, against its manifest's layer digest."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from nftproxy.dashboard.catalog import ChartVersion, RepoConfig
+from nftproxy.dashboard.catalog import (
+    CHART_LAYER_TYPE,
+    CatalogError,
+    ChartVersion,
+    DigestMismatch,
+    OciLocation,
+    Registry,
+    RepoConfig,
+    oci_location,
+    version_tag,
+)
 from nftproxy.sources.manifests import ReadLimits, read_yaml_document
 
 __all__ = [
@@ -138,8 +149,15 @@ def _json_mapping(data: bytes, what: str) -> dict[str, Any]:
 
 def fetch_archive(repo: RepoConfig, chart: ChartVersion, *, timeout: float = 30.0) -> bytes:
     """The archive of one chart version, from the first URL its index gives (relative ones
-    are the repository's), checked against the index's digest when it has one."""
+    are the repository's), checked against the index's digest when it has one; or from an
+    OCI registry (see `_fetch_oci`)."""
     what = f"{repo.name}/{chart.name} {chart.version}"
+    try:
+        location = oci_location(repo.url)
+        if location is not None:
+            return _fetch_oci(location, chart, what, timeout)
+    except CatalogError as exc:
+        raise ChartReadError(str(exc)) from None
     if not chart.urls:
         raise ChartReadError(f"{what}: the index gives no URL")
     url = urllib.parse.urljoin(repo.url.rstrip("/") + "/", chart.urls[0])
@@ -155,3 +173,27 @@ def fetch_archive(repo: RepoConfig, chart: ChartVersion, *, timeout: float = 30.
     if chart.digest and hashlib.sha256(data).hexdigest() != chart.digest.lower():
         raise ChartReadError(f"{what}: the archive does not match the index's digest")
     return data
+
+
+def _fetch_oci(location: OciLocation, chart: ChartVersion, what: str, timeout: float) -> bytes:
+    """The chart layer of a version's manifest, checked against the layer's digest. The
+    manifest is the one the catalog described (by its digest) when it has one, else the
+    version's tag's."""
+    registry = Registry(what, location, timeout)
+    repository = location.repository(chart.name)
+    manifest, _ = registry.manifest(repository, chart.digest or version_tag(chart.version))
+    layers = manifest.get("layers")
+    found = [
+        layer
+        for layer in (layers if isinstance(layers, list) else [])
+        if isinstance(layer, dict) and layer.get("mediaType") == CHART_LAYER_TYPE
+    ]
+    if len(found) != 1:
+        raise ChartReadError(f"{what}: the manifest has {len(found)} chart layers, not one")
+    size = found[0].get("size")
+    if isinstance(size, int) and size > MAX_ARCHIVE_BYTES:
+        raise ChartReadError(f"{what}: larger than {MAX_ARCHIVE_BYTES:,} bytes")
+    try:
+        return registry.blob(repository, str(found[0].get("digest", "")), MAX_ARCHIVE_BYTES)
+    except DigestMismatch:
+        raise ChartReadError(f"{what}: the archive does not match the manifest's digest") from None

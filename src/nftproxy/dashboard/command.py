@@ -21,12 +21,20 @@ __all__ = ["add_parser", "cmd_dashboard", "repo_option"]
 
 
 def repo_option(text: str) -> RepoConfig:
-    from nftproxy.dashboard.catalog import RepoConfig
+    """NAME=http(s)://URL (a classic repository) or NAME=oci://HOST[:PORT]/PATH[#CHART,...]
+    (an OCI registry; oci+http:// for plain HTTP)."""
+    from nftproxy.dashboard.catalog import CatalogError, RepoConfig, oci_location
 
-    name, sep, url = text.partition("=")
-    if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=http(s)://URL")
-    return RepoConfig(name.strip(), url.strip())
+    name, sep, url = (part.strip() for part in text.partition("="))
+    if not sep or not name or not url.startswith(("http://", "https://", "oci://", "oci+http://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=http(s)://URL or NAME=oci://HOST[:PORT]/PATH"
+        )
+    try:
+        oci_location(url)
+    except CatalogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return RepoConfig(name, url)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +50,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=repo_option,
         default=[],
         metavar="NAME=URL",
-        help="a chart repository (index.yaml at URL), repeatable",
+        help="a chart repository, repeatable: http(s)://URL (its index.yaml), or an OCI "
+        "registry, oci://HOST[:PORT]/PATH (HTTPS; oci+http:// for plain HTTP) whose charts "
+        "are the repositories under PATH that its catalog lists; a registry that lists no "
+        "catalog (most public ones) needs the charts named: oci://HOST/PATH#CHART,CHART",
     )
     p.add_argument(
         "--namespace",

@@ -27,6 +27,7 @@ __all__ = [
     "check_repo_url",
     "check_version",
     "find_helm",
+    "oci_chart",
 ]
 
 DEFAULT_TIMEOUT = 300.0
@@ -39,6 +40,13 @@ _REDACTED = "<token>"
 # A chart in a repository by name, or an OCI reference; never something helm reads as a flag.
 _CHART = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}|oci://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[A-Za-z0-9._-]+)+"
+)
+# A repository URL of an OCI registry (the catalog's grammar: oci://, or oci+http:// for
+# plain HTTP; the charts it names after '#' are the catalog's business), and a chart in it.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_OCI_REPO = re.compile(
+    rf"(oci|oci\+http)://([A-Za-z0-9](?:[A-Za-z0-9.-]{{0,252}}[A-Za-z0-9])?(?::[0-9]{{1,5}})?)"
+    rf"((?:/{_COMPONENT})*)/?(?:#[a-z0-9._,-]*)?"
 )
 # A version or a constraint (">=1.2, <2"), not starting with '-'.
 _VERSION = re.compile(r"[0-9A-Za-z.+~^<>=*][0-9A-Za-z.+~^<>=*, -]{0,99}")
@@ -125,6 +133,21 @@ def check_repo_url(url: str) -> str:
     return url
 
 
+def oci_chart(repo: str, chart: str) -> tuple[str, bool] | None:
+    """The oci:// reference of `chart` in the OCI repository `repo`, and whether helm must
+    use plain HTTP (`--plain-http`, for an oci+http:// repository); None when `repo` is not
+    an OCI one."""
+    if not repo.startswith(("oci://", "oci+http://")):
+        return None
+    m = _OCI_REPO.fullmatch(repo)
+    if m is None:
+        raise ValueError(f"repository {repo[:80]!r}: an oci://HOST[:PORT]/PATH URL")
+    if not re.fullmatch(_COMPONENT, chart):
+        raise ValueError(f"chart {chart[:80]!r}: a chart's name in an OCI registry")
+    scheme, registry, path = m.groups()
+    return f"oci://{registry}{path}/{chart}", scheme == "oci+http"
+
+
 def find_helm() -> Path:
     """$NFTPROXY_HELM, else the one hack/dashboard/build.sh built, else helm on PATH."""
     given = os.environ.get("NFTPROXY_HELM")
@@ -173,12 +196,14 @@ class Helm:
         version: str | None = None,
         repo: str | None = None,
     ) -> dict[str, Any]:
-        """Install `chart` (a name in `repo`, an oci:// reference or a .tgz) as `release`;
-        helm's JSON account of the release. Values go through stdin, never argv."""
-        args = ["install", *self._source(version, repo), "--namespace", check_namespace(namespace)]
-        args += ["--values", "-", "--output", "json", "--", check_release_name(release)]
-        args.append(check_chart(chart))
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
+        """Install `chart` (a name in `repo`, which is an http(s) or OCI repository, or an
+        oci:// reference) as `release`; helm's JSON account of the release. Values go
+        through stdin, never argv."""
+        source, ref = self._source(chart, version, repo)
+        args = ["install", *source, "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--output", "json", "--", check_release_name(release), ref]
+        out = self.run(args, user, stdin=json.dumps(dict(values)))
+        return self._json(_after_pull_notes(out, "{"), args)
 
     def upgrade(
         self,
@@ -191,10 +216,11 @@ class Helm:
         version: str | None = None,
         repo: str | None = None,
     ) -> dict[str, Any]:
-        args = ["upgrade", *self._source(version, repo), "--namespace", check_namespace(namespace)]
-        args += ["--values", "-", "--output", "json", "--", check_release_name(release)]
-        args.append(check_chart(chart))
-        return self._json(self.run(args, user, stdin=json.dumps(dict(values))), args)
+        source, ref = self._source(chart, version, repo)
+        args = ["upgrade", *source, "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--output", "json", "--", check_release_name(release), ref]
+        out = self.run(args, user, stdin=json.dumps(dict(values)))
+        return self._json(_after_pull_notes(out, "{"), args)
 
     def rollback(self, user: Credentials, release: str, namespace: str, revision: int) -> None:
         if revision < 1:
@@ -254,9 +280,10 @@ class Helm:
         repo: str | None = None,
     ) -> str:
         """The manifests an install would create, rendered without the cluster."""
-        args = ["template", *self._source(version, repo), "--namespace", check_namespace(namespace)]
-        args += ["--values", "-", "--", check_release_name(release), check_chart(chart)]
-        return self.run(args, stdin=json.dumps(dict(values)))
+        source, ref = self._source(chart, version, repo)
+        args = ["template", *source, "--namespace", check_namespace(namespace)]
+        args += ["--values", "-", "--", check_release_name(release), ref]
+        return _after_pull_notes(self.run(args, stdin=json.dumps(dict(values))), "---")
 
     # -- running it ------------------------------------------------------------------------
 
@@ -323,13 +350,19 @@ class Helm:
         return home
 
     @staticmethod
-    def _source(version: str | None, repo: str | None) -> list[str]:
+    def _source(chart: str, version: str | None, repo: str | None) -> tuple[list[str], str]:
+        """helm's flags saying where the chart comes from, and the chart's reference: a
+        chart in an OCI repository is named by its oci:// reference, not by --repo."""
         out: list[str] = []
         if version:
             out += ["--version", check_version(version)]
+        oci = oci_chart(repo, chart) if repo else None
+        if oci is not None:
+            ref, plain_http = oci
+            return out + (["--plain-http"] if plain_http else []), check_chart(ref)
         if repo:
             out += ["--repo", check_repo_url(repo)]
-        return out
+        return out, check_chart(chart)
 
     @staticmethod
     def _json(text: str, args: Sequence[str]) -> dict[str, Any]:
@@ -353,6 +386,16 @@ def _decoded(text: str, args: Sequence[str]) -> Any:
         return json.loads(text)
     except ValueError:
         raise HelmError("helm's answer is not JSON", command=_command(args), returncode=0) from None
+
+
+def _after_pull_notes(text: str, start: str) -> str:
+    """helm's answer without what it says on the same standard output when it pulls a chart
+    from an OCI registry ("Pulled: ...", "Digest: ..." and, for a version with '+', a note
+    on tags): the answer starts at the first line that starts with `start`."""
+    if not text.startswith("Pulled: "):
+        return text
+    lines = text.splitlines(keepends=True)
+    return next(("".join(lines[i:]) for i, line in enumerate(lines) if line.startswith(start)), "")
 
 
 def _command(args: Sequence[str]) -> str:
