@@ -6,6 +6,7 @@ node, matched against `nftproxy explain` and followed when an EndpointSlice chan
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import re
@@ -63,6 +64,30 @@ spec:
 """
 
 
+EDGE_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  type: NodePort
+  selector: {app: {{ .Values.app }}}
+  externalIPs: [{{ .Values.externalIP }}]
+  ports:
+  - {port: 80, targetPort: 8080, protocol: TCP, nodePort: {{ .Values.nodePort }}}
+"""
+EDGE_VALUES = "app: edge\nnodePort: 30555\nexternalIP: 192.0.2.77\nreplicas: 1\n"
+EDGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 5},
+        "nodePort": {"type": "integer", "minimum": 30000, "maximum": 32767},
+        "app": {"type": "string"},
+        "externalIP": {"type": "string"},
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
     src = tmp_path_factory.mktemp("charts")
@@ -77,6 +102,14 @@ def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
                     templates={"deployment.yaml": DEPLOYMENT, "service.yaml": SERVICE},
                 ),
                 write_chart(src / "n", "note", "0.1.0", templates={}),
+                write_chart(
+                    src / "e",
+                    "edge",
+                    "1.0.0",
+                    values=EDGE_VALUES,
+                    schema=json.dumps(EDGE_SCHEMA),
+                    templates={"service.yaml": EDGE_SERVICE},
+                ),
             ]
         )
         yield served
@@ -129,6 +162,7 @@ def dashboard(
         namespaces=lambda: [world["mine"], world["other"]],
         repos=(RepoConfig("main", repo.url),),
         nodes=nodes,
+        services=lambda: list(cp.request("GET", "/api/v1/services")[1]["items"]),
         proxy_health=f"http://{{address}}:{health[1]}/healthz",
         cluster_cidrs=("10.244.0.0/16",),
         live_interval=0.3,
@@ -222,9 +256,9 @@ class Browser:
 
 def until(events: Iterator[str], wanted: str, *, absent: bool = False) -> str:
     deadline = time.monotonic() + DEADLINE
-    for html in events:
-        if (wanted in html) != absent:
-            return html
+    for part in events:
+        if (wanted in part) != absent:
+            return part
         assert time.monotonic() < deadline, (
             f"no update {'without' if absent else 'with'} {wanted!r}"
         )
@@ -307,9 +341,9 @@ def explain_cli(objects: list[Any], tmp: Path, to: str) -> dict[str, str]:
     return {r["endpoint"]: f"{r['probability']:.1%}" for r in json.loads(out.stdout)["results"]}
 
 
-def panel_shares(html: str) -> dict[str, str]:
+def panel_shares(page: str) -> dict[str, str]:
     """The ClusterIP path of the network panel: endpoint -> percent as the page shows it."""
-    table = html[html.index("<caption>ClusterIP ") :]
+    table = page[page.index("<caption>ClusterIP ") :]
     table = table[: table.index("</table>")]
     rows = re.findall(r'<tr class="share">\s*<td>([^<]+)</td>\s*<td>([^<]+)</td>', table)
     return {endpoint.strip(): percent.strip() for percent, endpoint in rows}
@@ -390,8 +424,102 @@ def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
     status, body = cp.request("PUT", path, current)
     assert status == 200, body
     proxy.updated()  # the node's proxy syncs after the change
-    html = until(events, "node-a: synced since the last change")
-    html = until(events, "33.3%") if "33.3%" not in html else html
+    part = until(events, "node-a: synced since the last change")
+    part = until(events, "33.3%") if "33.3%" not in part else part
     svc, slices = service_json(cp, ns, "shop")
-    assert panel_shares(html) == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
-    assert len(panel_shares(html)) == 3
+    assert panel_shares(part) == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
+    assert len(panel_shares(part)) == 3
+
+
+def form_of(browser: Browser, path: str) -> dict[str, str]:
+    status, page = browser.get(path)
+    assert status == 200, page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    return {"csrf": csrf[1]}
+
+
+def test_a_deploy_preview_shows_what_changes_on_the_nodes_and_what_clashes(
+    dashboard: str, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    ns, other = world["mine"], world["other"]
+    # Someone else's Service holds NodePort 30555 and answers on 192.0.2.77:80.
+    taken = {
+        "metadata": {"name": "holder"},
+        "spec": {
+            "type": "NodePort",
+            "externalIPs": ["192.0.2.77"],
+            "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30555}],
+        },
+    }
+    ok(cp, "POST", f"/api/v1/namespaces/{other}/services", taken)
+    # A ready Pod the new Service's selector picks (no kubelet: its status is written).
+    pod = {
+        "metadata": {"name": "edge-pod", "labels": {"app": "edge"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.example/x:1"}]},
+    }
+    created = ok(cp, "POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    created["status"] = {
+        "phase": "Running",
+        "podIP": "10.244.0.9",
+        "podIPs": [{"ip": "10.244.0.9"}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    ok(cp, "PUT", f"/api/v1/namespaces/{ns}/pods/edge-pod/status", created, want=200)
+    browser = Browser(dashboard, world["alice"])
+    chart = {"repo": "main", "chart": "edge", "version": "1.0.0"}
+    form = form_of(browser, "/deploy?repo=main&chart=edge&version=1.0.0") | chart
+    form |= {"release": "edgy", "namespace": ns, "source": "yaml", "values_yaml": EDGE_VALUES}
+    status, page = browser.post("/deploy", form | {"action": "preview"})
+    assert status == 200, page
+    page = html.unescape(page)
+    assert "What changes on the nodes" in page
+    assert (
+        "Conflict: NodePort 30555/TCP is " + f"{other}/holder's: the cluster will refuse it" in page
+    )
+    assert f"Conflict: external IP 192.0.2.77:80/TCP is also {other}/holder's" in page
+    assert "Endpoints gained: 10.244.0.9" in page
+    assert "external IP 192.0.2.77: every node answers on it" in page
+    # Previewing installed nothing.
+    status, _ = cp.request("GET", f"/api/v1/namespaces/{ns}/services/edgy")
+    assert status == 404
+    # Another port and no external IP: no conflict, and the install goes through.
+    fine = EDGE_VALUES.replace("30555", "30556").replace("192.0.2.77", "192.0.2.78")
+    status, page = browser.post("/deploy", form | {"values_yaml": fine, "action": "preview"})
+    assert status == 200 and "Conflict" not in page, page
+    status, page = browser.post("/deploy", form | {"values_yaml": fine, "action": "deploy"})
+    assert status == 303, page
+    status, svc = cp.request("GET", f"/api/v1/namespaces/{ns}/services/edgy")
+    assert status == 200 and svc["spec"]["ports"][0]["nodePort"] == 30556
+
+
+def test_the_form_and_the_yaml_editor_agree_both_ways(
+    dashboard: str, world: dict[str, str]
+) -> None:
+    browser = Browser(dashboard, world["alice"])
+    chart = {"repo": "main", "chart": "edge", "version": "1.0.0"}
+    form = form_of(browser, "/deploy?repo=main&chart=edge&version=1.0.0") | chart
+
+    def sync(**fields: str) -> dict[str, Any]:
+        status, text = browser.post("/values", form | fields)
+        assert status == 200, text
+        answer: dict[str, Any] = json.loads(text)
+        return answer
+
+    # A field changed: the YAML follows, keeping what only the YAML held.
+    yaml_text = EDGE_VALUES + "extra: {kept: true}\n"
+    answer = sync(direction="form", values_yaml=yaml_text, replicas="3", nodePort="30555")
+    assert "replicas: 3" in answer["values_yaml"] and "kept: true" in answer["values_yaml"]
+    assert answer["errors"] == {}
+    # The YAML changed: the fields follow, and the schema's complaint names the field.
+    answer = sync(direction="yaml", values_yaml="replicas: 9\nnodePort: 30001\n")
+    assert answer["fields"]["replicas"] == "9" and answer["fields"]["nodePort"] == "30001"
+    assert set(answer["errors"]) == {"replicas"}
+    answer = sync(direction="yaml", values_yaml="replicas: [unclosed\n")
+    assert "values_yaml" in answer["errors"]
+    # A field that is not a number is named, and the YAML is left as it was.
+    answer = sync(direction="form", values_yaml=EDGE_VALUES, replicas="many")
+    assert answer["errors"] == {"replicas": "should be a whole number"}
+    # Without the page's CSRF token nothing is answered.
+    status, _ = browser.post("/values", chart | {"csrf": "forged", "direction": "yaml"})
+    assert status == 403

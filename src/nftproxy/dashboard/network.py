@@ -285,10 +285,11 @@ def _kind(raw: Mapping[str, Any]) -> str:
 def _policies(raw: Mapping[str, Any]) -> tuple[str, ...]:
     spec = raw.get("spec") or {}
     out = []
-    if spec.get("externalTrafficPolicy"):
-        out.append(f"external traffic: {spec['externalTrafficPolicy']}")
-    if spec.get("internalTrafficPolicy"):
-        out.append(f"internal traffic: {spec['internalTrafficPolicy']}")
+    # Only what differs from the default (Cluster) changes where traffic goes.
+    if spec.get("externalTrafficPolicy") == "Local":
+        out.append("external traffic: Local")
+    if spec.get("internalTrafficPolicy") == "Local":
+        out.append("internal traffic: Local")
     if spec.get("sessionAffinity") == "ClientIP":
         timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
             "timeoutSeconds", 10800
