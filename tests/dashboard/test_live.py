@@ -88,6 +88,24 @@ EDGE_SCHEMA = {
 }
 
 
+README = """\
+# Edge
+
+Serves *the edge*. | Port | Use |
+|------|-----|
+| 80 | web |
+
+<script>alert("readme")</script>
+<img src=x onerror=alert(1)>
+[a link](https://example.org/docs) and [a trap](javascript:alert(1))
+"""
+
+
+def with_readme(chart: Path) -> Path:
+    (chart / "README.md").write_text(README)
+    return chart
+
+
 @pytest.fixture(scope="module")
 def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
     src = tmp_path_factory.mktemp("charts")
@@ -102,13 +120,15 @@ def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
                     templates={"deployment.yaml": DEPLOYMENT, "service.yaml": SERVICE},
                 ),
                 write_chart(src / "n", "note", "0.1.0", templates={}),
-                write_chart(
-                    src / "e",
-                    "edge",
-                    "1.0.0",
-                    values=EDGE_VALUES,
-                    schema=json.dumps(EDGE_SCHEMA),
-                    templates={"service.yaml": EDGE_SERVICE},
+                with_readme(
+                    write_chart(
+                        src / "e",
+                        "edge",
+                        "1.0.0",
+                        values=EDGE_VALUES,
+                        schema=json.dumps(EDGE_SCHEMA),
+                        templates={"service.yaml": EDGE_SERVICE},
+                    )
                 ),
             ]
         )
@@ -523,3 +543,23 @@ def test_the_form_and_the_yaml_editor_agree_both_ways(
     # Without the page's CSRF token nothing is answered.
     status, _ = browser.post("/values", chart | {"csrf": "forged", "direction": "yaml"})
     assert status == 403
+
+
+def test_a_charts_page_shows_its_readme_without_its_markup_and_its_values(
+    dashboard: str, world: dict[str, str]
+) -> None:
+    browser = Browser(dashboard, world["alice"])
+    status, page = browser.get("/catalog?q=edge")
+    assert status == 200 and 'href="/catalog/main/edge"' in page
+    status, page = browser.get("/catalog/main/edge")
+    assert status == 200, page
+    readme = page[page.index('<article class="readme">') : page.index("</article>")]
+    assert "<h1>Edge</h1>" in readme and "<em>the edge</em>" in readme
+    assert '<a href="https://example.org/docs">a link</a>' in readme
+    # The README's own markup is text, and a javascript: link is not a link.
+    assert "<script>" not in readme and "&lt;script&gt;" in readme
+    assert "<img" not in readme and "&lt;img" in readme
+    assert 'href="javascript' not in readme and "[a trap](javascript:alert(1))" in readme
+    assert "nodePort: 30555" in page  # the default values
+    assert 'href="/deploy?repo=main&amp;chart=edge&amp;version=1.0.0"' in page
+    assert browser.get("/catalog/main/no-such-chart")[0] == 404

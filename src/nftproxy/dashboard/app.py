@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import jinja2
 import yaml
+from markdown_it import MarkdownIt
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -66,6 +67,7 @@ __all__ = [
     "cookie_name",
     "create_app",
     "memo",
+    "render_markdown",
     "valid_token",
 ]
 
@@ -161,6 +163,18 @@ def _diff(before: str, after: str, what: str) -> str:
     if len(text) > MAX_DIFF_CHARS:
         return text[:MAX_DIFF_CHARS] + "\n... (the rest is not shown)\n"
     return text
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+MAX_README_CHARS = 256 << 10
+
+
+def render_markdown(text: str) -> str:
+    """A chart's README as HTML without any of its own markup: raw HTML in it is shown as
+    text, and links to javascript:, vbscript:, file: and data: are not made (markdown-it's
+    own link check). The page's CSP keeps images from other hosts out."""
+    html: str = _MARKDOWN.render(text[:MAX_README_CHARS])
+    return html
 
 
 def cookie_name(base: str, secure: bool) -> str:
@@ -524,6 +538,29 @@ def create_app(config: DashboardConfig) -> Starlette:
             query=query,
             found=catalog.search(query),
             errors=errors,
+        )
+
+    def chart_page(request: Request, session: Session) -> Response:
+        repo, chart = str(request.path_params["repo"]), str(request.path_params["chart"])
+        refresh_catalog()
+        versions = catalog.versions(repo, chart)
+        if not versions:
+            return error(request, "No such chart", f"{repo}/{chart[:100]}", 404, session=session)
+        version = request.query_params.get("version") or versions[0].version
+        try:
+            _, listed, files = chart_files(repo, chart, version)
+        except ChartReadError as exc:
+            return error(request, "Chart unavailable", str(exc), 404, session=session)
+        return page(
+            request,
+            "chart.html",
+            session=session,
+            repo=repo,
+            chart=listed,
+            versions=versions,
+            readme=render_markdown(files.readme),
+            values_yaml=files.values_yaml,
+            has_schema=bool(files.schema),
         )
 
     chart_cache: dict[tuple[str, str, str], tuple[RepoConfig, ChartVersion, ChartFiles]] = {}
@@ -1081,6 +1118,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             methods=["POST"],
         ),
         Route("/catalog", signed_in(catalog_page)),
+        Route("/catalog/{repo}/{chart}", signed_in(chart_page)),
         Route("/deploy", signed_in(deploy_form), methods=["GET"]),
         Route(
             "/deploy",
