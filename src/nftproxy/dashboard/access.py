@@ -79,6 +79,13 @@ class UserAccess:
             raise
         return bool(json.loads(answer).get("status", {}).get("allowed"))
 
+    def allowed(self, verb: str, resource: str, candidates: Iterable[str]) -> set[str]:
+        """The candidate namespaces where the user may `verb` `resource`."""
+        names = sorted(set(candidates))
+        with ThreadPoolExecutor(max_workers=_REVIEWS, thread_name_prefix="review") as pool:
+            answers = list(pool.map(lambda ns: self.can(verb, resource, ns), names))
+        return {ns for ns, yes in zip(names, answers, strict=True) if yes}
+
     def namespaces(self, candidates: Iterable[str]) -> list[NamespaceAccess]:
         """The candidates the user may see or deploy releases in, sorted by name."""
         names = sorted(set(candidates))

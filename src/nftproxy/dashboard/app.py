@@ -452,7 +452,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             names = candidates()
             if access.can("create", "secrets", ""):
                 return set(names)
-            return {a.name for a in access.namespaces(names) if a.deploy}
+            return access.allowed("create", "secrets", names)
 
         return memo(session.memo, "deploy", ACCESS_TTL, ask)
 
