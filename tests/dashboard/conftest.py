@@ -1,5 +1,6 @@
-"""The helm binary the dashboard's tests run: hack/dashboard/build.sh builds it. Without it
-these tests skip and say so, except under CI=true, where they fail."""
+"""The dashboard's tests share: the helm binary (hack/dashboard/build.sh builds it; without
+it these tests skip and say so, except under CI=true, where they fail), a real control
+plane, a chart repository on loopback with the test charts, and two users."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from nftproxy.dashboard.helm import ApiServer, Helm, HelmMissing, find_helm
 from nftproxy.lab.apiserver import ControlPlane
+from nftproxy.lab.charts import HttpChartRepo
 from tests.support.control_plane import start_control_plane
+from tests.support.dashboard import publish_test_charts
+from tests.support.users import EVERYTHING, VIEW, namespace, user
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +39,23 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def packager(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """helm for packaging and indexing charts, which needs no cluster."""
     return Helm(helm_binary, ApiServer("https://127.0.0.1:1"), tmp_path_factory.mktemp("homes"))
+
+
+@pytest.fixture(scope="module")
+def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
+    """The test charts (tests.support.dashboard.publish_test_charts) on loopback."""
+    with HttpChartRepo(packager, tmp_path_factory.mktemp("repo")) as served:
+        publish_test_charts(served, tmp_path_factory.mktemp("charts"))
+        yield served
+
+
+@pytest.fixture(scope="module")
+def world(cp: ControlPlane) -> dict[str, str]:
+    """Two namespaces: alice deploys in hers; bob may only look at his."""
+    mine, theirs = namespace(cp), namespace(cp)
+    return {
+        "mine": mine,
+        "theirs": theirs,
+        "alice": user(cp, mine, "alice", EVERYTHING).token,
+        "bob": user(cp, theirs, "bob", VIEW).token,
+    }
