@@ -1,24 +1,43 @@
-"""What the dashboard's tests deploy: test charts (some with a values schema) for a chart
-repository on loopback, and what a release made read back from the cluster."""
+"""What the dashboard's tests share: test charts (some with a values schema) for a chart
+repository on loopback, what a release made read back from the cluster, and the dashboard
+itself served by its own command with the identity deploy/dashboard gives it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
-from nftproxy.lab.apiserver import ControlPlane
+from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.processes import die_with_parent, stop_processes
+from tests.support.users import ok
 
 __all__ = [
     "CONFIGMAP",
     "CONFIGURABLE",
+    "DEPLOY",
     "SCHEMA",
     "SETTINGS",
+    "dashboard_identity",
     "installed",
+    "manifests",
     "publish_test_charts",
+    "serve_dashboard",
     "settings",
 ]
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dashboard"
 
 CONFIGMAP = """\
 apiVersion: v1
@@ -105,3 +124,85 @@ def installed(
     who = Credentials(cp.admin_token)
     admin.install(who, name, "configurable", ns, {"replicas": 1}, version="1.0.0", repo=repo.url)
     admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, version="1.0.0", repo=repo.url)
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """deploy/dashboard's objects, (file name, object), kustomization.yaml aside."""
+    found = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                found.append((path.name, doc))
+    return found
+
+
+def _the(kind: str) -> dict[str, Any]:
+    [doc] = [doc for _, doc in manifests() if doc["kind"] == kind]
+    return doc
+
+
+def dashboard_identity(cp: ControlPlane, ns: str) -> str:
+    """The dashboard's service account as deploy/dashboard makes it, in `ns`, bound to its
+    ClusterRole's rules; a token for it. (The cluster-wide objects are named after `ns`:
+    several can coexist.)"""
+    account = _the("ServiceAccount")["metadata"]["name"]
+    role = f"{_the('ClusterRole')['metadata']['name']}-{ns}"
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": account}})
+    rules = _the("ClusterRole")["rules"]
+    ok(cp, "POST", f"{rbac}/clusterroles", {"metadata": {"name": role}, "rules": rules})
+    binding = {
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
+    }
+    ok(cp, "POST", f"{rbac}/clusterrolebindings", binding)
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    got = ok(cp, "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token", request)
+    return str(got["status"]["token"])
+
+
+# No proxy from the environment: the dashboard is on loopback.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@contextmanager
+def serve_dashboard(
+    kubeconfig: Path,
+    helm_binary: Path,
+    repos: Sequence[str],
+    log: Path,
+    *,
+    timeout: float = 30.0,
+) -> Iterator[str]:
+    """`nftproxy dashboard` on a free loopback port, its own identity from `kubeconfig`,
+    `repos` as NAME=URL; its base URL once /signin answers. Stopped (by PID) on exit."""
+    [port] = free_ports(1)
+    argv = [sys.executable, "-m", "nftproxy", "dashboard", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--kubeconfig", str(kubeconfig), "--helm", str(helm_binary)]
+    for repo in repos:
+        argv += ["--repo", repo]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with _LOCAL.open(f"{url}/signin", timeout=2) as page:
+                    if page.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the dashboard exited ({proc.returncode}):\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dashboard did not answer in {timeout:.0f}s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_processes([proc])
