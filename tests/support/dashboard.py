@@ -33,6 +33,7 @@ __all__ = [
     "installed",
     "manifests",
     "publish_test_charts",
+    "revisions",
     "serve_dashboard",
     "settings",
 ]
@@ -124,6 +125,15 @@ def installed(
     who = Credentials(cp.admin_token)
     admin.install(who, name, "configurable", ns, {"replicas": 1}, version="1.0.0", repo=repo.url)
     admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, version="1.0.0", repo=repo.url)
+
+
+def revisions(cp: ControlPlane, ns: str, release: str) -> dict[int, str]:
+    """What the cluster holds of a release, read as the admin: helm keeps each revision as a
+    Secret labelled with the release's name and the revision's status."""
+    selector = f"owner%3Dhelm%2Cname%3D{release}"
+    got = ok(cp, "GET", f"/api/v1/namespaces/{ns}/secrets?labelSelector={selector}", want=200)
+    labels = [item["metadata"]["labels"] for item in got["items"]]
+    return {int(label["version"]): label["status"] for label in labels}
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:

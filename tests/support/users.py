@@ -38,5 +38,19 @@ def user(cp: ControlPlane, ns: str, name: str, rules: list[dict[str, Any]]) -> C
     return Credentials(got["status"]["token"])
 
 
+def grant(cp: ControlPlane, ns: str, account: str, rules: list[dict[str, Any]]) -> None:
+    """Give the service account `account` ("namespace:name") a Role of `rules` in `ns`."""
+    account_ns, _, name = account.partition(":")
+    role = f"{name}-from-{account_ns}"
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+    ok(cp, "POST", f"{rbac}/roles", {"metadata": {"name": role}, "rules": rules})
+    binding = {
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": account_ns}],
+    }
+    ok(cp, "POST", f"{rbac}/rolebindings", binding)
+
+
 EVERYTHING = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
 VIEW = [{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]
