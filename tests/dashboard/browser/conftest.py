@@ -6,7 +6,10 @@ made), against a real kube-apiserver and a chart repository on loopback.
 
 Without playwright or chromium these tests skip, naming what is missing; under CI=true
 they fail instead. With NFTPROXY_SCREENSHOTS=<dir> they save full-page screenshots of the
-main pages there (docs/screenshots/ holds a set)."""
+main pages there, as docs/screenshots/ was made:
+
+    NFTPROXY_SCREENSHOTS=$PWD/docs/screenshots .venv/bin/pytest tests/dashboard/browser
+"""
 
 from __future__ import annotations
 

@@ -120,13 +120,13 @@ def test_the_catalog_lists_and_searches_charts(
     expect(table.get_by_role("row", name=re.compile(r"^webapp main 1\.1\.0"))).to_be_visible()
     # A repository's text is shown as text, never run.
     expect(table.get_by_text("<script>alert(1)</script>")).to_be_visible()
-    screenshot(page, "catalog")
 
     search = page.get_by_role("searchbox", name="Search charts")
     search.fill("web")
     search.press("Enter")
     expect(page).to_have_url(re.compile(r"/catalog\?q=web$"))
     expect(first_column(page)).to_have_text(["web", "webapp"])
+    screenshot(page, "catalog")
     page.get_by_role("searchbox", name="Search charts").fill("no such chart")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("No chart matches.")).to_be_visible()
@@ -146,7 +146,6 @@ def test_the_schema_form_refuses_a_bad_value_in_the_browser_and_on_the_server(
     page.get_by_label("Release name").fill("too-many")
     page.get_by_label("Replicas").fill("9")
     page.get_by_label("Greeting").fill("Hi!")
-    screenshot(page, "deploy-form")
 
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
@@ -201,6 +200,7 @@ def test_deploying_from_the_form_makes_the_release_and_its_objects(
     page.get_by_label("Tier").select_option("worker")
     page.get_by_label("Debug logging").select_option("true")
     page.get_by_label("Service port").fill("8080")
+    screenshot(page, "deploy-form")
     page.get_by_role("button", name="Deploy").click()
 
     expect(page).to_have_url(re.compile(r"/apps$"))
