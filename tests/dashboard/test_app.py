@@ -1,11 +1,10 @@
 """The dashboard's web pages (nftproxy.dashboard.app) through HTTP, against the real
 kube-apiserver, real helm and a chart repository on loopback: sign-in with a user's own
-token, sessions and CSRF, the apps a user may see, the catalog. (The browser tests come
-with the forms.)"""
+token, sessions and CSRF, the apps a user may see, the catalog, the forms. The same pages
+in a real browser: tests/dashboard/browser."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,93 +20,9 @@ from nftproxy.dashboard.app import SECURITY_HEADERS, DashboardConfig, create_app
 from nftproxy.dashboard.catalog import RepoConfig
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
 from nftproxy.lab.apiserver import ControlPlane, free_ports
-from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.charts import HttpChartRepo
 from nftproxy.lab.processes import stop_processes
-from tests.support.users import EVERYTHING, VIEW, namespace, user
-
-CONFIGMAP = """\
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: {{ .Release.Name }}-cm
-data:
-  a: "1"
-"""
-
-
-SCHEMA = {
-    "type": "object",
-    "required": ["replicas"],
-    "properties": {
-        "replicas": {"type": "integer", "minimum": 1, "maximum": 5},
-        "color": {"enum": ["blue", "green"]},
-    },
-}
-# The chart version the deploy tests deploy, as the deploy form names it.
-CONFIGURABLE = {"repo": "main", "chart": "configurable", "version": "1.0.0"}
-SETTINGS = """\
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: {{ .Release.Name }}-settings
-data:
-  replicas: {{ .Values.replicas | quote }}
-  color: {{ .Values.color | quote }}
-"""
-
-
-@pytest.fixture(scope="module")
-def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpChartRepo]:
-    src = tmp_path_factory.mktemp("charts")
-    with HttpChartRepo(packager, tmp_path_factory.mktemp("repo")) as served:
-        served.publish(
-            [
-                write_chart(src, "hello", "0.1.0", templates={"cm.yaml": CONFIGMAP}),
-                write_chart(src / "w", "web", "1.0.0"),
-            ]
-        )
-        served.publish(
-            [
-                write_chart(
-                    src / "c",
-                    "configurable",
-                    "1.0.0",
-                    values="replicas: 2\ncolor: blue\n",
-                    schema=json.dumps(SCHEMA),
-                    templates={"cm.yaml": SETTINGS},
-                ),
-                write_chart(
-                    src / "c11",
-                    "configurable",
-                    "1.1.0",
-                    values="replicas: 2\ncolor: blue\n",
-                    schema=json.dumps(SCHEMA),
-                    templates={"cm.yaml": SETTINGS + '  edition: "1.1"\n'},
-                ),
-            ]
-        )
-        # A description is text from a repository: it must never become markup.
-        chart = write_chart(src / "x", "sneaky", "1.0.0")
-        chart_yaml = chart / "Chart.yaml"
-        chart_yaml.write_text(
-            chart_yaml.read_text().replace(
-                "description: sneaky for tests", "description: '<script>alert(1)</script>'"
-            )
-        )
-        served.publish([chart])
-        yield served
-
-
-@pytest.fixture(scope="module")
-def world(cp: ControlPlane) -> dict[str, str]:
-    """Two namespaces: alice deploys in hers; bob may only look at his."""
-    mine, theirs = namespace(cp), namespace(cp)
-    return {
-        "mine": mine,
-        "theirs": theirs,
-        "alice": user(cp, mine, "alice", EVERYTHING).token,
-        "bob": user(cp, theirs, "bob", VIEW).token,
-    }
+from tests.support.dashboard import CONFIGURABLE, installed, settings
 
 
 def make_config(
@@ -336,11 +251,6 @@ def deploy_form(client: TestClient) -> str:
     return page.text
 
 
-def settings(cp: ControlPlane, ns: str, release: str) -> dict[str, str] | None:
-    status, got = cp.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{release}-settings")
-    return got["data"] if status == 200 else None
-
-
 def test_the_deploy_form_comes_from_the_charts_schema_and_values(
     client: TestClient, world: dict[str, str]
 ) -> None:
@@ -435,16 +345,6 @@ def test_a_viewer_who_tries_to_deploy_gets_a_clear_refusal_and_nothing_changes(
 
 
 NOTES = "Thanks for installing {{ .Release.Name }}.\n"
-
-
-def installed(
-    cp: ControlPlane, helm_binary: Path, repo: HttpChartRepo, ns: str, name: str, tmp_path: Path
-) -> None:
-    """Revisions 1 (hello 0.1.0) and 2 (its values changed), made with helm as the admin."""
-    admin = Helm(helm_binary, ApiServer(cp.url, insecure=True), tmp_path / "admin")
-    who = Credentials(cp.admin_token)
-    admin.install(who, name, "configurable", ns, {"replicas": 1}, version="1.0.0", repo=repo.url)
-    admin.upgrade(who, name, "configurable", ns, {"replicas": 5}, version="1.0.0", repo=repo.url)
 
 
 def test_an_apps_page_shows_its_history_and_values_and_rolls_back(
