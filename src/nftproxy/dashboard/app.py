@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 from nftproxy.dashboard.access import BadToken, NamespaceAccess, UserAccess
 from nftproxy.dashboard.catalog import Catalog, ChartVersion, RepoConfig
 from nftproxy.dashboard.charts import ChartFiles, ChartReadError, fetch_archive, read_archive
-from nftproxy.dashboard.forms import MAX_FIELDS, values_from_form
+from nftproxy.dashboard.forms import MAX_FIELDS, coalesced, values_from_form
 from nftproxy.dashboard.forms import fields as form_fields
 from nftproxy.dashboard.forms import validate as validate_values
 from nftproxy.dashboard.helm import (
@@ -141,10 +141,11 @@ def read_values(
         except ValueError:
             held = None
         values, errors = values_from_form(
-            files.schema or {}, answers, held if isinstance(held, dict) else base
+            files.schema or {}, answers, held if isinstance(held, dict) else base, files.values
         )
     if not errors and files.schema:
-        errors.update(validate_values(files.schema, values))
+        # helm renders with the chart's defaults under the values given: so is the schema.
+        errors.update(validate_values(files.schema, coalesced(files.values, values)))
     return values, errors
 
 
@@ -739,10 +740,11 @@ def create_app(config: DashboardConfig) -> Starlette:
         values: dict[str, Any] = held or {}
         errors: dict[str, str] = {}
         if answers.get("direction") == "form":
-            values, errors = values_from_form(schema, answers, values)
+            values, errors = values_from_form(schema, answers, values, files.values)
+        rendered_with = coalesced(files.values, values)
         if not errors and schema:
-            errors = validate_values(schema, values)
-        shown = {f.name: f.value for f in form_fields(schema, values)} if schema else {}
+            errors = validate_values(schema, rendered_with)
+        shown = {f.name: f.value for f in form_fields(schema, rendered_with)} if schema else {}
         body = {"values_yaml": _yaml(values, answers.get("values_yaml", "")), "fields": shown}
         return JSONResponse(body | {"errors": errors})
 
@@ -1048,7 +1050,11 @@ def create_app(config: DashboardConfig) -> Starlette:
             "network": None,
             "values_yaml": _yaml(current_values, "") if current_values else "{}\n",
             "source": "yaml",
-            "fields": form_fields(files.schema, current_values) if files.schema else [],
+            "fields": (
+                form_fields(files.schema, coalesced(files.values, current_values))
+                if files.schema
+                else []
+            ),
         }
         if form is None:
             return page(request, "upgrade.html", **context)
@@ -1060,7 +1066,8 @@ def create_app(config: DashboardConfig) -> Starlette:
             answers.get("values_yaml", "") if source == "yaml" or errors else _yaml(values, "")
         )
         if files.schema:
-            context["fields"] = form_fields(files.schema, values if not errors else current_values)
+            shown = values if not errors else current_values
+            context["fields"] = form_fields(files.schema, coalesced(files.values, shown))
         if errors:
             context["errors"] = errors
             return page(request, "upgrade.html", 422, **context)

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-__all__ = ["MAX_FIELDS", "Field", "fields", "validate", "values_from_form"]
+__all__ = ["MAX_FIELDS", "Field", "coalesced", "fields", "validate", "values_from_form"]
 
 MAX_FIELDS = 500  # a schema with more is edited as YAML
 _SCALARS = ("string", "number", "integer", "boolean")
@@ -97,6 +97,21 @@ def _walk(
     )
 
 
+def coalesced(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a chart renders with, as helm makes them: the user's `values` over the
+    chart's `defaults`, mappings merged key by key, anything else replaced, and a null
+    removing the default."""
+    out = copy.deepcopy(dict(defaults))
+    for key, value in values.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = coalesced(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def fields(schema: Mapping[str, Any], values: Mapping[str, Any]) -> list[Field]:
     """The form's fields in schema order, filled with `values` (else the schema's defaults)."""
     found = []
@@ -141,14 +156,19 @@ def _schema_at(schema: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str,
 
 
 def values_from_form(
-    schema: Mapping[str, Any], form: Mapping[str, str], base: Mapping[str, Any]
+    schema: Mapping[str, Any],
+    form: Mapping[str, str],
+    base: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """`base` (the chart's values, or what the YAML editor holds) with the form's answers
-    put in, and the answers that could not be read, by field name. A field left as it
-    showed `base`, or an empty optional one, is left as `base` has it."""
+    put in, and the answers that could not be read, by field name. A field left as the
+    form showed it (`base` over the chart's `defaults`), or an empty optional one, is left
+    as `base` has it."""
     values = copy.deepcopy(dict(base))
     errors: dict[str, str] = {}
-    for f in fields(schema, base):
+    shown = coalesced(defaults, base) if defaults is not None else base
+    for f in fields(schema, shown):
         if f.name not in form:
             continue
         text = form[f.name]

@@ -61,9 +61,21 @@ for (const editor of document.querySelectorAll("[data-values-editor]")) {
     editor.dataset.synced = String(mine);
   };
 
+  // The fields' own checks (required, ranges, patterns) hold while the form is the source;
+  // with the YAML as the source the server checks the YAML against the schema instead.
+  const follow = () => {
+    const chosen = form.querySelector('input[name="source"]:checked');
+    form.noValidate = Boolean(chosen) && chosen.value === "yaml";
+  };
+  for (const radio of form.querySelectorAll('input[name="source"]')) {
+    radio.addEventListener("change", follow);
+  }
+  follow();
+
   const later = (direction, source) => {
     const radio = form.querySelector(`input[name="source"][value="${source}"]`);
     if (radio) radio.checked = true;
+    follow();
     clearTimeout(timer);
     timer = setTimeout(() => sync(direction), 250);
   };
