@@ -585,6 +585,20 @@ class CpuMeter:
         return {k: round(now[k] - self.start[k], 2) for k in now}
 
 
+def helm_alone(helm: Helm, user: Credentials, namespace: str, rounds: int) -> dict[str, Any]:
+    """What one helm process costs, run here: `helm version` (start-up, no cluster) and the
+    `helm list` /apps runs for each namespace, on one of them."""
+    version, listing = [], []
+    for _ in range(rounds):
+        t = mono()
+        helm.version()
+        version.append(mono() - t)
+        t = mono()
+        helm.releases(user, namespace)
+        listing.append(mono() - t)
+    return {"version_ms": summary(version), "list_ms": summary(listing), "namespace": namespace}
+
+
 def apps_phase(
     client: httpx2.Client, rounds: int, budget: float, expect: int, pids: dict[str, int], log: Any
 ) -> dict[str, Any]:
@@ -901,6 +915,11 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         )
         res["rss_mb"]["after_catalog"] = proc_mem_mb(dashboard.pid)
         res["apps"] = apps_phase(client, args.rounds, args.phase_seconds, args.releases, pids, log)
+        res["apps"]["helm_alone"] = alone = helm_alone(helm, user, namespaces[0], 5)
+        log(
+            f"helm run here: version p50 {alone['version_ms']['p50']:.0f} ms, list of "
+            f"{counts[0]} releases p50 {alone['list_ms']['p50']:.0f} ms"
+        )
         res["rss_mb"]["after_apps"] = proc_mem_mb(dashboard.pid)
         res["deploy"] = deploy_phase(
             client, api, helm, user, namespaces, repo.url, archive, args.deploys, pids, log
@@ -1054,6 +1073,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"CPU seconds during the {apps['ms']['count']} /apps requests "
             f"({f(apps['wall_s'], 1)} s of wall time): {cpu}.",
         ]
+        alone = apps.get("helm_alone")
+        if alone:
+            lines += [
+                "",
+                f"One helm process run by this script as the user: `helm version` p50 "
+                f"{f(alone['version_ms']['p50'])} ms, `helm list` of `{alone['namespace']}` "
+                f"(what /apps runs for each namespace) p50 {f(alone['list_ms']['p50'])} ms.",
+            ]
     if dep:
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in dep["cpu_s"].items())
         lines += [
