@@ -1155,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
     except (kube.BinariesMissing, HelmMissing) as exc:
         print(f"bench/dashboard.py: {exc}", file=sys.stderr)
         return 1
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
     start = mono()
