@@ -33,7 +33,6 @@ import re
 import shlex
 import signal
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -44,12 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from common import (  # bench/common.py
+    Api,
     ip4,
     machine_info,
     netns_add,
     netns_del,
     netns_del_all,
     on_signal,
+    pct,
+    proc_cpu_s,
+    proc_mem_mb,
     save_report,
     write_markdown,
 )
@@ -78,14 +81,6 @@ GRACE_S = 5.0  # after the last change: how long to wait for stragglers
 
 def mono() -> float:
     return time.monotonic()
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1), nearest rank."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -129,29 +124,6 @@ def start_proc(argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
 # --- proc and metrics readers ----------------------------------------------------------
 
 
-def proc_mem_mb(pid: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(line.split()[1]) / 1024
-    return out
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of one process (all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
 def scrape(port: int) -> dict[str, float]:
     """/metrics as {series: value} (unparsed label sets kept in the key)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -173,45 +145,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# --- API client: keep-alive HTTPS, one connection per thread ---------------------------
-
-
-class Api:
-    def __init__(self, cp: kube.ControlPlane) -> None:
-        self.port = cp.port
-        self.token = cp.admin_token
-        self.ctx = ssl.create_default_context()
-        self.ctx.check_hostname = False
-        self.ctx.verify_mode = ssl.CERT_NONE
-        self.local = threading.local()
-
-    def _conn(self) -> http.client.HTTPSConnection:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=30)
-            self.local.conn = conn
-        return conn
-
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        for attempt in (1, 2):
-            conn = self._conn()
-            try:
-                conn.request(method, path, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw[:1] == b"{" else raw.decode()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
 
 def service_body(i: int, cluster_ip: str | None = None) -> dict[str, Any]:

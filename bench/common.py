@@ -3,18 +3,97 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import os
 import platform
+import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nftproxy.lab.apiserver import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def ip4(n: int) -> str:
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1), nearest rank."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of one process, in MB."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(line.split()[1]) / 1024
+    return out
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int, *, children: bool = False) -> float:
+    """user + system CPU seconds of one process (all its threads); with `children`, those
+    of its children it has waited for instead."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    first = 13 if children else 11  # cutime, cstime or utime, stime
+    return (int(fields[first]) + int(fields[first + 1])) / _CLK_TCK
+
+
+class Api:
+    """The control plane's API as its admin: keep-alive HTTPS, one connection per thread."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.port = cp.port
+        self.token = cp.admin_token
+        self.ctx = ssl.create_default_context()
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+        self.local = threading.local()
+
+    def _conn(self) -> http.client.HTTPSConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=30)
+            self.local.conn = conn
+        return conn
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw[:1] == b"{" else raw.decode()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def _cmd(*argv: str) -> str:
