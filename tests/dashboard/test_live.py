@@ -293,7 +293,11 @@ def admin_helm(
 
 
 def test_releases_read_from_secrets_agree_with_helm_list(
-    cp: ControlPlane, admin_helm: Helm, repo: HttpChartRepo, world: dict[str, str]
+    request: pytest.FixtureRequest,
+    cp: ControlPlane,
+    admin_helm: Helm,
+    repo: HttpChartRepo,
+    world: dict[str, str],
 ) -> None:
     admin = Credentials(cp.admin_token)
     alice = Credentials(world["alice"])
@@ -301,6 +305,7 @@ def test_releases_read_from_secrets_agree_with_helm_list(
     admin_helm.install(admin, "second", "note", world["other"], {}, repo=repo.url)
     admin_helm.upgrade(admin, "first", "note", world["mine"], {"x": 1}, repo=repo.url)
     reader = ReleaseReader(ApiServer(cp.url, insecure=True))
+    request.addfinalizer(reader.close)
     # Alice may list Secrets in her namespace only: the other says no, per namespace.
     hers = reader.current(alice, [world["mine"], world["other"]])
     assert hers.refused == {world["other"]}

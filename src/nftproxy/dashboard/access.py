@@ -35,14 +35,24 @@ class NamespaceAccess:
 class UserAccess:
     """One user's view of the cluster, every request made with their token."""
 
-    def __init__(self, server: ApiServer, user: Credentials, *, timeout: float = 10.0) -> None:
-        config = ClusterConfig(
-            server=server.url,
-            token=user.token,
-            ca_file=str(server.ca_file) if server.ca_file is not None else None,
-            insecure=server.insecure,
-        )
-        self._client = Client(config, timeout=timeout)
+    def __init__(
+        self,
+        server: ApiServer,
+        user: Credentials,
+        *,
+        timeout: float = 10.0,
+        client: Client | None = None,
+    ) -> None:
+        """`client`, if given, is one made with the user's token (its connections kept)."""
+        if client is None:
+            config = ClusterConfig(
+                server=server.url,
+                token=user.token,
+                ca_file=str(server.ca_file) if server.ca_file is not None else None,
+                insecure=server.insecure,
+            )
+            client = Client(config, timeout=timeout)
+        self._client = client
 
     def username(self) -> str:
         """The user's name as the API server authenticates them; BadToken if it does not."""

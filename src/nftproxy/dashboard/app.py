@@ -5,6 +5,7 @@ Every call to the cluster is made with the signed-in user's token."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import hmac
 import json
@@ -13,7 +14,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -435,6 +436,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         if not _same(str(form.get("csrf", "")), session.csrf):
             return error(request, "Refused", "The form has expired: reload the page.", 403)
         sessions.drop(session.id)
+        releases_reader.forget(session.user)
         response = RedirectResponse("/signin", status_code=303)
         response.delete_cookie(session_cookie, path="/", secure=config.secure_cookies)
         return response
@@ -449,7 +451,8 @@ def create_app(config: DashboardConfig) -> Starlette:
         for the whole cluster, else per namespace, and remembered for ACCESS_TTL seconds."""
 
         def ask() -> set[str]:
-            access = UserAccess(config.server, session.user)
+            client = releases_reader.client(session.user)
+            access = UserAccess(config.server, session.user, client=client)
             names = candidates()
             if access.can("create", "secrets", ""):
                 return set(names)
@@ -1144,8 +1147,18 @@ def create_app(config: DashboardConfig) -> Starlette:
         Route("/apps/{namespace}/{release}/delete", changing("delete"), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            releases_reader.close()  # the users' kept connections
+
     app = Starlette(
-        routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)]
+        routes=routes,
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)],
+        lifespan=lifespan,
     )
     app.state.sessions = sessions
     app.state.catalog = catalog

@@ -55,6 +55,7 @@ LIVE_STATES = (
 )
 _LISTS_AT_ONCE = 8
 _CACHED = 20_000
+_USERS_KEPT = 256  # users whose connections stay open
 
 
 class ReleaseError(Exception):
@@ -212,15 +213,43 @@ class ReleaseReader:
         self._cached = cached
         self._lock = threading.Lock()
         self._summaries: OrderedDict[tuple[str, str, str], Release] = OrderedDict()
+        self._clients: OrderedDict[str, Client] = OrderedDict()
 
     def client(self, user: Credentials) -> Client:
+        """The user's client, its connections kept between requests (a page asks one list
+        per namespace: a TLS handshake each would cost more than the lists)."""
+        with self._lock:
+            kept = self._clients.get(user.key)
+            if kept is not None:
+                self._clients.move_to_end(user.key)
+                return kept
         config = ClusterConfig(
             server=self.server.url,
             token=user.token,
             ca_file=str(self.server.ca_file) if self.server.ca_file is not None else None,
             insecure=self.server.insecure,
         )
-        return Client(config, timeout=self.timeout)
+        client = Client(config, timeout=self.timeout, keep_alive=_LISTS_AT_ONCE)
+        with self._lock:
+            self._clients[user.key] = client
+            while len(self._clients) > _USERS_KEPT:
+                _, old = self._clients.popitem(last=False)
+                old.close()
+        return client
+
+    def close(self) -> None:
+        """Close every user's kept connections."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
+            client.close()
+
+    def forget(self, user: Credentials) -> None:
+        """Close the user's kept connections (they signed out)."""
+        with self._lock:
+            client = self._clients.pop(user.key, None)
+        if client is not None:
+            client.close()
 
     # --- the app list ---------------------------------------------------------------------
 

@@ -365,14 +365,23 @@ class WatchStream:
 
 class Client:
     """Requests to one API server (GETs, watches, reviews). Thread-safe: every request has
-    its own connection."""
+    its own connection, or with `keep_alive` one of at most that many kept open between
+    requests (watches always get their own)."""
 
     def __init__(
-        self, config: ClusterConfig, *, timeout: float = 60.0, user_agent: str = USER_AGENT
+        self,
+        config: ClusterConfig,
+        *,
+        timeout: float = 60.0,
+        user_agent: str = USER_AGENT,
+        keep_alive: int = 0,
     ) -> None:
         self.config = config
         self.timeout = timeout
         self.user_agent = user_agent
+        self.keep_alive = keep_alive
+        self._idle: list[http.client.HTTPConnection] = []
+        self._idle_lock = threading.Lock()
         url = urllib.parse.urlsplit(config.server)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise KubeConfigError(f"server {config.server!r} is not an http(s) URL")
@@ -476,12 +485,80 @@ class Client:
         accept: str = "application/json",
     ) -> bytes:
         wait = self.timeout if timeout is None else timeout
+        if self.keep_alive:
+            return self._kept(method, path, params, body, wait, accept)
         conn, resp, _ = self._open(path, params, wait, method=method, body=body, accept=accept)
         try:
             return resp.read()
         except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(method, path, 0, "", f"reading the response: {exc}") from None
         finally:
+            conn.close()
+
+    def _kept(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        wait: float,
+        accept: str,
+    ) -> bytes:
+        """One request on a kept connection (a new one when none is idle). A kept connection
+        the server closed meanwhile fails before the request reaches it: the request goes
+        once more on a new one."""
+        headers = self._headers(accept)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        target = self._target(path, params)
+        while True:
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(wait)
+            elif conn.sock is not None:
+                conn.sock.settimeout(wait)
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if reused:
+                    continue
+                raise Unavailable(method, path, 0, "", f"{self.config.server}: closed") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                text = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+                raise Unavailable(method, path, 0, "", f"{self.config.server}: {text}") from None
+            except ValueError:
+                conn.close()
+                raise ApiError(
+                    method,
+                    path,
+                    0,
+                    "",
+                    "a header value HTTP cannot carry (a token with a line break?)",
+                ) from None
+            if resp.will_close:
+                conn.close()
+            else:
+                with self._idle_lock:
+                    if len(self._idle) < self.keep_alive:
+                        self._idle.append(conn)
+                        conn = None
+                if conn is not None:
+                    conn.close()
+            if resp.status not in (200, 201):
+                raise status_error(method, path, resp.status, resp.reason, data)
+            return data
+
+    def close(self) -> None:
+        """Close the connections kept open."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
 
     def watch(
