@@ -819,9 +819,12 @@ def profile_apps(
 # (file ending, function) -> what it is, for the profile's summary
 PROFILE_BUCKETS = {
     ("nftproxy/dashboard/app.py", "apps"): "the /apps handler",
-    ("nftproxy/dashboard/access.py", "namespaces"): "access reviews (2 per namespace)",
-    ("nftproxy/dashboard/helm.py", "releases"): "helm list, one per namespace",
-    ("subprocess.py", "run"): "of which waiting for helm (subprocess.run)",
+    ("nftproxy/dashboard/releases.py", "current"): "reading releases (lists with the user's token)",
+    (
+        "nftproxy/dashboard/releases.py",
+        "_summaries_of",
+    ): "of which decoding releases not seen before",
+    ("nftproxy/dashboard/app.py", "deployable"): "access reviews (where the user may deploy)",
     ("bench/dashboard.py", "namespaces"): "the dashboard's namespace LIST",
     ("nftproxy/dashboard/app.py", "page"): "rendering the page",
 }

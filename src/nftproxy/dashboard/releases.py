@@ -257,7 +257,10 @@ class ReleaseReader:
         """The current revision of every release in `namespaces` the user may see."""
         wanted = sorted(set(namespaces))
         client = self.client(user)
-        selector = {"labelSelector": "owner=helm"}
+        # resourceVersion 0: served from the API server's watch cache, without asking etcd
+        # for its current revision first (a list per namespace; the page may lag the cluster
+        # by the cache's few milliseconds, and the live stream follows within seconds).
+        selector = {"labelSelector": "owner=helm", "resourceVersion": "0"}
         metas: list[Mapping[str, Any]] = []
         refused: set[str] = set()
         problems: dict[str, str] = {}
