@@ -1,6 +1,6 @@
 """deploy/dashboard/: every object accepted by a real kube-apiserver (server-side dry run,
 strict field validation), its pod admitted under the `restricted` Pod Security Standard,
-the dashboard's own rights no more than listing namespaces, and the command it runs the
+the dashboard's own rights no more than listing namespaces, nodes and Services, and the command it runs the
 one `nftproxy dashboard` parses and serves."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ COLLECTIONS = {
     "Service": ("/api/v1", "services", True),
 }
 WRITES = {"create", "update", "patch", "delete", "deletecollection", "*"}
-DOCUMENTED = {("", "namespaces", "list")}  # clusterrole.yaml says why
+# clusterrole.yaml says why each
+DOCUMENTED = {("", "namespaces", "list"), ("", "nodes", "list"), ("", "services", "list")}
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy to loopback
 
 
@@ -117,7 +118,7 @@ def test_its_pod_is_admitted_under_the_restricted_pod_security_standard(
     assert status == 403 and "restricted" in body["message"], body
 
 
-def test_the_cluster_role_lists_namespaces_and_writes_nothing() -> None:
+def test_the_cluster_role_lists_what_it_says_and_writes_nothing() -> None:
     role = the("ClusterRole")
     granted = {
         (group, resource, verb)
@@ -157,7 +158,8 @@ def test_with_these_rights_the_dashboard_lists_namespaces_and_cannot_touch_apps(
     token = dashboard_identity(cp, where)
     users = namespace(cp)
     user(cp, users, "someone", EVERYTHING)  # a namespace with a user and their apps
-    assert allowed(cp, token, "list", "namespaces")
+    for resource in ("namespaces", "nodes", "services"):
+        assert allowed(cp, token, "list", resource)
     for verb in ("get", "list", "create", "update", "delete"):
         for resource in ("secrets", "configmaps", "deployments", "pods", "serviceaccounts"):
             assert not allowed(cp, token, verb, resource, users), (verb, resource)

@@ -383,6 +383,10 @@ def create_app(config: DashboardConfig) -> Starlette:
 
         return endpoint
 
+    async def healthz(request: Request) -> Response:
+        """For probes: the server answers; no session, no call to the cluster."""
+        return Response("ok\n", media_type="text/plain")
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/apps", status_code=303)
 
@@ -1099,7 +1103,10 @@ def create_app(config: DashboardConfig) -> Starlette:
             return page(request, "upgrade.html", code, **context)
         context["preview"] = {
             "values_diff": _diff(_yaml(current_values, ""), _yaml(values, ""), "values"),
-            "manifest_diff": _diff(deployed.manifest, rendered, "manifests"),
+            # helm keeps the manifests with blank lines at the end; templates render none.
+            "manifest_diff": _diff(
+                deployed.manifest.rstrip() + "\n", rendered.rstrip() + "\n", "manifests"
+            ),
             "token": token,
         }
         context["network"] = network_preview(session, namespace, rendered, deployed.manifest)
@@ -1117,6 +1124,7 @@ def create_app(config: DashboardConfig) -> Starlette:
 
     routes = [
         Route("/", home),
+        Route("/healthz", healthz),
         Route("/signin", signin_form, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
         Route("/signout", signout, methods=["POST"]),

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -175,6 +176,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         f"nftproxy dashboard on {'https' if args.tls_cert else 'http'}://{args.listen}/",
         file=sys.stderr,
     )
+    # uvicorn stops on SIGTERM, then raises it again with the handler found before it: a
+    # default one would end the process before the helm homes below are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             create_app(config),
