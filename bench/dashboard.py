@@ -1082,7 +1082,8 @@ def markdown(report: dict[str, Any]) -> str:
                 "",
                 f"One helm process run by this script as the user: `helm version` p50 "
                 f"{f(alone['version_ms']['p50'])} ms, `helm list` of `{alone['namespace']}` "
-                f"(what /apps ran for each namespace until it read release Secrets itself) p50 {f(alone['list_ms']['p50'])} ms.",
+                "(what /apps ran for each namespace until it read release Secrets itself) "
+                f"p50 {f(alone['list_ms']['p50'])} ms.",
             ]
     if dep:
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in dep["cpu_s"].items())
