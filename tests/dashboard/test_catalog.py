@@ -66,10 +66,10 @@ def test_search_versions_and_upgrade_badges_across_two_repositories(
     catalog = Catalog((RepoConfig("main", main.url), RepoConfig("extra", extra.url)))
     assert catalog.refresh() == {}
     everything = [(f.repo, f.chart.name, f.chart.version) for f in catalog.search()]
-    assert everything == [
+    assert everything == [  # by name, then by repository as configured
         ("main", "hello", "0.2.0"),
-        ("main", "web", "1.0.0"),
         ("extra", "hello", "9.0.0-rc.1"),
+        ("main", "web", "1.0.0"),
     ]
     assert [(f.repo, f.chart.name) for f in catalog.search("WEB tests")] == [("main", "web")]
     assert catalog.search("nothing-like-this") == []

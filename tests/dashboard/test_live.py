@@ -10,8 +10,6 @@ import html
 import http.client
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -30,8 +28,11 @@ from nftproxy.dashboard.releases import ReleaseReader
 from nftproxy.health import ProxierHealth, serve_healthz
 from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import HttpChartRepo, write_chart
+from tests.support.dashboard import endpoint_slice, explain_cli, service_with_slices
 from tests.support.users import EVERYTHING, namespace, ok, user
 
+# explain's node: the one the dashboard knows (node-a), a pod there sends.
+FROM_POD = ("--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16", "--from", "10.244.0.2")
 DEADLINE = 60.0  # for a live page to show a change; it comes within a few intervals
 
 DEPLOYMENT = """\
@@ -342,53 +343,12 @@ def test_a_release_made_with_the_helm_cli_appears_live_and_goes(
     until(events, "cli-live", absent=True)
 
 
-def service_json(cp: ControlPlane, ns: str, name: str) -> tuple[dict[str, Any], list[Any]]:
-    status, svc = cp.request("GET", f"/api/v1/namespaces/{ns}/services/{name}")
-    assert status == 200, svc
-    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-    status, slices = cp.request("GET", f"{path}?labelSelector=kubernetes.io/service-name={name}")
-    assert status == 200, slices
-    # A list's items carry no kind; `kubectl get -o json` adds it, as here.
-    items = [
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", **i} for i in slices["items"]
-    ]
-    return svc, items
-
-
-def explain_cli(objects: list[Any], tmp: Path, to: str) -> dict[str, str]:
-    """`nftproxy explain` on `kubectl get -o json`-like objects: endpoint -> percent."""
-    file = tmp / "objects.json"
-    file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-    argv = [sys.executable, "-m", "nftproxy", "explain", "--json", "--to", to]
-    argv += ["--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16", "--from", "10.244.0.2"]
-    out = subprocess.run([*argv, str(file)], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    return {r["endpoint"]: f"{r['probability']:.1%}" for r in json.loads(out.stdout)["results"]}
-
-
 def panel_shares(page: str) -> dict[str, str]:
     """The ClusterIP path of the network panel: endpoint -> percent as the page shows it."""
     table = page[page.index("<caption>ClusterIP ") :]
     table = table[: table.index("</table>")]
     rows = re.findall(r'<tr class="share">\s*<td>([^<]+)</td>\s*<td>([^<]+)</td>', table)
     return {endpoint.strip(): percent.strip() for percent, endpoint in rows}
-
-
-def endpoint_slice(ns: str, owner: str, ips: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{owner}-live",
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": owner},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-a"} for ip in ips
-        ],
-    }
 
 
 def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
@@ -421,7 +381,7 @@ def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
         cp,
         "POST",
         f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-        endpoint_slice(ns, "shop", ["10.244.0.5", "10.244.0.6"]),
+        endpoint_slice(ns, "shop", ["10.244.0.5", "10.244.0.6"], port_name="http"),
     )
     proxy, _ = health
     proxy.queued_update()
@@ -429,13 +389,13 @@ def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
     assert status == 200, page
     assert "Deployment" in page and "0/2 ready" in page  # honest: nothing runs pods here
     assert "No Pods yet" in page
-    svc, slices = service_json(cp, ns, "shop")
+    svc, *slices = service_with_slices(cp, ns, "shop")
     cluster_ip = svc["spec"]["clusterIP"]
     node_port = svc["spec"]["ports"][0]["nodePort"]
     assert f"ClusterIP {cluster_ip}" in page and f"NodePort {node_port}" in page
     shares = panel_shares(page)
     assert shares == {"10.244.0.5:8080": "50.0%", "10.244.0.6:8080": "50.0%"}
-    assert shares == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
+    assert shares == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp", *FROM_POD)
     assert "node-a: healthy; it does not say when it synced" in page  # nothing synced yet
     # The slice gains an endpoint and the proxy syncs: the page follows, and still
     # matches explain.
@@ -443,16 +403,16 @@ def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
     next(events)
     path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/shop-live"
     current = cp.request("GET", path)[1]
-    current["endpoints"] = endpoint_slice(ns, "shop", ["10.244.0.5", "10.244.0.6", "10.244.0.7"])[
-        "endpoints"
-    ]
+    current["endpoints"] = endpoint_slice(
+        ns, "shop", ["10.244.0.5", "10.244.0.6", "10.244.0.7"], port_name="http"
+    )["endpoints"]
     status, body = cp.request("PUT", path, current)
     assert status == 200, body
     proxy.updated()  # the node's proxy syncs after the change
     part = until(events, "node-a: synced since the last change")
     part = until(events, "33.3%") if "33.3%" not in part else part
-    svc, slices = service_json(cp, ns, "shop")
-    assert panel_shares(part) == explain_cli([svc, *slices], tmp_path, f"{cluster_ip}:80/tcp")
+    objects = service_with_slices(cp, ns, "shop")
+    assert panel_shares(part) == explain_cli(objects, tmp_path, f"{cluster_ip}:80/tcp", *FROM_POD)
     assert len(panel_shares(part)) == 3
 
 

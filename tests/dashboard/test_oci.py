@@ -315,7 +315,7 @@ def test_the_dashboard_lists_an_oci_chart_and_deploys_it(
         assert signed.status_code == 303
         page = client.get("/catalog", params={"q": "web"})
         assert page.status_code == 200
-        assert '<td>web <span class="badge">deprecated</span></td>' in page.text
+        assert 'web</a> <span class="badge">deprecated</span></td>' in page.text
         assert "<td>oci</td><td>1.0.0+build.7</td><td>2.4</td>" in page.text
         wanted = {"repo": "oci", "chart": "hello", "version": "0.2.0"}
         form = client.get("/deploy", params=wanted)

@@ -30,11 +30,14 @@ __all__ = [
     "SCHEMA",
     "SETTINGS",
     "dashboard_identity",
+    "endpoint_slice",
+    "explain_cli",
     "installed",
     "manifests",
     "publish_test_charts",
     "revisions",
     "serve_dashboard",
+    "service_with_slices",
     "settings",
 ]
 
@@ -216,3 +219,57 @@ def serve_dashboard(
         yield url
     finally:
         stop_processes([proc])
+
+
+def endpoint_slice(
+    ns: str,
+    owner: str,
+    ips: Sequence[str],
+    *,
+    port: int = 8080,
+    port_name: str = "",
+    node: str = "node-a",
+) -> dict[str, Any]:
+    """An EndpointSlice of `owner` with ready endpoints at `ips`, as its controller writes
+    one (no controller manager runs with the test control plane); `port_name` is the
+    Service port's name."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{owner}-live",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": owner},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": node} for ip in ips
+        ],
+    }
+
+
+def service_with_slices(cp: ControlPlane, ns: str, name: str) -> list[dict[str, Any]]:
+    """A Service and its EndpointSlices as `kubectl get -o json` shows them (list items
+    with their kind)."""
+    status, svc = cp.request("GET", f"/api/v1/namespaces/{ns}/services/{name}")
+    assert status == 200, svc
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+    status, slices = cp.request("GET", f"{path}?labelSelector=kubernetes.io/service-name={name}")
+    assert status == 200, slices
+    kind = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice"}
+    return [svc, *({**kind, **item} for item in slices["items"])]
+
+
+def explain_cli(objects: Sequence[Any], tmp: Path, to: str, *flags: str) -> dict[str, str]:
+    """`nftproxy explain --json` on these objects: endpoint -> percent, as the dashboard's
+    network panel shows it."""
+    file = tmp / "objects.json"
+    file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+    argv = [sys.executable, "-m", "nftproxy", "explain", "--json", "--to", to, *flags]
+    out = subprocess.run([*argv, str(file)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return {
+        r["endpoint"] or r["verdict"]: f"{r['probability']:.1%}"
+        for r in json.loads(out.stdout)["results"]
+    }

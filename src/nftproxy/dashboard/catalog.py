@@ -644,7 +644,8 @@ class Catalog:
         return cached.index if cached is not None else None
 
     def search(self, text: str = "") -> list[Found]:
-        """Charts whose name or description holds every word of `text`, newest versions."""
+        """Charts whose name or description holds every word of `text`, newest versions,
+        by name (then by repository, in the order they are configured)."""
         words = text.lower().split()
         found = []
         for repo in self.repos:
@@ -654,7 +655,7 @@ class Catalog:
                 haystack = f"{name} {newest.description}".lower()
                 if all(w in haystack for w in words):
                     found.append(Found(repo.name, newest))
-        return found
+        return sorted(found, key=lambda f: f.chart.name)  # stable: repositories keep order
 
     def versions(self, repo: str, chart: str) -> tuple[ChartVersion, ...]:
         index = self.index(repo)

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from nftproxy.dashboard.helm import Helm
 from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.lab.charts import HttpChartRepo, write_chart
+from tests.dashboard.oci_registry import OciRegistry
 from tests.support.dashboard import dashboard_identity, serve_dashboard
 from tests.support.users import VIEW, grant, namespace
 
@@ -189,17 +191,30 @@ def world(world: dict[str, str], cp: ControlPlane) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def oci_repo(
+    oci_registry: OciRegistry, packager: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """An OCI registry with one chart, `ocichart` 2.0.0: the dashboard's name for it."""
+    src = tmp_path_factory.mktemp("oci")
+    oci_registry.push(packager, [write_chart(src, "ocichart", "2.0.0", values="size: 1\n")])
+    return oci_registry.url()
+
+
+@pytest.fixture(scope="module")
 def dashboard(
     cp: ControlPlane,
     helm_binary: Path,
     repo: HttpChartRepo,
+    oci_repo: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """`nftproxy dashboard` on loopback, as deployed: its base URL."""
+    """`nftproxy dashboard` on loopback, as deployed, with an HTTP repository (main) and
+    an OCI one (lab): its base URL."""
     where = tmp_path_factory.mktemp("dashboard")
     token = dashboard_identity(cp, namespace(cp))
     kubeconfig = cp.kubeconfig(where / "kubeconfig", token)
-    with serve_dashboard(kubeconfig, helm_binary, [f"main={repo.url}"], where / "log") as url:
+    repos = [f"main={repo.url}", f"lab={oci_repo}"]
+    with serve_dashboard(kubeconfig, helm_binary, repos, where / "log") as url:
         yield url
 
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
 from nftproxy.lab.apiserver import ControlPlane
 from nftproxy.lab.charts import HttpChartRepo
-from tests.support.dashboard import revisions
+from tests.support.dashboard import endpoint_slice, explain_cli, revisions, service_with_slices
+from tests.support.users import ok
 
 try:
     from playwright.sync_api import expect
@@ -116,9 +117,11 @@ def test_the_catalog_lists_and_searches_charts(
     expect(page.get_by_role("heading", name="Catalog")).to_be_visible()
     table = page.get_by_role("table")
     expect(first_column(page, "Charts")).to_have_text(
-        ["configurable", "hello", "sneaky", "web", "webapp"]
+        ["configurable", "hello", "ocichart", "sneaky", "web", "webapp"]
     )
     expect(table.get_by_role("row", name=re.compile(r"^webapp main 1\.1\.0"))).to_be_visible()
+    # The OCI registry's chart, beside the HTTP repository's.
+    expect(table.get_by_role("row", name=re.compile(r"^ocichart lab 2\.0\.0"))).to_be_visible()
     # A repository's text is shown as text, never run.
     expect(table.get_by_text("<script>alert(1)</script>")).to_be_visible()
 
@@ -412,3 +415,131 @@ def test_a_view_only_user_cannot_deploy(
     expect(page.get_by_role("alert")).to_contain_text("forbidden")
     assert revisions(cp, theirs, "sneaked") == {}
     assert get(cp, theirs, "deployments", "sneaked") is None
+
+
+def test_a_chart_from_the_oci_registry_has_its_page_and_deploys(
+    page: Page, sign_in: SignIn, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    mine = world["mine"]
+    sign_in(world["alice"])
+    page.get_by_role("link", name="Catalog").click()
+    search = page.get_by_role("searchbox", name="Search charts")
+    search.fill("ocichart")
+    search.press("Enter")
+    expect(first_column(page, "Charts")).to_have_text(["ocichart"])
+    page.get_by_role("link", name="ocichart").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("ocichart")
+    expect(page.get_by_text("size: 1")).to_be_visible()  # its default values
+    page.get_by_role("link", name="Deploy 2.0.0").click()
+    page.get_by_label("Release name").fill("from-oci")
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/apps$"))
+    assert revisions(cp, mine, "from-oci") == {1: "deployed"}
+
+
+def test_the_form_and_the_yaml_editor_stay_in_step(
+    page: Page, sign_in: SignIn, world: dict[str, str]
+) -> None:
+    sign_in(world["alice"])
+    page.goto(WEBAPP)
+    values = page.get_by_label("The chart's values; the form's fields are part of them.")
+    page.get_by_label("Replicas").fill("4")
+    expect(values).to_have_value(re.compile(r"^replicaCount: 4$", re.M))
+    expect(values).to_have_value(re.compile(r"^greeting: hello$", re.M))  # the rest stays
+    page.get_by_label("Tier").select_option("worker")
+    expect(values).to_have_value(re.compile(r"^tier: worker$", re.M))
+    # The YAML edited: the fields follow, and the schema's complaint shows at its field.
+    values.fill("replicaCount: 9\ngreeting: typed in yaml\ntier: web\n")
+    expect(page.get_by_label("Replicas")).to_have_value("9")
+    expect(page.get_by_label("Greeting")).to_have_value("typed in yaml")
+    expect(page.locator('[data-error-for="replicaCount"]')).to_have_text(
+        re.compile("9 is greater than the maximum of 5")
+    )
+    values.fill("replicaCount: 2\ngreeting: fine\n")
+    expect(page.locator('[data-error-for="replicaCount"]')).to_be_hidden()
+    expect(page.get_by_label("Replicas")).to_have_value("2")
+
+
+def test_a_release_made_with_the_helm_cli_appears_without_a_reload(
+    page: Page,
+    sign_in: SignIn,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    mine = world["mine"]
+    sign_in(world["alice"])
+    loads: list[str] = []
+    page.on("load", lambda: loads.append(page.url))
+    section = page.locator("section", has=page.get_by_role("heading", name=mine))
+    expect(section).to_be_visible()
+    expect(section.get_by_role("link", name="live-cli", exact=True)).to_have_count(0)
+    admin_installs(cp, helm_binary, repo, tmp_path, mine, "live-cli", {"replicaCount": 1})
+    expect(section.get_by_role("link", name="live-cli", exact=True)).to_be_visible()
+    assert loads == []  # the page was not loaded again: the list followed the cluster
+
+
+def test_the_services_panel_matches_explain_and_follows_an_endpointslice(
+    page: Page,
+    sign_in: SignIn,
+    cp: ControlPlane,
+    helm_binary: Path,
+    repo: HttpChartRepo,
+    world: dict[str, str],
+    tmp_path: Path,
+    screenshot: Shoot,
+) -> None:
+    mine = world["mine"]
+    admin_installs(cp, helm_binary, repo, tmp_path, mine, "netpanel", {"replicaCount": 2})
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{mine}/endpointslices"
+    ok(cp, "POST", path, endpoint_slice(mine, "netpanel", ["10.244.1.5", "10.244.1.6"]))
+    sign_in(world["alice"])
+    page.goto(f"/apps/{mine}/netpanel")
+    objects = service_with_slices(cp, mine, "netpanel")
+    cluster_ip = objects[0]["spec"]["clusterIP"]
+    panel = page.get_by_role("table", name=f"ClusterIP {cluster_ip}:80/TCP")
+
+    def shown() -> dict[str, str]:
+        rows = panel.locator("tr.share").all()
+        cells = [row.locator("td").all_inner_texts() for row in rows]
+        return {endpoint: chance for chance, endpoint, _masquerade in cells}
+
+    expect(panel.locator("tr.share")).to_have_count(2)
+    # No node is known to the dashboard here: explain as a client outside the pod network.
+    assert shown() == explain_cli(objects, tmp_path, f"{cluster_ip}:80/tcp")
+    assert shown() == {"10.244.1.5:8080": "50.0%", "10.244.1.6:8080": "50.0%"}
+    expect(page.get_by_role("row", name="Deployment netpanel 0/2 ready")).to_be_visible()
+    screenshot(page, "app-network")
+    # The EndpointSlice gains an endpoint: the panel follows without a reload.
+    current = cp.request("GET", f"{path}/netpanel-live")[1]
+    current["endpoints"] = endpoint_slice(
+        mine, "netpanel", ["10.244.1.5", "10.244.1.6", "10.244.1.7"]
+    )["endpoints"]
+    ok(cp, "PUT", f"{path}/netpanel-live", current, want=200)
+    expect(panel.locator("tr.share")).to_have_count(3)
+    expect(panel.locator("tr.share").first.locator("td").first).to_have_text("33.3%")
+    objects = service_with_slices(cp, mine, "netpanel")
+    assert shown() == explain_cli(objects, tmp_path, f"{cluster_ip}:80/tcp")
+
+
+def test_a_deploy_preview_shows_the_network_change_first(
+    page: Page, sign_in: SignIn, cp: ControlPlane, world: dict[str, str], screenshot: Shoot
+) -> None:
+    mine = world["mine"]
+    sign_in(world["alice"])
+    page.goto(WEBAPP)
+    page.get_by_label("Release name").fill("previewed")
+    page.get_by_label("Service port").fill("8081")
+    page.get_by_role("button", name="Show what changes on the network").click()
+    preview = page.get_by_role("region", name="What changes on the network")
+    expect(preview.get_by_role("heading", name="Service previewed new")).to_be_visible()
+    expect(preview.get_by_text("ports 8081/TCP")).to_be_visible()
+    expect(preview.get_by_text("a ClusterIP the cluster assigns at install")).to_be_visible()
+    screenshot(page, "deploy-preview")
+    status, _ = cp.request("GET", f"/api/v1/namespaces/{mine}/services/previewed")
+    assert status == 404  # a preview installs nothing
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/apps$"))
+    assert revisions(cp, mine, "previewed") == {1: "deployed"}
