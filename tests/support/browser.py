@@ -7,7 +7,7 @@ from __future__ import annotations
 import http.client
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from nftproxy.kernel.netns import run_in_netns
 
@@ -65,7 +65,7 @@ class Browser:
         conn.close()
         return answer.status, text
 
-    def events(self, path: str) -> Iterator[str]:
+    def events(self, path: str) -> Generator[str, None, None]:
         """The `update` events of a live part, as they come."""
         conn = self._connection()
         conn.request("GET", path, headers=self._headers() | {"Accept": "text/event-stream"})
