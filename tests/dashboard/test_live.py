@@ -7,13 +7,10 @@ node, matched against `nftproxy explain` and followed when an EndpointSlice chan
 from __future__ import annotations
 
 import html
-import http.client
 import json
 import re
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from nftproxy.dashboard.releases import ReleaseReader
 from nftproxy.health import ProxierHealth, serve_healthz
 from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import HttpChartRepo, write_chart
+from tests.support.browser import Browser
 from tests.support.dashboard import endpoint_slice, explain_cli, service_with_slices
 from tests.support.users import EVERYTHING, namespace, ok, user
 
@@ -203,76 +201,6 @@ def dashboard(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-class Browser:
-    """A signed-in user's HTTP session (cookies kept), enough for pages and streams."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.cookies: dict[str, str] = {}
-        form = self.get("/signin")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form[1])
-        assert csrf is not None
-        status, text = self.post("/signin", {"csrf": csrf[1], "token": token})
-        assert status == 303, text
-        assert "nftproxy_session" in self.cookies
-
-    def _connection(self) -> http.client.HTTPConnection:
-        url = urllib.parse.urlsplit(self.base)
-        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
-
-    def _headers(self) -> dict[str, str]:
-        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
-
-    def _keep(self, answer: http.client.HTTPResponse) -> None:
-        for header in answer.headers.get_all("set-cookie") or []:
-            name, _, value = header.split(";")[0].partition("=")
-            if value.strip('"'):
-                self.cookies[name] = value
-            else:
-                self.cookies.pop(name, None)
-
-    def get(self, path: str) -> tuple[int, str]:
-        conn = self._connection()
-        conn.request("GET", path, headers=self._headers())
-        answer = conn.getresponse()
-        text = answer.read().decode()
-        self._keep(answer)
-        conn.close()
-        return answer.status, text
-
-    def post(self, path: str, form: dict[str, str]) -> tuple[int, str]:
-        conn = self._connection()
-        headers = self._headers() | {"Content-Type": "application/x-www-form-urlencoded"}
-        conn.request("POST", path, body=urllib.parse.urlencode(form), headers=headers)
-        answer = conn.getresponse()
-        text = answer.read().decode()
-        self._keep(answer)
-        conn.close()
-        return answer.status, text
-
-    def events(self, path: str) -> Iterator[str]:
-        """The `update` events of a live part, as they come (bounded by DEADLINE each)."""
-        conn = self._connection()
-        conn.request("GET", path, headers=self._headers() | {"Accept": "text/event-stream"})
-        answer = conn.getresponse()
-        assert answer.status == 200
-        assert answer.headers["content-type"].startswith("text/event-stream")
-        try:
-            event, data = "", []
-            for raw in answer:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data.append(line[6:])
-                elif not line and event:
-                    if event == "update":
-                        yield "\n".join(data)
-                    event, data = "", []
-        finally:
-            conn.close()
 
 
 def until(events: Iterator[str], wanted: str, *, absent: bool = False) -> str:
