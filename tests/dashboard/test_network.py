@@ -19,6 +19,7 @@ from nftproxy.dashboard.network import (
     last_change,
     node_health,
     node_infos,
+    preview,
     service_networks,
     sync_state,
 )
@@ -212,4 +213,35 @@ def test_a_proxy_that_does_not_say_when_it_synced_is_only_healthy() -> None:
 
 def test_a_node_without_address_is_not_asked() -> None:
     [answer] = node_health([NodeInfo("n")], "http://{address}:1/healthz", timeout=0.2)
-    assert (answer.healthy, answer.message) == (None, "the node has no address")
+    assert (answer.healthy, answer.message) == (None, "the node has no InternalIP")
+
+
+def test_a_preview_names_no_service_the_user_cannot_see_and_takes_odd_values() -> None:
+    rendered = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  externalIPs: [192.0.2.7, {not: an address}]
+  ports: [{port: 80, nodePort: 30555}, {port: x, nodePort: "y"}, not-a-port]
+"""
+    elsewhere = service("hidden", "10.96.0.20", node_port=30555)
+    elsewhere["metadata"]["namespace"] = "secret-ns"
+    neighbour = service("neighbour", "10.96.0.21", externalIPs=["192.0.2.7"])
+    changes, errors = preview(rendered, "", "apps", [neighbour], [elsewhere, neighbour], [], [])
+    assert errors == []
+    [web] = changes
+    assert web.change == "new"
+    assert set(web.conflicts) == {
+        "NodePort 30555/TCP is another Service's: the cluster will refuse it",
+        "external IP 192.0.2.7:80/TCP is also apps/neighbour's: nodes send its traffic to one "
+        "of the two only",
+    }
+    assert not any("secret-ns" in line or "hidden" in line for line in web.notes + web.conflicts)
+    # An upgrade that drops a Service the user cannot see frees nothing they are told of.
+    changes, _ = preview(
+        "", rendered.replace("name: web", "name: hidden"), "secret-ns", [], [elsewhere], [], []
+    )
+    [gone] = changes
+    assert gone.change == "removed" and gone.notes == ("its rules go from every node",)

@@ -17,6 +17,7 @@ from nftproxy.dashboard.releases import (
     latest_revisions,
     summary,
     timestamp_text,
+    values_of,
 )
 
 
@@ -42,10 +43,12 @@ RELEASE = {
 
 
 def test_a_stored_release_reads_back_as_helm_wrote_it() -> None:
-    assert decode_release(stored(RELEASE)) == RELEASE
     plain = base64.b64encode(json.dumps(RELEASE).encode())  # old helm 2-style: no gzip
-    assert decode_release(plain) == RELEASE
-    got = summary(decode_release(stored(RELEASE)), "apps")
+    assert summary(decode_release(plain), "apps") == summary(decode_release(stored(RELEASE)), "a")
+    release = decode_release(stored(RELEASE))
+    assert values_of(release) == {"replicas": 2}
+    assert release.manifest == RELEASE["manifest"]
+    got = summary(release, "apps")
     assert (got.name, got.revision, got.status, got.chart_label, got.app_version) == (
         "web",
         3,
@@ -61,7 +64,8 @@ def test_a_stored_release_reads_back_as_helm_wrote_it() -> None:
     [
         (b"not base64!", "not base64"),
         (base64.b64encode(b"\x1f\x8bnot gzip at all"), "not gzip"),
-        (base64.b64encode(gzip.compress(b"[1, 2]")), "not a release object"),
+        (base64.b64encode(gzip.compress(b"[1, 2]")), "not a release"),
+        (base64.b64encode(gzip.compress(b'{"version": "three"}')), "not a release"),
         (base64.b64encode(gzip.compress(b"{")), "not JSON"),
     ],
 )
@@ -74,8 +78,29 @@ def test_a_gzip_bomb_stops_at_the_limit() -> None:
     # 40 MiB of spaces compress to ~40 KiB: unpacked whole it would take the memory.
     bomb = base64.b64encode(gzip.compress(b"{" + b" " * (MAX_RELEASE_BYTES + (8 << 20)) + b"}"))
     assert len(bomb) < 1 << 20
-    with pytest.raises(ReleaseError, match="larger than 32 MiB"):
+    with pytest.raises(ReleaseError, match="larger than 16 MiB"):
         decode_release(bomb)
+
+
+def test_what_the_dashboard_does_not_show_is_skipped_not_built() -> None:
+    """A Secret's content is anyone's who may write Secrets in the namespace: millions of
+    objects in a chart's files cost a skip, values too large or deep are refused by name."""
+    crowded = dict(RELEASE, chart={**RELEASE["chart"], "files": [{}] * 2_000_000})
+    packed = stored(crowded)
+    assert len(packed) < 1 << 20
+    release = decode_release(packed)
+    assert summary(release, "apps").chart == "nginx"
+    deep: object = 1
+    for _ in range(200):
+        deep = {"a": deep}
+    with pytest.raises(ReleaseError, match="nest deeper than 64"):
+        values_of(decode_release(stored(dict(RELEASE, config=deep))))
+    big = {"blob": "x" * (2 << 20)}
+    with pytest.raises(ReleaseError, match="values are larger than"):
+        values_of(decode_release(stored(dict(RELEASE, config=big))))
+    nested = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ReleaseError, match="not JSON"):
+        decode_release(base64.b64encode(gzip.compress(b'{"hooks": ' + nested + b"}")))
 
 
 def test_the_newest_revision_of_each_release_is_its_current_one() -> None:
@@ -105,6 +130,7 @@ def test_the_newest_revision_of_each_release_is_its_current_one() -> None:
         ("2026-12-07T03:55:12.5-02:00", "2026-12-07 05:55:12 UTC"),
         ("", ""),
         ("yesterday", "yesterday"),
+        ("0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00+05:00"),  # before year 1 in UTC
     ],
 )
 def test_times_show_in_utc(text: str, shown: str) -> None:

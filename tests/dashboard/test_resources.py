@@ -91,3 +91,16 @@ def test_statuses_say_what_a_user_can_act_on() -> None:
     )
     ingress = {"spec": {"rules": [{"host": "web.example"}]}, "status": {}}
     assert status_of("Ingress", ingress)[2] == ("hosts web.example", "no address yet")
+
+
+def test_a_name_the_api_server_would_refuse_is_not_looked_up() -> None:
+    """A release's manifests are anyone's who may write Secrets in its namespace: a "/" in a
+    name would reach a subresource (services/proxy) with the viewer's token, a "?" would add
+    query parameters (a watch)."""
+    for name in ("web/proxy/admin", "web?watch=1&timeoutSeconds=40", "..", "Web", "a" * 300):
+        assert api_path(ObjectRef("Service", "apps", name)) is None, name
+    assert api_path(ObjectRef("Service", "apps/x", "web")) is None
+    assert (
+        api_path(ObjectRef("Service", "apps", "web.v1"))
+        == "/api/v1/namespaces/apps/services/web.v1"
+    )

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import jinja2
 import yaml
 from markdown_it import MarkdownIt
@@ -79,15 +81,21 @@ MAX_FORM_BYTES = 64 << 10
 MAX_DEPLOY_FORM_BYTES = 1 << 20  # the values YAML rides along
 CHART_CACHE = 64
 MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_USER = 16
 CATALOG_REFRESH = 300.0
 NAMESPACES_TTL = 10.0  # the dashboard's own list of namespaces
 ACCESS_TTL = 30.0  # a user's rights, as access reviews answered them
+HEALTH_TTL = 5.0  # the nodes' proxy health answers
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 LIVE_MAX = 600.0  # a live page's stream ends after this; the browser opens another
 LIVE_KEEPALIVE = 15.0
-LIVE_PER_SESSION = 8
+LIVE_PER_USER = 8
+LIVE_RENDERS = 8  # live parts rendered at once, beside the page threads
 LIVE_STREAMS = 1000
+# What a live part may run into with content anyone who may write a Secret or an object
+# controls: shown as a message in its place, never as a trace.
+LIVE_PROBLEMS = (ApiError, BadToken, ReleaseError, ValueError, TypeError, KeyError, RecursionError)
 # Pages hold a CSRF token and the user's name: not cached, not framed, no foreign scripts.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -153,8 +161,15 @@ def read_values(
 MAX_DIFF_CHARS = 256 << 10
 
 
+MAX_DIFFED_CHARS = 1 << 20  # both sides together: difflib's time grows faster than that
+
+
 def _diff(before: str, after: str, what: str) -> str:
     """A unified diff, cut at MAX_DIFF_CHARS (saying so)."""
+    if len(before) + len(after) > MAX_DIFFED_CHARS:
+        return (
+            f"(the {what} are too large to compare here: {len(before) + len(after):,} characters)\n"
+        )
     lines = difflib.unified_diff(
         before.splitlines(keepends=True),
         after.splitlines(keepends=True),
@@ -231,12 +246,16 @@ class Sessions:
         lifetime: float,
         *,
         limit: int = MAX_SESSIONS,
+        per_user: int = MAX_SESSIONS_PER_USER,
         clock: Callable[[], float] = time.monotonic,
+        on_remove: Callable[[Credentials], None] = lambda _user: None,
     ) -> None:
         self.idle = idle
         self.lifetime = lifetime
         self.limit = limit
+        self.per_user = per_user
         self.clock = clock
+        self.on_remove = on_remove
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
         self._by_user: dict[str, str] = {}  # Credentials.key -> session id (proxy mode)
@@ -248,6 +267,13 @@ class Sessions:
         )
         with self._lock:
             self._expire(now)
+            # One user signing in again and again pushes out their own sessions, not others'.
+            theirs = sorted(
+                (s for s in self._by_id.values() if s.user.key == user.key),
+                key=lambda s: s.last_seen,
+            )
+            for old in theirs[: max(0, len(theirs) - self.per_user + 1)]:
+                self._remove(old.id)
             while len(self._by_id) >= self.limit:  # the least recently used goes
                 oldest = min(self._by_id.values(), key=lambda s: s.last_seen)
                 self._remove(oldest.id)
@@ -264,6 +290,19 @@ class Sessions:
             session = self._by_id.get(session_id)
             if session is not None:
                 session.last_seen = now
+            return session
+
+    def peek(self, session_id: str) -> Session | None:
+        """The session if it is still valid, without counting this as the user's activity
+        (a live page open in a tab does not keep a session from going idle)."""
+        now = self.clock()
+        with self._lock:
+            session = self._by_id.get(session_id)
+            if session is None:
+                return None
+            if now - session.last_seen > self.idle or now - session.created > self.lifetime:
+                self._remove(session_id)
+                return None
             return session
 
     def of_user(self, user: Credentials) -> Session | None:
@@ -285,23 +324,43 @@ class Sessions:
 
     def _remove(self, session_id: str) -> None:
         session = self._by_id.pop(session_id, None)
-        if session is not None and self._by_user.get(session.user.key) == session_id:
+        if session is None:
+            return
+        if self._by_user.get(session.user.key) == session_id:
             del self._by_user[session.user.key]
+        self.on_remove(session.user)  # the token's kept connections go with it
 
 
 _T = TypeVar("_T")
 
 
+# Striped: a lock per answer would grow with the sessions. `ask` must not call memo itself.
+_MEMO_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
 def memo(store: dict[str, tuple[float, Any]], key: str, ttl: float, ask: Callable[[], _T]) -> _T:
-    """`ask()`'s answer, remembered in `store` for `ttl` seconds."""
-    now = time.monotonic()
+    """`ask()`'s answer, remembered in `store` for `ttl` seconds from when it came. One
+    caller asks at a time; while it does, the others get the answer before (when there is
+    one), so a slow answer (a node that does not reply) is not asked for by every page."""
     kept = store.get(key)
-    if kept is not None and now - kept[0] < ttl:
+    if kept is not None and time.monotonic() - kept[0] < ttl:
         value: _T = kept[1]
         return value
-    answer = ask()
-    store[key] = (now, answer)
-    return answer
+    lock = _MEMO_LOCKS[hash((id(store), key)) % len(_MEMO_LOCKS)]
+    if not lock.acquire(blocking=kept is None):
+        assert kept is not None
+        stale: _T = kept[1]
+        return stale
+    try:
+        again = store.get(key)
+        if again is not None and again is not kept and time.monotonic() - again[0] < ttl:
+            fresh: _T = again[1]
+            return fresh
+        answer = ask()
+        store[key] = (time.monotonic(), answer)
+        return answer
+    finally:
+        lock.release()
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -332,10 +391,10 @@ def create_app(config: DashboardConfig) -> Starlette:
         undefined=jinja2.StrictUndefined,
     )
     templates = Jinja2Templates(env=env)
-    sessions = Sessions(config.session_idle, config.session_max)
+    releases_reader = ReleaseReader(config.server)
+    sessions = Sessions(config.session_idle, config.session_max, on_remove=releases_reader.forget)
     helm = Helm(config.helm, config.server, config.homes)
     catalog = Catalog(config.repos)
-    releases_reader = ReleaseReader(config.server)
     shared_memo: dict[str, tuple[float, Any]] = {}
     refreshed: list[float] = []
     catalog_lock = threading.Lock()
@@ -440,7 +499,6 @@ def create_app(config: DashboardConfig) -> Starlette:
         if not _same(str(form.get("csrf", "")), session.csrf):
             return error(request, "Refused", "The form has expired: reload the page.", 403)
         sessions.drop(session.id)
-        releases_reader.forget(session.user)
         response = RedirectResponse("/signin", status_code=303)
         response.delete_cookie(session_cookie, path="/", secure=config.secure_cookies)
         return response
@@ -454,10 +512,11 @@ def create_app(config: DashboardConfig) -> Starlette:
         """Where the user may deploy (create Secrets, where helm keeps releases); asked once
         for the whole cluster, else per namespace, and remembered for ACCESS_TTL seconds."""
 
+        names = candidates()
+
         def ask() -> set[str]:
             client = releases_reader.client(session.user)
             access = UserAccess(config.server, session.user, client=client)
-            names = candidates()
             if access.can("create", "secrets", ""):
                 return set(names)
             return access.allowed("create", "secrets", names)
@@ -470,9 +529,11 @@ def create_app(config: DashboardConfig) -> Starlette:
         refresh_catalog()
         found = releases_reader.current(session.user, candidates())
         may_deploy = deployable(session)
+        # A namespace that failed to answer (overload, a timeout) is not named: the
+        # candidates are every namespace of the cluster, not only the user's.
         namespaces = [
             NamespaceAccess(ns, view=True, deploy=ns in may_deploy)
-            for ns in sorted({*found.by_namespace, *found.problems})
+            for ns in sorted(found.by_namespace)
         ]
         namespaces += [
             NamespaceAccess(ns, view=False, deploy=True)
@@ -487,7 +548,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         return {
             "namespaces": namespaces,
             "releases": found.by_namespace,
-            "problems": found.problems,
+            "unanswered": len(found.problems),
             "upgrades": upgrades,
         }
 
@@ -799,16 +860,14 @@ def create_app(config: DashboardConfig) -> Starlette:
         except ValueError as exc:
             return error(request, "No such app", str(exc), 404, session=session)
         try:
-            revisions = releases_reader.revisions(session.user, namespace, release)
+            found = releases_reader.history(session.user, namespace, release)
         except ApiError as exc:
             code = 403 if exc.status == 403 else 502
             return error(request, "App unavailable", exc.message, code, session=session)
-        except ReleaseError as exc:
-            return error(request, "App unreadable", str(exc), 502, session=session)
-        if not revisions:
+        latest = found.latest
+        if latest is None:
             message = f"there is no release {release} in {namespace}"
             return error(request, "No such app", message, 404, session=session)
-        latest = revisions[-1]
         try:
             live_part = fragment(
                 "app_live.html",
@@ -816,7 +875,7 @@ def create_app(config: DashboardConfig) -> Starlette:
                 release=release,
                 **app_live(session, namespace, release),
             )
-        except (ApiError, ReleaseError) as exc:
+        except LIVE_PROBLEMS as exc:
             live_part = fragment("problem.html", message=str(exc))
         return page(
             request,
@@ -827,10 +886,10 @@ def create_app(config: DashboardConfig) -> Starlette:
             release=release,
             live_part=live_part,
             latest=latest.release,
-            history=[d.release for d in revisions],
+            history=found.releases,
             values_yaml=_yaml(latest.values, "") if latest.values else "{}\n",
             notes=latest.notes.strip(),
-            problem=problem,
+            problem=problem or latest.problem or None,
         )
 
     def app_view(request: Request, session: Session) -> Response:
@@ -846,10 +905,9 @@ def create_app(config: DashboardConfig) -> Starlette:
     def app_live(session: Session, namespace: str, release: str) -> dict[str, Any]:
         """The app's live part: its objects now, and its Services' network as every node
         programs it, with each node's sync state."""
-        revisions = releases_reader.revisions(session.user, namespace, release)
-        if not revisions:
+        latest = releases_reader.history(session.user, namespace, release).latest
+        if latest is None:
             return {"gone": True}
-        latest = revisions[-1]
         refs, unreadable = object_refs(latest.manifest, namespace)
         live = live_resources(releases_reader.client(session.user), refs)
         nodes = node_infos(memo(shared_memo, "nodes", NAMESPACES_TTL, cluster_nodes))
@@ -857,7 +915,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         health = memo(
             shared_memo,
             "health",
-            config.live_interval,
+            max(HEALTH_TTL, config.live_interval),
             lambda: node_health(nodes, config.proxy_health),
         )
         syncs = {
@@ -881,6 +939,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         seen: dict[str, list[dict[str, Any]]] = {}
         notes: list[str] = []
         for what, path in (
+            ("Services", f"/api/v1/namespaces/{namespace}/services"),
             ("EndpointSlices", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"),
             ("Pods", f"/api/v1/namespaces/{namespace}/pods"),
         ):
@@ -895,15 +954,22 @@ def create_app(config: DashboardConfig) -> Starlette:
             everything = []
             notes.append(f"the cluster's Services could not be listed: {exc.message}")
         changes, errors = preview(
-            rendered, deployed, namespace, everything, seen["EndpointSlices"], seen["Pods"]
+            rendered,
+            deployed,
+            namespace,
+            seen["Services"],
+            everything,
+            seen["EndpointSlices"],
+            seen["Pods"],
         )
         return {"changes": changes, "notes": notes + errors}
 
     def fragment(name: str, **context: Any) -> str:
         return env.get_template(name).render(**context)
 
-    streams: dict[str, int] = {}
+    streams: dict[str, int] = {}  # live streams open, by user
     streams_lock = threading.Lock()
+    live_renders = anyio.CapacityLimiter(LIVE_RENDERS)
 
     def live(render: Callable[[Request, Session], str]) -> Callable[[Request], Awaitable[Response]]:
         """A page part kept current by server-sent events: `render` is run every
@@ -913,24 +979,26 @@ def create_app(config: DashboardConfig) -> Starlette:
             session = await run_in_threadpool(current, request)
             if session is None:
                 return Response("sign in first", status_code=401, media_type="text/plain")
+            who = session.user.key  # per user: one token may hold many sessions
             with streams_lock:
-                if (
-                    streams.get(session.id, 0) >= LIVE_PER_SESSION
-                    or sum(streams.values()) >= LIVE_STREAMS
-                ):
+                if streams.get(who, 0) >= LIVE_PER_USER or sum(streams.values()) >= LIVE_STREAMS:
                     return Response("too many live pages", status_code=429, media_type="text/plain")
-                streams[session.id] = streams.get(session.id, 0) + 1
+                streams[who] = streams.get(who, 0) + 1
 
             async def events() -> Any:
                 last, quiet, started = None, time.monotonic(), time.monotonic()
                 try:
                     yield f"retry: {int(config.live_interval * 1000) + 1000}\n\n"
                     while time.monotonic() - started < LIVE_MAX:
-                        if await request.is_disconnected() or sessions.get(session.id) is None:
+                        if await request.is_disconnected() or sessions.peek(session.id) is None:
                             return
                         try:
-                            html = await run_in_threadpool(render, request, session)
-                        except (ApiError, BadToken, ReleaseError, ValueError) as exc:
+                            # Live renders have threads of their own: they cannot take all
+                            # of those that serve pages.
+                            html = await anyio.to_thread.run_sync(
+                                render, request, session, limiter=live_renders
+                            )
+                        except LIVE_PROBLEMS as exc:
                             html = fragment("problem.html", message=str(exc))
                         if html != last:
                             last, quiet = html, time.monotonic()
@@ -942,9 +1010,9 @@ def create_app(config: DashboardConfig) -> Starlette:
                         await asyncio.sleep(config.live_interval)
                 finally:
                     with streams_lock:
-                        streams[session.id] -= 1
-                        if not streams[session.id]:
-                            del streams[session.id]
+                        streams[who] -= 1
+                        if not streams[who]:
+                            del streams[who]
 
             return StreamingResponse(
                 events(),
@@ -1019,13 +1087,16 @@ def create_app(config: DashboardConfig) -> Starlette:
         user = session.user
         asked = form if form is not None else request.query_params
         try:
-            revisions = releases_reader.revisions(user, namespace, release)
-        except (ApiError, ReleaseError) as exc:
+            deployed = releases_reader.history(user, namespace, release).latest
+        except ApiError as exc:
             return error(request, "App unavailable", str(exc), 502, session=session)
-        if not revisions:
+        if deployed is None:
             message = f"there is no release {release} in {namespace}"
             return error(request, "No such app", message, 404, session=session)
-        deployed = revisions[-1]
+        if deployed.problem:
+            return error(
+                request, "App too large to change here", deployed.problem, 422, session=session
+            )
         current_values = dict(deployed.values)
         chart, current = deployed.release.chart, deployed.release.chart_version
         refresh_catalog()

@@ -62,6 +62,7 @@ OUTSIDE_V6 = "2001:db8::10"
 PREVIEW_LIMITS = ReadLimits(max_file_bytes=32 << 20, max_document_chars=32 << 20, max_depth=64)
 MAX_NODES = 200  # nodes compiled for; beyond, the first by name
 _HEALTH_CHECKS_AT_ONCE = 16
+_HEALTH_TIMEOUT = 1.0
 _CHANGE_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
@@ -73,6 +74,7 @@ class NodeInfo:
     addresses: tuple[str, ...] = ()  # InternalIPs, then ExternalIPs
     zone: str = ""
     pod_cidrs: tuple[str, ...] = ()
+    internal: tuple[str, ...] = ()  # the InternalIPs alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,11 @@ def node_infos(nodes: Iterable[Mapping[str, Any]]) -> list[NodeInfo]:
             for a in addresses
             if isinstance(a, dict) and a.get("type") == kind and _is_ip(a.get("address"))
         ]
+        internal = [
+            str(a.get("address"))
+            for a in addresses
+            if isinstance(a, dict) and a.get("type") == "InternalIP" and _is_ip(a.get("address"))
+        ]
         labels = meta.get("labels") or {}
         cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
         out.append(
@@ -175,6 +182,7 @@ def node_infos(nodes: Iterable[Mapping[str, Any]]) -> list[NodeInfo]:
                 addresses=tuple(dict.fromkeys(ips)),
                 zone=str(labels.get("topology.kubernetes.io/zone", "")),
                 pod_cidrs=tuple(str(c) for c in cidrs),
+                internal=tuple(dict.fromkeys(internal)),
             )
         )
     return sorted(out, key=lambda n: n.name)[:MAX_NODES]
@@ -381,20 +389,31 @@ def _owner(raw: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace", "")), str(labels.get("kubernetes.io/service-name", ""))
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a node's answer is its own: a redirect elsewhere is an error
+
+
+# Node addresses are what each node's kubelet reports: the health check follows no
+# redirect and no proxy from the environment.
+_HEALTH_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
 def node_health(
-    nodes: Sequence[NodeInfo], url_template: str, *, timeout: float = 2.0
+    nodes: Sequence[NodeInfo], url_template: str, *, timeout: float = _HEALTH_TIMEOUT
 ) -> list[NodeHealth]:
-    """Each node's proxy health endpoint (`url_template` with {node} and {address}), asked
-    at once: healthy or not, and when its rules last took in every change."""
+    """Each node's proxy health endpoint (`url_template` with {node} and {address}, its
+    first InternalIP), asked at once: healthy or not, and when its rules last took in
+    every change."""
 
     def ask(node: NodeInfo) -> NodeHealth:
-        if not node.addresses and "{address}" in url_template:
-            return NodeHealth(node.name, None, None, None, "the node has no address")
-        address = node.addresses[0] if node.addresses else ""
+        if not node.internal and "{address}" in url_template:
+            return NodeHealth(node.name, None, None, None, "the node has no InternalIP")
+        address = node.internal[0] if node.internal else ""
         host = f"[{address}]" if ":" in address else address
         url = url_template.format(node=node.name, address=host)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as answer:
+            with _HEALTH_OPENER.open(url, timeout=timeout) as answer:
                 body = json.loads(answer.read(64 << 10))
                 healthy = True
         except urllib.error.HTTPError as exc:
@@ -470,17 +489,36 @@ def _services_in(
     return found
 
 
+def _key(obj: Mapping[str, Any], namespace: str) -> tuple[str, str]:
+    meta = _spec({"spec": obj.get("metadata")})
+    return str(meta.get("namespace") or namespace), str(meta.get("name", ""))
+
+
 def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     spec = (obj or {}).get("spec")
     return spec if isinstance(spec, dict) else {}
 
 
+def _number(value: object) -> int:
+    """A port number as rendered manifests hold it; 0 for anything else (their values
+    are the user's)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 6 else 0
+
+
 def _port_key(port: Mapping[str, Any]) -> tuple[str, int]:
-    return (str(port.get("protocol") or "TCP").upper(), int(port.get("port") or 0))
+    return (str(port.get("protocol") or "TCP").upper(), _number(port.get("port")))
 
 
 def _ports_of(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [p for p in spec.get("ports") or [] if isinstance(p, dict)]
+    ports = spec.get("ports")
+    return [p for p in ports if isinstance(p, dict)] if isinstance(ports, list) else []
+
+
+def _addresses_of(spec: Mapping[str, Any]) -> set[str]:
+    ips = spec.get("externalIPs")
+    return {ip for ip in ips if isinstance(ip, str)} if isinstance(ips, list) else set()
 
 
 def _matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
@@ -542,7 +580,7 @@ def _describe(spec: Mapping[str, Any]) -> list[str]:
             )
     if kind == "LoadBalancer":
         out.append("a LoadBalancer address, from the cluster's load balancer")
-    for ip in spec.get("externalIPs") or []:
+    for ip in sorted(_addresses_of(spec)):
         out.append(f"external IP {ip}: every node answers on it")
     return out
 
@@ -571,9 +609,9 @@ def _compared(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     for what in ("externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity"):
         if after.get(what) and before.get(what) != after.get(what):
             out.append(f"{what} {before.get(what) or 'default'} -> {after.get(what)}")
-    for ip in sorted(set(after.get("externalIPs") or []) - set(before.get("externalIPs") or [])):
+    for ip in sorted(_addresses_of(after) - _addresses_of(before)):
         out.append(f"external IP {ip} added: every node answers on it")
-    for ip in sorted(set(before.get("externalIPs") or []) - set(after.get("externalIPs") or [])):
+    for ip in sorted(_addresses_of(before) - _addresses_of(after)):
         out.append(f"external IP {ip} removed")
     return out
 
@@ -582,38 +620,39 @@ def _conflicts(
     key: tuple[str, str],
     spec: Mapping[str, Any],
     cluster: Mapping[tuple[str, str], Mapping[str, Any]],
+    visible: Iterable[tuple[str, str]],
 ) -> list[str]:
     """What other Services already hold that this one asks for: a NodePort or ClusterIP
     (the API server refuses the install) or an external IP and port (the API server takes
-    it; the proxies can send the traffic to one Service only)."""
+    it; the proxies can send the traffic to one Service only). `cluster` is every Service,
+    as the dashboard itself lists them: one is named only when it is in `visible`, those
+    the user may see."""
+    seen = set(visible)
     out = []
     wanted_ports = {
-        (str(p.get("protocol") or "TCP").upper(), int(p["nodePort"]))
+        (str(p.get("protocol") or "TCP").upper(), _number(p.get("nodePort")))
         for p in _ports_of(spec)
-        if p.get("nodePort")
+        if _number(p.get("nodePort"))
     }
-    wanted_external = {
-        (str(ip), *_port_key(p)) for ip in spec.get("externalIPs") or [] for p in _ports_of(spec)
-    }
+    wanted_external = {(ip, *_port_key(p)) for ip in _addresses_of(spec) for p in _ports_of(spec)}
+    wanted_ip = spec.get("clusterIP") if isinstance(spec.get("clusterIP"), str) else ""
     for other_key, other in sorted(cluster.items()):
         if other_key == key:
             continue
         other_spec = _spec(other)
-        who = f"{other_key[0]}/{other_key[1]}"
+        who = f"{other_key[0]}/{other_key[1]}'s" if other_key in seen else "another Service's"
         for p in _ports_of(other_spec):
-            taken = (str(p.get("protocol") or "TCP").upper(), int(p.get("nodePort") or 0))
+            taken = (str(p.get("protocol") or "TCP").upper(), _number(p.get("nodePort")))
             if taken in wanted_ports:
-                out.append(f"NodePort {taken[1]}/{taken[0]} is {who}'s: the cluster will refuse it")
-        if spec.get("clusterIP") not in (None, "", "None") and spec.get(
-            "clusterIP"
-        ) == other_spec.get("clusterIP"):
-            out.append(f"ClusterIP {spec['clusterIP']} is {who}'s: the cluster will refuse it")
-        for ip in other_spec.get("externalIPs") or []:
+                out.append(f"NodePort {taken[1]}/{taken[0]} is {who}: the cluster will refuse it")
+        if wanted_ip not in ("", "None") and wanted_ip == other_spec.get("clusterIP"):
+            out.append(f"ClusterIP {wanted_ip} is {who}: the cluster will refuse it")
+        for ip in sorted(_addresses_of(other_spec)):
             for p in _ports_of(other_spec):
-                if (str(ip), *_port_key(p)) in wanted_external:
+                if (ip, *_port_key(p)) in wanted_external:
                     proto, port = _port_key(p)
                     out.append(
-                        f"external IP {ip}:{port}/{proto} is also {who}'s: nodes send its "
+                        f"external IP {ip}:{port}/{proto} is also {who}: nodes send its "
                         "traffic to one of the two only"
                     )
     return out
@@ -623,33 +662,34 @@ def preview(
     rendered: str,
     deployed: str,
     namespace: str,
+    visible: Sequence[Mapping[str, Any]],
     cluster_services: Sequence[Mapping[str, Any]],
     slices: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
 ) -> tuple[list[ServiceChange], list[str]]:
     """What installing or upgrading to the `rendered` manifests (from `deployed`, "" for
-    an install) changes on the nodes, Service by Service, against the live cluster's
-    Services, the namespace's EndpointSlices and Pods; and what of the manifests could not
-    be read."""
+    an install) changes on the nodes, Service by Service, against the Services the user
+    sees (`visible`, read with their token), the namespace's EndpointSlices and Pods; and
+    what of the manifests could not be read. `cluster_services`, every Service as the
+    dashboard lists them, only tells what another Service already holds, without naming
+    one the user may not see."""
     new_docs, errors = read_yaml_documents(rendered.encode(), PREVIEW_LIMITS)
     old_docs, _ = read_yaml_documents(deployed.encode(), PREVIEW_LIMITS)
     after = _services_in(new_docs, namespace)
     before = _services_in(old_docs, namespace)
-    cluster = {}
-    for obj in cluster_services:
-        meta = obj.get("metadata") or {}
-        cluster[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = obj
+    cluster = {_key(obj, ""): obj for obj in cluster_services}
+    mine = {_key(obj, namespace): obj for obj in visible}
     out = []
     for key in sorted(after.keys() | before.keys()):
         ns, name = key
         new, old = _spec(after.get(key)), _spec(before.get(key))
-        live = cluster.get(key)
+        live = mine.get(key)
         if key not in after:
             freed = [f"ClusterIP {_spec(live).get('clusterIP')} freed"] if live else []
             freed += [
-                f"NodePort {p['nodePort']}/{_port_key(p)[0]} freed"
+                f"NodePort {_number(p.get('nodePort'))}/{_port_key(p)[0]} freed"
                 for p in _ports_of(_spec(live))
-                if p.get("nodePort")
+                if _number(p.get("nodePort"))
             ]
             lost = sorted(_slice_ips(slices, ns, name))
             out.append(
@@ -664,7 +704,7 @@ def preview(
         # Pods it matches, as the EndpointSlice controller will.
         same = live is not None and (_spec(live).get("selector") or {}) == selector
         predicted = current if same or not selector else _ready_pod_ips(pods, selector)
-        conflicts = tuple(_conflicts(key, new, cluster))
+        conflicts = tuple(_conflicts(key, new, cluster, mine))
         if key not in before and live is None:
             notes = _describe(new)
             if selector and not predicted:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import threading
 import zlib
@@ -23,24 +24,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from nftproxy.dashboard.helm import ApiServer, Credentials, check_namespace, check_release_name
 from nftproxy.kube.client import ApiError, Client, ClusterConfig
 
 __all__ = [
     "LIVE_STATES",
+    "MAX_MANIFEST_CHARS",
     "MAX_RELEASE_BYTES",
+    "MAX_VALUES_BYTES",
+    "History",
     "Release",
     "ReleaseDetail",
     "ReleaseError",
     "ReleaseReader",
     "Releases",
+    "StoredRelease",
     "decode_release",
     "latest_revisions",
     "summary",
     "timestamp_text",
+    "values_of",
 ]
 
-MAX_RELEASE_BYTES = 32 << 20  # decompressed; a release Secret itself is at most 1 MiB
+# Decompressed. A release Secret is at most 1 MiB; its chart's files make most of it, and
+# they are skipped, not built.
+MAX_RELEASE_BYTES = 16 << 20
+MAX_VALUES_BYTES = 1 << 20  # the values a user gave, shown on the app page
+MAX_VALUES_DEPTH = 64
+MAX_MANIFEST_CHARS = 4 << 20  # the manifests an app page reads objects from
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 # A revision that is the release's current one is in one of these states: listing only
 # them leaves out every superseded revision's data.
@@ -55,6 +68,8 @@ LIVE_STATES = (
 )
 _LISTS_AT_ONCE = 8
 _CACHED = 20_000
+_DETAILS = 64  # newest revisions kept in full (the live app pages)
+MAX_NOTES_CHARS = 64 << 10
 _USERS_KEPT = 256  # users whose connections stay open
 
 
@@ -93,6 +108,13 @@ class ReleaseDetail:
     values: Mapping[str, Any]  # the values the user gave (not the chart's defaults)
     manifest: str
     notes: str
+    problem: str = ""  # what of it is too large or broken to show
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    releases: list[Release]  # every revision, oldest first
+    latest: ReleaseDetail | None  # the newest in full; None when there is none
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +134,44 @@ def timestamp_text(text: str) -> str:
     zone = text[len(head) :].lstrip(".0123456789") if "." in text else text[19:]
     try:
         when = datetime.fromisoformat(head[:19] + (zone if zone not in ("", "Z") else "+00:00"))
-    except ValueError:
+        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError):  # a Secret's content is anyone's who may write it
         return text[:40]
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def decode_release(data: str | bytes, what: str = "release") -> dict[str, Any]:
+class _ChartMeta(msgspec.Struct):
+    name: str = ""
+    version: str = ""
+    appVersion: str = ""
+
+
+class _Chart(msgspec.Struct):
+    metadata: _ChartMeta | None = None
+
+
+class _Info(msgspec.Struct):
+    status: str = ""
+    first_deployed: str = ""
+    last_deployed: str = ""
+    description: str = ""
+    notes: str = ""
+
+
+class StoredRelease(msgspec.Struct):
+    """What the dashboard reads of a stored release. The rest (the chart's templates,
+    files, default values, hooks) is skipped while decoding, never built; the values given
+    stay raw until the app page asks for them."""
+
+    name: str = ""
+    namespace: str = ""
+    version: int = 0
+    info: _Info | None = None
+    chart: _Chart | None = None
+    config: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    manifest: str = ""
+
+
+def decode_release(data: str | bytes, what: str = "release") -> StoredRelease:
     """A release as helm stores it: base64 of gzipped JSON (plain JSON also read), within
     MAX_RELEASE_BYTES once decompressed."""
     try:
@@ -132,38 +186,60 @@ def decode_release(data: str | bytes, what: str = "release") -> dict[str, Any]:
             raise ReleaseError(f"{what}: not gzip: {exc}") from None
         if len(raw) > MAX_RELEASE_BYTES or inflater.unconsumed_tail:
             raise ReleaseError(f"{what}: larger than {MAX_RELEASE_BYTES >> 20} MiB unpacked")
+    elif len(raw) > MAX_RELEASE_BYTES:
+        raise ReleaseError(f"{what}: larger than {MAX_RELEASE_BYTES >> 20} MiB")
     try:
-        release = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return msgspec.json.decode(raw, type=StoredRelease)
+    except msgspec.ValidationError as exc:
+        raise ReleaseError(f"{what}: not a release: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ReleaseError(f"{what}: not JSON: {exc}") from None
-    if not isinstance(release, dict):
-        raise ReleaseError(f"{what}: not a release object")
-    return release
 
 
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+def values_of(stored: StoredRelease, what: str = "release") -> dict[str, Any]:
+    """The values the user gave the release, within MAX_VALUES_BYTES and nesting."""
+    raw = bytes(stored.config)
+    if len(raw) > MAX_VALUES_BYTES:
+        raise ReleaseError(f"{what}: its values are larger than {MAX_VALUES_BYTES >> 10} KiB")
+    try:
+        values = msgspec.json.decode(raw) if raw else None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ReleaseError(f"{what}: its values are not JSON: {exc}") from None
+    if not _shallow(values, MAX_VALUES_DEPTH):
+        raise ReleaseError(f"{what}: its values nest deeper than {MAX_VALUES_DEPTH} levels")
+    return values if isinstance(values, dict) else {}
 
 
-def _obj(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
+def _shallow(value: object, limit: int) -> bool:
+    """Whether `value` nests no deeper than `limit` (walked without recursion)."""
+    level: list[object] = [value]
+    for _ in range(limit + 1):
+        deeper: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                deeper.extend(item.values())
+            elif isinstance(item, list):
+                deeper.extend(item)
+        if not deeper:
+            return True
+        level = deeper
+    return False
 
 
-def summary(release: Mapping[str, Any], namespace: str) -> Release:
+def summary(stored: StoredRelease, namespace: str) -> Release:
     """The app list's view of a decoded release."""
-    info = _obj(release.get("info"))
-    meta = _obj(_obj(release.get("chart")).get("metadata"))
-    version = release.get("version")
+    info = stored.info or _Info()
+    meta = (stored.chart.metadata if stored.chart else None) or _ChartMeta()
     return Release(
-        name=_text(release.get("name")),
-        namespace=_text(release.get("namespace")) or namespace,
-        revision=version if isinstance(version, int) else 0,
-        status=_text(info.get("status")) or "unknown",
-        chart=_text(meta.get("name")),
-        chart_version=_text(meta.get("version")),
-        app_version=_text(meta.get("appVersion")),
-        updated=_text(info.get("last_deployed")) or _text(info.get("first_deployed")),
-        description=_text(info.get("description")),
+        name=stored.name,
+        namespace=stored.namespace or namespace,
+        revision=stored.version,
+        status=info.status or "unknown",
+        chart=meta.name,
+        chart_version=meta.version,
+        app_version=meta.appVersion,
+        updated=info.last_deployed or info.first_deployed,
+        description=info.description,
     )
 
 
@@ -189,7 +265,7 @@ def latest_revisions(
     return newest
 
 
-def _secret_release(secret: Mapping[str, Any]) -> dict[str, Any]:
+def _secret_release(secret: Mapping[str, Any]) -> StoredRelease:
     meta = secret.get("metadata") or {}
     what = f"Secret {meta.get('namespace', '?')}/{meta.get('name', '?')}"
     data = (secret.get("data") or {}).get("release")
@@ -213,6 +289,7 @@ class ReleaseReader:
         self._cached = cached
         self._lock = threading.Lock()
         self._summaries: OrderedDict[tuple[str, str, str], Release] = OrderedDict()
+        self._details: OrderedDict[tuple[str, str, str], ReleaseDetail] = OrderedDict()
         self._clients: OrderedDict[str, Client] = OrderedDict()
 
     def client(self, user: Credentials) -> Client:
@@ -336,7 +413,7 @@ class ReleaseReader:
                 if key is None:
                     continue
                 try:
-                    release = summary(_secret_release(secret), ns)
+                    release = _labelled(summary(_secret_release(secret), ns), *key)
                 except ReleaseError as exc:
                     release = _unreadable(key, str(exc))
                 out.append((key, release, str(meta.get("resourceVersion"))))
@@ -348,19 +425,83 @@ class ReleaseReader:
                     for key, release, version in batch:
                         found[key] = release
                         self._summaries[(key[0], str(newest[key].get("name")), version)] = release
-                    while len(self._summaries) > self._cached:
-                        self._summaries.popitem(last=False)
+                    _trim(self._summaries, self._cached)
         return found
 
     # --- one release ----------------------------------------------------------------------
 
-    def revisions(self, user: Credentials, namespace: str, name: str) -> list[ReleaseDetail]:
-        """Every revision of one release, oldest first ([] when there is none)."""
+    def history(self, user: Credentials, namespace: str, name: str) -> History:
+        """Every revision of one release, oldest first, and the newest in full. Only
+        revisions not seen before are fetched and decoded."""
         namespace, name = check_namespace(namespace), check_release_name(name)
+        client = self.client(user)
+        path = f"/api/v1/namespaces/{namespace}/secrets"
         selector = {"labelSelector": f"owner=helm,name={name}"}
-        answer = self.client(user).get(f"/api/v1/namespaces/{namespace}/secrets", selector)
-        details = [_detail(s, namespace) for s in json.loads(answer).get("items") or []]
-        return sorted(details, key=lambda d: d.release.revision)
+        listed = json.loads(client.get(path, selector, accept=METADATA_LIST)).get("items") or []
+        metas = sorted(
+            (m for m in (item.get("metadata") or {} for item in listed) if m.get("name")),
+            key=lambda m: _revision(m.get("labels") or {}),
+        )
+        if not metas:
+            return History([], None)
+        keys = [(namespace, str(m["name"]), str(m.get("resourceVersion"))) for m in metas]
+        with self._lock:
+            known = {k: self._summaries[k] for k in keys if k in self._summaries}
+            detail = self._details.get(keys[-1])
+        wanted = [k for k in keys if k not in known]
+        if detail is None and keys[-1] not in wanted:
+            wanted.append(keys[-1])
+        fetched = self._fetch(client, namespace, name, [k[1] for k in wanted])
+        with self._lock:
+            for key in wanted:
+                stored = fetched.get(key[1])
+                if isinstance(stored, StoredRelease):
+                    found = _labelled(summary(stored, namespace), namespace, name)
+                    known[key] = self._summaries[key] = found
+                    if key == keys[-1] and detail is None:
+                        detail = self._details[key] = _detail(
+                            stored, found, f"{namespace}/{key[1]}"
+                        )
+                else:
+                    why = str(stored) if stored is not None else "gone while reading"
+                    known[key] = _unreadable((namespace, name), why)
+            _trim(self._summaries, self._cached)
+            _trim(self._details, _DETAILS)
+        releases = sorted(known.values(), key=lambda r: r.revision)
+        return History(releases, detail)
+
+    def _fetch(
+        self, client: Client, namespace: str, name: str, secrets: list[str]
+    ) -> dict[str, StoredRelease | ReleaseError]:
+        """The named release Secrets decoded (one GET for one, else one list)."""
+        if not secrets:
+            return {}
+        path = f"/api/v1/namespaces/{namespace}/secrets"
+        if len(secrets) == 1:
+            items = [json.loads(client.get(f"{path}/{secrets[0]}"))]
+        else:
+            selector = {"labelSelector": f"owner=helm,name={name}"}
+            items = json.loads(client.get(path, selector)).get("items") or []
+        out: dict[str, StoredRelease | ReleaseError] = {}
+        for secret in items:
+            secret_name = str((secret.get("metadata") or {}).get("name"))
+            if secret_name in secrets:
+                try:
+                    out[secret_name] = _secret_release(secret)
+                except ReleaseError as exc:
+                    out[secret_name] = exc
+        return out
+
+
+def _trim(cache: OrderedDict[Any, Any], size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
+def _labelled(release: Release, namespace: str, name: str) -> Release:
+    """A release named as its Secret is (labels and namespace), not as its content says:
+    a Secret's content is anyone's who may write Secrets there."""
+    return dataclasses.replace(release, name=name, namespace=namespace)
 
 
 def _namespace(item: Mapping[str, Any]) -> str:
@@ -371,13 +512,17 @@ def _unreadable(key: tuple[str, str], why: str) -> Release:
     return Release(key[1], key[0], 0, "unreadable", "", "", "", "", why)
 
 
-def _detail(secret: Mapping[str, Any], namespace: str) -> ReleaseDetail:
-    release = _secret_release(secret)
-    info = _obj(release.get("info"))
-    config = release.get("config")
-    return ReleaseDetail(
-        release=summary(release, namespace),
-        values=config if isinstance(config, dict) else {},
-        manifest=_text(release.get("manifest")),
-        notes=_text(info.get("notes")),
-    )
+def _detail(stored: StoredRelease, release: Release, what: str) -> ReleaseDetail:
+    try:
+        values: Mapping[str, Any] = values_of(stored, what)
+        problem = ""
+    except ReleaseError as exc:
+        values, problem = {}, str(exc)
+    manifest = stored.manifest
+    if len(manifest) > MAX_MANIFEST_CHARS:
+        manifest, problem = (
+            "",
+            f"{what}: its manifests are larger than {MAX_MANIFEST_CHARS >> 20} MiB",
+        )
+    notes = (stored.info.notes if stored.info else "")[:MAX_NOTES_CHARS]
+    return ReleaseDetail(release, values, manifest, notes, problem)

@@ -5,10 +5,12 @@ Ingresses, and the rest by name), each with a status a user can act on."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from nftproxy.kube.client import ApiError, Client
 from nftproxy.sources.manifests import ReadLimits, read_yaml_documents
@@ -25,7 +27,7 @@ __all__ = [
     "status_of",
 ]
 
-MANIFEST_LIMITS = ReadLimits(max_file_bytes=32 << 20, max_document_chars=32 << 20, max_depth=64)
+MANIFEST_LIMITS = ReadLimits(max_file_bytes=4 << 20, max_document_chars=4 << 20, max_depth=64)
 MAX_OBJECTS = 500  # objects of one app looked up
 _READS_AT_ONCE = 8
 
@@ -87,12 +89,22 @@ def object_refs(manifest: str, namespace: str) -> tuple[list[ObjectRef], list[st
     return sorted(set(refs))[:MAX_OBJECTS], errors
 
 
+# Object names and namespaces as the API server accepts them: anything else in a release's
+# manifests (a "/" reaching a subresource such as services/proxy, a "?" adding a query) is
+# not looked up. The manifests are anyone's who may write Secrets in the namespace.
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def api_path(ref: ObjectRef) -> str | None:
+    """The object's API path, or None for a kind not looked up or a name the API server
+    would not have accepted."""
     known = _KINDS.get(ref.kind)
-    if known is None:
+    if known is None or not _NAME.fullmatch(ref.name) or not _NAMESPACE.fullmatch(ref.namespace):
         return None
     prefix, plural, _ = known
-    return f"/{prefix}/namespaces/{ref.namespace}/{plural}/{ref.name}"
+    name, namespace = quote(ref.name, safe=""), quote(ref.namespace, safe="")
+    return f"/{prefix}/namespaces/{namespace}/{plural}/{name}"
 
 
 def _get(obj: Mapping[str, Any], *keys: str) -> Any:
