@@ -24,7 +24,7 @@ from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
 from nftproxy.dashboard.releases import ReleaseReader
 from nftproxy.health import ProxierHealth, serve_healthz
 from nftproxy.lab.apiserver import ControlPlane, free_ports
-from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.charts import WEB_APP, HttpChartRepo, write_chart
 from tests.support.browser import Browser
 from tests.support.dashboard import endpoint_slice, explain_cli, service_with_slices
 from tests.support.users import EVERYTHING, namespace, ok, user
@@ -32,35 +32,6 @@ from tests.support.users import EVERYTHING, namespace, ok, user
 # explain's node: the one the dashboard knows (node-a), a pod there sends.
 FROM_POD = ("--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16", "--from", "10.244.0.2")
 DEADLINE = 60.0  # for a live page to show a change; it comes within a few intervals
-
-DEPLOYMENT = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  replicas: {{ .Values.replicas }}
-  selector:
-    matchLabels: {app: {{ .Release.Name }}}
-  template:
-    metadata:
-      labels: {app: {{ .Release.Name }}}
-    spec:
-      containers:
-      - name: web
-        image: registry.example/web:1
-"""
-SERVICE = """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  type: NodePort
-  selector: {app: {{ .Release.Name }}}
-  ports:
-  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
-"""
 
 
 EDGE_SERVICE = """\
@@ -116,7 +87,7 @@ def repo(packager: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
                     "webapp",
                     "1.0.0",
                     values="replicas: 2\n",
-                    templates={"deployment.yaml": DEPLOYMENT, "service.yaml": SERVICE},
+                    templates=WEB_APP,
                 ),
                 write_chart(src / "n", "note", "0.1.0", templates={}),
                 with_readme(

@@ -12,7 +12,51 @@ from types import TracebackType
 
 from nftproxy.dashboard.helm import Helm
 
-__all__ = ["HttpChartRepo", "write_chart"]
+__all__ = ["AGNHOST_IMAGE", "WEB_APP", "HttpChartRepo", "write_chart"]
+
+# The e2e image the project's cluster builds (lab.cluster.images): `netexec` answers HTTP on
+# 8080, /hostname with the pod's name.
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.63.0"
+# A web app's templates: agnhost netexec (`replicas` of them, ready once /hostname answers,
+# `message` in their environment) behind a Service (`service.type`, NodePort unless given;
+# `service.port`, 80 unless given; its port named http).
+WEB_APP = {
+    "deployment.yaml": f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{{{ .Release.Name }}}}
+spec:
+  replicas: {{{{ .Values.replicas }}}}
+  selector:
+    matchLabels: {{app: {{{{ .Release.Name }}}}}}
+  template:
+    metadata:
+      labels: {{app: {{{{ .Release.Name }}}}}}
+    spec:
+      containers:
+      - name: web
+        image: {AGNHOST_IMAGE}
+        args: [netexec, --http-port=8080]
+        ports: [{{containerPort: 8080}}]
+        env:
+        - {{name: MESSAGE, value: {{{{ .Values.message | default "" | quote }}}}}}
+        readinessProbe:
+          httpGet: {{path: /hostname, port: 8080}}
+          periodSeconds: 1
+""",
+    "service.yaml": """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  type: {{ (.Values.service).type | default "NodePort" }}
+  selector: {app: {{ .Release.Name }}}
+  ports:
+  - {name: http, port: {{ (.Values.service).port | default 80 }}, targetPort: 8080, protocol: TCP}
+""",
+}
 
 
 def write_chart(

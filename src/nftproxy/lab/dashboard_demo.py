@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from nftproxy.lab.apiserver import BinariesMissing, ControlPlane, start_control_plane
-from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.charts import WEB_APP, HttpChartRepo, write_chart
 from nftproxy.lab.users import EVERYTHING, VIEW, grant, namespace, user
 
 __all__ = ["add_parser", "cmd_dashboard_demo", "demo_charts"]
@@ -60,7 +60,6 @@ WEB_SCHEMA = {
                 },
             },
         },
-        "debug": {"type": "boolean", "title": "Debug logging"},
     },
 }
 WEB_VALUES = """\
@@ -69,41 +68,9 @@ message: Hello from the demo
 service:
   type: ClusterIP
   port: 80
-debug: false
 """
 WEB_TEMPLATES = {
-    "deployment.yaml": """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  replicas: {{ .Values.replicas }}
-  selector:
-    matchLabels: {app: {{ .Release.Name }}}
-  template:
-    metadata:
-      labels: {app: {{ .Release.Name }}}
-    spec:
-      containers:
-      - name: web
-        image: registry.k8s.io/e2e-test-images/agnhost:2.53
-        args: [netexec, --http-port=8080]
-        env:
-        - {name: MESSAGE, value: {{ .Values.message | quote }}}
-        - {name: DEBUG, value: {{ .Values.debug | quote }}}
-""",
-    "service.yaml": """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  type: {{ .Values.service.type }}
-  selector: {app: {{ .Release.Name }}}
-  ports:
-  - {name: http, port: {{ .Values.service.port }}, targetPort: 8080, protocol: TCP}
-""",
+    **WEB_APP,
     "NOTES.txt": "{{ .Release.Name }} answers on port {{ .Values.service.port }} of its Service.\n",
 }
 
@@ -134,7 +101,7 @@ def demo_charts(root: Path) -> list[Path]:
             values=WEB_VALUES,
             templates=WEB_TEMPLATES,
             schema=json.dumps(WEB_SCHEMA),
-            app_version="2.53",
+            app_version="2.63.0",
         ),
         write_chart(
             root / "b",
@@ -143,7 +110,7 @@ def demo_charts(root: Path) -> list[Path]:
             values=WEB_VALUES,
             templates=newer,
             schema=json.dumps(WEB_SCHEMA),
-            app_version="2.53",
+            app_version="2.63.0",
         ),
         write_chart(
             root / "c",

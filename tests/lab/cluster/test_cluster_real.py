@@ -39,7 +39,7 @@ from nftproxy.dashboard.helm import ApiServer, Credentials, Helm, HelmMissing, f
 from nftproxy.dashboard.network import OUTSIDE_V4
 from nftproxy.kernel.netns import run_in_netns, setns
 from nftproxy.kube.client import Client, load_kubeconfig
-from nftproxy.lab.charts import HttpChartRepo, write_chart
+from nftproxy.lab.charts import WEB_APP, HttpChartRepo, write_chart
 from nftproxy.lab.cluster import e2e
 from nftproxy.lab.cluster.cluster import Cluster, bin_dir, hierarchies
 from nftproxy.lab.cluster.config import KUBELET_SYSCTLS, POD_NET, Node, Spec
@@ -217,39 +217,6 @@ def test_a_pod_resolves_a_service_name_through_coredns(cluster: Cluster) -> None
 
 # --- an app deployed through the dashboard ---------------------------------------------------
 
-WEB_DEPLOYMENT = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  replicas: {{ .Values.replicas }}
-  selector:
-    matchLabels: {app: {{ .Release.Name }}}
-  template:
-    metadata:
-      labels: {app: {{ .Release.Name }}}
-    spec:
-      containers:
-      - name: web
-        image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
-        args: [netexec, --http-port=8080]
-        ports: [{containerPort: 8080}]
-        readinessProbe:
-          httpGet: {path: /hostname, port: 8080}
-          periodSeconds: 1
-"""
-WEB_SERVICE = """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {{ .Release.Name }}
-spec:
-  type: NodePort
-  selector: {app: {{ .Release.Name }}}
-  ports:
-  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
-"""
 WEB_SCHEMA = {
     "type": "object",
     "properties": {
@@ -483,7 +450,7 @@ def test_an_app_deployed_through_the_dashboard_runs_and_its_page_shows_its_netwo
         "web",
         "1.0.0",
         values="replicas: 2\n",
-        templates={"deployment.yaml": WEB_DEPLOYMENT, "service.yaml": WEB_SERVICE},
+        templates=WEB_APP,
         schema=json.dumps(WEB_SCHEMA),
     )
     # The repository listens on the control plane namespace's loopback, where helm runs.
