@@ -378,6 +378,9 @@ def test_a_deploy_preview_shows_what_changes_on_the_nodes_and_what_clashes(
     assert status == 303, page
     status, svc = cp.request("GET", f"/api/v1/namespaces/{ns}/services/edgy")
     assert status == 200 and svc["spec"]["ports"][0]["nodePort"] == 30556
+    # The same name again: said at once, before any preview or helm.
+    status, page = browser.post("/deploy", form | {"values_yaml": fine, "action": "preview"})
+    assert status == 422 and f"edgy already exists in {ns}" in page
 
 
 def test_the_form_and_the_yaml_editor_agree_both_ways(

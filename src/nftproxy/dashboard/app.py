@@ -720,6 +720,16 @@ def create_app(config: DashboardConfig) -> Starlette:
                 check(release if name == "release" else namespace)
             except ValueError as exc:
                 errors[name] = str(exc)
+        if not errors:
+            try:
+                existing = releases_reader.history(session.user, namespace, release).latest
+            except ApiError:
+                existing = None  # not allowed to look: helm answers when it installs
+            if existing is not None and existing.release.status != "uninstalled":
+                errors["release"] = (
+                    f"{release} already exists in {namespace}: upgrade it from its page, "
+                    "or choose another name"
+                )
         values, value_errors = read_values(answers, files, source, files.values)
         errors.update(value_errors)
         again: dict[str, Any] = {"release": release, "namespace": namespace, "source": source}
@@ -885,12 +895,21 @@ def create_app(config: DashboardConfig) -> Starlette:
             namespace=namespace,
             release=release,
             live_part=live_part,
+            may_change=may_change(session, namespace),
             latest=latest.release,
             history=found.releases,
             values_yaml=_yaml(latest.values, "") if latest.values else "{}\n",
             notes=latest.notes.strip(),
             problem=problem or latest.problem or None,
         )
+
+    def may_change(session: Session, namespace: str) -> bool:
+        """Whether the user may change releases in `namespace` (create Secrets there, as
+        helm does): pages offer changes only then. RBAC decides again when helm acts."""
+        try:
+            return namespace in deployable(session)
+        except (ApiError, BadToken):
+            return True  # cannot tell: offer it, and let the cluster answer
 
     def app_view(request: Request, session: Session) -> Response:
         return app_page(request, session)
@@ -911,7 +930,9 @@ def create_app(config: DashboardConfig) -> Starlette:
         refs, unreadable = object_refs(latest.manifest, namespace)
         live = live_resources(releases_reader.client(session.user), refs)
         nodes = node_infos(memo(shared_memo, "nodes", NAMESPACES_TTL, cluster_nodes))
-        networks = service_networks(live.services, live.slices, nodes, config.cluster_cidrs)
+        networks = service_networks(
+            live.services, live.slices, nodes, config.cluster_cidrs, live.unknown_endpoints
+        )
         health = memo(
             shared_memo,
             "health",

@@ -311,6 +311,7 @@ def service_networks(
     slices: Sequence[Mapping[str, Any]],
     nodes: Sequence[NodeInfo],
     cluster_cidrs: Sequence[str] = (),
+    unknown_endpoints: Mapping[tuple[str, str], str] | None = None,
 ) -> list[ServiceNetwork]:
     """For each Service (API JSON), where each way into it leads on every node, computed
     from these Services and EndpointSlices by the proxy's compiler and `explain`. Nodes that
@@ -362,6 +363,25 @@ def service_networks(
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         sid = ServiceName(ns, name)
         owned = [s for s in slices if _owner(s) == (ns, name)]
+        blind = (unknown_endpoints or {}).get((ns, name))
+        if blind is not None:
+            out.append(
+                ServiceNetwork(
+                    namespace=ns,
+                    name=name,
+                    kind=_kind(raw),
+                    policies=_policies(raw),
+                    endpoints=0,
+                    paths=(),
+                    changed=last_change([raw]),
+                    problems=(
+                        "its EndpointSlices could not be read with your rights, so where "
+                        f"connections go is not shown ({blind})",
+                        *problems.get((ns, name), ()),
+                    ),
+                )
+            )
+            continue
         paths = tuple(
             Path(entry, who, tuple(n for n in names if n), shares)
             for (entry, who, shares), names in sorted(

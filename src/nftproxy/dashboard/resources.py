@@ -210,6 +210,8 @@ class LiveApp:
     resources: list[Resource]
     services: list[dict[str, Any]]  # the app's Services as the API has them
     slices: list[dict[str, Any]]  # and their EndpointSlices
+    # Services whose EndpointSlices could not be read (the user's rights, say), and why.
+    unknown_endpoints: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def live_resources(client: Client, refs: Sequence[ObjectRef]) -> LiveApp:
@@ -217,6 +219,7 @@ def live_resources(client: Client, refs: Sequence[ObjectRef]) -> LiveApp:
     the Pods of each workload under it; the EndpointSlices of each Service."""
     services: list[dict[str, Any]] = []
     slices: list[dict[str, Any]] = []
+    unknown: dict[tuple[str, str], str] = {}
 
     def read(ref: ObjectRef) -> Resource:
         path = api_path(ref)
@@ -240,8 +243,8 @@ def live_resources(client: Client, refs: Sequence[ObjectRef]) -> LiveApp:
                     {"labelSelector": f"kubernetes.io/service-name={ref.name}"},
                 )
                 slices.extend(json.loads(owned).get("items") or [])
-            except ApiError:
-                pass  # the network panel says it has no endpoints it may see
+            except ApiError as exc:
+                unknown[(ref.namespace, ref.name)] = exc.message
         status, healthy, details = status_of(ref.kind, obj)
         pods: tuple[Resource, ...] = ()
         selector = _selector(obj) if ref.kind in _WORKLOADS else None
@@ -258,7 +261,7 @@ def live_resources(client: Client, refs: Sequence[ObjectRef]) -> LiveApp:
     with ThreadPoolExecutor(_READS_AT_ONCE, thread_name_prefix="resources") as pool:
         found = list(pool.map(read, refs))
     key = _by_name
-    return LiveApp(found, sorted(services, key=key), sorted(slices, key=key))
+    return LiveApp(found, sorted(services, key=key), sorted(slices, key=key), unknown)
 
 
 def _by_name(obj: Mapping[str, Any]) -> tuple[str, str]:

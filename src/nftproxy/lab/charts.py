@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,14 +69,20 @@ def write_chart(
     values: str = "replicas: 1\n",
     templates: dict[str, str] | None = None,
     schema: str | None = None,
+    description: str = "",
+    readme: str | None = None,
 ) -> Path:
-    """A chart's source directory: Chart.yaml, values.yaml, templates (and a values schema)."""
+    """A chart's source directory: Chart.yaml, values.yaml, templates (and a values schema,
+    a README)."""
     chart = root / f"{name}-{version}"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text(
         f"apiVersion: v2\nname: {name}\nversion: {version}\nappVersion: {app_version!r}\n"
-        f"description: {name} for tests\ntype: application\n"
+        f"description: {json.dumps(description) if description else f'{name} for tests'}\n"
+        "type: application\n"
     )
+    if readme is not None:
+        (chart / "README.md").write_text(readme)
     (chart / "values.yaml").write_text(values)
     if schema is not None:
         (chart / "values.schema.json").write_text(schema)

@@ -85,6 +85,24 @@ data:
 """
 
 
+WEB_DESCRIPTION = "A small web server (agnhost netexec) behind a Service"
+WEB_README = """\
+# webapp
+
+A small web server: [agnhost](https://github.com/kubernetes/kubernetes/tree/master/test/images/agnhost)
+`netexec`, which answers `/hostname` with its pod's name, behind a Service.
+
+| value | what |
+|---|---|
+| `replicas` | how many copies run (1-10) |
+| `message` | a greeting in their environment |
+| `service.type` | `ClusterIP` or `NodePort` |
+| `service.port` | the Service's port |
+
+Version 1.1.0 adds a ConfigMap with the greeting.
+"""
+
+
 def demo_charts(root: Path) -> list[Path]:
     """The demo repository's charts: `webapp` (a values schema; 1.0.0 and 1.1.0) and
     `notes` (no schema: values as YAML only)."""
@@ -102,6 +120,8 @@ def demo_charts(root: Path) -> list[Path]:
             templates=WEB_TEMPLATES,
             schema=json.dumps(WEB_SCHEMA),
             app_version="2.63.0",
+            description=WEB_DESCRIPTION,
+            readme=WEB_README,
         ),
         write_chart(
             root / "b",
@@ -111,6 +131,8 @@ def demo_charts(root: Path) -> list[Path]:
             templates=newer,
             schema=json.dumps(WEB_SCHEMA),
             app_version="2.63.0",
+            description=WEB_DESCRIPTION,
+            readme=WEB_README,
         ),
         write_chart(
             root / "c",
@@ -118,6 +140,9 @@ def demo_charts(root: Path) -> list[Path]:
             "0.1.0",
             values="text: hello\n",
             templates={"cm.yaml": NOTES_CONFIGMAP},
+            description="A note kept in a ConfigMap: a chart without a values schema",
+            readme="# notes\n\nKeeps `text` in a ConfigMap. It has no values schema: its values "
+            "are edited as YAML.\n",
         ),
     ]
     return charts
