@@ -27,7 +27,7 @@ from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import WEB_APP, HttpChartRepo, write_chart
 from tests.support.browser import Browser
 from tests.support.dashboard import endpoint_slice, explain_cli, service_with_slices
-from tests.support.users import EVERYTHING, namespace, ok, user
+from tests.support.users import EVERYTHING, VIEW, namespace, ok, user
 
 # explain's node: the one the dashboard knows (node-a), a pod there sends.
 FROM_POD = ("--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16", "--from", "10.244.0.2")
@@ -314,6 +314,15 @@ def test_an_app_page_shows_its_objects_and_its_network_as_the_node_programs_it(
     objects = service_with_slices(cp, ns, "shop")
     assert panel_shares(part) == explain_cli(objects, tmp_path, f"{cluster_ip}:80/tcp", *FROM_POD)
     assert len(panel_shares(part)) == 3
+    # A viewer who may not read EndpointSlices is told so, not shown a Service without
+    # endpoints; nor is a change offered.
+    viewer = Browser(dashboard, user(cp, ns, "viewer", VIEW).token)
+    status, page = viewer.get(f"/apps/{ns}/shop")
+    assert status == 200, page
+    assert "its EndpointSlices could not be read with your rights" in page
+    assert "refused (no endpoint" not in page and "<caption>ClusterIP" not in page
+    assert "You may look at this app, not change it" in page
+    assert "Upgrade or change values" not in page and "Delete shop" not in page
 
 
 def form_of(browser: Browser, path: str) -> dict[str, str]:
