@@ -203,6 +203,9 @@ def test_deploying_from_the_form_makes_the_release_and_its_objects(
     page.get_by_label("Tier").select_option("worker")
     page.get_by_label("Debug logging").select_option("true")
     page.get_by_label("Service port").fill("8080")
+    values = page.get_by_label("The chart's values; the form's fields are part of them.")
+    expect(values).to_have_value(re.compile(r"^  port: 8080$", re.M))  # the YAML followed
+    expect(values).to_have_value(re.compile(r"^replicaCount: 3$", re.M))
     screenshot(page, "deploy-form")
     page.get_by_role("button", name="Deploy").click()
 
