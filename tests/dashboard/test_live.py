@@ -6,6 +6,8 @@ node, matched against `nftproxy explain` and followed when an EndpointSlice chan
 
 from __future__ import annotations
 
+import base64
+import gzip
 import html
 import json
 import re
@@ -21,7 +23,7 @@ import uvicorn
 from nftproxy.dashboard.app import DashboardConfig, create_app
 from nftproxy.dashboard.catalog import RepoConfig
 from nftproxy.dashboard.helm import ApiServer, Credentials, Helm
-from nftproxy.dashboard.releases import ReleaseReader
+from nftproxy.dashboard.releases import DECODED_REVISIONS, ReleaseReader
 from nftproxy.health import ProxierHealth, serve_healthz
 from nftproxy.lab.apiserver import ControlPlane, free_ports
 from nftproxy.lab.charts import WEB_APP, HttpChartRepo, write_chart
@@ -442,3 +444,50 @@ def test_a_charts_page_shows_its_readme_without_its_markup_and_its_values(
     assert "nodePort: 30555" in page  # the default values
     assert 'href="/deploy?repo=main&amp;chart=edge&amp;version=1.0.0"' in page
     assert browser.get("/catalog/main/no-such-chart")[0] == 404
+
+
+def test_a_long_or_broken_history_is_read_within_bounds(
+    request: pytest.FixtureRequest, cp: ControlPlane, world: dict[str, str]
+) -> None:
+    """Release Secrets written by anyone who may write Secrets there: 40 revisions (only
+    the newest DECODED_REVISIONS are decoded, the others shown as their labels say), and
+    a newest revision that is not a release (shown, saying why, and remembered as such)."""
+    ns = world["mine"]
+
+    def write(name: str, revision: int, data: bytes) -> None:
+        secret = {
+            "metadata": {
+                "name": f"sh.helm.release.v1.{name}.v{revision}",
+                "labels": {
+                    "owner": "helm",
+                    "name": name,
+                    "version": str(revision),
+                    "status": "deployed" if revision == 40 else "superseded",
+                },
+            },
+            "type": "helm.sh/release.v1",
+            "data": {"release": base64.b64encode(data).decode()},
+        }
+        ok(cp, "POST", f"/api/v1/namespaces/{ns}/secrets", secret)
+
+    for revision in range(1, 41):
+        release = {
+            "name": "many",
+            "version": revision,
+            "info": {"status": "x"},
+            "chart": {"metadata": {"name": "c", "version": f"1.0.{revision}"}},
+        }
+        write("many", revision, base64.b64encode(gzip.compress(json.dumps(release).encode())))
+    write("broken", 1, b"not a release")
+    reader = ReleaseReader(ApiServer(cp.url, insecure=True))
+    request.addfinalizer(reader.close)
+    alice = Credentials(world["alice"])
+    history = reader.history(alice, ns, "many")
+    assert [r.revision for r in history.releases] == list(range(1, 41))
+    assert history.releases[-1].chart_version == "1.0.40"
+    decoded = [r for r in history.releases if r.chart_version]
+    assert len(decoded) == DECODED_REVISIONS
+    assert history.releases[0].description == "not read"
+    broken = reader.history(alice, ns, "broken")
+    assert broken.latest is not None and "not base64" in broken.latest.problem
+    assert broken.releases[0].status == "unreadable"

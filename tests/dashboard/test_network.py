@@ -224,7 +224,7 @@ metadata: {name: web}
 spec:
   type: NodePort
   externalIPs: [192.0.2.7, {not: an address}]
-  ports: [{port: 80, nodePort: 30555}, {port: x, nodePort: "y"}, not-a-port]
+  ports: [{port: 80, nodePort: 30555}, {port: x, nodePort: "\u00b2"}, not-a-port]
 """
     elsewhere = service("hidden", "10.96.0.20", node_port=30555)
     elsewhere["metadata"]["namespace"] = "secret-ns"

@@ -3,7 +3,7 @@ clock the test moves."""
 
 from __future__ import annotations
 
-from nftproxy.dashboard.app import Sessions
+from nftproxy.dashboard.app import Sessions, streamer
 from nftproxy.dashboard.helm import Credentials
 
 
@@ -38,3 +38,13 @@ def test_a_live_page_does_not_keep_a_session_from_going_idle() -> None:
         assert sessions.peek(session.id) is not None or clock.now - 1000 > 60
     assert sessions.peek(session.id) is None
     assert sessions.get(session.id) is None
+
+
+def test_live_streams_count_a_namespaces_service_accounts_as_one() -> None:
+    """Whoever may create service accounts' tokens in a namespace holds them all: minting
+    more does not buy more streams."""
+    assert streamer("system:serviceaccount:team-a:alice") == "system:serviceaccount:team-a"
+    assert streamer("system:serviceaccount:team-a:minted-7") == "system:serviceaccount:team-a"
+    assert streamer("system:serviceaccount:team-b:alice") == "system:serviceaccount:team-b"
+    assert streamer("alice@example.org") == "alice@example.org"
+    assert streamer("system:serviceaccount:odd") == "system:serviceaccount:odd"

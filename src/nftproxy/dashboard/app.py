@@ -14,7 +14,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +58,7 @@ from nftproxy.dashboard.network import (
     sync_state,
 )
 from nftproxy.dashboard.releases import ReleaseError, ReleaseReader
-from nftproxy.dashboard.resources import live_resources, object_refs
+from nftproxy.dashboard.resources import ObjectRef, live_resources, object_refs
 from nftproxy.kube.client import ApiError
 from nftproxy.sources.manifests import ReadLimits, read_yaml_document
 
@@ -71,6 +72,7 @@ __all__ = [
     "create_app",
     "memo",
     "render_markdown",
+    "streamer",
     "valid_token",
 ]
 
@@ -86,6 +88,7 @@ CATALOG_REFRESH = 300.0
 NAMESPACES_TTL = 10.0  # the dashboard's own list of namespaces
 ACCESS_TTL = 30.0  # a user's rights, as access reviews answered them
 HEALTH_TTL = 5.0  # the nodes' proxy health answers
+PARSED_MANIFESTS = 16
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 LIVE_MAX = 600.0  # a live page's stream ends after this; the browser opens another
@@ -256,6 +259,7 @@ class Sessions:
         self.per_user = per_user
         self.clock = clock
         self.on_remove = on_remove
+        self._removed: list[Credentials] = []
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
         self._by_user: dict[str, str] = {}  # Credentials.key -> session id (proxy mode)
@@ -265,7 +269,7 @@ class Sessions:
         session = Session(
             secrets.token_urlsafe(32), user, username, secrets.token_urlsafe(32), now, now
         )
-        with self._lock:
+        with self._locked():
             self._expire(now)
             # One user signing in again and again pushes out their own sessions, not others'.
             theirs = sorted(
@@ -285,18 +289,28 @@ class Sessions:
         if not session_id:
             return None
         now = self.clock()
-        with self._lock:
+        with self._locked():
             self._expire(now)
             session = self._by_id.get(session_id)
             if session is not None:
                 session.last_seen = now
             return session
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock; sessions removed under it are told of (on_remove) once it is free:
+        closing a user's connections takes other locks."""
+        with self._lock:
+            yield
+            removed, self._removed = self._removed, []
+        for user in removed:
+            self.on_remove(user)
+
     def peek(self, session_id: str) -> Session | None:
         """The session if it is still valid, without counting this as the user's activity
         (a live page open in a tab does not keep a session from going idle)."""
         now = self.clock()
-        with self._lock:
+        with self._locked():
             session = self._by_id.get(session_id)
             if session is None:
                 return None
@@ -306,12 +320,12 @@ class Sessions:
             return session
 
     def of_user(self, user: Credentials) -> Session | None:
-        with self._lock:
+        with self._locked():
             session_id = self._by_user.get(user.key)
         return self.get(session_id)
 
     def drop(self, session_id: str) -> None:
-        with self._lock:
+        with self._locked():
             self._remove(session_id)
 
     def __len__(self) -> int:
@@ -328,7 +342,7 @@ class Sessions:
             return
         if self._by_user.get(session.user.key) == session_id:
             del self._by_user[session.user.key]
-        self.on_remove(session.user)  # the token's kept connections go with it
+        self._removed.append(session.user)  # told after the lock is released
 
 
 _T = TypeVar("_T")
@@ -361,6 +375,15 @@ def memo(store: dict[str, tuple[float, Any]], key: str, ttl: float, ask: Callabl
         return answer
     finally:
         lock.release()
+
+
+def streamer(username: str) -> str:
+    """Whom live streams are counted for: the user, and all service accounts of one
+    namespace as one (whoever may mint their tokens holds them all)."""
+    parts = username.split(":")
+    if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+        return ":".join(parts[:3])
+    return username
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -414,11 +437,15 @@ def create_app(config: DashboardConfig) -> Starlette:
             name, value, httponly=True, samesite="strict", secure=config.secure_cookies, path="/"
         )
 
-    def current(request: Request) -> Session | None:
+    def current(request: Request, *, touch: bool = True) -> Session | None:
         """The signed-in user. Behind an authenticating proxy, its header says who on every
-        request (a cookie from someone before never does); else the session cookie."""
+        request (a cookie from someone before never does); else the session cookie. Without
+        `touch` the request does not count as the user's activity."""
         if not config.token_header:
-            return sessions.get(request.cookies.get(session_cookie))
+            cookie = request.cookies.get(session_cookie)
+            if not touch:
+                return sessions.peek(cookie) if cookie else None
+            return sessions.get(cookie)
         token = request.headers.get(config.token_header, "").removeprefix("Bearer ").strip()
         if not valid_token(token):
             return None
@@ -720,6 +747,12 @@ def create_app(config: DashboardConfig) -> Starlette:
                 check(release if name == "release" else namespace)
             except ValueError as exc:
                 errors[name] = str(exc)
+        forbidden = not errors and not may_change(session, namespace)
+        if forbidden:
+            errors["namespace"] = (
+                f"deploying in {namespace} is forbidden to you: your rights there do not "
+                "allow to create Secrets, where helm keeps releases"
+            )
         if not errors:
             try:
                 existing = releases_reader.history(session.user, namespace, release).latest
@@ -742,7 +775,7 @@ def create_app(config: DashboardConfig) -> Starlette:
                 values=values,
                 errors=errors,
                 values_yaml=yaml_text,
-                status=422,
+                status=403 if forbidden else 422,
                 **again,
             )
         if answers.get("action") == "preview":
@@ -898,7 +931,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             may_change=may_change(session, namespace),
             latest=latest.release,
             history=found.releases,
-            values_yaml=_yaml(latest.values, "") if latest.values else "{}\n",
+            values_yaml=latest.values_yaml,
             notes=latest.notes.strip(),
             problem=problem or latest.problem or None,
         )
@@ -921,13 +954,32 @@ def create_app(config: DashboardConfig) -> Starlette:
             log.warning("the dashboard cannot list nodes: %s", exc)
             return []
 
+    parsed_refs: OrderedDict[tuple[str, str], tuple[list[ObjectRef], list[str]]] = OrderedDict()
+    refs_lock = threading.Lock()
+
+    def refs_of(manifest: str, namespace: str) -> tuple[list[ObjectRef], list[str]]:
+        """The objects a release's manifests name, parsed once per manifest (a live page
+        asks every few seconds; the text is the newest revision's, kept by the reader, so
+        its hash is computed once)."""
+        key = (namespace, manifest)
+        with refs_lock:
+            if key in parsed_refs:
+                parsed_refs.move_to_end(key)
+                return parsed_refs[key]
+        found = object_refs(manifest, namespace)
+        with refs_lock:
+            parsed_refs[key] = found
+            while len(parsed_refs) > PARSED_MANIFESTS:
+                parsed_refs.popitem(last=False)
+        return found
+
     def app_live(session: Session, namespace: str, release: str) -> dict[str, Any]:
         """The app's live part: its objects now, and its Services' network as every node
         programs it, with each node's sync state."""
         latest = releases_reader.history(session.user, namespace, release).latest
         if latest is None:
             return {"gone": True}
-        refs, unreadable = object_refs(latest.manifest, namespace)
+        refs, unreadable = refs_of(latest.manifest, namespace)
         live = live_resources(releases_reader.client(session.user), refs)
         nodes = node_infos(memo(shared_memo, "nodes", NAMESPACES_TTL, cluster_nodes))
         networks = service_networks(
@@ -997,10 +1049,11 @@ def create_app(config: DashboardConfig) -> Starlette:
         `live_interval` seconds and sent when its HTML changed."""
 
         async def endpoint(request: Request) -> Response:
-            session = await run_in_threadpool(current, request)
+            # A stream (and the browser opening the next one) is not the user's activity.
+            session = await run_in_threadpool(current, request, touch=False)
             if session is None:
                 return Response("sign in first", status_code=401, media_type="text/plain")
-            who = session.user.key  # per user: one token may hold many sessions
+            who = streamer(session.username)
             with streams_lock:
                 if streams.get(who, 0) >= LIVE_PER_USER or sum(streams.values()) >= LIVE_STREAMS:
                     return Response("too many live pages", status_code=429, media_type="text/plain")
@@ -1115,9 +1168,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             message = f"there is no release {release} in {namespace}"
             return error(request, "No such app", message, 404, session=session)
         if deployed.problem:
-            return error(
-                request, "App too large to change here", deployed.problem, 422, session=session
-            )
+            return error(request, "Not changed here", deployed.problem, 422, session=session)
         current_values = dict(deployed.values)
         chart, current = deployed.release.chart, deployed.release.chart_version
         refresh_catalog()
@@ -1201,7 +1252,8 @@ def create_app(config: DashboardConfig) -> Starlette:
             ),
             "token": token,
         }
-        context["network"] = network_preview(session, namespace, rendered, deployed.manifest)
+        if may_change(session, namespace):  # what others hold is only told to who may deploy
+            context["network"] = network_preview(session, namespace, rendered, deployed.manifest)
         return page(request, "upgrade.html", **context)
 
     def upgrade_view(request: Request, session: Session) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -519,12 +520,15 @@ def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
+_DIGITS = re.compile(r"[0-9]{1,5}")  # str.isdigit() takes "²", which int() does not
+
+
 def _number(value: object) -> int:
     """A port number as rendered manifests hold it; 0 for anything else (their values
     are the user's)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 6 else 0
+    return int(value) if isinstance(value, str) and _DIGITS.fullmatch(value) else 0
 
 
 def _port_key(port: Mapping[str, Any]) -> tuple[str, int]:
@@ -657,8 +661,8 @@ def _conflicts(
     wanted_external = {(ip, *_port_key(p)) for ip in _addresses_of(spec) for p in _ports_of(spec)}
     wanted_ip = spec.get("clusterIP") if isinstance(spec.get("clusterIP"), str) else ""
     for other_key, other in sorted(cluster.items()):
-        if other_key == key:
-            continue
+        if other_key == key and key in seen:
+            continue  # itself, as the user sees it (one they cannot see is another's)
         other_spec = _spec(other)
         who = f"{other_key[0]}/{other_key[1]}'s" if other_key in seen else "another Service's"
         for p in _ports_of(other_spec):

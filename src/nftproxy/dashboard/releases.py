@@ -22,14 +22,16 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+import yaml
 
 from nftproxy.dashboard.helm import ApiServer, Credentials, check_namespace, check_release_name
 from nftproxy.kube.client import ApiError, Client, ClusterConfig
 
 __all__ = [
+    "DECODED_REVISIONS",
     "LIVE_STATES",
     "MAX_MANIFEST_CHARS",
     "MAX_RELEASE_BYTES",
@@ -50,10 +52,10 @@ __all__ = [
 
 # Decompressed. A release Secret is at most 1 MiB; its chart's files make most of it, and
 # they are skipped, not built.
-MAX_RELEASE_BYTES = 16 << 20
-MAX_VALUES_BYTES = 1 << 20  # the values a user gave, shown on the app page
+MAX_RELEASE_BYTES = 8 << 20
+MAX_VALUES_BYTES = 128 << 10  # the values a user gave, shown on the app page as YAML
 MAX_VALUES_DEPTH = 64
-MAX_MANIFEST_CHARS = 4 << 20  # the manifests an app page reads objects from
+MAX_MANIFEST_CHARS = 2 << 20  # the manifests an app page reads objects from
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 # A revision that is the release's current one is in one of these states: listing only
 # them leaves out every superseded revision's data.
@@ -67,8 +69,10 @@ LIVE_STATES = (
     "unknown",
 )
 _LISTS_AT_ONCE = 8
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, when there
 _CACHED = 20_000
-_DETAILS = 64  # newest revisions kept in full (the live app pages)
+_DETAILS = 16  # newest revisions kept in full (the live app pages)
+DECODED_REVISIONS = 32  # of one release's history; helm keeps 10 by default
 MAX_NOTES_CHARS = 64 << 10
 _USERS_KEPT = 256  # users whose connections stay open
 
@@ -109,6 +113,7 @@ class ReleaseDetail:
     manifest: str
     notes: str
     problem: str = ""  # what of it is too large or broken to show
+    values_yaml: str = "{}\n"  # the values as the page shows them, made once
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +176,24 @@ class StoredRelease(msgspec.Struct):
     manifest: str = ""
 
 
-def decode_release(data: str | bytes, what: str = "release") -> StoredRelease:
+class _BriefRelease(msgspec.Struct):
+    """A revision as its history line shows it: no values, no manifests."""
+
+    name: str = ""
+    namespace: str = ""
+    version: int = 0
+    info: _Info | None = None
+    chart: _Chart | None = None
+
+
+_R = TypeVar("_R", StoredRelease, _BriefRelease)
+
+
+def decode_release(
+    data: str | bytes,
+    what: str = "release",
+    into: type[_R] = StoredRelease,  # type: ignore[assignment]
+) -> _R:
     """A release as helm stores it: base64 of gzipped JSON (plain JSON also read), within
     MAX_RELEASE_BYTES once decompressed."""
     try:
@@ -189,7 +211,7 @@ def decode_release(data: str | bytes, what: str = "release") -> StoredRelease:
     elif len(raw) > MAX_RELEASE_BYTES:
         raise ReleaseError(f"{what}: larger than {MAX_RELEASE_BYTES >> 20} MiB")
     try:
-        return msgspec.json.decode(raw, type=StoredRelease)
+        return msgspec.json.decode(raw, type=into)
     except msgspec.ValidationError as exc:
         raise ReleaseError(f"{what}: not a release: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -226,7 +248,7 @@ def _shallow(value: object, limit: int) -> bool:
     return False
 
 
-def summary(stored: StoredRelease, namespace: str) -> Release:
+def summary(stored: StoredRelease | _BriefRelease, namespace: str) -> Release:
     """The app list's view of a decoded release."""
     info = stored.info or _Info()
     meta = (stored.chart.metadata if stored.chart else None) or _ChartMeta()
@@ -265,7 +287,10 @@ def latest_revisions(
     return newest
 
 
-def _secret_release(secret: Mapping[str, Any]) -> StoredRelease:
+def _secret_release(
+    secret: Mapping[str, Any],
+    into: type[_R] = StoredRelease,  # type: ignore[assignment]
+) -> _R:
     meta = secret.get("metadata") or {}
     what = f"Secret {meta.get('namespace', '?')}/{meta.get('name', '?')}"
     data = (secret.get("data") or {}).get("release")
@@ -275,7 +300,7 @@ def _secret_release(secret: Mapping[str, Any]) -> StoredRelease:
         inner = base64.b64decode(data, validate=True)  # the API's own base64 of Secret data
     except (binascii.Error, ValueError):
         raise ReleaseError(f"{what}: data.release is not base64") from None
-    return decode_release(inner, what)
+    return decode_release(inner, what, into)
 
 
 class ReleaseReader:
@@ -432,7 +457,8 @@ class ReleaseReader:
 
     def history(self, user: Credentials, namespace: str, name: str) -> History:
         """Every revision of one release, oldest first, and the newest in full. Only
-        revisions not seen before are fetched and decoded."""
+        revisions not seen before are fetched and decoded, the newest DECODED_REVISIONS at
+        most (older ones are shown as their labels say)."""
         namespace, name = check_namespace(namespace), check_release_name(name)
         client = self.client(user)
         path = f"/api/v1/namespaces/{namespace}/secrets"
@@ -445,52 +471,72 @@ class ReleaseReader:
         if not metas:
             return History([], None)
         keys = [(namespace, str(m["name"]), str(m.get("resourceVersion"))) for m in metas]
+        newest = keys[-1]
         with self._lock:
             known = {k: self._summaries[k] for k in keys if k in self._summaries}
-            detail = self._details.get(keys[-1])
+            detail = self._details.get(newest)
+        for key, meta in zip(keys[:-DECODED_REVISIONS], metas[:-DECODED_REVISIONS], strict=True):
+            known.setdefault(key, _from_labels(meta, namespace, name))
         wanted = [k for k in keys if k not in known]
-        if detail is None and keys[-1] not in wanted:
-            wanted.append(keys[-1])
-        fetched = self._fetch(client, namespace, name, [k[1] for k in wanted])
+        if detail is None and newest not in wanted:
+            wanted.append(newest)
+        # Decoded one Secret at a time, outside the lock: nothing large is held for long.
+        made, made_detail = self._decode(client, namespace, name, wanted, newest)
         with self._lock:
-            for key in wanted:
-                stored = fetched.get(key[1])
-                if isinstance(stored, StoredRelease):
-                    found = _labelled(summary(stored, namespace), namespace, name)
-                    known[key] = self._summaries[key] = found
-                    if key == keys[-1] and detail is None:
-                        detail = self._details[key] = _detail(
-                            stored, found, f"{namespace}/{key[1]}"
-                        )
-                else:
-                    why = str(stored) if stored is not None else "gone while reading"
-                    known[key] = _unreadable((namespace, name), why)
+            self._summaries.update(made)
+            if made_detail is not None:
+                detail = self._details[newest] = made_detail
             _trim(self._summaries, self._cached)
             _trim(self._details, _DETAILS)
+        known.update(made)
         releases = sorted(known.values(), key=lambda r: r.revision)
         return History(releases, detail)
 
-    def _fetch(
-        self, client: Client, namespace: str, name: str, secrets: list[str]
-    ) -> dict[str, StoredRelease | ReleaseError]:
-        """The named release Secrets decoded (one GET for one, else one list)."""
-        if not secrets:
-            return {}
+    def _decode(
+        self,
+        client: Client,
+        namespace: str,
+        name: str,
+        wanted: list[tuple[str, str, str]],
+        newest: tuple[str, str, str],
+    ) -> tuple[dict[tuple[str, str, str], Release], ReleaseDetail | None]:
+        """The wanted revisions' summaries (an unreadable one says why, and is remembered
+        as such), and the newest in full when it is wanted."""
+        if not wanted:
+            return {}, None
         path = f"/api/v1/namespaces/{namespace}/secrets"
-        if len(secrets) == 1:
-            items = [json.loads(client.get(f"{path}/{secrets[0]}"))]
+        if len(wanted) == 1:
+            items = [json.loads(client.get(f"{path}/{wanted[0][1]}"))]
         else:
             selector = {"labelSelector": f"owner=helm,name={name}"}
             items = json.loads(client.get(path, selector)).get("items") or []
-        out: dict[str, StoredRelease | ReleaseError] = {}
+        by_name = {key[1]: key for key in wanted}
+        made: dict[tuple[str, str, str], Release] = {}
+        detail = None
         for secret in items:
-            secret_name = str((secret.get("metadata") or {}).get("name"))
-            if secret_name in secrets:
-                try:
-                    out[secret_name] = _secret_release(secret)
-                except ReleaseError as exc:
-                    out[secret_name] = exc
-        return out
+            meta = secret.get("metadata") or {}
+            key = by_name.get(str(meta.get("name")))
+            if key is None:
+                continue
+            key = (key[0], key[1], str(meta.get("resourceVersion")))
+            what = f"Secret {namespace}/{key[1]}"
+            full = key[1] == newest[1]
+            try:
+                if full:
+                    stored = _secret_release(secret)
+                    release = _labelled(summary(stored, namespace), namespace, name)
+                    detail = _detail(stored, release, what)
+                    del stored  # its decompressed buffer goes now, not with the page
+                else:
+                    brief = _secret_release(secret, _BriefRelease)
+                    release = _labelled(summary(brief, namespace), namespace, name)
+            except ReleaseError as exc:
+                release = _unreadable((namespace, name), str(exc))
+                release = dataclasses.replace(release, revision=_revision(meta.get("labels") or {}))
+                if full:  # the page still shows the release, and says what is wrong
+                    detail = ReleaseDetail(release, {}, "", "", str(exc))
+            made[key] = release
+        return made, detail
 
 
 def _trim(cache: OrderedDict[Any, Any], size: int) -> None:
@@ -506,6 +552,13 @@ def _labelled(release: Release, namespace: str, name: str) -> Release:
 
 def _namespace(item: Mapping[str, Any]) -> str:
     return str((item.get("metadata") or {}).get("namespace", ""))
+
+
+def _from_labels(meta: Mapping[str, Any], namespace: str, name: str) -> Release:
+    """An old revision as its Secret's labels say: its number and status."""
+    labels = meta.get("labels") or {}
+    status = str(labels.get("status", "")) or "unknown"
+    return Release(name, namespace, _revision(labels), status, "", "", "", "", "not read")
 
 
 def _unreadable(key: tuple[str, str], why: str) -> Release:
@@ -525,4 +578,5 @@ def _detail(stored: StoredRelease, release: Release, what: str) -> ReleaseDetail
             f"{what}: its manifests are larger than {MAX_MANIFEST_CHARS >> 20} MiB",
         )
     notes = (stored.info.notes if stored.info else "")[:MAX_NOTES_CHARS]
-    return ReleaseDetail(release, values, manifest, notes, problem)
+    shown = yaml.dump(dict(values), Dumper=_DUMPER, sort_keys=False) if values else "{}\n"
+    return ReleaseDetail(release, values, manifest, notes, problem, shown)
