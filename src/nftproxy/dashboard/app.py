@@ -828,7 +828,8 @@ def create_app(config: DashboardConfig) -> Starlette:
             release,
             namespace,
         )
-        return RedirectResponse("/apps", status_code=303)
+        # To the new app: its objects and network come up there.
+        return RedirectResponse(f"/apps/{namespace}/{release}", status_code=303)
 
     def values_sync(request: Request, session: Session, form: FormData) -> Response:
         """Keeps a values form and its YAML editor in step: the form's answers put into the

@@ -209,7 +209,10 @@ def test_deploying_from_the_form_makes_the_release_and_its_objects(
     screenshot(page, "deploy-form")
     page.get_by_role("button", name="Deploy").click()
 
-    expect(page).to_have_url(re.compile(r"/apps$"))
+    # The new app's page first, then the list holds it.
+    expect(page).to_have_url(re.compile(rf"/apps/{mine}/shop$"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text("shop")
+    page.get_by_role("link", name="Apps", exact=True).click()
     section = page.locator("section", has=page.get_by_role("heading", name=mine))
     expect(section.get_by_role("link", name="shop", exact=True)).to_be_visible()
     screenshot(page, "apps")
@@ -438,7 +441,7 @@ def test_a_chart_from_the_oci_registry_has_its_page_and_deploys(
     page.get_by_role("link", name="Deploy 2.0.0").click()
     page.get_by_label("Release name").fill("from-oci")
     page.get_by_role("button", name="Deploy", exact=True).click()
-    expect(page).to_have_url(re.compile(r"/apps$"))
+    expect(page).to_have_url(re.compile(rf"/apps/{mine}/from-oci$"))
     assert revisions(cp, mine, "from-oci") == {1: "deployed"}
 
 
@@ -546,5 +549,5 @@ def test_a_deploy_preview_shows_the_network_change_first(
     status, _ = cp.request("GET", f"/api/v1/namespaces/{mine}/services/previewed")
     assert status == 404  # a preview installs nothing
     page.get_by_role("button", name="Deploy", exact=True).click()
-    expect(page).to_have_url(re.compile(r"/apps$"))
+    expect(page).to_have_url(re.compile(rf"/apps/{mine}/previewed$"))
     assert revisions(cp, mine, "previewed") == {1: "deployed"}
