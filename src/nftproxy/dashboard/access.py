@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nftproxy.dashboard.helm import ApiServer, Credentials
-from nftproxy.kube.client import ApiError, Client, ClusterConfig
+from nftproxy.kube.client import ApiError, Client
 
 __all__ = ["BadToken", "NamespaceAccess", "UserAccess"]
 
@@ -45,13 +45,7 @@ class UserAccess:
     ) -> None:
         """`client`, if given, is one made with the user's token (its connections kept)."""
         if client is None:
-            config = ClusterConfig(
-                server=server.url,
-                token=user.token,
-                ca_file=str(server.ca_file) if server.ca_file is not None else None,
-                insecure=server.insecure,
-            )
-            client = Client(config, timeout=timeout)
+            client = Client(server.config(user), timeout=timeout)
         self._client = client
 
     def username(self) -> str:

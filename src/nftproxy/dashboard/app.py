@@ -57,7 +57,7 @@ from nftproxy.dashboard.network import (
     service_networks,
     sync_state,
 )
-from nftproxy.dashboard.releases import ReleaseError, ReleaseReader
+from nftproxy.dashboard.releases import ReleaseDetail, ReleaseError, ReleaseReader
 from nftproxy.dashboard.resources import ObjectRef, live_resources, object_refs
 from nftproxy.kube.client import ApiError
 from nftproxy.sources.manifests import ReadLimits, read_yaml_document
@@ -917,7 +917,7 @@ def create_app(config: DashboardConfig) -> Starlette:
                 "app_live.html",
                 namespace=namespace,
                 release=release,
-                **app_live(session, namespace, release),
+                **app_live(session, namespace, latest),
             )
         except LIVE_PROBLEMS as exc:
             live_part = fragment("problem.html", message=str(exc))
@@ -974,10 +974,10 @@ def create_app(config: DashboardConfig) -> Starlette:
                 parsed_refs.popitem(last=False)
         return found
 
-    def app_live(session: Session, namespace: str, release: str) -> dict[str, Any]:
-        """The app's live part: its objects now, and its Services' network as every node
-        programs it, with each node's sync state."""
-        latest = releases_reader.history(session.user, namespace, release).latest
+    def app_live(session: Session, namespace: str, latest: ReleaseDetail | None) -> dict[str, Any]:
+        """The app's live part, from its newest revision (None: it is gone): its objects
+        now, and its Services' network as every node programs it, with each node's sync
+        state."""
         if latest is None:
             return {"gone": True}
         refs, unreadable = refs_of(latest.manifest, namespace)
@@ -1102,11 +1102,12 @@ def create_app(config: DashboardConfig) -> Starlette:
 
     def app_fragment(request: Request, session: Session) -> str:
         namespace, release = named(request)
+        latest = releases_reader.history(session.user, namespace, release).latest
         return fragment(
             "app_live.html",
             namespace=namespace,
             release=release,
-            **app_live(session, namespace, release),
+            **app_live(session, namespace, latest),
         )
 
     def change(request: Request, session: Session, form: FormData, verb: str) -> Response:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nftproxy.kube.client import ClusterConfig
+
 __all__ = [
     "ApiServer",
     "Credentials",
@@ -83,6 +85,15 @@ class ApiServer:
     url: str
     ca_file: Path | None = None
     insecure: bool = False  # skip TLS verification (test control planes only)
+
+    def config(self, user: Credentials) -> ClusterConfig:
+        """How to reach this API server as `user`, for the dashboard's own requests."""
+        return ClusterConfig(
+            server=self.url,
+            token=user.token,
+            ca_file=str(self.ca_file) if self.ca_file is not None else None,
+            insecure=self.insecure,
+        )
 
 
 @dataclass(frozen=True, slots=True)

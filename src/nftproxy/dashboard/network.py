@@ -338,11 +338,7 @@ def service_networks(
         try:
             converted_slice = to_slice(from_builtins(raw, RawEndpointSlice))
         except InvalidObject as exc:
-            owner = ((raw.get("metadata") or {}).get("labels") or {}).get(
-                "kubernetes.io/service-name", ""
-            )
-            ns = str((raw.get("metadata") or {}).get("namespace", ""))
-            problems.setdefault((ns, str(owner)), []).append(str(exc))
+            problems.setdefault(_owner(raw), []).append(str(exc))
             continue
         if isinstance(converted_slice, EndpointSlice):
             models_slices.append(converted_slice)

@@ -28,7 +28,7 @@ import msgspec
 import yaml
 
 from nftproxy.dashboard.helm import ApiServer, Credentials, check_namespace, check_release_name
-from nftproxy.kube.client import ApiError, Client, ClusterConfig
+from nftproxy.kube.client import ApiError, Client
 
 __all__ = [
     "DECODED_REVISIONS",
@@ -325,13 +325,7 @@ class ReleaseReader:
             if kept is not None:
                 self._clients.move_to_end(user.key)
                 return kept
-        config = ClusterConfig(
-            server=self.server.url,
-            token=user.token,
-            ca_file=str(self.server.ca_file) if self.server.ca_file is not None else None,
-            insecure=self.server.insecure,
-        )
-        client = Client(config, timeout=self.timeout, keep_alive=_LISTS_AT_ONCE)
+        client = Client(self.server.config(user), timeout=self.timeout, keep_alive=_LISTS_AT_ONCE)
         with self._lock:
             self._clients[user.key] = client
             while len(self._clients) > _USERS_KEPT:
