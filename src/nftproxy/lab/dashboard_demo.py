@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,6 +228,9 @@ def cmd_dashboard_demo(args: argparse.Namespace) -> int:
                     )
                     thread = threading.Thread(target=web.run, name="dashboard", daemon=True)
                     thread.start()
+                    started = time.monotonic() + 30
+                    while not web.started and thread.is_alive() and time.monotonic() < started:
+                        time.sleep(0.05)
                     _announce(args, tokens)
                     while not stop.wait(0.5) and thread.is_alive():
                         pass
@@ -269,12 +273,8 @@ def _people(cp: ControlPlane, helm: Any, repo_url: str) -> dict[str, str]:
 
 
 def _announce(args: argparse.Namespace, tokens: dict[str, str]) -> None:
-    if args.token_dir:
-        where = Path(args.token_dir)
-        where.mkdir(parents=True, exist_ok=True)
-        for name, token in tokens.items():
-            (where / f"{name}.token").write_text(token + "\n")
-            (where / f"{name}.token").chmod(0o600)
+    """Say where and with what to sign in; the token files come last, so that whoever
+    waits for them finds the dashboard serving and these lines printed."""
     print(
         f"\nThe app dashboard: http://{args.listen}/\n\n"
         "Sign in with a token (valid 24 hours):\n"
@@ -283,3 +283,9 @@ def _announce(args: argparse.Namespace, tokens: dict[str, str]) -> None:
         "No pods run in this demo (no kubelet): apps stay 0/N ready. Ctrl-C ends it.\n",
         flush=True,
     )
+    if args.token_dir:
+        where = Path(args.token_dir)
+        where.mkdir(parents=True, exist_ok=True)
+        for name, token in tokens.items():
+            (where / f"{name}.token").write_text(token + "\n")
+            (where / f"{name}.token").chmod(0o600)
